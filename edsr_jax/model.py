@@ -1,0 +1,156 @@
+"""The EDSR network (Lim et al., 2017) as a pure-functional Flax Linen module.
+
+Layout follows the official release so weights convert one to one:
+mean shift -> head conv -> N residual blocks -> body conv (+ long skip)
+-> upsampler (conv + pixel shuffle stages) -> tail conv -> mean shift back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+SCALES = (2, 3, 4)
+
+# name -> (num_blocks, num_features, res_scale), as in the paper and its release.
+PRESETS: dict[str, tuple[int, int, float]] = {
+    "edsr_baseline": (16, 64, 1.0),
+    "edsr": (32, 256, 0.1),
+}
+
+
+def pixel_shuffle(x: jnp.ndarray, r: int) -> jnp.ndarray:
+    """Depth-to-space with PyTorch ``nn.PixelShuffle``'s channel order.
+
+    (N, H, W, C*r*r) -> (N, H*r, W*r, C); output channel c at sub-pixel (i, j)
+    reads input channel ``c*r*r + i*r + j``.
+    """
+    n, h, w, crr = x.shape
+    c = crr // (r * r)
+    x = x.reshape(n, h, w, c, r, r)
+    x = x.transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(n, h * r, w * r, c)
+
+
+def upsample_stages(scale: int) -> list[int]:
+    """Pixel-shuffle factors of the upsampler: 2 -> [2], 3 -> [3], 4 -> [2, 2]."""
+    if scale == 3:
+        return [3]
+    if scale in (2, 4):
+        return [2] * (scale // 2)
+    raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+
+
+class ResBlock(nn.Module):
+    """conv3x3 -> ReLU -> conv3x3, branch scaled by ``res_scale``, plus identity."""
+
+    features: int
+    res_scale: float = 1.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        conv = lambda name: nn.Conv(  # noqa: E731
+            self.features, (3, 3), padding="SAME", dtype=self.dtype,
+            param_dtype=self.param_dtype, name=name)
+        y = conv("conv0")(x)
+        y = nn.relu(y)
+        y = conv("conv1")(y)
+        if self.res_scale != 1.0:
+            y = y * jnp.asarray(self.res_scale, y.dtype)
+        return x + y
+
+
+class EDSR(nn.Module):
+    """EDSR super-resolution network.
+
+    Input ``(N, H, W, 3)`` float in [0, 255]; output ``(N, H*scale, W*scale, 3)``
+    float32 in about [0, 255] (not clipped). ``dtype`` is the compute dtype
+    (e.g. ``jnp.bfloat16``), ``param_dtype`` the storage dtype of the weights.
+    """
+
+    scale: int = 2
+    num_blocks: int = 16
+    num_features: int = 64
+    res_scale: float = 1.0
+    rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN
+    rgb_range: float = 255.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        conv = lambda features, name: nn.Conv(  # noqa: E731
+            features, (3, 3), padding="SAME", dtype=self.dtype,
+            param_dtype=self.param_dtype, name=name)
+        mean = jnp.asarray(self.rgb_mean, jnp.float32) * self.rgb_range
+        x = (x.astype(jnp.float32) - mean).astype(self.dtype)
+        x = conv(self.num_features, "head")(x)
+        res = x
+        for i in range(self.num_blocks):
+            res = ResBlock(self.num_features, self.res_scale, self.dtype,
+                           self.param_dtype, name=f"block_{i}")(res)
+        res = conv(self.num_features, "body_conv")(res)
+        x = x + res
+        for k, r in enumerate(upsample_stages(self.scale)):
+            x = conv(self.num_features * r * r, f"upsample_{k}")(x)
+            x = pixel_shuffle(x, r)
+        x = conv(3, "tail")(x)
+        return x.astype(jnp.float32) + mean
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Plain description of an EDSR architecture (what a checkpoint records)."""
+
+    scale: int = 2
+    num_blocks: int = 16
+    num_features: int = 64
+    res_scale: float = 1.0
+
+    def build(self, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> EDSR:
+        """The Linen module for this architecture with the given dtypes."""
+        return EDSR(scale=self.scale, num_blocks=self.num_blocks,
+                    num_features=self.num_features, res_scale=self.res_scale,
+                    dtype=dtype, param_dtype=param_dtype)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "ModelConfig":
+        """Raise ValueError naming the first bad field; return self."""
+        if self.scale not in SCALES:
+            raise ValueError(f"model.scale must be one of {SCALES}, got {self.scale!r}")
+        if int(self.num_blocks) != self.num_blocks or self.num_blocks < 0:
+            raise ValueError(f"model.num_blocks must be an integer >= 0, got {self.num_blocks!r}")
+        if int(self.num_features) != self.num_features or self.num_features < 1:
+            raise ValueError(f"model.num_features must be an integer >= 1, got {self.num_features!r}")
+        if not self.res_scale > 0:
+            raise ValueError(f"model.res_scale must be > 0, got {self.res_scale!r}")
+        return self
+
+
+def preset(name: str, scale: int) -> ModelConfig:
+    """Named architecture: ``preset("edsr_baseline", 2)``; names in ``PRESETS``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+    blocks, features, res_scale = PRESETS[name]
+    return ModelConfig(scale, blocks, features, res_scale).validate()
+
+
+def receptive_radius(config: ModelConfig) -> int:
+    """LR pixels on each side that influence one output pixel (3x3 convs)."""
+    # head + 2 per block + body conv + one per upsampler stage + tail (an upper bound)
+    return 1 + 2 * config.num_blocks + 1 + len(upsample_stages(config.scale)) + 1
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter pytree."""
+    import jax
+
+    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
