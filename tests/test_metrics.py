@@ -1,0 +1,135 @@
+"""PSNR and SSIM against plain references written here and against scikit-image."""
+
+import math
+
+import numpy as np
+import pytest
+
+from edsr_jax.metrics import gaussian_window, psnr, ssim, to_uint8
+
+
+def plain_y(img):
+    img = img.astype(np.float64)
+    return 16.0 + (65.481 * img[..., 0] + 128.553 * img[..., 1] + 24.966 * img[..., 2]) / 255.0
+
+
+def plain_psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * math.log10(255.0 ** 2 / mse)
+
+
+def plain_ssim(a, b):
+    """Wang et al.'s ssim_index.m written with loops: fspecial window, 'valid' filter2."""
+    ax = np.arange(11) - 5.0
+    win = np.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2 * 1.5 ** 2))
+    win /= win.sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    h, w = a.shape
+    vals = []
+    for i in range(h - 10):
+        for j in range(w - 10):
+            pa, pb = a[i:i + 11, j:j + 11], b[i:i + 11, j:j + 11]
+            mu1, mu2 = (win * pa).sum(), (win * pb).sum()
+            s1 = (win * pa * pa).sum() - mu1 ** 2
+            s2 = (win * pb * pb).sum() - mu2 ** 2
+            s12 = (win * pa * pb).sum() - mu1 * mu2
+            vals.append(((2 * mu1 * mu2 + c1) * (2 * s12 + c2))
+                        / ((mu1 ** 2 + mu2 ** 2 + c1) * (s1 + s2 + c2)))
+    return float(np.mean(vals))
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, size=(27, 31, 3), dtype=np.uint8)
+    noise = rng.normal(0, 12, size=hr.shape)
+    sr = np.clip(hr + noise, 0, 255).round().astype(np.uint8)
+    return sr, hr
+
+
+def test_gaussian_window_matches_fspecial():
+    ax = np.arange(11) - 5.0
+    win = np.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2 * 1.5 ** 2))
+    np.testing.assert_allclose(np.outer(gaussian_window(), gaussian_window()), win / win.sum(),
+                               rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("border", [0, 3])
+def test_psnr_against_plain_reference(pair, border):
+    sr, hr = pair
+    crop = (slice(border, -border or None),) * 2
+    want_y = plain_psnr(plain_y(sr)[crop], plain_y(hr)[crop])
+    want_rgb = plain_psnr(sr[crop], hr[crop])
+    # Same float64 arithmetic in a different order: agreement to ~1e-12 dB.
+    assert psnr(sr, hr, crop_border=border) == pytest.approx(want_y, abs=1e-9)
+    assert psnr(sr, hr, crop_border=border, y_channel=False) == pytest.approx(want_rgb, abs=1e-9)
+
+
+def test_psnr_known_value_and_identical():
+    hr = np.full((8, 8, 3), 100, np.uint8)
+    sr = hr.copy()
+    assert psnr(sr, hr) == math.inf
+    sr[..., :] = 110  # RGB error 10 everywhere -> MSE 100 -> 10*log10(65025/100)
+    assert psnr(sr, hr, y_channel=False) == pytest.approx(10 * math.log10(650.25), abs=1e-12)
+    # On Y a uniform +10 in every channel moves Y by 10 * 219/255.
+    assert psnr(sr, hr) == pytest.approx(10 * math.log10(255 ** 2 / (10 * 219 / 255) ** 2), abs=1e-9)
+
+
+def test_float_inputs_are_rounded_half_away_from_zero():
+    assert to_uint8(np.array([0.5, 1.5, 2.5, 254.5, 255.7, -3.0, 2.4999])).tolist() == [1, 2, 3, 255, 255, 0, 2]
+    rng = np.random.default_rng(3)
+    hr = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
+    sr_f = hr.astype(np.float32) + rng.uniform(-0.49, 0.49, size=hr.shape).astype(np.float32)
+    assert psnr(sr_f, hr) == math.inf  # rounds back to hr exactly
+    sr_u = rng.integers(0, 256, size=hr.shape, dtype=np.uint8)
+    assert ssim(sr_u.astype(np.float64) + 0.3, hr) == ssim(sr_u, hr)
+
+
+@pytest.mark.parametrize("border", [0, 2])
+def test_ssim_against_plain_reference(pair, border):
+    sr, hr = pair
+    crop = (slice(border, -border or None),) * 2
+    want_y = plain_ssim(plain_y(sr)[crop], plain_y(hr)[crop])
+    # Separable vs full 2-D window, different summation order: 1e-12 is ample in float64.
+    assert ssim(sr, hr, crop_border=border) == pytest.approx(want_y, abs=1e-12)
+    want_rgb = np.mean([plain_ssim(sr[crop][..., c].astype(np.float64), hr[crop][..., c].astype(np.float64))
+                        for c in range(3)])
+    assert ssim(sr, hr, crop_border=border, y_channel=False) == pytest.approx(want_rgb, abs=1e-12)
+
+
+def test_ssim_against_skimage(pair):
+    metrics = pytest.importorskip("skimage.metrics")
+    sr, hr = pair
+    for border in (0, 4):
+        crop = (slice(border, -border or None),) * 2
+        a, b = plain_y(sr)[crop], plain_y(hr)[crop]
+        # skimage filters the whole image (reflect mode) and averages the map without a
+        # 5-pixel margin, i.e. over exactly the 'valid' positions, with a Gaussian truncated
+        # at 3.5 sigma (radius 5): the same window. Agreement to float64 rounding, 1e-9.
+        want = metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+                                             use_sample_covariance=False, data_range=255)
+        assert ssim(sr, hr, crop_border=border) == pytest.approx(want, abs=1e-9)
+        want_rgb = metrics.structural_similarity(
+            sr[crop].astype(np.float64), hr[crop].astype(np.float64), gaussian_weights=True,
+            sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1)
+        assert ssim(sr, hr, crop_border=border, y_channel=False) == pytest.approx(want_rgb, abs=1e-9)
+
+
+def test_ssim_identical_and_ordering():
+    rng = np.random.default_rng(4)
+    hr = rng.integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+    assert ssim(hr, hr) == pytest.approx(1.0, abs=1e-12)
+    small = np.clip(hr + rng.normal(0, 5, hr.shape), 0, 255).astype(np.uint8)
+    big = np.clip(hr + rng.normal(0, 40, hr.shape), 0, 255).astype(np.uint8)
+    assert ssim(big, hr) < ssim(small, hr) < 1.0
+    assert psnr(big, hr) < psnr(small, hr)
+
+
+def test_errors_name_the_problem():
+    a = np.zeros((12, 12, 3), np.uint8)
+    with pytest.raises(ValueError, match="shape"):
+        psnr(a, np.zeros((12, 13, 3), np.uint8))
+    with pytest.raises(ValueError, match="border"):
+        psnr(a, a, crop_border=6)
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(a, a, crop_border=1)
