@@ -77,9 +77,9 @@ def imresize(img: np.ndarray, scale: float | None = None,
     """Resize ``(H, W)`` or ``(H, W, C)`` like MATLAB's ``imresize(img, scale, 'bicubic')``.
 
     Give either ``scale`` (e.g. 1/4, 1/3, 1/2, 2, 3, 4; output ``ceil(H*scale)``)
-    or ``output_shape=(H_out, W_out)``. uint8 input gives uint8 output (rounded,
-    clipped to [0, 255]), as MATLAB does; float input gives float64 output,
-    not clipped. Computation is float64.
+    or ``output_shape=(H_out, W_out)``. uint8 input gives uint8 output, rounded
+    half away from zero and clipped to [0, 255] after each axis pass as MATLAB
+    does; float input gives float64 output, not clipped. Computation is float64.
     """
     img = np.asarray(img)
     if img.ndim not in (2, 3):
@@ -106,6 +106,10 @@ def imresize(img: np.ndarray, scale: float | None = None,
     for axis in sorted((0, 1), key=lambda a: scales[a]):  # stable: height first on ties
         if out_hw[axis] != out.shape[axis] or scales[axis] != 1.0:
             out = _resize_axis(out, axis, out_hw[axis], scales[axis], antialiasing)
+            if is_uint8:
+                # MATLAB's per-axis pass (imresizemex) returns the input's class, so a
+                # uint8 image is rounded (half away from 0) and clipped after EACH pass.
+                out = np.clip(np.floor(out + 0.5), 0, 255)
     if is_uint8:
-        return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)  # MATLAB rounds half away from 0
+        return out.astype(np.uint8)
     return out
