@@ -1,0 +1,301 @@
+"""Jitted EDSR inference: shape buckets, tiles with overlap, x8 self-ensemble, bfloat16.
+
+``apply`` is the plain forward pass for research code. ``Upscaler`` is what programs use:
+
+- **Shape buckets.** An image is padded (bottom and right) up to ``bucket(H) x bucket(W)``
+  (sizes ``2^k * {1, 1.25, 1.5, 1.75}``, at least 16), so a folder of differently sized
+  images compiles a bounded number of times. The jitted function is cached per
+  ``(ModelConfig, dtype)`` at module level and takes the params as an argument, so a new
+  ``Upscaler`` with the same architecture and new weights reuses the compiled code.
+- **Exact padding.** The padded pixels never leak into the result: every convolution's
+  input is multiplied by a 0/1 mask of the real image region (carried in as integer
+  bounds), which is what the convolutions' own zero padding does at the true border.
+  Bucketed, tiled and plain ``apply`` results therefore agree to float rounding.
+- **Tiles.** Large images are cut into square tiles of ``tile`` LR pixels, each processed
+  with ``receptive_radius(config)`` LR pixels of context on every side (masked where
+  the context falls outside the image). All tiles share one padded shape: one compile.
+- **Self-ensemble** (EDSR+): the 8 flips/rotations of each tile are run, undone and
+  averaged in float32.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edsr_jax.model import PRESETS, ModelConfig, receptive_radius
+
+MIN_BUCKET = 16
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Traces of the jitted forward pass per (config, dtype name): one per compiled shape.
+_TRACES: collections.Counter = collections.Counter()
+_JITTED: dict[tuple[ModelConfig, str], Any] = {}
+
+
+def bucket(n: int) -> int:
+    """Padded size for a side of ``n`` pixels: the smallest ``2^k * {1, 1.25, 1.5, 1.75}``
+    (an integer, at least ``MIN_BUCKET``) that is ``>= n``. Wastes at most 25% per side."""
+    if n <= MIN_BUCKET:
+        return MIN_BUCKET
+    k = max(0, (n - 1).bit_length() - 3)  # step = 2^k, candidates 4..8 steps
+    step = 1 << k
+    return step * max(4, -(-n // step))
+
+
+def apply(params, lr, config: ModelConfig, dtype=jnp.float32) -> jnp.ndarray:
+    """EDSR forward pass: ``(N, H, W, 3)`` float in [0, 255] -> ``(N, H*s, W*s, 3)`` float32,
+    not clipped. Pure and jit-friendly (``config`` and ``dtype`` static). ``params`` is the
+    parameter tree ``{head, block_i, ...}`` or the variables dict ``{"params": ...}``."""
+    model = config.build(dtype=_dtype(dtype))
+    return model.apply({"params": _inner(params)}, jnp.asarray(lr, jnp.float32))
+
+
+def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32) -> jnp.ndarray:
+    """``apply`` on a padded batch: only ``x[n, y0:y1, x0:x1]`` with ``bounds[n] = (y0, y1,
+    x0, x1)`` (int, LR pixels) counts as image; everything outside is treated as the
+    convolutions' zero padding. ``(N, h, w, 3)`` float [0, 255] -> ``(N, h*s, w*s, 3)``
+    float32 whose region ``bounds * s`` equals ``apply`` on the cropped image."""
+    model = config.build(dtype=_dtype(dtype))
+    lr_h = x.shape[1]
+    bounds = jnp.asarray(bounds, jnp.int32)
+
+    def mask_conv_inputs(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+            (y,) = args
+            f = y.shape[1] // lr_h  # 1 before the upsampler, then 2, 3 or 4
+            b = bounds[:, :, None, None, None] * f
+            iy = jnp.arange(y.shape[1])[None, :, None, None]
+            ix = jnp.arange(y.shape[2])[None, None, :, None]
+            inside = (iy >= b[:, 0]) & (iy < b[:, 1]) & (ix >= b[:, 2]) & (ix < b[:, 3])
+            return next_fun(y * inside.astype(y.dtype), **kwargs)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(mask_conv_inputs):
+        return model.apply({"params": _inner(params)}, jnp.asarray(x, jnp.float32))
+
+
+def jitted(config: ModelConfig, dtype="float32"):
+    """The module-level jitted ``apply_masked(params, x, bounds)`` for one architecture and
+    compute dtype; compiles once per input shape, whatever the params' values."""
+    key = (config, _dtype_name(dtype))
+    fn = _JITTED.get(key)
+    if fn is None:
+        def forward(params, x, bounds):
+            _TRACES[key] += 1  # runs at trace time only: one count per compilation
+            return apply_masked(params, x, bounds, config, DTYPES[key[1]])
+        fn = _JITTED[key] = jax.jit(forward)
+    return fn
+
+
+def compile_count(config: ModelConfig | None = None, dtype: str | None = None) -> int:
+    """How many times the jitted forward pass was traced (= compiled), for all cached
+    functions or only those of ``config`` (and ``dtype``)."""
+    return sum(n for (c, d), n in _TRACES.items()
+               if (config is None or c == config) and (dtype is None or d == _dtype_name(dtype)))
+
+
+def bytes_per_lr_pixel(config: ModelConfig, dtype="float32") -> int:
+    """Estimated peak activation memory per LR pixel of one forward pass, in bytes.
+
+    The estimate: the body keeps about 4 feature maps alive (long skip, residual stream,
+    the block's intermediate and its output: ``4 F`` values per LR pixel); the upsampler
+    holds a conv output and its pixel-shuffled copy, ``2 F s^2`` values; the input tile,
+    masks and the float32 output add ``~3 (1 + s^2)`` float32 values. Multiplied by
+    the compute dtype's size, plus 50% slack for XLA's temporaries.
+    """
+    item = jnp.dtype(_dtype(dtype)).itemsize
+    f, s = config.num_features, config.scale
+    values = (4 * f + 2 * f * s * s) * item + 3 * (1 + s * s) * 4
+    return int(values * 1.5)
+
+
+def tile_for_budget(config: ModelConfig, memory_budget_mb: float, dtype="float32") -> int:
+    """Largest tile side (LR pixels, a multiple of 8, at least 16) whose processed square,
+    ``tile + 2 * receptive_radius``, fits in ``memory_budget_mb`` by ``bytes_per_lr_pixel``."""
+    side = math.isqrt(int(memory_budget_mb * 2**20 / bytes_per_lr_pixel(config, dtype)))
+    core = side - 2 * receptive_radius(config)
+    return max(16, core // 8 * 8)
+
+
+def model_name(config: ModelConfig) -> str:
+    """``edsr_baseline_x2`` when the architecture is a preset, else ``edsr_b{B}_f{F}_x{s}``."""
+    for name, (blocks, features, res_scale) in PRESETS.items():
+        if (config.num_blocks, config.num_features, config.res_scale) == (blocks, features, res_scale):
+            return f"{name}_x{config.scale}"
+    return f"edsr_b{config.num_blocks}_f{config.num_features}_x{config.scale}"
+
+
+class Upscaler:
+    """Upscale RGB images with one EDSR model.
+
+    ``tile``: tile side in LR pixels (the part of the image each tile produces; each is
+    processed with ``overlap = receptive_radius(config)`` extra pixels on every side).
+    ``None`` picks it from ``memory_budget_mb`` (see ``bytes_per_lr_pixel``); images whose
+    bucketed area fits in one tile are processed whole. ``ensemble``: x8 geometric
+    self-ensemble. ``dtype``: ``"float32"`` or ``"bfloat16"`` compute (weights stay float32).
+    """
+
+    def __init__(self, config: ModelConfig, params, *, tile: int | None = None,
+                 ensemble: bool = False, dtype: str = "float32", memory_budget_mb: float = 1024,
+                 name: str | None = None):
+        self.config = config.validate()
+        self.dtype = _dtype_name(dtype)
+        self.ensemble = bool(ensemble)
+        self.overlap = receptive_radius(config)
+        if tile is None:
+            tile = tile_for_budget(config, memory_budget_mb, self.dtype)
+        if int(tile) != tile or tile < 8:
+            raise ValueError(f"tile must be an integer >= 8 LR pixels, got {tile!r}")
+        self.tile = int(tile)
+        self.name = name or model_name(config)
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), _inner(params))
+        self.params = jax.device_put(_plain_dict(params))
+        self._fn = jitted(self.config, self.dtype)
+
+    @classmethod
+    def from_checkpoint(cls, path, **kw) -> "Upscaler":
+        """Load the weights (EMA when kept) of a training workdir or checkpoint folder."""
+        from edsr_jax import checkpoint
+
+        config, params = checkpoint.restore_for_inference(path)
+        return cls(config, params, **kw)
+
+    @property
+    def scale(self) -> int:
+        """The upscaling factor (2, 3 or 4)."""
+        return self.config.scale
+
+    def __call__(self, lr) -> np.ndarray:
+        """``(H, W, 3)`` or ``(N, H, W, 3)`` uint8 -> same rank, ``H*s, W*s``, uint8
+        (rounded and clipped to [0, 255])."""
+        return self._upscale(lr, np.uint8)
+
+    def predict(self, lr) -> np.ndarray:
+        """``(H, W, 3)`` or ``(N, H, W, 3)`` uint8 (or float in [0, 255]) -> float32
+        ``(..., H*s, W*s, 3)``, not clipped."""
+        return self._upscale(lr, np.float32)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _upscale(self, lr, out_dtype) -> np.ndarray:
+        lr = np.asarray(lr)
+        if lr.ndim not in (3, 4) or lr.shape[-1] != 3 or 0 in lr.shape:
+            raise ValueError(f"expected an (H, W, 3) or (N, H, W, 3) image, got shape {lr.shape}")
+        batch = lr if lr.ndim == 4 else lr[None]
+        batch = batch.astype(np.float32)
+        n, h, w, _ = batch.shape
+        s = self.scale
+        out = np.empty((n, h * s, w * s, 3), out_dtype)
+        side = self.tile + 2 * self.overlap
+        if bucket(h) * bucket(w) <= side * side:
+            bh, bw = bucket(h), bucket(w)
+            x = np.zeros((n, bh, bw, 3), np.float32)
+            x[:, :h, :w] = batch
+            y = self._run(x, np.array([[0, h, 0, w]] * n, np.int32))
+            out[:] = _cast(y[:, :h * s, :w * s], out_dtype)
+        else:
+            for i in range(n):
+                self._tiled(batch[i], out[i])
+        return out if lr.ndim == 4 else out[0]
+
+    def _tiled(self, img: np.ndarray, out: np.ndarray) -> None:
+        """Fill ``out`` (H*s, W*s, 3) tile by tile from ``img`` (H, W, 3) float32."""
+        h, w, _ = img.shape
+        t, r, s = self.tile, self.overlap, self.scale
+        side = t + 2 * r
+        # The image sits at offset r in a zero frame big enough for every tile's context.
+        frame = np.zeros((-(-h // t) * t + 2 * r, -(-w // t) * t + 2 * r, 3), np.float32)
+        frame[r:r + h, r:r + w] = img
+        for y0 in range(0, h, t):
+            for x0 in range(0, w, t):
+                x = frame[None, y0:y0 + side, x0:x0 + side]
+                # image rows [0, h) are frame rows [r, r + h): tile rows [r - y0, r + h - y0)
+                b = [max(0, r - y0), min(side, r + h - y0), max(0, r - x0), min(side, r + w - x0)]
+                y = self._run(x, np.array([b], np.int32))[0]
+                ch, cw = min(t, h - y0), min(t, w - x0)
+                out[y0 * s:(y0 + ch) * s, x0 * s:(x0 + cw) * s] = _cast(
+                    y[r * s:(r + ch) * s, r * s:(r + cw) * s], out.dtype)
+
+    def _run(self, x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        """Jitted forward (x8 ensemble when asked) of a padded batch with its bounds."""
+        if not self.ensemble:
+            return np.asarray(self._fn(self.params, x, bounds))
+        total = None
+        for transpose in (False, True):
+            for flip_h in (False, True):
+                for flip_w in (False, True):
+                    op = (transpose, flip_h, flip_w)
+                    xt, bt = _transform(x, bounds, op)
+                    y = _untransform(np.asarray(self._fn(self.params, xt, bt)), op)
+                    total = y if total is None else total + y
+        return total / np.float32(8)
+
+
+def _transform(x: np.ndarray, bounds: np.ndarray, op) -> tuple[np.ndarray, np.ndarray]:
+    """One of the 8 dihedral transforms of ``(N, h, w, C)`` and its ``(N, 4)`` bounds."""
+    transpose, flip_h, flip_w = op
+    b = bounds.copy()
+    if transpose:
+        x = x.transpose(0, 2, 1, 3)
+        b = b[:, [2, 3, 0, 1]]
+    h, w = x.shape[1:3]
+    if flip_h:
+        x = x[:, ::-1]
+        b[:, 0], b[:, 1] = h - b[:, 1], h - b[:, 0]
+    if flip_w:
+        x = x[:, :, ::-1]
+        b[:, 2], b[:, 3] = w - b[:, 3], w - b[:, 2]
+    return np.ascontiguousarray(x), b
+
+
+def _untransform(y: np.ndarray, op) -> np.ndarray:
+    """Undo ``_transform``'s spatial change on an output batch ``(N, H, W, C)``."""
+    transpose, flip_h, flip_w = op
+    if flip_w:
+        y = y[:, :, ::-1]
+    if flip_h:
+        y = y[:, ::-1]
+    if transpose:
+        y = y.transpose(0, 2, 1, 3)
+    return y
+
+
+def _cast(y: np.ndarray, dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return np.clip(np.round(y), 0, 255).astype(np.uint8)
+    return y.astype(dtype, copy=False)
+
+
+def _inner(params):
+    """The parameter tree whether given as ``{"params": tree}`` or ``tree``."""
+    if hasattr(params, "keys") and set(params.keys()) == {"params"}:
+        return params["params"]
+    return params
+
+
+def _plain_dict(tree):
+    if hasattr(tree, "items"):
+        return {k: _plain_dict(v) for k, v in tree.items()}
+    return tree
+
+
+def _dtype_name(dtype) -> str:
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return name
+
+
+def _dtype(dtype):
+    return DTYPES[_dtype_name(dtype)]
+
+
+__all__ = ["apply", "apply_masked", "Upscaler", "bucket", "jitted", "compile_count",
+           "bytes_per_lr_pixel", "tile_for_budget", "model_name"]
