@@ -1,0 +1,338 @@
+"""Tests for the Grain input pipeline (edsr_jax.data) and the decode cache (edsr_jax.cache).
+
+Images are tiny, generated in tmp_path; the cache lives in tmp_path too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import grain
+import numpy as np
+import pytest
+
+from edsr_jax import cache as cache_lib
+from edsr_jax import data
+from edsr_jax.images import read_rgb, write_image
+from edsr_jax.imresize import imresize
+
+
+def _noise(rng, h, w):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _smooth(rng, h, w):
+    """A smooth random image (bicubic-upscaled noise): realistic enough for resampling."""
+    return imresize(_noise(rng, h // 4 + 2, w // 4 + 2), output_shape=(h, w))
+
+
+def make_pairs(root, scale, lr_sizes, *, nearest=False, seed=0, name="bicubic"):
+    """A DIV2K-layout folder; LR = imresize(HR, 1/s), or HR = nearest upscale of LR."""
+    rng = np.random.default_rng(seed)
+    for k, (h, w) in enumerate(lr_sizes):
+        if nearest:
+            lr = _noise(rng, h, w)
+            hr = np.repeat(np.repeat(lr, scale, 0), scale, 1)
+        else:
+            hr = _smooth(rng, h * scale, w * scale)
+            lr = imresize(hr, 1 / scale)
+        write_image(root / "HR" / f"{k:04d}.png", hr)
+        write_image(root / f"LR_{name}" / f"X{scale}" / f"{k:04d}x{scale}.png", lr)
+    return root
+
+
+def make_hr(folder, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    for k, (h, w) in enumerate(sizes):
+        write_image(folder / f"img{k:02d}.png", _smooth(rng, h, w))
+    return folder
+
+
+def id_pairs(root, n, p, scale=2):
+    """``n`` constant-colour pairs of exactly one LR patch each: image k has value k."""
+    for k in range(n):
+        lr = np.full((p, p, 3), k, np.uint8)
+        write_image(root / "HR" / f"{k:04d}.png", np.repeat(np.repeat(lr, scale, 0), scale, 1))
+        write_image(root / "LR_bicubic" / f"X{scale}" / f"{k:04d}x{scale}.png", lr)
+    return data.PairedFolderSource(root, scale, cache_dir=root / "cache", progress=False)
+
+
+def take(ds, n):
+    it = iter(ds)
+    return [next(it) for _ in range(n)]
+
+
+def batches_equal(a, b):
+    return all(np.array_equal(x["lr"], y["lr"]) and np.array_equal(x["hr"], y["hr"])
+               for x, y in zip(a, b, strict=True))
+
+
+def train(src, **kw):
+    kw = {"patch_size": 6, "batch_size": 4, "seed": 0, "process_index": 0, "process_count": 1} | kw
+    return data.make_train_dataset(src, **kw)
+
+
+# --------------------------------------------------------------------------- shapes and alignment
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_paired_batches_shapes_and_alignment(tmp_path, scale):
+    root = make_pairs(tmp_path / "ds", scale, [(20, 24), (22, 20), (21, 23)])
+    src = data.PairedFolderSource(root, scale, cache_dir=tmp_path / "cache", progress=False)
+    assert len(src) == 3 and src.scale == scale
+    p, b = 10, 4
+    for batch in take(train(src, patch_size=p, batch_size=b, augment=False), 3):
+        assert batch["lr"].shape == (b, p, p, 3) and batch["lr"].dtype == np.uint8
+        assert batch["hr"].shape == (b, p * scale, p * scale, 3) and batch["hr"].dtype == np.uint8
+        # The LR patch is the bicubic downscale of the HR patch: imresize of the patch
+        # alone agrees exactly wherever the 4*s-wide kernel stays inside the patch.
+        for lr, hr in zip(batch["lr"], batch["hr"]):
+            own = imresize(hr, 1 / scale)
+            np.testing.assert_array_equal(own[3:-3, 3:-3], lr[3:-3, 3:-3])
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_hr_only_bicubic_aligned(tmp_path, scale):
+    folder = make_hr(tmp_path / "hr", [(24 * scale, 26 * scale + 1), (25 * scale + 2, 24 * scale)])
+    src = data.HROnlySource(folder, scale, cache_dir=tmp_path / "cache", progress=False)
+    assert len(src) == 2 and src.lr_sizes[0] == (24, 26)
+    p = 10
+    batches = take(train(src, patch_size=p, batch_size=4, augment=False), 3)
+    for batch in batches:
+        assert batch["lr"].shape == (4, p, p, 3) and batch["hr"].shape == (4, p * scale, p * scale, 3)
+        for lr, hr in zip(batch["lr"], batch["hr"]):
+            np.testing.assert_array_equal(imresize(hr, 1 / scale)[3:-3, 3:-3], lr[3:-3, 3:-3])
+    # With the margin, the LR patch equals the same window of the whole image's
+    # downscale exactly, borders included, when the window is >= 3 LR pixels inside
+    # the image (the patch position is replayed from a generator in the same state).
+    full = imresize(src.image(0), 1 / scale)
+    inside = 0
+    for k in range(30):
+        lr, hr = src.patch(0, p, np.random.default_rng(k))
+        replay = np.random.default_rng(k)
+        y, x = (int(replay.integers(0, n - p + 1)) for n in src.lr_sizes[0])
+        np.testing.assert_array_equal(hr, src.image(0)[y * scale:(y + p) * scale, x * scale:(x + p) * scale])
+        if min(y, x, 24 - p - y, 26 - p - x) >= 3:
+            np.testing.assert_array_equal(lr, full[y:y + p, x:x + p])
+            inside += 1
+    assert inside > 0
+
+
+def test_symmetries_applied_identically(tmp_path):
+    """HR is the nearest upscale of random LR, so HR == repeat(LR) must survive every
+    flip/rotation; each LR patch must be one of the 8 symmetries of some LR crop, and
+    all 8 must occur."""
+    s, p = 2, 4
+    root = make_pairs(tmp_path / "ds", s, [(9, 9)], nearest=True)
+    src = data.PairedFolderSource(root, s, cache_dir=tmp_path / "cache", progress=False)
+    lr_img, _ = src.image(0)
+    crops = {(y, x): lr_img[y:y + p, x:x + p] for y in range(9 - p + 1) for x in range(9 - p + 1)}
+    seen = set()
+    for batch in take(train(src, patch_size=p, batch_size=8), 12):
+        for lr, hr in zip(batch["lr"], batch["hr"]):
+            np.testing.assert_array_equal(hr, np.repeat(np.repeat(lr, s, 0), s, 1))
+            ks = {k for c in crops.values() for k in range(8) if np.array_equal(data.symmetry(c, k), lr)}
+            assert len(ks) == 1
+            seen |= ks
+    assert seen == set(range(8))
+
+
+def test_symmetry_group():
+    img = np.arange(2 * 3 * 1).reshape(2, 3, 1)
+    outs = [data.symmetry(img, k) for k in range(8)]
+    assert len({o.tobytes() + bytes(o.shape) for o in outs}) == 8
+    np.testing.assert_array_equal(outs[1][:, :, 0], np.rot90(img[:, :, 0]))
+    np.testing.assert_array_equal(outs[4][:, :, 0], img[:, ::-1, 0])
+
+
+# --------------------------------------------------------------------------- order, seeds, shards
+
+def test_epochs_cover_all_records_and_reshuffle(tmp_path):
+    src = id_pairs(tmp_path, 8, 4)
+    ds = train(src, patch_size=4, batch_size=8, augment=False)
+    epochs = [b["lr"][:, 0, 0, 0].tolist() for b in take(ds, 3)]
+    for e in epochs:
+        assert sorted(e) == list(range(8))
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+
+
+def test_patches_per_image(tmp_path):
+    src = id_pairs(tmp_path, 3, 4)
+    ids = take(train(src, patch_size=4, batch_size=6, patches_per_image=2, augment=False), 1)[0]
+    assert sorted(ids["lr"][:, 0, 0, 0].tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_seed_determinism(tmp_path):
+    root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17)])
+    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    a, b, c = (take(train(src, seed=seed), 3) for seed in (5, 5, 6))
+    assert batches_equal(a, b)
+    assert not any(np.array_equal(x["hr"], y["hr"]) for x, y in zip(a, c))
+
+
+def test_process_shards_disjoint_and_cover_epoch(tmp_path):
+    src = id_pairs(tmp_path, 8, 4)
+    shards = [take(train(src, patch_size=4, batch_size=4, augment=False,
+                         process_index=i, process_count=2), 2) for i in range(2)]
+    ids = [[v for b in sh for v in b["lr"][:, 0, 0, 0].tolist()] for sh in shards]
+    assert all(b["lr"].shape[0] == 2 for sh in shards for b in sh)  # per-process batch
+    assert not set(ids[0]) & set(ids[1])
+    assert sorted(ids[0] + ids[1]) == list(range(8))
+    # Process i takes elements i, i+2, ... of the single-process stream.
+    whole = [v for b in take(train(src, patch_size=4, batch_size=4, augment=False), 2)
+             for v in b["lr"][:, 0, 0, 0].tolist()]
+    assert whole[0::2] == ids[0] and whole[1::2] == ids[1]
+    with pytest.raises(ValueError, match="not divisible"):
+        train(src, patch_size=4, batch_size=5, process_index=0, process_count=2)
+
+
+def test_worker_processes_give_the_same_batches(tmp_path):
+    root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17)])
+    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    ds = train(src, num_workers=2)
+    it = iter(ds)
+    got = [next(it) for _ in range(4)]
+    it.close()
+    assert batches_equal(got, take(train(src, num_workers=0), 4))
+
+
+# --------------------------------------------------------------------------- checkpointing
+
+def test_iterator_state_resumes_identically(tmp_path):
+    root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17), (16, 20)])
+    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    ds = train(src, batch_size=2, patches_per_image=2)  # epoch = 3 batches
+    it = iter(ds)
+    for _ in range(4):  # mid-way through the second epoch
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(5)]
+    it2 = iter(train(src, batch_size=2, patches_per_image=2))
+    it2.set_state(state)
+    assert batches_equal(expected, [next(it2) for _ in range(5)])
+    grain.experimental.assert_equal_output_after_checkpoint(grain.experimental.LimitIterDataset(ds, 7))
+
+
+def test_iterator_orbax_checkpoint(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17)])
+    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    it = iter(train(src, batch_size=2))
+    for _ in range(3):
+        next(it)
+    ckpt = ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
+    ckpt.save(tmp_path / "ckpt" / "data_iter", args=grain.checkpoint.CheckpointSave(it))
+    expected = [next(it) for _ in range(3)]
+    it2 = iter(train(src, batch_size=2))
+    ckpt.restore(tmp_path / "ckpt" / "data_iter", args=grain.checkpoint.CheckpointRestore(it2))
+    assert batches_equal(expected, [next(it2) for _ in range(3)])
+
+
+# --------------------------------------------------------------------------- decode cache
+
+def test_cache_decodes_once_and_recaches_changed_file(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.png"
+    first = _noise(rng, 5, 7)
+    write_image(path, first)
+    cache = cache_lib.DecodeCache(tmp_path / "cache")
+    entry = cache.ensure(path)
+    arr = cache_lib.load(entry)
+    assert isinstance(arr, np.memmap) and not arr.flags.writeable
+    np.testing.assert_array_equal(arr, first)
+    mtime = entry.stat().st_mtime_ns
+    assert cache.ensure(path) == entry and entry.stat().st_mtime_ns == mtime  # not re-decoded
+    second = _noise(rng, 5, 7)
+    write_image(path, second, overwrite=True)
+    entry2 = cache.ensure(path)
+    assert entry2 != entry
+    np.testing.assert_array_equal(cache_lib.load(entry2), second)
+    assert not list((tmp_path / "cache").rglob(".tmp-*"))
+
+
+def test_cache_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(cache_lib.ENV_VAR, str(tmp_path / "c"))
+    assert cache_lib.DecodeCache().root == tmp_path / "c"
+    monkeypatch.delenv(cache_lib.ENV_VAR)
+    assert cache_lib.default_cache_dir().parts[-3:] == (".cache", "edsr_jax", "decoded")
+
+
+def test_training_reads_only_the_cache(tmp_path):
+    root = make_pairs(tmp_path / "ds", 2, [(16, 16)])
+    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    shutil.rmtree(root)  # no image file is opened once the source exists
+    assert take(train(src), 2)[1]["hr"].shape == (4, 12, 12, 3)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_missing_lr_file(tmp_path):
+    root = make_pairs(tmp_path / "ds", 2, [(8, 8), (8, 8)])
+    os.unlink(root / "LR_bicubic" / "X2" / "0001x2.png")
+    with pytest.raises(data.DatasetError, match=r"0001x2\.png: missing LR image"):
+        data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_size_mismatch_names_both_files(tmp_path):
+    root = make_pairs(tmp_path / "ds", 2, [(8, 8)])
+    write_image(root / "LR_bicubic" / "X2" / "0000x2.png", np.zeros((8, 7, 3), np.uint8), overwrite=True)
+    with pytest.raises(data.DatasetError, match=r"0000\.png is 16x16 but its LR image .*0000x2\.png is 7x8"):
+        data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_hr_larger_by_less_than_scale_is_cropped(tmp_path):
+    root = tmp_path / "ds"
+    rng = np.random.default_rng(1)
+    write_image(root / "HR" / "0000.png", _noise(rng, 26, 25))
+    write_image(root / "LR_bicubic" / "X3" / "0000x3.png", _noise(rng, 8, 8))
+    src = data.PairedFolderSource(root, 3, cache_dir=tmp_path / "cache", progress=False)
+    lr, hr = src.image(0)
+    assert lr.shape == (8, 8, 3) and hr.shape == (24, 24, 3)
+
+
+def test_missing_folders(tmp_path):
+    with pytest.raises(data.DatasetError, match="nowhere.*no such folder"):
+        data.PairedFolderSource(tmp_path / "nowhere", 2, cache_dir=tmp_path / "c")
+    make_pairs(tmp_path / "ds", 2, [(8, 8)])
+    with pytest.raises(data.DatasetError, match=r"LR_bicubic/X3: no such folder"):
+        data.PairedFolderSource(tmp_path / "ds", 3, cache_dir=tmp_path / "c")
+    with pytest.raises(data.DatasetError, match="nowhere: no such folder"):
+        data.HROnlySource(tmp_path / "nowhere", 2, cache_dir=tmp_path / "c")
+    with pytest.raises(data.DatasetError, match=r"gone\.png: no such file"):
+        data.HROnlySource([tmp_path / "gone.png"], 2, cache_dir=tmp_path / "c")
+
+
+def test_small_and_unreadable_images(tmp_path):
+    folder = make_hr(tmp_path / "hr", [(20, 20), (40, 40)])
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match=r"broken\.png"):
+        src = data.HROnlySource(folder, 2, cache_dir=tmp_path / "cache", progress=False)
+    assert src.names == ["img00", "img01"]
+    with pytest.warns(UserWarning, match=r"smaller than the HR patch 24x24: img00 \(20x20\)"):
+        ds = train(src, patch_size=12)
+    assert take(ds, 1)[0]["hr"].shape == (4, 24, 24, 3)
+    with pytest.raises(data.DatasetError, match=r"all 2 images are smaller than the HR patch 48x48"):
+        train(src, patch_size=24)
+
+
+def test_spec_scale_must_match(tmp_path):
+    folder = make_hr(tmp_path / "hr", [(16, 16)])
+    with pytest.raises(data.DatasetError, match=r"downscales by 4, but the scale is 2"):
+        data.HROnlySource(folder, 2, spec="bicubic(4)", cache_dir=tmp_path / "cache")
+
+
+# --------------------------------------------------------------------------- validation pairs
+
+def test_validation_pairs(tmp_path):
+    folder = make_hr(tmp_path / "hr", [(21, 26), (16, 17)])
+    pairs = data.validation_pairs(folder, 3)
+    assert [n for n, _, _ in pairs] == ["img00", "img01"]
+    for name, lr, hr in pairs:
+        full = read_rgb(folder / f"{name}.png")
+        h, w = full.shape[0] // 3, full.shape[1] // 3
+        np.testing.assert_array_equal(hr, full[: 3 * h, : 3 * w])
+        np.testing.assert_array_equal(lr, imresize(hr, 1 / 3))
+    assert len(data.validation_pairs(folder, 3, max_images=1)) == 1
+    # A degradation spec is applied with a fixed per-image seed.
+    a = data.validation_pairs(folder, 3, spec="bicubic(3)")
+    np.testing.assert_array_equal(a[0][1], pairs[0][1])
