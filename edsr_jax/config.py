@@ -1,0 +1,109 @@
+"""The experiment configuration: its fields, defaults and validation.
+
+Experiment files in ``experiments/`` start from ``base_config()`` and change fields;
+every field can be overridden on the command line (``--config.optim.lr=2e-4``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from edsr_jax.model import SCALES, ModelConfig
+
+LOSSES = ("l1", "l2", "charbonnier")
+DTYPES = ("float32", "bfloat16")
+NAN_POLICIES = ("stop", "skip")
+SOURCES = ("hr", "paired")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every experiment (EDSR-baseline x2, the paper's optimiser)."""
+    c = ml_collections.ConfigDict()
+    c.name = "edsr_baseline_x2"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.scale = 2
+    c.model.num_blocks = 16
+    c.model.num_features = 64
+    c.model.res_scale = 1.0
+    c.model.dtype = "float32"  # compute dtype; params stay float32
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "hr"  # "hr": HR images, LR made on the fly; "paired": DIV2K-layout folder
+    c.data.train = "builtin"  # folder, or "builtin" for the sample photographs
+    c.data.spec = ""  # degradation spec for source "hr"; "" means bicubic(scale)
+    c.data.lr_name = "bicubic"  # LR_<lr_name> subfolder for source "paired"
+    c.data.val = "builtin"  # folder of HR images, or "builtin"
+    c.data.val_spec = ""  # degradation of validation LR; "" means MATLAB bicubic
+    c.data.val_max_images = 10
+    c.data.patch_size = 48  # LR patch side; HR patch is patch_size * scale
+    c.data.batch_size = 16  # global batch over all devices and processes
+    c.data.patches_per_image = 1
+    c.data.num_workers = 0
+    c.data.cache_dir = ""  # decoded-image cache; "" means the library default
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.decay_every = 200_000  # the learning rate is halved every this many steps
+    c.optim.decay_factor = 0.5
+    c.optim.clip_norm = 0.0  # 0 disables gradient clipping
+    c.optim.loss = "l1"
+    c.optim.charbonnier_eps = 1e-3
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 300_000
+    c.train.seed = 0
+    c.train.log_every = 100
+    c.train.eval_every = 5_000
+    c.train.checkpoint_every = 5_000
+    c.train.keep_last = 2
+    c.train.keep_best = 1
+    c.train.ema = 0.0  # EMA decay of the weights; 0 disables it
+    c.train.nan_policy = "stop"  # "stop" or "skip" on a non-finite loss or gradient
+    c.train.init_from = ""  # checkpoint to fine-tune from (e.g. the x2 model for x3/x4)
+    return c
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The architecture part of an experiment config."""
+    m = config.model
+    return ModelConfig(int(m.scale), int(m.num_blocks), int(m.num_features), float(m.res_scale))
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
+    """Raise ValueError naming the first bad field (``config.data.patch_size``...)."""
+
+    def need(ok: bool, field: str, what: str) -> None:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        if not ok:
+            raise ValueError(f"config.{field} = {value!r}: {what}")
+
+    m, d, o, t = config.model, config.data, config.optim, config.train
+    need(m.scale in SCALES, "model.scale", f"must be one of {SCALES}")
+    model_config(config).validate()
+    need(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}")
+    need(d.source in SOURCES, "data.source", f"must be one of {SOURCES}")
+    need(isinstance(d.patch_size, int) and d.patch_size > 0, "data.patch_size", "must be a positive integer")
+    need(isinstance(d.batch_size, int) and d.batch_size > 0, "data.batch_size", "must be a positive integer")
+    need(d.batch_size % device_count == 0, "data.batch_size",
+         f"must be divisible by the number of devices ({device_count})")
+    need(d.patches_per_image >= 1, "data.patches_per_image", "must be >= 1")
+    need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(o.lr > 0, "optim.lr", "must be > 0")
+    need(0 <= o.b1 < 1, "optim.b1", "must be in [0, 1)")
+    need(0 <= o.b2 < 1, "optim.b2", "must be in [0, 1)")
+    need(o.decay_every > 0, "optim.decay_every", "must be > 0")
+    need(0 < o.decay_factor <= 1, "optim.decay_factor", "must be in (0, 1]")
+    need(o.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 disables clipping)")
+    need(o.loss in LOSSES, "optim.loss", f"must be one of {LOSSES}")
+    need(t.steps > 0, "train.steps", "must be > 0")
+    for field in ("log_every", "eval_every", "checkpoint_every"):
+        need(t[field] > 0, f"train.{field}", "must be > 0")
+    need(t.keep_last >= 1, "train.keep_last", "must be >= 1")
+    need(0 <= t.ema < 1, "train.ema", "must be in [0, 1) (0 disables EMA)")
+    need(t.nan_policy in NAN_POLICIES, "train.nan_policy", f"must be one of {NAN_POLICIES}")

@@ -1,0 +1,96 @@
+"""Moving host batches onto the device mesh, ahead of the step that consumes them.
+
+Each JAX process yields its own share of the global batch (NumPy, uint8); ``DeviceFeed``
+turns it into global ``jax.Array``s sharded over the mesh with
+``jax.make_array_from_process_local_data`` in a background thread, ``depth`` batches
+ahead, so host-to-device copies overlap with compute. Its ``get_state`` is the position
+of the underlying iterator *after the last batch handed out* (not after the prefetched
+ones), so a checkpoint taken at step N resumes exactly at batch N+1. It speaks the
+protocol of ``grain.checkpoint.CheckpointSave`` (``get_state() -> bytes``).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from typing import Any, Iterator
+
+import jax
+
+_DONE = object()
+
+
+class DeviceFeed:
+    """Iterator of ``{"lr", "hr"}`` global arrays built from a per-process Grain iterator.
+
+    ``iterator``: yields dicts of ``(B_local, ...)`` NumPy arrays and has
+    ``get_state()`` / ``set_state()``; ``sharding``: the batch sharding (axis ``data``).
+    """
+
+    def __init__(self, iterator, sharding: jax.sharding.Sharding, depth: int = 2):
+        self._it = iterator
+        self._sharding = sharding
+        self._depth = max(1, depth)
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._state = iterator.get_state()
+
+    def _put_global(self, batch: dict) -> dict:
+        return {k: jax.make_array_from_process_local_data(self._sharding, v)
+                for k, v in batch.items()}
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    batch = next(self._it)
+                except StopIteration:
+                    self._queue.put(_DONE)
+                    return
+                item = (self._put_global(batch), self._it.get_state())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            self._queue.put(e)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=self._depth)
+            self._thread = threading.Thread(target=self._run, name="device-feed", daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if item is _DONE:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        batch, self._state = item
+        return batch
+
+    def get_state(self) -> bytes:
+        """Position after the last batch returned by ``__next__`` (JSON bytes)."""
+        return json.dumps(self._state).encode()
+
+    def set_state(self, state: bytes) -> None:
+        """Continue from a position saved by ``get_state``; only before the first batch."""
+        if self._thread is not None:
+            raise RuntimeError("DeviceFeed.set_state must be called before the first batch")
+        self._state = json.loads(state)
+        self._it.set_state(self._state)
+
+    def start_prefetch(self) -> None:
+        """Part of Grain's checkpoint protocol; prefetching starts at the first batch."""
+
+    def close(self) -> None:
+        """Stop the background thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,546 @@
+"""Training: ``python -m edsr_jax.train --config experiments/X.py --workdir runs/X``.
+
+One mesh over every device of every process (axis ``data``); the global batch is sharded
+over it, params and optimizer state are replicated, and ``jax.jit`` inserts the gradient
+all-reduce. The step functions are pure; ``train`` is the loop around them: data,
+evaluation, logging and Orbax checkpoints. Re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from edsr_jax import checkpoint, cli
+from edsr_jax import config as config_lib
+from edsr_jax.model import EDSR, ModelConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a step changes. ``ema`` is None when EMA is off.
+
+    ``nonfinite`` counts steps whose loss or gradient was not finite (their update was
+    not applied); ``first_nonfinite`` is the first such step (1-based), or -1.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema: Any
+    nonfinite: jax.Array
+    first_nonfinite: jax.Array
+
+
+def make_optimizer(optim) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Adam with a step schedule (lr * decay_factor every decay_every steps), optional clipping."""
+    schedule = optax.exponential_decay(optim.lr, transition_steps=int(optim.decay_every),
+                                       decay_rate=optim.decay_factor, staircase=True)
+    adam = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    if optim.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adam), schedule
+    return adam, schedule
+
+
+def pixel_loss(sr: jax.Array, hr: jax.Array, kind: str, charbonnier_eps: float = 1e-3) -> jax.Array:
+    """Mean pixel loss on the [0, 255] scale: ``l1``, ``l2`` or ``charbonnier``.
+
+    ``charbonnier_eps`` is given for images in [0, 1] and scaled by 255 here.
+    """
+    diff = sr.astype(jnp.float32) - hr.astype(jnp.float32)
+    if kind == "l1":
+        return jnp.mean(jnp.abs(diff))
+    if kind == "l2":
+        return jnp.mean(diff * diff)
+    if kind == "charbonnier":
+        eps = charbonnier_eps * 255.0
+        return jnp.mean(jnp.sqrt(diff * diff + eps * eps))
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def create_train_state(model: EDSR, tx: optax.GradientTransformation, key: jax.Array,
+                       use_ema: bool, params=None) -> TrainState:
+    """Fresh state; ``params`` (e.g. fine-tuning weights) replace the random init when given."""
+    if params is None:
+        params = model.init(key, jnp.zeros((1, 8, 8, 3), jnp.float32))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema=params if use_ema else None, nonfinite=jnp.zeros((), jnp.int32),
+                      first_nonfinite=jnp.full((), -1, jnp.int32))
+
+
+def train_step(state: TrainState, batch: dict, *, model: EDSR, tx: optax.GradientTransformation,
+               loss: str = "l1", charbonnier_eps: float = 1e-3,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict]:
+    """One optimiser step on ``batch = {"lr": (B,p,p,3) uint8, "hr": (B,p*s,p*s,3) uint8}``.
+
+    A non-finite loss or gradient leaves params, optimizer state and EMA unchanged and
+    is counted in ``state.nonfinite``. Returns ``(state, {"loss", "grad_norm"})``.
+    """
+    lr = batch["lr"].astype(jnp.float32)
+    hr = batch["hr"].astype(jnp.float32)
+
+    def loss_of(params):
+        return pixel_loss(model.apply(params, lr), hr, loss, charbonnier_eps)
+
+    value, grads = jax.value_and_grad(loss_of)(state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema is not None:
+        ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+    keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+        lambda a, b: jnp.where(finite, a, b), new, old)
+    step = state.step + 1
+    bad = jnp.logical_not(finite)
+    new_state = TrainState(
+        step=step,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        ema=None if ema is None else keep(ema, state.ema),
+        nonfinite=state.nonfinite + bad.astype(jnp.int32),
+        first_nonfinite=jnp.where(bad & (state.first_nonfinite < 0), step, state.first_nonfinite),
+    )
+    return new_state, {"loss": value, "grad_norm": grad_norm}
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh named ``data`` over every device of every process."""
+    return jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def compile_train_step(model: EDSR, tx, config, mesh: jax.sharding.Mesh, state_shape) -> Callable:
+    """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    state_sharding = jax.tree_util.tree_map(lambda _: replicated, state_shape)
+    step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
+                             charbonnier_eps=config.optim.charbonnier_eps,
+                             ema_decay=float(config.train.ema))
+    return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+
+
+def merge_params(fresh, loaded) -> tuple[Any, list[str], list[str]]:
+    """Take every leaf of ``loaded`` whose path and shape match ``fresh``.
+
+    Returns ``(params, loaded_paths, kept_fresh_paths)`` (paths as ``a/b/kernel``).
+    """
+    flat_loaded = {jax.tree_util.keystr(p, simple=True, separator="/"): v
+                   for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+    took, fresh_kept = [], []
+
+    def pick(path, value):
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        other = flat_loaded.get(name)
+        if other is not None and tuple(other.shape) == tuple(value.shape):
+            took.append(name)
+            return np.asarray(other, dtype=value.dtype)
+        fresh_kept.append(name)
+        return np.asarray(value)
+
+    merged = jax.tree_util.tree_map_with_path(pick, fresh)
+    return merged, took, fresh_kept
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+    """Host (NumPy) pytree -> arrays replicated over ``mesh`` (works across processes)."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda idx: np.asarray(a)[idx]),
+        tree)
+
+
+def local_copy(tree):
+    """Replicated global arrays -> copies on this process's first device (for evaluation)."""
+    return jax.tree_util.tree_map(lambda a: a.addressable_data(0), tree)
+
+
+def check_workdir(workdir: Path, need_bytes: int) -> None:
+    """Create ``workdir`` and make sure it is writable with room for checkpoints."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise cli.UsageError(f"--workdir {workdir}: not writable ({e.strerror or e})") from None
+    free = shutil.disk_usage(workdir).free
+    if free < need_bytes:
+        raise cli.UsageError(f"--workdir {workdir}: only {free / 2**20:.0f} MiB free, checkpoints need "
+                             f"about {need_bytes / 2**20:.0f} MiB")
+
+
+def build_data(config, process_index: int, process_count: int):
+    """Training dataset (Grain IterDataset) and validation pairs from the config."""
+    from edsr_jax import data, sample_data
+
+    d = config.data
+    scale = int(config.model.scale)
+    cache = d.cache_dir or None
+    train_src = sample_data.resolve(d.train, "train")
+    if isinstance(train_src, str) and not Path(train_src).is_dir():
+        raise cli.UsageError(f"config.data.train = {train_src!r}: no such folder")
+    if d.source == "paired":
+        if not isinstance(train_src, str):
+            raise cli.UsageError("config.data.source = 'paired' needs config.data.train to be a folder")
+        source = data.PairedFolderSource(train_src, scale, lr_name=d.lr_name, cache_dir=cache)
+    else:
+        source = data.HROnlySource(train_src, scale, spec=d.spec or None, cache_dir=cache)
+    dataset = data.make_train_dataset(
+        source, patch_size=int(d.patch_size), batch_size=int(d.batch_size), seed=int(config.train.seed),
+        patches_per_image=int(d.patches_per_image), num_workers=int(d.num_workers),
+        process_index=process_index, process_count=process_count)
+    val_src = sample_data.resolve(d.val, "val")
+    if isinstance(val_src, str) and not Path(val_src).is_dir():
+        raise cli.UsageError(f"config.data.val = {val_src!r}: no such folder")
+    val = data.validation_pairs(val_src, scale, spec=d.val_spec or None,
+                                max_images=int(d.val_max_images) or None)
+    return dataset, val
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(model_config: ModelConfig, params, val_pairs, dtype: str = "float32") -> dict:
+    """PSNR / SSIM (Y channel, border = scale) of the model on whole validation images.
+
+    Returns ``{"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images"}`` plus
+    ``"sample"``: (lr, bicubic, sr, hr) uint8 of the first image for image panels.
+    """
+    from edsr_jax import metrics
+    from edsr_jax.imresize import imresize
+    from edsr_jax.infer import Upscaler
+
+    upscaler = Upscaler(model_config, params, dtype=dtype)
+    s = model_config.scale
+    rows, sample = [], None
+    for _, lr, hr in val_pairs:
+        sr = upscaler(lr)
+        bic = imresize(lr, s)
+        rows.append((metrics.psnr(sr, hr, s), metrics.ssim(sr, hr, s),
+                     metrics.psnr(bic, hr, s), metrics.ssim(bic, hr, s)))
+        if sample is None:
+            sample = (lr, bic, sr, hr)
+    mean = np.mean(np.asarray(rows, np.float64), axis=0)
+    return {"psnr": float(mean[0]), "ssim": float(mean[1]), "bicubic_psnr": float(mean[2]),
+            "bicubic_ssim": float(mean[3]), "images": len(rows), "sample": sample}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class Logger:
+    """Progress bar, TensorBoard events and ``metrics.jsonl``; silent off process 0."""
+
+    def __init__(self, workdir: Path, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        self.bar = self.tb = None
+        self.jsonl = workdir / "metrics.jsonl"
+        if enabled:
+            from tqdm import tqdm
+            from tensorboardX import SummaryWriter
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                            file=sys.stderr, mininterval=1.0)
+            self.tb = SummaryWriter(str(workdir / "tb"))
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar else print)(text, file=sys.stderr)
+
+    def train(self, step: int, scalars: dict, advanced: int) -> None:
+        if not self.enabled:
+            return
+        self.bar.update(advanced)
+        self.bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{scalars['lr']:.2e}",
+                             patches_s=f"{scalars['patches_per_s']:.1f}")
+        for k, v in scalars.items():
+            self.tb.add_scalar(f"train/{k}", v, step)
+
+    def eval(self, step: int, result: dict) -> None:
+        if not self.enabled:
+            return
+        record = {k: v for k, v in result.items() if k != "sample"}
+        record = {"step": step, **record, "time": time.time()}
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
+            self.tb.add_scalar(f"eval/{k}", result[k], step)
+        if result.get("sample") is not None:
+            lr, bic, sr, hr = result["sample"]
+            s = hr.shape[0] // lr.shape[0]
+            near = np.repeat(np.repeat(lr, s, axis=0), s, axis=1)[: hr.shape[0], : hr.shape[1]]
+            panel = np.concatenate([near, bic, sr, hr], axis=1)
+            self.tb.add_image("eval/lr_bicubic_sr_hr", panel, step, dataformats="HWC")
+        self.say(f"step {step}: PSNR {result['psnr']:.2f} dB (bicubic {result['bicubic_psnr']:.2f}), "
+                 f"SSIM {result['ssim']:.4f} (bicubic {result['bicubic_ssim']:.4f}) "
+                 f"on {result['images']} images")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.tb.close()
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a non-finite loss or gradient with ``nan_policy = "stop"``."""
+
+
+def _check_finite(state: TrainState, policy: str) -> int:
+    count = int(state.nonfinite)
+    if count and policy == "stop":
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {int(state.first_nonfinite)}; training stopped. "
+            "The update of that step was not applied and no checkpoint of it was written; "
+            "lower config.optim.lr, set config.optim.clip_norm, or set config.train.nan_policy='skip'.")
+    return count
+
+
+def train(config, workdir: str | Path) -> dict:
+    """Train (or resume) the experiment ``config`` in ``workdir``; returns the last eval result.
+
+    Raises ``cli.UsageError`` for bad config or data, before anything is compiled.
+    """
+    workdir = Path(workdir)
+    checkpoint.quiet_orbax_logs()
+    try:
+        config_lib.validate(config, jax.device_count())
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+    model_config = config_lib.model_config(config)
+    process_index, process_count = jax.process_index(), jax.process_count()
+    main_process = process_index == 0
+    n_params = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(
+        jax.eval_shape(lambda: model_config.build().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))))
+    check_workdir(workdir, need_bytes=n_params * 4 * (4 if config.train.ema else 3) * 3)
+    from edsr_jax.images import ImageError
+
+    try:
+        dataset, val_pairs = build_data(config, process_index, process_count)
+    except (ValueError, FileNotFoundError, ImageError) as e:
+        raise cli.UsageError(str(e)) from None
+    dtype = DTYPES[config.model.dtype]
+    model = model_config.build(dtype=dtype)
+    tx, schedule = make_optimizer(config.optim)
+    mesh = make_mesh()
+    use_ema = config.train.ema > 0
+    init = functools.partial(create_train_state, model, tx, use_ema=use_ema)
+    state_shape = jax.eval_shape(init, jax.random.key(config.train.seed))
+    step_fn = compile_train_step(model, tx, config, mesh, state_shape)
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state_sharding = jax.tree_util.tree_map(lambda _: replicated, state_shape)
+
+    from edsr_jax.feed import DeviceFeed
+
+    feed = DeviceFeed(iter(dataset), batch_sharding)
+    manager = checkpoint.make_manager(workdir / checkpoint.CHECKPOINT_DIR,
+                                      keep_last=config.train.keep_last, keep_best=config.train.keep_best)
+    saved_config = {"model": model_config.to_dict(), "experiment": config.to_dict()}
+    logger = Logger(workdir, int(config.train.steps), 0, main_process)
+    latest = manager.latest_step()
+    if latest is not None:
+        stored = manager.restore(latest, args=checkpoint.ocp.args.Composite(
+            config=checkpoint.ocp.args.JsonRestore()))["config"]
+        checkpoint.check_model_config(stored.get("model", {}), model_config,
+                                      str(workdir / checkpoint.CHECKPOINT_DIR / str(latest)))
+        abstract = jax.tree_util.tree_map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shape, state_sharding)
+        restored, _ = checkpoint.restore(manager, latest, _as_items(abstract), data_iter=feed)
+        state = _from_items(restored)
+        logger.say(f"resuming from step {int(state.step)} (checkpoint in {manager.directory})")
+    else:
+        params = None
+        if config.train.init_from:
+            params = _finetune_params(config, model, model_config, logger)
+        make = jax.jit(lambda key, p: init(key, params=p), out_shardings=state_sharding)
+        if params is not None:
+            state = make(jax.random.key(config.train.seed), replicate(params, mesh))
+        else:
+            state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.train.seed))
+    start = int(state.step)
+    if logger.bar is not None:
+        logger.bar.n = start
+        logger.bar.refresh()
+
+    total = int(config.train.steps)
+    t = config.train
+    last_eval: dict = {}
+    local_batch = int(config.data.batch_size) // process_count
+    tick, tick_step = time.perf_counter(), start
+    step = start
+    saved_step = start
+    with StopRequest() as stop:
+        while step < total and stop.signal is None:
+            batch = next(feed)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            done = step == total
+            if step % t.log_every == 0 or done:
+                loss = float(metrics["loss"])
+                skipped = _check_finite(state, t.nan_policy)
+                now = time.perf_counter()
+                rate = (step - tick_step) * local_batch * process_count / max(now - tick, 1e-9)
+                logger.train(step, {"loss": loss, "grad_norm": float(metrics["grad_norm"]),
+                                    "lr": float(schedule(step)), "patches_per_s": rate,
+                                    "skipped_steps": skipped}, step - tick_step)
+                tick, tick_step = now, step
+            result = None
+            if step % t.eval_every == 0 or done:
+                _check_finite(state, t.nan_policy)
+                weights = state.ema if use_ema else state.params
+                result = evaluate(model_config, local_copy(weights), val_pairs, config.model.dtype)
+                logger.eval(step, result)
+                last_eval = result
+            if step % t.checkpoint_every == 0 or done or stop.signal is not None:
+                _check_finite(state, t.nan_policy)
+                checkpoint.save(manager, step, _as_items(state), config=saved_config, data_iter=feed,
+                                metrics={"psnr": result["psnr"]} if result else None)
+                saved_step = step
+        if stop.signal is not None and saved_step != step:  # the signal came during a save
+            checkpoint.save(manager, step, _as_items(state), config=saved_config, data_iter=feed)
+    manager.wait_until_finished()
+    manager.close()
+    feed.close()
+    if stop.signal is not None:
+        logger.say(f"stopped by signal {stop.signal} at step {step}; checkpoint saved. "
+                   "Re-run the same command to resume.")
+    logger.close()
+    return last_eval
+
+
+def _as_items(state) -> dict:
+    return {"params": state.params, "opt_state": state.opt_state, "ema": state.ema,
+            "counters": {"step": state.step, "nonfinite": state.nonfinite,
+                         "first_nonfinite": state.first_nonfinite}}
+
+
+def _from_items(items: dict) -> TrainState:
+    c = items["counters"]
+    return TrainState(step=c["step"], params=items["params"], opt_state=items["opt_state"],
+                      ema=items["ema"], nonfinite=c["nonfinite"], first_nonfinite=c["first_nonfinite"])
+
+
+def _finetune_params(config, model: EDSR, model_config: ModelConfig, logger: Logger):
+    """Fresh init with every matching parameter taken from ``config.train.init_from``."""
+    source = config.train.init_from
+    try:
+        loaded_config, loaded, _ = checkpoint.restore_params(source, prefer_ema=True)
+    except checkpoint.CheckpointNotFound as e:
+        raise cli.UsageError(f"config.train.init_from: {e}") from None
+    fresh = model.init(jax.random.key(config.train.seed), jnp.zeros((1, 8, 8, 3)))
+    merged, took, kept = merge_params(jax.device_get(fresh), jax.device_get(loaded))
+    logger.say(f"fine-tuning from {source} ({loaded_config}): loaded {len(took)} arrays; "
+               f"freshly initialised {len(kept)}: {', '.join(kept) if kept else 'none'}")
+    return merged
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py); "
+                                    "override fields with --config.optim.lr=2e-4.", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Run folder: checkpoints, TensorBoard events, metrics.jsonl. "
+                        "Re-running with the same workdir resumes.", flag_values=fv)
+    flags.DEFINE_boolean("distributed", False, "Call jax.distributed.initialize() (cluster "
+                         "auto-detection, or the flags below).", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index (multi-host).", flag_values=fv)
+    flags.DEFINE_boolean("cpu_collectives", False, "Use gloo collectives between CPU processes "
+                         "(multi-process runs without accelerators).", flag_values=fv)
+    return fv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, join the cluster when asked, and train."""
+    from absl import flags
+
+    fv = _define_flags()
+    argv = list(sys.argv if argv is None else ["edsr_jax.train", *argv])
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(fv.main_module_help() if hasattr(fv, "main_module_help") else "", file=sys.stdout)
+        print(fv.get_help(), file=sys.stdout)
+        return 0
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        raise cli.UsageError(str(e)) from None
+    if len(rest) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
+    if fv.config is None:
+        raise cli.UsageError("--config is required (e.g. --config experiments/quickstart.py)")
+    if not fv.workdir:
+        raise cli.UsageError("--workdir is required (e.g. --workdir runs/quickstart)")
+    if fv.cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if fv.distributed or fv.coordinator_address:
+        jax.distributed.initialize(coordinator_address=fv.coordinator_address,
+                                   num_processes=fv.num_processes, process_id=fv.process_id)
+    try:
+        train(fv.config, fv.workdir)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except checkpoint.CheckpointMismatch as e:
+        raise cli.UsageError(str(e)) from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,19 @@
+"""EDSR-baseline x3 as in the paper: 16 blocks, 64 features, LR patch 48, batch 16,
+Adam (0.9, 0.999, 1e-8), lr 1e-4 halved every 200k steps, 300k steps, L1 loss.
+
+Train data: a DIV2K-layout folder (`python -m edsr_jax.prepare`), e.g.
+  python -m edsr_jax.train --config experiments/edsr_baseline_x3.py --workdir runs/edsr_baseline_x3 \
+      --config.data.train=data/DIV2K --config.data.val=data/Set5
+"""
+
+from edsr_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.name = "edsr_baseline_x3"
+    c.model.scale = 3
+    c.data.source = "paired"
+    c.data.train = "data/DIV2K"
+    c.data.val = "data/Set5"
+    return c

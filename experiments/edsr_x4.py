@@ -1,0 +1,23 @@
+"""EDSR x4 as in the paper: 32 blocks, 256 features, residual scaling 0.1, LR patch 48,
+batch 16, Adam (0.9, 0.999, 1e-8), lr 1e-4 halved every 200k steps, 300k steps, L1 loss.
+Starts from the trained x2 model (upsampler and tail re-initialised).
+
+  python -m edsr_jax.train --config experiments/edsr_x4.py --workdir runs/edsr_x4 \
+      --config.data.train=data/DIV2K --config.data.val=data/Set5
+"""
+
+from edsr_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.name = "edsr_x4"
+    c.model.scale = 4
+    c.model.num_blocks = 32
+    c.model.num_features = 256
+    c.model.res_scale = 0.1
+    c.data.source = "paired"
+    c.data.train = "data/DIV2K"
+    c.data.val = "data/Set5"
+    c.train.init_from = "runs/edsr_x2"  # the paper starts x3/x4 from the x2 model
+    return c
