@@ -243,8 +243,9 @@ class HROnlySource:
     """HR images decoded once into the cache; LR patches made on the fly by ``degrade``.
 
     ``paths_or_folder``: a folder, one image, or a list of image paths. ``spec`` is a
-    ``degrade`` spec (``None`` means ``bicubic(scale)``, MATLAB imresize); its total
-    scale must equal ``scale``. Unreadable images are skipped with a warning.
+    ``degrade`` spec (``None`` means ``bicubic(scale)``, MATLAB imresize; an open
+    factor, ``bicubic`` or ``bicubic(S)``, takes ``scale``); its total scale must equal
+    ``scale``, else ``degrade.SpecError``. Unreadable images are skipped with a warning.
     ``image(i) -> hr (H, W, 3)`` uint8 read-only, H and W cropped to multiples of scale.
     """
 
@@ -266,8 +267,8 @@ class HROnlySource:
         self._hr = _MappedImages([decoded[k] for k in keep])
         shapes = [cache_lib.load(decoded[k]).shape for k in keep]
         self.lr_sizes = [(h // s, w // s) for h, w, _ in shapes]
-        align = s * int(getattr(self.pipeline, "lr_alignment", 1))
-        self.margin = int(math.ceil(self.pipeline.margin / align) * align)
+        self.align = math.lcm(s, self.pipeline.hr_alignment)
+        self.margin = -(-self.pipeline.margin // self.align) * self.align
 
     def __len__(self) -> int:
         return len(self.names)
@@ -283,17 +284,20 @@ class HROnlySource:
     def patch(self, i: int, patch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A random crop of image ``i`` and its degraded LR: ``(lr (p, p, 3), hr (p*s, p*s, 3))`` uint8.
 
-        The HR crop is degraded with ``margin`` extra HR pixels on each side (fewer at
-        the image's edges) and the LR interior is kept, so crop borders do not leak
-        into the LR patch.
+        The HR crop is degraded with at least ``pipeline.margin`` extra HR pixels on each
+        side (fewer at the image's edges), its corners snapped outwards to the
+        pipeline's ``hr_alignment`` grid, and the LR interior is kept: the LR patch is
+        what degrading the whole image would give there (bit for bit for the
+        deterministic part of the chain), and crop borders do not leak into it.
         """
         hr = self.image(i)
-        p, s, m = patch_size, self.scale, self.margin
+        p, s, m, a = patch_size, self.scale, self.margin, self.align
         h, w = self.lr_sizes[i]
         y = int(rng.integers(0, h - p + 1)) * s
         x = int(rng.integers(0, w - p + 1)) * s
-        y0, x0 = max(0, y - m), max(0, x - m)
-        y1, x1 = min(h * s, y + p * s + m), min(w * s, x + p * s + m)
+        y0, x0 = max(0, (y - m) // a * a), max(0, (x - m) // a * a)
+        y1 = min(h * s, -(-(y + p * s + m) // a) * a)
+        x1 = min(w * s, -(-(x + p * s + m) // a) * a)
         lr = self.pipeline(np.ascontiguousarray(hr[y0:y1, x0:x1]), rng)
         oy, ox = (y - y0) // s, (x - x0) // s
         return lr[oy:oy + p, ox:ox + p], hr[y:y + p * s, x:x + p * s]
@@ -302,8 +306,8 @@ class HROnlySource:
 def _pipeline(spec: str | None, scale: int):
     from edsr_jax import degrade  # noqa: PLC0415 - keeps data importable without it
 
-    pipe = degrade.parse(spec if spec is not None else f"bicubic({scale})")
-    if pipe.scale != scale:
+    pipe = degrade.parse(spec if spec is not None else f"bicubic({scale})", scale=scale)
+    if pipe.scale != scale:  # parse checks this too; kept for a clear message regardless
         raise DatasetError(f"degradation spec {pipe.spec!r} downscales by {pipe.scale}, "
                            f"but the scale is {scale}")
     return pipe

@@ -317,8 +317,10 @@ def test_small_and_unreadable_images(tmp_path):
 
 def test_spec_scale_must_match(tmp_path):
     folder = make_hr(tmp_path / "hr", [(16, 16)])
-    with pytest.raises(data.DatasetError, match=r"downscales by 4, but the scale is 2"):
+    with pytest.raises(ValueError, match=r"bicubic\(4\)' downscales by 4, not 2"):
         data.HROnlySource(folder, 2, spec="bicubic(4)", cache_dir=tmp_path / "cache")
+    src = data.HROnlySource(folder, 2, spec="blur(1) > bicubic(S)", cache_dir=tmp_path / "cache")
+    assert src.pipeline.scale == 2
 
 
 # --------------------------------------------------------------------------- validation pairs
@@ -336,3 +338,23 @@ def test_validation_pairs(tmp_path):
     # A degradation spec is applied with a fixed per-image seed.
     a = data.validation_pairs(folder, 3, spec="bicubic(3)")
     np.testing.assert_array_equal(a[0][1], pairs[0][1])
+
+
+def test_degraded_crop_matches_whole_image(tmp_path):
+    """For a deterministic chain with JPEG, the aligned, margined crop's LR patch equals
+    the same window of the degraded whole image bit for bit (away from image edges)."""
+    spec = "blur(1.0) > bicubic(2) > jpeg(60)"
+    folder = make_hr(tmp_path / "hr", [(160, 192)])
+    src = data.HROnlySource(folder, 2, spec=spec, cache_dir=tmp_path / "cache", progress=False)
+    full = src.pipeline(np.ascontiguousarray(src.image(0)), np.random.default_rng(0))
+    p, inside = 12, 0
+    for k in range(300):
+        if inside == 4:
+            break
+        lr, _ = src.patch(0, p, np.random.default_rng(k))
+        replay = np.random.default_rng(k)
+        y, x = (int(replay.integers(0, n - p + 1)) for n in src.lr_sizes[0])
+        if min(y, x, 80 - p - y, 96 - p - x) * 2 >= src.margin:
+            np.testing.assert_array_equal(lr, full[y:y + p, x:x + p])
+            inside += 1
+    assert inside == 4
