@@ -144,10 +144,11 @@ def compile_train_step(model: EDSR, tx, config, mesh: jax.sharding.Mesh, state_s
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
 
-def merge_params(fresh, loaded) -> tuple[Any, list[str], list[str]]:
-    """Take every leaf of ``loaded`` whose path and shape match ``fresh``.
+def merge_params(fresh, loaded, skip: Sequence[str] = ()) -> tuple[Any, list[str], list[str]]:
+    """Take every leaf of ``loaded`` whose path and shape match ``fresh``, except layers
+    whose name starts with one of ``skip`` (e.g. ``("upsample_", "tail")``).
 
-    Returns ``(params, loaded_paths, kept_fresh_paths)`` (paths as ``a/b/kernel``).
+    Returns ``(params, loaded_paths, kept_fresh_paths)`` (paths as ``params/head/kernel``).
     """
     flat_loaded = {jax.tree_util.keystr(p, simple=True, separator="/"): v
                    for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
@@ -156,7 +157,8 @@ def merge_params(fresh, loaded) -> tuple[Any, list[str], list[str]]:
     def pick(path, value):
         name = jax.tree_util.keystr(path, simple=True, separator="/")
         other = flat_loaded.get(name)
-        if other is not None and tuple(other.shape) == tuple(value.shape):
+        layer = name.split("/")[1] if name.count("/") >= 2 else name
+        if other is not None and not layer.startswith(tuple(skip)) and tuple(other.shape) == tuple(value.shape):
             took.append(name)
             return np.asarray(other, dtype=value.dtype)
         fresh_kept.append(name)
@@ -478,7 +480,9 @@ def _finetune_params(config, model: EDSR, model_config: ModelConfig, logger: Log
     except checkpoint.CheckpointNotFound as e:
         raise cli.UsageError(f"config.train.init_from: {e}") from None
     fresh = model.init(jax.random.key(config.train.seed), jnp.zeros((1, 8, 8, 3)))
-    merged, took, kept = merge_params(jax.device_get(fresh), jax.device_get(loaded))
+    # A different scale means a different upsampler: re-initialise it and the tail (the paper).
+    skip = ("upsample_", "tail") if loaded_config.scale != model_config.scale else ()
+    merged, took, kept = merge_params(jax.device_get(fresh), jax.device_get(loaded), skip)
     logger.say(f"fine-tuning from {source} ({loaded_config}): loaded {len(took)} arrays; "
                f"freshly initialised {len(kept)}: {', '.join(kept) if kept else 'none'}")
     return merged
