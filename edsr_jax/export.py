@@ -1,0 +1,214 @@
+"""Export a trained EDSR: serialized StableHLO, or the official PyTorch ``state_dict``;
+and import official PyTorch weights as an ordinary checkpoint.
+
+    python -m edsr_jax.export --checkpoint DIR --format stablehlo --out MODEL.stablehlo
+    python -m edsr_jax.export --checkpoint DIR --format torch --out MODEL.pt
+    python -m edsr_jax.export --from-torch edsr_baseline_x2.pt --scale 2 --preset edsr_baseline --out DIR
+
+The StableHLO artifact runs with ``edsr_jax.stablehlo_runner`` (JAX and NumPy only).
+The checkpoint stays the lasting artifact: serialized exports are tied to a window of
+JAX versions, so re-export when needed. PyTorch is optional (``pip install "edsr-jax[torch]"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+
+from edsr_jax import cli, infer, stablehlo_runner, torch_convert
+from edsr_jax.model import PRESETS, ModelConfig, preset
+
+TORCH_HINT = 'PyTorch is not installed; install it with: pip install "edsr-jax[torch]"'
+PLATFORMS = ("cpu", "cuda")
+
+
+def stablehlo_artifact(config: ModelConfig, params, *, dtype: str = "float32",
+                       platforms: Sequence[str] = PLATFORMS, name: str | None = None) -> bytes:
+    """Bytes of a StableHLO artifact (see ``stablehlo_runner``): ``(b, h, w, 3)`` float32 in
+    [0, 255] -> ``(b, h*s, w*s, 3)`` float32, batch/height/width symbolic, weights baked in."""
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), infer._inner(params))
+    fn = jax.jit(lambda x: infer.apply(params, x, config, infer.DTYPES[infer._dtype_name(dtype)]))
+    b, h, w = jax_export.symbolic_shape("b, h, w")
+    exported = jax_export.export(fn, platforms=list(platforms))(
+        jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32))
+    s = config.scale
+    header = {
+        "format": "edsr-jax-stablehlo", "version": 1,
+        "name": name or infer.model_name(config), "scale": s, "model": config.to_dict(),
+        "compute_dtype": infer._dtype_name(dtype), "platforms": list(platforms),
+        "input": {"shape": ["b", "h", "w", 3], "dtype": "float32", "range": [0, 255], "layout": "NHWC"},
+        "output": {"shape": ["b", f"{s}*h", f"{s}*w", 3], "dtype": "float32",
+                   "range": "about [0, 255], not clipped", "layout": "NHWC"},
+        "jax_version": jax.__version__,
+    }
+    return stablehlo_runner.pack(header, exported.serialize())
+
+
+def torch_state_dict(config: ModelConfig, params):
+    """Our params -> official EDSR ``state_dict`` of torch tensors (needs torch)."""
+    torch = _torch()
+    return {k: torch.from_numpy(v) for k, v in torch_convert.to_state_dict(params, config).items()}
+
+
+def load_torch_state_dict(path: str | Path) -> dict:
+    """Read a ``.pt`` file holding a plain ``state_dict`` or ``{"state_dict": ...}`` (or
+    ``{"model": ...}``); tensors only (``weights_only``), nothing is executed."""
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise cli.UsageError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise cli.UsageError(f"{path}: not a PyTorch weights file ({e.__class__.__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise cli.UsageError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
+    return obj
+
+
+def import_torch(path: str | Path, out: str | Path, *, scale: int, preset_name: str | None = None,
+                 res_scale: float | None = None) -> Path:
+    """Convert an official-layout PyTorch ``.pt`` to a params-only checkpoint in ``out``
+    (usable by train fine-tuning, upscale, evaluate). Returns the checkpoint step folder."""
+    from edsr_jax import checkpoint
+
+    sd = load_torch_state_dict(path)
+    try:
+        if preset_name is None:
+            guess = torch_convert.infer_config(sd)
+            preset_name = next((n for n, (b, f, _) in PRESETS.items()
+                                if (b, f) == (guess.num_blocks, guess.num_features)), None)
+        if res_scale is not None:
+            config, params = torch_convert.from_state_dict(sd, scale, res_scale=res_scale)
+            if preset_name is not None:
+                _check_preset(config, preset_name)
+        else:
+            config, params = torch_convert.from_state_dict(
+                sd, scale, preset_name=preset_name, res_scale=1.0)
+    except torch_convert.ConversionError as e:
+        raise cli.UsageError(f"{path}: {e}") from None
+    try:
+        return checkpoint.save_params_checkpoint(
+            out, config, {"params": params}, note=f"imported from PyTorch weights {Path(path).name}")
+    except FileExistsError as e:
+        raise cli.UsageError(str(e)) from None
+
+
+def _check_preset(config: ModelConfig, preset_name: str) -> None:
+    want = preset(preset_name, config.scale)
+    diffs = [f"{f}: state_dict={getattr(config, f)!r}, preset {preset_name!r}={getattr(want, f)!r}"
+             for f in ("num_blocks", "num_features") if getattr(config, f) != getattr(want, f)]
+    if diffs:
+        raise torch_convert.ConversionError("the weights do not match the preset:\n  " + "\n  ".join(diffs))
+
+
+def write_bytes(path: Path, data: bytes, overwrite: bool) -> Path:
+    """Write ``data`` to ``path`` atomically; refuse (UsageError) an existing file unless
+    ``overwrite``."""
+    if path.exists() and not overwrite:
+        raise cli.UsageError(f"{path}: exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise cli.UsageError(TORCH_HINT) from None
+    return torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m edsr_jax.export",
+        description="Export a checkpoint as StableHLO or a PyTorch state_dict, or import PyTorch weights.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="training workdir or checkpoint folder to export")
+    src.add_argument("--from-torch", metavar="FILE",
+                     help="official-layout PyTorch EDSR weights (.pt) to import as a checkpoint")
+    p.add_argument("--format", choices=("stablehlo", "torch"), help="export format (with --checkpoint)")
+    p.add_argument("--out", required=True,
+                   help="output file (export) or new checkpoint folder (--from-torch)")
+    p.add_argument("--dtype", choices=sorted(infer.DTYPES), default="float32",
+                   help="compute dtype baked into a StableHLO export (default float32)")
+    p.add_argument("--platforms", default=",".join(PLATFORMS),
+                   help="comma-separated platforms of a StableHLO export (default cpu,cuda)")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscaling factor of --from-torch weights")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="architecture of --from-torch weights (checked against them; default: guessed)")
+    p.add_argument("--res-scale", type=float,
+                   help="residual scaling of --from-torch weights when they match no preset (default 1.0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if args.from_torch:
+        if args.format is not None:
+            raise cli.UsageError("--format is for --checkpoint exports; --from-torch writes a checkpoint")
+        if args.scale is None:
+            raise cli.UsageError("--from-torch needs --scale (2, 3 or 4)")
+        step = import_torch(args.from_torch, out, scale=args.scale, preset_name=args.preset,
+                            res_scale=args.res_scale)
+        print(f"wrote checkpoint {step}")
+        return 0
+    if args.format is None:
+        raise cli.UsageError("--checkpoint needs --format stablehlo or --format torch")
+    if out.exists() and not args.overwrite:
+        raise cli.UsageError(f"{out}: exists (pass --overwrite to replace it)")
+    if args.format == "torch":
+        torch = _torch()  # fail before the (slow) restore when torch is missing
+    platforms = [s.strip() for s in args.platforms.split(",") if s.strip()]
+    bad = [s for s in platforms if s not in ("cpu", "cuda", "rocm", "tpu")]
+    if bad or not platforms:
+        raise cli.UsageError(f"--platforms: unknown platform(s) {bad or platforms}; use cpu, cuda, rocm, tpu")
+    config, params = _restore(args.checkpoint)
+    if args.format == "stablehlo":
+        write_bytes(out, stablehlo_artifact(config, params, dtype=args.dtype, platforms=platforms),
+                    args.overwrite)
+    else:
+        import io
+
+        buf = io.BytesIO()
+        torch.save(torch_state_dict(config, params), buf)
+        write_bytes(out, buf.getvalue(), args.overwrite)
+    print(f"wrote {out} ({infer.model_name(config)}, x{config.scale})")
+    return 0
+
+
+def _restore(path):
+    from edsr_jax import checkpoint
+
+    try:
+        config, params = checkpoint.restore_for_inference(path)
+    except (checkpoint.CheckpointNotFound, checkpoint.CheckpointMismatch) as e:
+        raise cli.UsageError(str(e)) from None
+    return config, jax.tree_util.tree_map(np.asarray, params)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

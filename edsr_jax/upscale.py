@@ -1,0 +1,176 @@
+"""Upscale image files with a trained EDSR checkpoint.
+
+    python -m edsr_jax.upscale photos/ extra/*.jpg --checkpoint runs/x2 --out upscaled/
+
+Inputs are files, folders (their image files, not recursive) or glob patterns. Each
+output keeps its input's name (``<stem><suffix>.png`` by default) in ``--out``. Nothing is
+written over an input, and no existing output is replaced without ``--overwrite``. An
+input that cannot be read is reported and skipped; the rest are still done and the exit
+code is 1. Bad options, a missing checkpoint or no inputs: ``error: ...`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from edsr_jax import cli
+from edsr_jax.images import ImageError, is_image_file, list_images, read_rgb, write_image
+
+GLOB_CHARS = "*?["
+
+
+def collect_inputs(items: Sequence[str]) -> list[Path]:
+    """Image files named by ``items`` (files, folders, glob patterns), in order, each once.
+
+    Raises UsageError for a path that does not exist, a pattern or folder without images,
+    or a file whose suffix is not an image suffix.
+    """
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            try:
+                files = list_images(path)
+            except ImageError as e:
+                raise cli.UsageError(str(e)) from None
+            if not files:
+                raise cli.UsageError(f"{path}: folder holds no image files")
+        elif path.exists():
+            if not is_image_file(path):
+                raise cli.UsageError(f"{path}: not an image file name (expected a suffix like .png, .jpg)")
+            files = [path]
+        elif any(c in item for c in GLOB_CHARS):
+            files = sorted(Path(p) for p in glob.glob(item) if is_image_file(p) and Path(p).is_file())
+            if not files:
+                raise cli.UsageError(f"{item}: pattern matches no image files")
+        else:
+            raise cli.UsageError(f"{path}: no such file or folder")
+        found += files
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext: str = ".png",
+                 overwrite: bool = False) -> list[Path]:
+    """Output path for each input: ``out_dir / (stem + suffix + ext)``.
+
+    Raises UsageError when ``out_dir`` is an input's folder, two inputs map to one output,
+    an output would replace an input, or outputs exist and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    resolved_out = out_dir.resolve()
+    input_dirs = {p.resolve().parent for p in inputs}
+    if resolved_out in input_dirs:
+        raise cli.UsageError(f"--out {out_dir} is a folder of the inputs; choose another folder "
+                             "so no input can be overwritten")
+    outputs = [out_dir / f"{p.stem}{suffix}{ext}" for p in inputs]
+    by_output: dict[Path, Path] = {}
+    for src, dst in zip(inputs, outputs):
+        if dst in by_output:
+            raise cli.UsageError(f"{by_output[dst]} and {src} would both be written to {dst} "
+                                 "(same name); upscale them in separate runs or use --suffix")
+        by_output[dst] = src
+    input_set = {p.resolve() for p in inputs}
+    for dst in outputs:
+        if dst.resolve() in input_set:
+            raise cli.UsageError(f"{dst}: is an input; it is never overwritten")
+    if not overwrite:
+        existing = [d for d in outputs if d.exists()]
+        if existing:
+            raise cli.UsageError(f"{len(existing)} output(s) exist already (first: {existing[0]}); "
+                                 "pass --overwrite to replace them")
+    return outputs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edsr_jax.upscale",
+                                description="Upscale images with a trained EDSR checkpoint.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--checkpoint", required=True, help="training workdir or checkpoint folder")
+    p.add_argument("--out", required=True, help="output folder (created when missing)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile side in LR pixels (default: chosen from --memory-budget-mb)")
+    p.add_argument("--memory-budget-mb", type=float, default=1024,
+                   help="activation memory per tile used to choose the tile size (default 1024)")
+    p.add_argument("--ensemble", action="store_true", help="x8 geometric self-ensemble (EDSR+), 8x slower")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype (default float32)")
+    p.add_argument("--suffix", default="", help="added to each output's stem, e.g. _x2 (default none)")
+    p.add_argument("--ext", default=".png", help="output file type (default .png)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tqdm import tqdm
+
+    ext = args.ext if args.ext.startswith(".") else "." + args.ext
+    if not is_image_file(f"x{ext}"):
+        raise cli.UsageError(f"--ext {args.ext}: not an image type this program writes")
+    if args.tile is not None and args.tile < 8:
+        raise cli.UsageError(f"--tile {args.tile}: must be at least 8 LR pixels")
+    if not args.memory_budget_mb > 0:
+        raise cli.UsageError(f"--memory-budget-mb {args.memory_budget_mb}: must be > 0")
+    inputs = collect_inputs(args.inputs)
+    outputs = plan_outputs(inputs, Path(args.out), suffix=args.suffix, ext=ext, overwrite=args.overwrite)
+    upscaler = _load(args)
+
+    failed = 0
+    start = time.perf_counter()
+    megapixels = 0.0
+    bar = tqdm(list(zip(inputs, outputs)), desc=f"{upscaler.name}", unit="img", file=sys.stderr)
+    for src, dst in bar:
+        bar.set_postfix_str(src.name)
+        notes: list[str] = []
+        try:
+            lr = read_rgb(src, notes)
+        except ImageError as e:
+            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        for note in notes:
+            tqdm.write(f"note: {note}", file=sys.stderr)
+        sr = upscaler(lr)
+        try:
+            write_image(dst, sr, overwrite=args.overwrite)
+        except (FileExistsError, OSError) as e:
+            tqdm.write(f"not written: {dst}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        megapixels += sr.shape[0] * sr.shape[1] / 1e6
+    bar.close()
+    seconds = time.perf_counter() - start
+    done = len(inputs) - failed
+    print(f"{done} of {len(inputs)} image(s) upscaled x{upscaler.scale} into {args.out} "
+          f"({megapixels:.2f} output megapixels in {seconds:.1f} s)", file=sys.stderr)
+    if failed:
+        print(f"{failed} input(s) skipped (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load(args):
+    from edsr_jax import checkpoint
+    from edsr_jax.infer import Upscaler
+
+    try:
+        return Upscaler.from_checkpoint(args.checkpoint, tile=args.tile, ensemble=args.ensemble,
+                                        dtype=args.dtype, memory_budget_mb=args.memory_budget_mb)
+    except (checkpoint.CheckpointNotFound, checkpoint.CheckpointMismatch) as e:
+        raise cli.UsageError(str(e)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
