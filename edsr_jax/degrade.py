@@ -1,0 +1,635 @@
+"""Degradation operators and a small spec language that composes them.
+
+A spec is a chain of operators applied left to right to an HR image::
+
+    "blur(0.2,1.5) > bicubic(4) > noise(0,8) > jpeg(30,90)"
+
+Every operator maps ``(H, W, 3) uint8`` to ``(H', W', 3) uint8`` (results are rounded
+half up and clipped to [0, 255] after each operator, so a chain is exactly the
+composition of the operator functions below). Numeric arguments are either one
+fixed value, ``blur(1.2)``, or a ``lo,hi`` range sampled uniformly per image,
+``blur(0.2,1.5)`` (integers for ``jpeg``). ``aniso_blur`` takes three values or
+three ranges (six numbers).
+
+Operators (``s`` in 2, 3, 4; all lengths in pixels of the image the operator sees):
+
+- ``bicubic(s)``: MATLAB ``imresize(img, 1/s)`` (antialiased cubic); equal to
+  ``edsr_jax.imresize.imresize`` bit for bit.
+- ``bilinear(s)``: MATLAB ``imresize(img, 1/s, 'bilinear')``: the triangle kernel
+  widened by ``s`` (antialiased), centred on each s x s block, symmetric edges.
+- ``nearest(s)``: decimation ``img[::s, ::s]``, the top-left pixel of every s x s
+  block (phase 0, no filtering, aliases). Against ``bicubic``/``bilinear``, whose LR
+  pixel sits at the block centre, the LR grid is shifted by ``(s - 1) / 2`` HR pixels
+  up and left; a model trained on it learns that shift.
+- ``blur(sigma)``: isotropic Gaussian, kernel truncated at ``ceil(4 sigma)``,
+  symmetric edges; ``sigma = 0`` is the identity.
+- ``aniso_blur(sigma_x, sigma_y, theta)``: Gaussian with standard deviations
+  ``sigma_x`` and ``sigma_y`` along axes rotated by ``theta`` degrees
+  (counter-clockwise from the x axis, image rows pointing down), truncated at the
+  4-sigma bounding box, symmetric edges.
+- ``noise(sigma)``: additive white Gaussian noise, ``sigma`` on the 0-255 scale,
+  independent per pixel and channel.
+- ``jpeg(quality)``: encoded and decoded by Pillow's libjpeg in memory (quality
+  1..100, default 4:2:0 chroma subsampling).
+
+A resizing operator may leave its factor open, ``bicubic`` or ``bicubic(S)``; then
+``parse(spec, scale=s)`` fills it in (``prepare`` uses one spec for several scales).
+
+Crops and margins: with ``Pipeline.margin`` HR pixels of context on each side and a
+crop origin that is a multiple of ``scale``, the interior of a degraded crop equals
+the same region of the degraded whole image bit for bit, for deterministic chains
+without jpeg. A jpeg step codes the crop on its own block grid: the result is
+statistically equivalent (same quality, same kind of artefacts) but not bit-equal, and
+the data pipeline needs nothing more. For bit-equality with jpeg too, use
+``Pipeline.exact_margin`` and crops whose origin and size are multiples of
+``Pipeline.hr_alignment``: JPEG codes 16 x 16 macroblocks independently (8 x 8 luma
+blocks, 2x subsampled chroma in 4:2:0; the decoder's chroma upsampling reads one chroma
+sample across block edges), so ``hr_alignment = lcm(scale, 16 * factor before the
+jpeg)`` and ``lr_alignment = hr_alignment / scale`` (16 when the jpeg follows the
+resize; 1 without jpeg). ``noise`` and sampled ranges are random: only a chain's
+deterministic part is reproduced by a crop.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from edsr_jax.imresize import contributions, imresize
+
+SCALES = (2, 3, 4)
+TRUNCATE = 4.0  # Gaussian kernels reach ceil(TRUNCATE * sigma) pixels.
+JPEG_BLOCK = 16  # 4:2:0 macroblock: the unit JPEG codes independently.
+
+
+class SpecError(ValueError):
+    """A degradation spec that cannot be parsed; the message names the fault."""
+
+
+# --------------------------------------------------------------------------- operators
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """Round half up and clip float pixels to ``uint8`` (as MATLAB does)."""
+    return np.clip(x + 0.5, 0.0, 255.0).astype(np.uint8)
+
+
+def _check_image(img: np.ndarray, name: str) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"{name} expects an (H, W, 3) uint8 image, got {img.shape} {img.dtype}")
+    return img
+
+
+def _check_factor(img: np.ndarray, s: int, name: str) -> None:
+    if s not in SCALES:
+        raise ValueError(f"{name} factor must be one of {SCALES}, got {s!r}")
+    h, w = img.shape[:2]
+    if h % s or w % s:
+        raise ValueError(f"{name}({s}) needs height and width divisible by {s}, got {h}x{w}")
+
+
+@functools.lru_cache(maxsize=256)
+def _bicubic_geometry(n: int, s: int):
+    """``imresize``'s weights for ``n -> n/s`` as strided taps, or None when they are not.
+
+    Returns ``(weights, offsets, pad_lo, pad_hi)`` (tuples of ``taps`` floats and ints)
+    such that output ``j`` is ``sum_k weights[k] * symmetric_pad(x)[j*s + offsets[k] + pad_lo]``.
+    """
+    m = n // s
+    weights, idx = contributions(n, m, 1.0 / s, True)
+    j = m // 2
+    offsets = idx[j] - j * s
+    pad_lo = max(0, -int(offsets.min()))
+    pad_hi = max(0, (m - 1) * s + int(offsets.max()) + 1 - n)
+    if max(pad_lo, pad_hi) > n:
+        return None
+    source = np.pad(np.arange(n), (pad_lo, pad_hi), mode="symmetric")
+    expect = source[np.arange(m)[:, None] * s + offsets[None, :] + pad_lo]
+    if not np.array_equal(expect, idx) or not np.all(weights == weights[:1]):
+        return None
+    return tuple(float(w) for w in weights[0]), tuple(int(o) for o in offsets), pad_lo, pad_hi
+
+
+def _bicubic_pass(x: np.ndarray, s: int, axis: int) -> np.ndarray | None:
+    geom = _bicubic_geometry(x.shape[axis], s)
+    if geom is None:
+        return None
+    weights, offsets, pad_lo, pad_hi = geom
+    m = x.shape[axis] // s
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (pad_lo, pad_hi)
+    xp = np.pad(x, pads, mode="symmetric")
+    out = tmp = None
+    for k, (off, wk) in enumerate(zip(offsets, weights)):
+        sl = [slice(None)] * x.ndim
+        start = off + pad_lo
+        sl[axis] = slice(start, start + (m - 1) * s + 1, s)
+        if out is None:  # the same float64 products and sums, in the same order, as imresize
+            out = np.multiply(xp[tuple(sl)], wk, dtype=np.float64)
+            tmp = np.empty_like(out)
+        else:
+            np.add(out, np.multiply(xp[tuple(sl)], wk, out=tmp), out=out)
+    out += 0.5
+    np.floor(out, out=out)
+    return np.clip(out, 0, 255, out=out)  # MATLAB rounds uint8 after each pass
+
+
+def bicubic(img: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB bicubic downscale by ``scale`` in (2, 3, 4).
+
+    ``(H, W, 3) uint8 -> (H/scale, W/scale, 3) uint8``; equals ``imresize(img, 1/scale)``
+    bit for bit (the same float64 products and sums, read through strided slices
+    instead of gathers, about 3x faster; falls back to ``imresize`` for tiny images).
+    """
+    img = _check_image(img, "bicubic")
+    _check_factor(img, scale, "bicubic")
+    x = _bicubic_pass(img, scale, axis=0)  # uint8 * float64 weight == float64(img) * weight
+    if x is not None:
+        x = _bicubic_pass(x, scale, axis=1)
+    if x is None:
+        return imresize(img, 1.0 / scale)
+    return x.astype(np.uint8)
+
+
+def nearest(img: np.ndarray, scale: int) -> np.ndarray:
+    """Decimation ``img[::scale, ::scale]`` (top-left pixel of each block).
+
+    ``(H, W, 3) uint8 -> (H/scale, W/scale, 3) uint8``.
+    """
+    img = _check_image(img, "nearest")
+    _check_factor(img, scale, "nearest")
+    return np.ascontiguousarray(img[::scale, ::scale])
+
+
+def _triangle_taps(s: int) -> tuple[np.ndarray, int]:
+    """Weights and first-tap offset of MATLAB's antialiased triangle kernel for 1/s.
+
+    Output pixel ``j`` is centred at input ``(j + 0.5) s - 0.5`` (0-based); the taps are
+    inputs ``j*s + offset + k``. Weights float64 summing to 1.
+    """
+    center = 0.5 * s - 0.5  # for j = 0
+    first = math.floor(center - s) + 1  # strictly inside the support |d| < s
+    pos = np.arange(first, math.ceil(center + s))
+    w = np.maximum(0.0, 1.0 - np.abs(pos - center) / s)
+    keep = w > 0
+    return w[keep] / w[keep].sum(), int(pos[keep][0])
+
+
+def _strided_filter(img: np.ndarray, weights: np.ndarray, offset: int, s: int,
+                    axis: int) -> np.ndarray:
+    """``out[j] = sum_k weights[k] * img[j*s + offset + k]`` along ``axis``, symmetric edges."""
+    n = img.shape[axis]
+    n_out = n // s
+    pad_lo = max(0, -offset)
+    pad_hi = max(0, (n_out - 1) * s + offset + len(weights) - n)
+    pads = [(0, 0)] * img.ndim
+    pads[axis] = (pad_lo, pad_hi)
+    padded = np.pad(img, pads, mode="symmetric")
+    out = None
+    for k, wk in enumerate(weights):
+        start = offset + k + pad_lo
+        sl = [slice(None)] * img.ndim
+        sl[axis] = slice(start, start + (n_out - 1) * s + 1, s)
+        term = padded[tuple(sl)] * np.float32(wk)
+        out = term if out is None else out + term
+    return out
+
+
+def bilinear(img: np.ndarray, scale: int) -> np.ndarray:
+    """Antialiased bilinear downscale by ``scale`` (MATLAB ``imresize(..., 'bilinear')``).
+
+    ``(H, W, 3) uint8 -> (H/scale, W/scale, 3) uint8``; computed in float32.
+    """
+    img = _check_image(img, "bilinear")
+    _check_factor(img, scale, "bilinear")
+    weights, offset = _triangle_taps(scale)
+    x = img.astype(np.float32)
+    x = _strided_filter(x, weights, offset, scale, axis=0)
+    x = _strided_filter(x, weights, offset, scale, axis=1)
+    return _to_uint8(x)
+
+
+def gaussian_kernel1d(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian, ``(2r+1,) float64`` with ``r = ceil(4 sigma)``; ``[1.]`` for sigma 0."""
+    if sigma <= 0:
+        return np.ones(1)
+    r = math.ceil(TRUNCATE * sigma)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Isotropic Gaussian blur, symmetric edges. ``(H, W, 3) uint8 -> same shape uint8``."""
+    img = _check_image(img, "blur")
+    if sigma <= 0:
+        return img.copy()
+    k = gaussian_kernel1d(sigma)
+    x = ndimage.correlate1d(img, k, axis=0, output=np.float32, mode="reflect")
+    x = ndimage.correlate1d(x, k, axis=1, output=np.float32, mode="reflect")
+    return _to_uint8(x)
+
+
+def aniso_kernel(sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
+    """Normalised 2-D anisotropic Gaussian, ``(2ry+1, 2rx+1) float64`` (rows = y).
+
+    ``theta`` in degrees rotates the ``sigma_x`` axis counter-clockwise on screen
+    (rows point down). Sigmas below 0.05 count as 0.05 (a delta for practical purposes).
+    """
+    sx, sy = max(sigma_x, 0.05), max(sigma_y, 0.05)
+    t = math.radians(theta)
+    c, s = math.cos(t), -math.sin(t)  # y axis points down: flip the sign of the angle
+    rot = np.array([[c, -s], [s, c]])
+    cov = rot @ np.diag([sx * sx, sy * sy]) @ rot.T  # in (x, y) coordinates
+    rx = max(0, math.ceil(TRUNCATE * math.sqrt(cov[0, 0]) - 1e-9))
+    ry = max(0, math.ceil(TRUNCATE * math.sqrt(cov[1, 1]) - 1e-9))
+    y, x = np.mgrid[-ry:ry + 1, -rx:rx + 1].astype(np.float64)
+    inv = np.linalg.inv(cov)
+    q = inv[0, 0] * x * x + 2 * inv[0, 1] * x * y + inv[1, 1] * y * y
+    k = np.exp(-0.5 * q)
+    return k / k.sum()
+
+
+def aniso_blur(img: np.ndarray, sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
+    """Anisotropic Gaussian blur (see ``aniso_kernel``), symmetric edges.
+
+    ``(H, W, 3) uint8 -> same shape uint8``; computed in float32.
+    """
+    img = _check_image(img, "aniso_blur")
+    k = aniso_kernel(sigma_x, sigma_y, theta)
+    if k.size == 1:
+        return img.copy()
+    x = img.astype(np.float32)
+    out = np.empty_like(x)
+    k32 = k.astype(np.float32)
+    for c in range(3):
+        ndimage.correlate(x[..., c], k32, output=out[..., c], mode="reflect")
+    return _to_uint8(out)
+
+
+def noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Additive Gaussian noise of std ``sigma`` (0-255 scale), rounded and clipped.
+
+    ``(H, W, 3) uint8 -> same shape uint8``; draws ``H*W*3`` normals from ``rng``.
+    """
+    img = _check_image(img, "noise")
+    n = rng.standard_normal(img.shape, dtype=np.float32)
+    return _to_uint8(img + n * np.float32(sigma))
+
+
+def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG round trip through Pillow at ``quality`` in 1..100 (4:2:0), in memory.
+
+    ``(H, W, 3) uint8 -> same shape uint8``; deterministic.
+    """
+    img = _check_image(img, "jpeg")
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im.load()
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- operator table
+
+@dataclass(frozen=True)
+class _Param:
+    name: str
+    kind: str  # "float", "int" or "scale"
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class _OpDef:
+    name: str
+    params: tuple[_Param, ...]
+    fn: Callable[..., np.ndarray]
+    resize: bool = False
+    uses_rng: bool = False
+
+
+_SCALE = _Param("scale", "scale", 2, 4)
+OPS: dict[str, _OpDef] = {op.name: op for op in (
+    _OpDef("bicubic", (_SCALE,), bicubic, resize=True),
+    _OpDef("bilinear", (_SCALE,), bilinear, resize=True),
+    _OpDef("nearest", (_SCALE,), nearest, resize=True),
+    _OpDef("blur", (_Param("sigma", "float", 0, 16),), blur),
+    _OpDef("aniso_blur", (_Param("sigma_x", "float", 0, 10), _Param("sigma_y", "float", 0, 10),
+                          _Param("theta", "float", -360, 360)), aniso_blur),
+    _OpDef("noise", (_Param("sigma", "float", 0, 255),), noise, uses_rng=True),
+    _OpDef("jpeg", (_Param("quality", "int", 1, 100),), jpeg),
+)}
+
+
+# --------------------------------------------------------------------------- pipeline
+
+def _fmt(v: float) -> str:
+    if float(v).is_integer():
+        return str(int(v))
+    return repr(float(v))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One operator with, per parameter, a ``(lo, hi)`` range (``lo == hi`` when fixed)."""
+
+    op: str
+    ranges: tuple[tuple[float, float], ...]
+
+    @property
+    def fixed(self) -> bool:
+        return all(lo == hi for lo, hi in self.ranges)
+
+    @property
+    def text(self) -> str:
+        if self.fixed:
+            args = [_fmt(lo) for lo, _ in self.ranges]
+        else:
+            args = [f"{_fmt(lo)},{_fmt(hi)}" for lo, hi in self.ranges]
+        return f"{self.op}({','.join(args)})"
+
+    def sample(self, rng: np.random.Generator) -> dict[str, Any]:
+        """Concrete parameters ``{"op": name, param: value, ...}`` (ranges drawn from ``rng``)."""
+        out: dict[str, Any] = {"op": self.op}
+        for p, (lo, hi) in zip(OPS[self.op].params, self.ranges):
+            if p.kind in ("int", "scale"):
+                out[p.name] = int(lo) if lo == hi else int(rng.integers(int(lo), int(hi) + 1))
+            else:
+                out[p.name] = float(lo) if lo == hi else float(rng.uniform(lo, hi))
+        return out
+
+
+def _first_clean(w: int, s: int, taps: Callable[[int], int]) -> int:
+    """Smallest output index whose lowest input tap ``taps(j)`` is >= w (and >= 0)."""
+    j = 0
+    while taps(j) < max(w, 0):
+        j += 1
+    return j
+
+
+def _corruption_after(step: Step, w: int, exact_jpeg: bool) -> int:
+    """Pixels from a crop edge that differ from the whole image after ``step``.
+
+    ``w`` is that width before the step, in pixels of the image the step sees. A jpeg
+    spreads it to whole 16-pixel macroblocks plus chroma upsampling only when
+    ``exact_jpeg`` (otherwise its crop is counted as statistically equivalent).
+    """
+    op = step.op
+    if op in ("bicubic", "bilinear", "nearest"):
+        s = int(step.ranges[0][0])
+        if op == "nearest":
+            return _first_clean(w, s, lambda j: j * s)
+        half = 2 * s if op == "bicubic" else s  # kernel support |d| < half
+        # lowest tap with nonzero weight: strictly above centre - half.
+        return _first_clean(w, s, lambda j: math.floor((j + 0.5) * s - 0.5 - half) + 1)
+    if op == "blur":
+        return w + math.ceil(TRUNCATE * step.ranges[0][1])
+    if op == "aniso_blur":
+        return w + math.ceil(TRUNCATE * max(step.ranges[0][1], step.ranges[1][1]))
+    if op == "jpeg" and exact_jpeg:
+        if w == 0:
+            return 2  # chroma upsampling reads one chroma sample beyond the crop edge
+        return -(-w // JPEG_BLOCK) * JPEG_BLOCK + 2
+    return w  # noise: per pixel; jpeg when not exact
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A parsed degradation chain. Call it on an HR image with an explicit generator.
+
+    Attributes: ``steps``; ``spec`` canonical text (``parse(p.spec)`` gives ``p`` back);
+    ``scale`` total downscale factor; ``margin`` HR context pixels per side (a multiple
+    of ``scale``) so that, for a crop whose origin is a multiple of ``scale``, the LR
+    interior equals the whole image's LR there, except that a jpeg step codes the crop
+    on its own block grid (statistically equivalent, not bit-equal); ``exact_margin``
+    (a multiple of ``hr_alignment``) makes jpeg crops bit-equal too when the crop's origin
+    and size are multiples of ``hr_alignment``; ``lr_alignment = hr_alignment / scale``.
+    Without jpeg, ``exact_margin == margin`` and ``lr_alignment == 1``.
+    """
+
+    steps: tuple[Step, ...]
+    scale: int = field(init=False)
+    margin: int = field(init=False)
+    exact_margin: int = field(init=False)
+    hr_alignment: int = field(init=False)
+
+    def __post_init__(self):
+        scale, w, w_exact, align = 1, 0, 0, 1
+        for st in self.steps:
+            if st.op == "jpeg":
+                align = math.lcm(align, JPEG_BLOCK * scale)
+            w = _corruption_after(st, w, exact_jpeg=False)
+            w_exact = _corruption_after(st, w_exact, exact_jpeg=True)
+            if OPS[st.op].resize:
+                scale *= int(st.ranges[0][0])
+        align = math.lcm(align, scale)
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "hr_alignment", align)
+        object.__setattr__(self, "margin", w * scale)
+        object.__setattr__(self, "exact_margin", -(-w_exact * scale // align) * align)
+
+    @property
+    def spec(self) -> str:
+        return " > ".join(st.text for st in self.steps)
+
+    @property
+    def lr_alignment(self) -> int:
+        """LR crop grid for bit-exact jpeg crops: 16 when a jpeg follows the resize, 1 without jpeg."""
+        return self.hr_alignment // self.scale
+
+    @property
+    def deterministic(self) -> bool:
+        """True when the chain draws nothing at random (no ranges, no noise)."""
+        return all(st.fixed and not OPS[st.op].uses_rng for st in self.steps)
+
+    def sample(self, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """Concrete parameters for every step, e.g. ``[{"op": "blur", "sigma": 0.8}, ...]``."""
+        return [st.sample(rng) for st in self.steps]
+
+    def apply(self, hr: np.ndarray, params: list[dict[str, Any]],
+              rng: np.random.Generator) -> np.ndarray:
+        """Run the chain with concrete ``params`` (from ``sample``); ``rng`` feeds ``noise``.
+
+        ``hr (H, W, 3) uint8`` with H, W multiples of ``scale`` -> ``(H/scale, W/scale, 3) uint8``.
+        """
+        hr = _check_image(hr, "degradation")
+        h, w = hr.shape[:2]
+        if h % self.scale or w % self.scale:
+            raise ValueError(f"degradation '{self.spec}' needs height and width divisible by "
+                             f"{self.scale}, got {h}x{w}")
+        x = hr
+        for p in params:
+            op = OPS[p["op"]]
+            kw = {k: v for k, v in p.items() if k != "op"}
+            x = op.fn(x, rng=rng, **kw) if op.uses_rng else op.fn(x, **kw)
+        return x
+
+    def __call__(self, hr: np.ndarray, rng: np.random.Generator, return_params: bool = False):
+        """Degrade ``hr (H, W, 3) uint8`` to ``(H/scale, W/scale, 3) uint8``.
+
+        Same generator state, same output: parameters are drawn first (``sample``),
+        then the operators run (``apply``). With ``return_params`` returns ``(lr, params)``.
+        """
+        params = self.sample(rng)
+        lr = self.apply(hr, params, rng)
+        return (lr, params) if return_params else lr
+
+
+# --------------------------------------------------------------------------- parser
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLACEHOLDERS = ("S", "s")
+
+
+def _where(spec: str, pos: int) -> str:
+    return f"at column {pos + 1} of {spec!r}"
+
+
+def _known() -> str:
+    return ", ".join(sorted(OPS))
+
+
+def parse(spec: str, scale: int | None = None) -> Pipeline:
+    """Parse a spec such as ``"blur(0.2,1.5) > bicubic(4) > noise(0,8) > jpeg(30,90)"``.
+
+    A resizing operator written without a factor (``bicubic``) or with ``S``
+    (``bicubic(S)``) takes ``scale``; when ``scale`` is given the chain's total factor
+    must equal it. Raises ``SpecError`` naming the fault and where it is.
+    """
+    if not isinstance(spec, str):
+        raise SpecError(f"a degradation spec must be text, got {type(spec).__name__}")
+    if scale is not None and scale not in SCALES:
+        raise SpecError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
+    if not spec.strip():
+        raise SpecError(f"empty degradation spec; known operators: {_known()}")
+    steps: list[Step] = []
+    open_count = 0
+    pos, n = 0, len(spec)
+
+    def skip_ws(i: int) -> int:
+        while i < n and spec[i].isspace():
+            i += 1
+        return i
+
+    while True:
+        pos = skip_ws(pos)
+        m = _NAME.match(spec, pos)
+        if not m:
+            found = repr(spec[pos]) if pos < n else "the end"
+            raise SpecError(f"syntax error {_where(spec, pos)}: expected an operator name, "
+                            f"found {found}")
+        name, name_pos = m.group(), pos
+        pos = skip_ws(m.end())
+        if name not in OPS:
+            close = difflib.get_close_matches(name, OPS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SpecError(f"unknown operator {name!r} {_where(spec, name_pos)}{hint}; "
+                            f"known operators: {_known()}")
+        opdef = OPS[name]
+        args: list[tuple[str, int]] = []
+        if pos < n and spec[pos] == "(":
+            close_at = spec.find(")", pos)
+            inner_end = close_at if close_at >= 0 else n
+            bad = re.search(r"[()>]", spec[pos + 1:inner_end])
+            if close_at < 0 or bad:
+                at = pos + 1 + bad.start() if bad else n
+                raise SpecError(f"syntax error {_where(spec, at)}: missing ')' for "
+                                f"'{name}(' opened at column {pos + 1}")
+            start = pos + 1
+            inner = spec[start:close_at]
+            if inner.strip():
+                for piece in inner.split(","):
+                    args.append((piece.strip(), start + len(piece) - len(piece.lstrip())))
+                    start += len(piece) + 1
+            pos = skip_ws(close_at + 1)
+        steps.append(_make_step(spec, opdef, args, name_pos, scale))
+        if opdef.resize and steps[-1].ranges[0][0] == 0:
+            open_count += 1
+        if pos >= n:
+            break
+        if spec[pos] != ">":
+            raise SpecError(f"syntax error {_where(spec, pos)}: expected '>' or the end of the "
+                            f"spec after {name}, found {spec[pos]!r}")
+        pos += 1
+        if skip_ws(pos) >= n:
+            raise SpecError(f"syntax error {_where(spec, pos)}: expected an operator name "
+                            f"after '>'")
+
+    if open_count:
+        if open_count > 1:
+            raise SpecError(f"{spec!r} leaves {open_count} resize factors open; "
+                            "at most one may take the scale")
+        if scale is None:
+            raise SpecError(f"{spec!r} leaves the resize factor open (no factor or S); "
+                            "give the scale (parse(spec, scale=...))")
+        fixed = math.prod(int(st.ranges[0][0]) for st in steps
+                          if OPS[st.op].resize and st.ranges[0][0] != 0)
+        if fixed != 1 or scale not in SCALES:
+            raise SpecError(f"{spec!r}: the open resize factor must be the only resize "
+                            "when a scale is given")
+        steps = [Step(st.op, ((scale, scale),)) if OPS[st.op].resize and st.ranges[0][0] == 0
+                 else st for st in steps]
+    pipe = Pipeline(tuple(steps))
+    if scale is not None and pipe.scale != scale:
+        raise SpecError(f"{spec!r} downscales by {pipe.scale}, not {scale}; leave the factor "
+                        f"open (e.g. 'bicubic' or 'bicubic(S)') to use it for any scale")
+    return pipe
+
+
+def _make_step(spec: str, opdef: _OpDef, args: list[tuple[str, int]], name_pos: int,
+               scale: int | None) -> Step:
+    name, params = opdef.name, opdef.params
+    k = len(params)
+    names = ", ".join(p.name for p in params)
+    if opdef.resize and (not args or (len(args) == 1 and args[0][0] in _PLACEHOLDERS)):
+        return Step(name, ((0, 0),))  # open factor, filled by parse
+    if len(args) not in (k, 2 * k):
+        plural = "s" if k > 1 else ""
+        how = (f"{k} value{plural} ({names})" if opdef.resize else
+               f"{k} value{plural} ({names}) or {2 * k} ({'lo,hi ranges' if k > 1 else 'a lo,hi range'})")
+        raise SpecError(f"{name} takes {how}, got {len(args)} {_where(spec, name_pos)}")
+    if opdef.resize and len(args) != k:
+        raise SpecError(f"{name} takes one fixed factor (2, 3 or 4), got {len(args)} values "
+                        f"{_where(spec, name_pos)}")
+    values = []
+    for text, at in args:
+        if text in _PLACEHOLDERS:
+            raise SpecError(f"{name}: the scale placeholder {text!r} is only allowed as the "
+                            f"factor of a resize operator {_where(spec, at)}")
+        try:
+            v = float(text)
+        except ValueError:
+            what = "an empty value" if not text else f"{text!r} is not a number"
+            raise SpecError(f"{name}: {what} {_where(spec, at)}") from None
+        if not math.isfinite(v):
+            raise SpecError(f"{name}: {text!r} is not a finite number {_where(spec, at)}")
+        values.append((v, text, at))
+    ranges = []
+    per = len(values) // k
+    for i, p in enumerate(params):
+        group = values[i * per:(i + 1) * per]
+        for v, text, at in group:
+            if p.kind == "scale":
+                if v not in SCALES:
+                    raise SpecError(f"{name} factor must be 2, 3 or 4, got {text} {_where(spec, at)}")
+            elif not p.lo <= v <= p.hi or (p.kind == "int" and not v.is_integer()):
+                kind = "an integer" if p.kind == "int" else "a number"
+                raise SpecError(f"{name} {p.name} must be {kind} in {p.lo:g}..{p.hi:g}, "
+                                f"got {text} {_where(spec, at)}")
+        lo, hi = group[0][0], group[-1][0]
+        if lo > hi:
+            raise SpecError(f"{name} {p.name} range has lo > hi ({group[0][1]} > {group[-1][1]}) "
+                            f"{_where(spec, group[0][2])}")
+        ranges.append((lo, hi))
+    return Step(name, tuple(ranges))
