@@ -82,7 +82,7 @@ def test_loss_falls_on_a_fixed_batch():
         state, m = step(state, batch)
         losses.append(float(m["loss"]))
     assert losses[-1] < 0.75 * losses[0]
-    assert int(state.step) == 30 and int(state.nonfinite) == 0
+    assert int(state.step) == 40 and int(state.nonfinite) == 0
 
 
 def test_nonfinite_step_is_not_applied_and_counted():
