@@ -18,6 +18,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 # 30000 x 30000 headers and the like are refused before any pixel is decoded.
 MAX_PIXELS = 16384 * 16384
+# read_rgb checks MAX_PIXELS itself right after Pillow parses the header, before decoding.
+# Pillow's own guard (warn above 89 Mpx, refuse above 179 Mpx by default) would contradict
+# that for large photographs, with a vaguer message; switch it off. All reads go through here.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(Exception):
@@ -59,18 +63,19 @@ def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndar
         raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
     if size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
+    too_big = f"over the limit of {MAX_PIXELS} pixels (a decompression bomb or an image too large to use whole)"
     try:
         with Image.open(path) as img:
             w, h = img.size
             if w * h > MAX_PIXELS:
-                raise ImageError(
-                    f"{path}: {w}x{h} pixels is over the limit of {MAX_PIXELS} "
-                    "(a decompression bomb or an image too large to use whole)")
+                raise ImageError(f"{path}: {w}x{h} pixels is {too_big}")
             img.load()
             arr = _to_rgb(img, note)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: {too_big}") from None
+    except UnidentifiedImageError as e:
         raise ImageError(f"{path}: not a readable image ({e.__class__.__name__})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: broken or truncated image ({e})") from None
