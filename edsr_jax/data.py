@@ -13,7 +13,8 @@ training never decodes PNG/JPEG.
 
 ``make_train_dataset`` builds the pipeline::
 
-    MapDataset.source(records).shuffle(seed).repeat()      # reshuffled every epoch
+    MapDataset.range(records).repeat()
+      .map_with_index(EpochShuffle)                         # reshuffled every epoch
       .random_map(PatchSampler)                             # crop, [degrade], symmetry
       [process_index::process_count]                        # this process's share
       .batch(B, drop_remainder=True).to_iter_dataset()[.mp_prefetch(workers)]
@@ -32,6 +33,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -245,13 +247,17 @@ class HROnlySource:
     ``paths_or_folder``: a folder, one image, or a list of image paths. ``spec`` is a
     ``degrade`` spec (``None`` means ``bicubic(scale)``, MATLAB imresize; an open
     factor, ``bicubic`` or ``bicubic(S)``, takes ``scale``); its total scale must equal
-    ``scale``, else ``degrade.SpecError``. Unreadable images are skipped with a warning.
+    ``scale``, else ``degrade.SpecError``. LR patches equal the same window of the
+    degraded whole image bit for bit, for the deterministic part of the chain; with
+    ``exact=False`` (the default) a ``jpeg`` step codes each crop on its own block grid
+    (statistically the same artefacts, far cheaper), ``exact=True`` aligns crops to the
+    JPEG macroblock grid as well (``Pipeline.exact_margin``, ``hr_alignment``). Unreadable images are skipped with a warning.
     ``image(i) -> hr (H, W, 3)`` uint8 read-only, H and W cropped to multiples of scale.
     """
 
     def __init__(self, paths_or_folder, scale: int, spec: str | None = None, *,
-                 cache_dir: str | os.PathLike | None = None, num_threads: int | None = None,
-                 progress: bool = True):
+                 exact: bool = False, cache_dir: str | os.PathLike | None = None,
+                 num_threads: int | None = None, progress: bool = True):
         self.scale = s = _check_scale(scale)
         self.pipeline = _pipeline(spec, s)
         paths = _image_paths(paths_or_folder)
@@ -267,8 +273,12 @@ class HROnlySource:
         self._hr = _MappedImages([decoded[k] for k in keep])
         shapes = [cache_lib.load(decoded[k]).shape for k in keep]
         self.lr_sizes = [(h // s, w // s) for h, w, _ in shapes]
-        self.align = math.lcm(s, self.pipeline.hr_alignment)
-        self.margin = -(-self.pipeline.margin // self.align) * self.align
+        if exact:  # JPEG block grids too: costlier crops (128 extra HR pixels for x4 chains)
+            self.align = math.lcm(s, self.pipeline.hr_alignment)
+            margin = self.pipeline.exact_margin
+        else:
+            self.align, margin = s, self.pipeline.margin
+        self.margin = -(-margin // self.align) * self.align
 
     def __len__(self) -> int:
         return len(self.names)
@@ -284,11 +294,9 @@ class HROnlySource:
     def patch(self, i: int, patch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A random crop of image ``i`` and its degraded LR: ``(lr (p, p, 3), hr (p*s, p*s, 3))`` uint8.
 
-        The HR crop is degraded with at least ``pipeline.margin`` extra HR pixels on each
-        side (fewer at the image's edges), its corners snapped outwards to the
-        pipeline's ``hr_alignment`` grid, and the LR interior is kept: the LR patch is
-        what degrading the whole image would give there (bit for bit for the
-        deterministic part of the chain), and crop borders do not leak into it.
+        The HR crop is degraded with ``margin`` extra HR pixels on each side (fewer at
+        the image's edges; with ``exact`` its corners snapped outwards to the JPEG grid)
+        and the LR interior is kept, so crop borders do not leak into the LR patch.
         """
         hr = self.image(i)
         p, s, m, a = patch_size, self.scale, self.margin, self.align
@@ -345,6 +353,42 @@ class PatchSampler(grain.transforms.RandomMap):
             k = int(rng.integers(8))
             lr, hr = symmetry(lr, k), symmetry(hr, k)
         return {"lr": lr, "hr": hr}
+
+
+class EpochShuffle(grain.transforms.MapWithIndex):
+    """Element ``j`` of the repeated record stream -> record ``perm_e[j % n]`` of epoch ``e = j // n``.
+
+    ``perm_e`` is a NumPy permutation of ``range(n)`` seeded by ``(seed, e)``: every
+    epoch visits every record once, in a new order. (It replaces Grain's
+    ``MapDataset.shuffle``, whose ``index_shuffle`` costs ~4 ms per element when an
+    epoch has only ~10 records.) The last two epochs' permutations are kept per process.
+    """
+
+    def __init__(self, num_records: int, seed: int):
+        self.num_records = int(num_records)
+        self.seed = int(seed)
+        self._perms: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        return {"num_records": self.num_records, "seed": self.seed}
+
+    def __setstate__(self, state):
+        self.__init__(state["num_records"], state["seed"])
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The record order of ``epoch``: ``(n,)`` int64, a permutation of ``range(n)``."""
+        with self._lock:
+            perm = self._perms.get(epoch)
+            if perm is None:
+                perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
+                self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+                self._perms[epoch] = perm
+        return perm
+
+    def map_with_index(self, index: int, element) -> int:
+        epoch, k = divmod(int(index), self.num_records)
+        return int(self.permutation(epoch)[k])
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -404,9 +448,10 @@ def make_train_dataset(source, *, patch_size: int, batch_size: int, seed: int,
     images = usable_images(source, patch_size)
     shuffle_seed, map_seed = (int(x) for x in np.random.SeedSequence(seed).generate_state(2))
     sampler = PatchSampler(source, images, patch_size, patches_per_image, augment)
-    ds = (grain.MapDataset.range(len(images) * patches_per_image)
-          .shuffle(seed=shuffle_seed)
+    num_records = len(images) * patches_per_image
+    ds = (grain.MapDataset.range(num_records)
           .repeat()
+          .map_with_index(EpochShuffle(num_records, shuffle_seed))
           .random_map(sampler, seed=map_seed))
     ds = ds[process_index::process_count]
     ds = ds.batch(batch_size // process_count, drop_remainder=True)
@@ -458,6 +503,6 @@ def validation_pairs(paths_or_folder, scale: int, spec: str | None = None,
 
 
 __all__ = [
-    "DatasetError", "HROnlySource", "PairedFolderSource", "PatchSampler", "make_train_dataset",
+    "DatasetError", "EpochShuffle", "HROnlySource", "PairedFolderSource", "PatchSampler", "make_train_dataset",
     "symmetry", "usable_images", "validation_pairs",
 ]
