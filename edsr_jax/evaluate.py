@@ -216,7 +216,7 @@ def _load_upscaler(args):
     try:
         return Upscaler.from_checkpoint(path, ensemble=args.ensemble, tile=args.tile)
     except (OSError, ValueError) as e:
-        raise cli.UsageError(f"{path}: cannot load the checkpoint ({e})") from None
+        raise cli.UsageError(f"--checkpoint {path}: {e}") from None
 
 
 def _fmt(value: float | None, digits: int) -> str:

@@ -161,7 +161,7 @@ def test_checkpoint_path_with_a_fake_upscaler(small_set, tmp_path, monkeypatch, 
     assert "nope: no such checkpoint" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
     assert run(evaluate.main, ["--checkpoint", str(tmp_path / "bad"), str(small_set)]) == 2
-    assert "cannot load the checkpoint" in capsys.readouterr().err
+    assert "bad: no model config in this folder" in capsys.readouterr().err
 
 
 def cli(*args, cwd):
