@@ -92,14 +92,15 @@ def comparison_panel(lr: np.ndarray, sr: np.ndarray, hr: np.ndarray, scale: int,
 
 def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn, method: str, *,
                     max_images: int | None = None, save_dir: str | os.PathLike | None = None,
-                    overwrite: bool = False, progress: bool = True) -> dict:
+                    overwrite: bool = False, progress: bool = True, warn: bool = True) -> dict:
     """Score every image of ``folder`` (HR images) at ``scale`` with ``upscale_fn``.
 
     ``upscale_fn(lr (h, w, 3) uint8, scale) -> sr (h*scale, w*scale, 3) uint8``.
     Returns ``{"dataset", "scale", "method", "psnr", "ssim", "images", "per_image": [{"image",
     "psnr", "ssim"}], "failed": [{"image", "error"}]}``; ``psnr``/``ssim`` are the means over
     scored images (None when none was). Unreadable images are reported on stderr and listed
-    in ``failed``; the rest are still scored. ``save_dir`` writes comparison crops (PNG).
+    in ``failed`` (``warn=False``: listed only); the rest are still scored. ``save_dir`` writes
+    comparison crops (PNG).
     Raises ``ImageError`` when the folder does not exist.
     """
     from tqdm import tqdm
@@ -118,7 +119,8 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
                 raise ImageError(f"{path}: {hr.shape[1]}x{hr.shape[0]} pixels is too small "
                                  f"to score at x{scale}")
         except ImageError as e:
-            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            if warn:
+                tqdm.write(f"skipped: {e}", file=sys.stderr)
             failed.append({"image": str(path), "error": str(e)})
             continue
         p, s, lr, sr = score_image(hr, scale, upscale_fn)
@@ -301,12 +303,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results, failed = [], {}
     for folder, _ in datasets:
+        first = True
         for s in scales:
             for method, fn, method_scales in methods:
                 if s not in method_scales:
                     continue
                 r = evaluate_folder(folder, s, fn, method, max_images=args.max_images,
-                                    save_dir=args.save_images, overwrite=args.overwrite)
+                                    save_dir=args.save_images, overwrite=args.overwrite, warn=first)
+                first = False
                 for f in r.pop("failed"):
                     failed.setdefault(f["image"], f)
                 results.append(r)
