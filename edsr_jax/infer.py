@@ -189,7 +189,8 @@ class Upscaler:
         if lr.ndim not in (3, 4) or lr.shape[-1] != 3 or 0 in lr.shape:
             raise ValueError(f"expected an (H, W, 3) or (N, H, W, 3) image, got shape {lr.shape}")
         batch = lr if lr.ndim == 4 else lr[None]
-        batch = batch.astype(np.float32)
+        if batch.dtype != np.uint8:
+            batch = batch.astype(np.float32, copy=False)
         n, h, w, _ = batch.shape
         s = self.scale
         out = np.empty((n, h * s, w * s, 3), out_dtype)
@@ -206,16 +207,19 @@ class Upscaler:
         return out if lr.ndim == 4 else out[0]
 
     def _tiled(self, img: np.ndarray, out: np.ndarray) -> None:
-        """Fill ``out`` (H*s, W*s, 3) tile by tile from ``img`` (H, W, 3) float32."""
+        """Fill ``out`` (H*s, W*s, 3) tile by tile from ``img`` (H, W, 3) uint8 or float32.
+
+        Memory beyond ``img`` and ``out``: a padded copy of ``img`` in its own dtype and
+        one tile's activations."""
         h, w, _ = img.shape
         t, r, s = self.tile, self.overlap, self.scale
         side = t + 2 * r
         # The image sits at offset r in a zero frame big enough for every tile's context.
-        frame = np.zeros((-(-h // t) * t + 2 * r, -(-w // t) * t + 2 * r, 3), np.float32)
+        frame = np.zeros((-(-h // t) * t + 2 * r, -(-w // t) * t + 2 * r, 3), img.dtype)
         frame[r:r + h, r:r + w] = img
         for y0 in range(0, h, t):
             for x0 in range(0, w, t):
-                x = frame[None, y0:y0 + side, x0:x0 + side]
+                x = frame[None, y0:y0 + side, x0:x0 + side].astype(np.float32)
                 # image rows [0, h) are frame rows [r, r + h): tile rows [r - y0, r + h - y0)
                 b = [max(0, r - y0), min(side, r + h - y0), max(0, r - x0), min(side, r + w - x0)]
                 y = self._run(x, np.array([b], np.int32))[0]
