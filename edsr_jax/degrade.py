@@ -26,7 +26,7 @@ Operators (``s`` in 2, 3, 4; all lengths in pixels of the image the operator see
 - ``aniso_blur(sigma_x, sigma_y, theta)``: Gaussian with standard deviations
   ``sigma_x`` and ``sigma_y`` along axes rotated by ``theta`` degrees
   (counter-clockwise from the x axis, image rows pointing down), truncated at the
-  4-sigma bounding box, symmetric edges.
+  4-sigma ellipse, symmetric edges.
 - ``noise(sigma)``: additive white Gaussian noise, ``sigma`` on the 0-255 scale,
   independent per pixel and channel.
 - ``jpeg(quality)``: encoded and decoded by Pillow's libjpeg in memory (quality
@@ -243,7 +243,8 @@ def aniso_kernel(sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
     """Normalised 2-D anisotropic Gaussian, ``(2ry+1, 2rx+1) float64`` (rows = y).
 
     ``theta`` in degrees rotates the ``sigma_x`` axis counter-clockwise on screen
-    (rows point down). Sigmas below 0.05 count as 0.05 (a delta for practical purposes).
+    (rows point down). Weights outside the 4-sigma ellipse are 0 (and skipped by the
+    correlation). Sigmas below 0.05 count as 0.05 (a delta for practical purposes).
     """
     sx, sy = max(sigma_x, 0.05), max(sigma_y, 0.05)
     t = math.radians(theta)
@@ -255,7 +256,7 @@ def aniso_kernel(sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
     y, x = np.mgrid[-ry:ry + 1, -rx:rx + 1].astype(np.float64)
     inv = np.linalg.inv(cov)
     q = inv[0, 0] * x * x + 2 * inv[0, 1] * x * y + inv[1, 1] * y * y
-    k = np.exp(-0.5 * q)
+    k = np.where(q <= TRUNCATE * TRUNCATE, np.exp(-0.5 * q), 0.0)  # the 4-sigma ellipse
     return k / k.sum()
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import re
 import sys
@@ -416,7 +417,9 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
             for task in tasks:
                 collect(process_source(*task))
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+            # spawn, not fork: the caller may hold threads (JAX, tqdm) that fork would copy mid-lock.
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = [pool.submit(process_source, *task) for task in tasks]
                 try:
                     for fut in as_completed(futures):

@@ -281,8 +281,9 @@ def crop_matches(p, big, y0, x0, size, margin):
 
 
 @pytest.mark.parametrize("spec", ["bicubic(4)", "bicubic(3)", "blur(1.3) > bicubic(2)",
-                                  "aniso_blur(2,0.5,30) > bilinear(3)", "nearest(2) > blur(0.7) > bicubic(2)",
-                                  "blur(2.0) > nearest(4)", "bilinear(2) > blur(1) > bicubic(2)", "blur(0.8)"])
+                                  "aniso_blur(2,0.5,30) > bilinear(3)",
+                                  "nearest(2) > blur(0.7) > bicubic(2)", "blur(2.0) > nearest(4)",
+                                  "bilinear(2) > blur(1) > bicubic(2)", "blur(0.8)"])
 def test_margin_makes_crops_exact(spec):
     p = parse(spec)
     assert p.margin % p.scale == 0 and p.exact_margin == p.margin and p.lr_alignment == 1
