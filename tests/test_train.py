@@ -124,3 +124,92 @@ def test_merge_params_for_finetuning_x2_to_x4():
     # Without skipping, every same-shaped array is taken (x2's upsample_0 fits x4's first stage).
     _, took_all, kept_all = train.merge_params(x4, x2)
     assert "params/upsample_0/kernel" in took_all and "params/upsample_1/kernel" in kept_all
+
+
+# ---------------------------------------------------------------- the CLI, end to end
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """6 steps in one go on 1 device (checkpoints at 3 and 6)."""
+    workdir = tmp_path_factory.mktemp("straight")
+    r = run_train(workdir)
+    assert r.returncode == 0, r.stderr
+    return workdir
+
+
+def _iter_state(workdir, step, process=0, count=1):
+    return json.loads((Path(workdir) / "checkpoints" / str(step) / "data_iter"
+                       / f"process_{process}-of-{count}.json").read_text())
+
+
+def test_stop_and_resume_gives_identical_params_and_batches(straight_run, tmp_path):
+    first = run_train(tmp_path, "--config.train.steps=3")
+    assert first.returncode == 0, first.stderr
+    second = run_train(tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "resuming from step 3" in second.stderr
+    a, b = final_params(straight_run), final_params(tmp_path)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    assert _iter_state(straight_run, 6) == _iter_state(tmp_path, 6)
+    assert _iter_state(straight_run, 3) == _iter_state(tmp_path, 3)
+    assert (tmp_path / "metrics.jsonl").exists() and list((tmp_path / "tb").iterdir())
+
+
+def test_four_devices_match_one_device(tmp_path):
+    one = run_train(tmp_path / "one", "--config.train.steps=3", devices=1)
+    four = run_train(tmp_path / "four", "--config.train.steps=3", devices=4)
+    assert one.returncode == 0 and four.returncode == 0, one.stderr + four.stderr
+    assert_close(final_params(tmp_path / "four"), final_params(tmp_path / "one"), 1e-5)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_four_devices(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "edsr_jax.train", f"--config={TINY}", f"--workdir={tmp_path / 'multi'}",
+         f"--config.data.cache_dir={CACHE}", "--config.train.steps=3",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+         "--cpu_collectives"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    single = run_train(tmp_path / "single", "--config.train.steps=3", devices=4)
+    assert single.returncode == 0, single.stderr
+    assert_close(final_params(tmp_path / "multi"), final_params(tmp_path / "single"), 1e-5)
+    # each process saved its own data position (3 batches of its own share consumed)
+    for i in range(2):
+        assert _iter_state(tmp_path / "multi", 3, i, 2)["next_index"] == 3
+
+
+def test_finetune_x2_to_x4_from_checkpoint(straight_run, tmp_path):
+    r = run_train(tmp_path, "--config.model.scale=4", "--config.train.steps=1",
+                  f"--config.train.init_from={straight_run}")
+    assert r.returncode == 0, r.stderr
+    assert "loaded 10 arrays" in r.stderr
+    assert "params/upsample_1/kernel" in r.stderr and "params/tail/kernel" in r.stderr
+
+
+@pytest.mark.parametrize("override, devices, message", [
+    ("--config.optim.lrr=1", 1, "lrr"),
+    ("--config.data.patch_size=0", 1, "config.data.patch_size = 0"),
+    ("--config.data.batch_size=8", 3, "divisible by the number of devices (3)"),
+    ("--config.data.train=/nonexistent/folder", 1, "/nonexistent/folder"),
+    ("--config.model.scale=5", 1, "config.model.scale = 5"),
+])
+def test_bad_config_stops_with_one_clear_message(tmp_path, override, devices, message):
+    r = run_train(tmp_path, override, devices=devices, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error:") and not (tmp_path / "checkpoints").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(straight_run):
+    r = run_train(straight_run, "--config.model.num_features=16", "--config.train.steps=7", timeout=120)
+    assert r.returncode == 2 and "num_features: checkpoint=8, config=16" in r.stderr, r.stderr
