@@ -21,9 +21,9 @@ def get_config():
     c.data.batch_size = 16
     c.data.patches_per_image = 64
     c.optim.lr = 5e-4
-    c.optim.decay_every = 1000
-    c.train.steps = 2000
+    c.optim.decay_every = 600
+    c.train.steps = 1000
     c.train.log_every = 50
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 250
     return c
