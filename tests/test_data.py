@@ -186,9 +186,15 @@ def test_process_shards_disjoint_and_cover_epoch(tmp_path):
         train(src, patch_size=4, batch_size=5, process_index=0, process_count=2)
 
 
-def test_worker_processes_give_the_same_batches(tmp_path):
-    root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17)])
-    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+@pytest.mark.parametrize("kind", ["paired", "hr_only"])
+def test_worker_processes_give_the_same_batches(tmp_path, kind):
+    if kind == "paired":
+        root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17)])
+        src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    else:  # a random chain: noise and JPEG quality come from the per-element generator
+        src = data.HROnlySource(make_hr(tmp_path / "hr", [(40, 44)]), 2,
+                                spec="bicubic(2) > noise(0,8) > jpeg(30,90)",
+                                cache_dir=tmp_path / "cache", progress=False)
     ds = train(src, num_workers=2)
     it = iter(ds)
     got = [next(it) for _ in range(4)]
