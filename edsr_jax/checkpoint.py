@@ -188,9 +188,12 @@ def save_params_checkpoint(path: str | Path, model_config: ModelConfig, params, 
                            note: str = "", experiment: dict | None = None) -> Path:
     """Write ``params`` as an ordinary checkpoint (step 0) under ``path/checkpoints``.
 
+    ``params`` is the variables dict of ``model.init`` (``{"params": {...}}``), float32.
     Usable by fine-tuning, upscale, evaluate and export. Refuses (FileExistsError) when
     ``path`` already holds a checkpoint. Returns the step directory.
     """
+    if not isinstance(params, dict) or set(params) != {"params"}:
+        raise ValueError("save_params_checkpoint expects the variables of model.init: {'params': {...}}")
     path = Path(path)
     directory = path / CHECKPOINT_DIR
     if directory.exists() and any(directory.iterdir()):
