@@ -251,7 +251,8 @@ class HROnlySource:
     degraded whole image bit for bit, for the deterministic part of the chain; with
     ``exact=False`` (the default) a ``jpeg`` step codes each crop on its own block grid
     (statistically the same artefacts, far cheaper), ``exact=True`` aligns crops to the
-    JPEG macroblock grid as well (``Pipeline.exact_margin``, ``hr_alignment``). Unreadable images are skipped with a warning.
+    JPEG macroblock grid as well (``Pipeline.exact_margin``, ``hr_alignment``).
+    Unreadable images are skipped with a warning.
     ``image(i) -> hr (H, W, 3)`` uint8 read-only, H and W cropped to multiples of scale.
     """
 
@@ -266,8 +267,8 @@ class HROnlySource:
         _warn_skipped("unreadable images", problems)
         keep = [k for k, e in enumerate(decoded) if not isinstance(e, ImageError)]
         if not keep:
-            raise DatasetError(f"{paths_or_folder if isinstance(paths_or_folder, (str, os.PathLike)) else 'the image list'}"
-                               ": no readable images")
+            where = paths_or_folder if isinstance(paths_or_folder, (str, os.PathLike)) else "the image list"
+            raise DatasetError(f"{where}: no readable images")
         self.paths = [paths[k] for k in keep]
         self.names = [p.stem for p in self.paths]
         self._hr = _MappedImages([decoded[k] for k in keep])
@@ -505,6 +506,6 @@ def validation_pairs(paths_or_folder, scale: int, spec: str | None = None,
 
 
 __all__ = [
-    "DatasetError", "EpochShuffle", "HROnlySource", "PairedFolderSource", "PatchSampler", "make_train_dataset",
-    "symmetry", "usable_images", "validation_pairs",
+    "DatasetError", "EpochShuffle", "HROnlySource", "PairedFolderSource", "PatchSampler",
+    "make_train_dataset", "symmetry", "usable_images", "validation_pairs",
 ]
