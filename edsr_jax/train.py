@@ -518,8 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fv = _define_flags()
     argv = list(sys.argv if argv is None else ["edsr_jax.train", *argv])
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(fv.main_module_help() if hasattr(fv, "main_module_help") else "", file=sys.stdout)
-        print(fv.get_help(), file=sys.stdout)
+        print("usage: python -m edsr_jax.train --config experiments/X.py --workdir runs/X "
+              "[--config.FIELD=VALUE ...]\n\nTrain EDSR (resumes when the workdir holds a checkpoint).\n")
+        print(fv.main_module_help())
         return 0
     try:
         rest = fv(argv)
