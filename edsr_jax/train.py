@@ -421,35 +421,42 @@ def train(config, workdir: str | Path) -> dict:
     tick, tick_step = time.perf_counter(), start
     step = start
     saved_step = start
-    with StopRequest() as stop:
-        while step < total and stop.signal is None:
-            batch = next(feed)
-            state, metrics = step_fn(state, batch)
-            step += 1
-            done = step == total
-            if step % t.log_every == 0 or done:
-                loss = float(metrics["loss"])
-                skipped = _check_finite(state, t.nan_policy)
-                now = time.perf_counter()
-                rate = (step - tick_step) * local_batch * process_count / max(now - tick, 1e-9)
-                logger.train(step, {"loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                                    "lr": float(schedule(step)), "patches_per_s": rate,
-                                    "skipped_steps": skipped}, step - tick_step)
-                tick, tick_step = now, step
-            result = None
-            if step % t.eval_every == 0 or done:
-                _check_finite(state, t.nan_policy)
-                weights = state.ema if use_ema else state.params
-                result = evaluate(model_config, local_copy(weights), val_pairs, config.model.dtype)
-                logger.eval(step, result)
-                last_eval = result
-            if step % t.checkpoint_every == 0 or done or stop.signal is not None:
-                _check_finite(state, t.nan_policy)
-                checkpoint.save(manager, step, _as_items(state), config=saved_config, data_iter=feed,
-                                metrics={"psnr": result["psnr"]} if result else None)
-                saved_step = step
-        if stop.signal is not None and saved_step != step:  # the signal came during a save
-            checkpoint.save(manager, step, _as_items(state), config=saved_config, data_iter=feed)
+    try:
+        with StopRequest() as stop:
+            while step < total and stop.signal is None:
+                batch = next(feed)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                done = step == total
+                if step % t.log_every == 0 or done:
+                    loss = float(metrics["loss"])
+                    skipped = _check_finite(state, t.nan_policy)
+                    now = time.perf_counter()
+                    rate = (step - tick_step) * local_batch * process_count / max(now - tick, 1e-9)
+                    logger.train(step, {"loss": loss, "grad_norm": float(metrics["grad_norm"]),
+                                        "lr": float(schedule(step)), "patches_per_s": rate,
+                                        "skipped_steps": skipped}, step - tick_step)
+                    tick, tick_step = now, step
+                result = None
+                if step % t.eval_every == 0 or done:
+                    _check_finite(state, t.nan_policy)
+                    weights = state.ema if use_ema else state.params
+                    result = evaluate(model_config, local_copy(weights), val_pairs, config.model.dtype)
+                    logger.eval(step, result)
+                    last_eval = result
+                if step % t.checkpoint_every == 0 or done or stop.signal is not None:
+                    _check_finite(state, t.nan_policy)
+                    checkpoint.save(manager, step, _as_items(state), config=saved_config, data_iter=feed,
+                                    metrics={"psnr": result["psnr"]} if result else None)
+                    saved_step = step
+            if stop.signal is not None and saved_step != step:  # the signal came during a save
+                checkpoint.save(manager, step, _as_items(state), config=saved_config, data_iter=feed)
+    except NonFiniteError:
+        manager.wait_until_finished()  # the last good checkpoint must finish writing
+        manager.close()
+        feed.close()
+        logger.close()
+        raise
     manager.wait_until_finished()
     manager.close()
     feed.close()
