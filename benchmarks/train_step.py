@@ -1,0 +1,274 @@
+"""Training-step speed: the project's jitted ``train_step`` beside the same EDSR in PyTorch.
+
+    python benchmarks/train_step.py                       # EDSR-baseline x2 and EDSR x2, float32
+    python benchmarks/train_step.py --quick --models edsr_baseline
+    python benchmarks/train_step.py --device gpu --dtype bfloat16 float32 --batch 16 64 256 \\
+        --peak-tflops 989                                 # on an NVIDIA GPU (H100 dense bf16 peak)
+
+Both sides take the same work: uint8 LR/HR patches in, float32 [0, 255] network, L1 loss,
+Adam (lr 1e-4, betas 0.9/0.999, eps 1e-8). JAX runs ``edsr_jax.train.compile_train_step``
+(the trainer's own step: state donated, non-finite guard); PyTorch runs ``tests/torch_edsr.py``
+with ``torch.optim.Adam`` and ``nn.L1Loss``. After a warm-up the two alternate in rounds of a
+few steps each, in one process, and the median round gives patches/s; alternating keeps the
+ratio honest on a machine shared with other work.
+
+Achieved GFLOP/s count the architecture's convolutions only: 2 x MACs of every conv in the
+forward pass, times 3 for forward + backward (the mean shifts, ReLUs and Adam are left out).
+The fraction is taken against a float32 (or the run's dtype) 2048 x 2048 matmul rate measured
+in the same run (the best of NumPy and jitted JAX), or against ``--peak-tflops`` when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+ADAM = {"lr": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
+CPU_BATCH = {"edsr_baseline": 16, "edsr": 2}
+GPU_BATCH = [16, 64, 256]
+
+
+def conv_macs(num_blocks: int, num_features: int, scale: int, patch: int) -> int:
+    """Multiply-accumulates of one forward pass on one ``patch x patch`` LR input (3x3 convs)."""
+    from edsr_jax.model import upsample_stages
+
+    f, hw, k = num_features, patch * patch, 9
+    macs = hw * k * 3 * f  # head
+    macs += hw * k * f * f * (2 * num_blocks + 1)  # residual blocks and body conv
+    for r in upsample_stages(scale):
+        macs += hw * k * f * f * r * r  # conv to f*r*r channels, then pixel shuffle
+        hw *= r * r
+    return macs + hw * k * f * 3  # tail
+
+
+def train_flops(num_blocks: int, num_features: int, scale: int, patch: int) -> float:
+    """FLOPs of one training patch: 2 x MACs forward, x3 for forward + backward."""
+    return 3.0 * 2.0 * conv_macs(num_blocks, num_features, scale, patch)
+
+
+def matmul_gflops(dtype: str, device: str, n: int = 2048, reps: int = 5) -> float:
+    """Best measured ``n x n`` matmul rate (GFLOP/s) of NumPy (CPU, float32) and jitted JAX."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    best = 0.0
+    if device == "cpu" and dtype == "float32":
+        a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+        a @ a
+        for _ in range(reps):
+            t = time.perf_counter()
+            a @ a
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    x = jnp.ones((n, n), getattr(jnp, dtype))
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(x).block_until_ready()
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def make_batch(batch: int, patch: int, scale: int, seed: int = 0) -> dict:
+    """Random uint8 patches ``{"lr": (B,p,p,3), "hr": (B,p*s,p*s,3)}``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {"lr": rng.integers(0, 256, (batch, patch, patch, 3), dtype=np.uint8),
+            "hr": rng.integers(0, 256, (batch, patch * scale, patch * scale, 3), dtype=np.uint8)}
+
+
+class JaxSide:
+    """The trainer's jitted step on a one-device mesh; ``run(n)`` does n steps and waits."""
+
+    def __init__(self, model_config, dtype: str, batch: dict):
+        import jax
+
+        from edsr_jax import config as config_lib
+        from edsr_jax import train
+
+        config = config_lib.base_config()
+        config.optim.lr = ADAM["lr"]
+        model = model_config.build(dtype=train.DTYPES[dtype])
+        tx, _ = train.make_optimizer(config.optim)
+        mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                             devices=jax.devices()[:1])
+        init = lambda key: train.create_train_state(model, tx, key, use_ema=False)  # noqa: E731
+        shape = jax.eval_shape(init, jax.random.key(0))
+        self.step = train.compile_train_step(model, tx, config, mesh, shape)
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self.state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
+        data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        self.batch = jax.device_put(batch, data)
+        start = time.perf_counter()
+        self.run(1)
+        self.first_step_s = time.perf_counter() - start  # compile + one step
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.state, metrics = self.step(self.state, self.batch)
+        metrics["loss"].block_until_ready()
+
+
+class TorchSide:
+    """The same network and optimiser in PyTorch (NCHW; autocast for bfloat16)."""
+
+    def __init__(self, model_config, dtype: str, batch: dict, device: str):
+        import torch
+        from torch_edsr import EDSR, randomize
+
+        self.torch = torch
+        self.device = "cuda" if device == "gpu" else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
+        c = model_config
+        self.model = randomize(EDSR(c.scale, c.num_blocks, c.num_features, c.res_scale)).to(self.device)
+        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
+                                    lr=ADAM["lr"], betas=(ADAM["b1"], ADAM["b2"]), eps=ADAM["eps"])
+        self.loss = torch.nn.L1Loss()
+        to = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(self.device)  # noqa: E731
+        self.lr, self.hr = to(batch["lr"]), to(batch["hr"])
+        self.autocast = dtype == "bfloat16"
+        start = time.perf_counter()
+        self.run(1)
+        self.first_step_s = time.perf_counter() - start
+
+    def run(self, n: int) -> None:
+        torch = self.torch
+        for _ in range(n):
+            with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+                loss = self.loss(self.model(self.lr.float()), self.hr.float())
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        loss.item()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
+def measure(sides: dict, batch: int, rounds: int, steps: int) -> dict:
+    """Alternate the sides ``rounds`` times, ``steps`` steps each; median patches/s per side."""
+    rates = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, side in sides.items():
+            start = time.perf_counter()
+            side.run(steps)
+            rates[name].append(steps * batch / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def run_case(name: str, scale: int, batch: int, patch: int, dtype: str, device: str,
+             frameworks: list[str], rounds: int, steps: int, warmup: int) -> dict:
+    import gc
+
+    from edsr_jax.model import preset
+
+    config = preset(name, scale)
+    data = make_batch(batch, patch, scale)
+    sides, first = {}, {}
+    if "jax" in frameworks:
+        sides["jax"] = JaxSide(config, dtype, data)
+        first["jax"] = sides["jax"].first_step_s
+    if "torch" in frameworks:
+        try:
+            sides["torch"] = TorchSide(config, dtype, data, device)
+            first["torch"] = sides["torch"].first_step_s
+        except (ImportError, RuntimeError) as e:  # no torch, or no CUDA build of it
+            print(f"torch skipped: {e}", file=sys.stderr)
+    for side in sides.values():
+        side.run(warmup)
+    rates = measure(sides, batch, rounds, steps)
+    del sides
+    gc.collect()
+    flops = train_flops(config.num_blocks, config.num_features, scale, patch)
+    return {"model": name, "scale": scale, "batch": batch, "patch": patch, "dtype": dtype,
+            "rates": rates, "first": first, "gflop_per_patch": flops / 1e9}
+
+
+def table(results: list[dict], reference_gflops: float, reference: str) -> str:
+    """Markdown table of the cases."""
+    head = ("| model | dtype | batch | patch | JAX patches/s | PyTorch patches/s | JAX / PyTorch "
+            "| JAX GFLOP/s | PyTorch GFLOP/s | JAX / " + reference + " | PyTorch / " + reference
+            + " | JAX first step s |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        j, t = r["rates"].get("jax"), r["rates"].get("torch")
+        g = r["gflop_per_patch"]
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        rows.append("| " + " | ".join([
+            f"{r['model']} x{r['scale']}", r["dtype"], str(r["batch"]), str(r["patch"]),
+            fmt(j, ".2f"), fmt(t, ".2f"), fmt(j / t if j and t else None, ".2f"),
+            fmt(j * g if j else None, ".0f"), fmt(t * g if t else None, ".0f"),
+            fmt(j * g / reference_gflops if j else None, ".0%"),
+            fmt(t * g / reference_gflops if t else None, ".0%"),
+            fmt(r["first"].get("jax"), ".1f")]) + " |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["edsr_baseline", "edsr"],
+                   choices=("edsr_baseline", "edsr"), help="model presets to time")
+    p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="upscaling factor")
+    p.add_argument("--batch", type=int, nargs="+", default=None,
+                   help="batch sizes (default: 16 baseline / 2 EDSR on CPU; 16 64 256 on GPU)")
+    p.add_argument("--patch", type=int, default=48, help="LR patch side (HR is patch x scale)")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16"),
+                   help="compute dtypes (params and Adam stay float32)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where both sides run")
+    p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=("jax", "torch"))
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 7; 3 quick)")
+    p.add_argument("--steps", type=int, default=None, help="steps per round (default 3; 2 quick)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compiling")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="device peak for the utilisation column (default: measured matmul)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    args = p.parse_args(argv)
+
+    if args.device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    if args.device == "gpu" and jax.default_backend() != "gpu":
+        print(f"error: --device gpu but JAX's backend is {jax.default_backend()}", file=sys.stderr)
+        return 2
+    rounds = args.rounds or (3 if args.quick else 7)
+    steps = args.steps or (2 if args.quick else 3)
+    if args.device == "gpu":
+        steps = max(steps, 10)
+    results = []
+    for dtype in args.dtype:
+        for name in args.models:
+            batches = args.batch or (GPU_BATCH if args.device == "gpu" else [CPU_BATCH[name]])
+            for batch in batches:
+                r = run_case(name, args.scale, batch, args.patch, dtype, args.device, args.frameworks,
+                             rounds, steps, args.warmup)
+                results.append(r)
+                print(f"{name} {dtype} batch {batch}: " + ", ".join(
+                    f"{k} {v:.2f} patches/s" for k, v in r["rates"].items()), file=sys.stderr, flush=True)
+    refs = {}
+    for dtype in args.dtype:
+        refs[dtype] = (args.peak_tflops * 1e3 if args.peak_tflops
+                       else matmul_gflops(dtype, args.device))
+    device = jax.devices()[0]
+    print(f"\nTrain step, {device.platform} ({device.device_kind}), {os.cpu_count()} CPU(s), "
+          f"{rounds} alternating rounds of {steps} steps, median; scale x{args.scale}.")
+    for dtype in args.dtype:
+        ref = "peak" if args.peak_tflops else "matmul"
+        print(f"\n{dtype}: reference {refs[dtype]:.0f} GFLOP/s "
+              f"({'given peak' if args.peak_tflops else f'2048x2048 {dtype} matmul, measured'})\n")
+        print(table([r for r in results if r["dtype"] == dtype], refs[dtype], ref))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
