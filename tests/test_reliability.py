@@ -1,0 +1,267 @@
+"""The trainer under interruption: SIGKILL at bad moments, SIGTERM / SIGINT, NaN guard, bad workdir.
+
+Every run is a real ``python -m edsr_jax.train`` process on the tiny config. The kill chain
+restarts the same command after each interruption and must end bitwise equal to one
+uninterrupted run (resume is exact: same params, optimizer state and data position).
+"""
+
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from edsr_jax import checkpoint
+
+TINY = str(ROOT / "tests" / "configs" / "tiny.py")
+CACHE = str(ROOT / ".cache" / "test-decoded")
+STEPS = 24  # checkpoints every 3 steps (tiny.py); enough room for five interruptions
+RESUME = re.compile(r"resuming from step (\d+)")
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return env
+
+
+def _cmd(workdir, *overrides):
+    return [sys.executable, "-m", "edsr_jax.train", f"--config={TINY}", f"--workdir={workdir}",
+            f"--config.data.cache_dir={CACHE}", *overrides]
+
+
+def start(workdir, *overrides, log):
+    """Start a training process; stdout+stderr go to ``log`` (a path)."""
+    return subprocess.Popen(_cmd(workdir, *overrides), cwd=ROOT, env=_env(),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def run(workdir, *overrides, timeout=120):
+    return subprocess.run(_cmd(workdir, *overrides), cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def listing(workdir):
+    """``(complete steps, temporary names)`` in the checkpoint folder."""
+    ck = Path(workdir) / "checkpoints"
+    names = os.listdir(ck) if ck.is_dir() else []
+    return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if "tmp" in n)
+
+
+def wait_for(proc, condition, timeout=90.0):
+    """Poll every 2 ms until ``condition()`` is true; False when the process ended first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError("training did not reach the expected point in time")
+
+
+def final_params(workdir):
+    _, params, _ = checkpoint.restore_params(Path(workdir), prefer_ema=False)
+    return jax.tree_util.tree_map(np.asarray, params)
+
+
+def assert_bitwise_equal(a, b):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(x, y)
+
+
+def resumed_step(log):
+    m = RESUME.findall(Path(log).read_text(errors="replace"))
+    return int(m[-1]) if m else None
+
+
+# ---------------------------------------------------------------- kill / signal chain
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A started uninterrupted run of STEPS steps; waited for when first used."""
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = start(workdir, f"--config.train.steps={STEPS}", log=workdir.parent / "reference.log")
+    yield workdir, proc
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_kills_and_signals_resume_from_complete_checkpoints_bitwise(reference, tmp_path):
+    workdir = tmp_path / "run"
+    steps = f"--config.train.steps={STEPS}"
+    history = []  # (what, latest complete step at the interruption, resumed step of the next run)
+    last = None
+
+    def latest():
+        done, _ = listing(workdir)
+        return max(done) if done else None
+
+    def restart(i):
+        log = tmp_path / f"run{i}.log"
+        return start(workdir, steps, log=log), log
+
+    # 1. SIGKILL while an async checkpoint is being written (a temporary folder exists and an
+    #    older complete one too), best-effort: the save window is a few hundred milliseconds.
+    proc, log = restart(1)
+    wait_for(proc, lambda: bool(listing(workdir)[1]) and bool(listing(workdir)[0]))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    complete, tmp = listing(workdir)
+    assert proc.returncode == -signal.SIGKILL
+    assert complete, "a complete checkpoint existed before the kill"
+    history.append(("kill during save", max(complete), tmp))
+    last = max(complete)
+
+    # 2. SIGKILL right after a new checkpoint completes.
+    proc, log = restart(2)
+    wait_for(proc, lambda: latest() is not None and latest() > last)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert resumed_step(log) == last, Path(log).read_text()[-2000:]
+    last = max(listing(workdir)[0])
+    history.append(("kill after save", last, None))
+
+    # 3. SIGKILL mid-training: a short delay after the next checkpoint appears.
+    proc, log = restart(3)
+    wait_for(proc, lambda: latest() is not None and latest() > last)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert resumed_step(log) == last, Path(log).read_text()[-2000:]
+    last = max(listing(workdir)[0])
+    history.append(("kill mid-step", last, None))
+
+    # 4./5. SIGTERM then SIGINT once the loop runs (a new checkpoint folder of this run
+    #    appears): checkpoint at the current step, exit 0, say how to resume.
+    for i, sig in ((4, signal.SIGTERM), (5, signal.SIGINT)):
+        proc, log = restart(i)
+        before = last
+        wait_for(proc, lambda: any(int(n.split(".")[0]) > before for n in
+                                   os.listdir(workdir / "checkpoints") if n.split(".")[0].isdigit()))
+        proc.send_signal(sig)
+        proc.wait(60)
+        text = Path(log).read_text(errors="replace")
+        assert resumed_step(log) == before, text[-2000:]
+        assert proc.returncode == 0, text[-2000:]
+        assert "Traceback" not in text
+        m = re.search(rf"stopped by signal {int(sig)} at step (\d+); checkpoint saved\. "
+                      r"Re-run the same command to resume\.", text)
+        assert m, text[-2000:]
+        stopped = int(m.group(1))
+        assert stopped < STEPS, "the signal must land before the planned end"
+        complete, tmp = listing(workdir)
+        assert max(complete) == stopped and not tmp
+        last = stopped
+        history.append((sig.name, stopped, None))
+
+    # 6. Finish; compare with the uninterrupted run.
+    proc, log = restart(6)
+    assert proc.wait(120) == 0, Path(log).read_text()[-2000:]
+    assert resumed_step(log) == last
+    complete, tmp = listing(workdir)
+    assert max(complete) == STEPS and not tmp, "stray temporary folders are cleaned on restart"
+
+    ref_dir, ref_proc = reference
+    assert ref_proc.wait(120) == 0, (ref_dir.parent / "reference.log").read_text()[-2000:]
+    assert_bitwise_equal(final_params(workdir), final_params(ref_dir))
+    print("interruptions:", history)
+
+
+def test_stray_temporary_folder_is_ignored_and_removed(reference, tmp_path):
+    """A partial save left by a kill (named like Orbax's own) is never resumed from."""
+    import shutil
+
+    ref_dir, ref_proc = reference
+    assert ref_proc.wait(120) == 0
+    src = ref_dir / "checkpoints" / str(STEPS)
+    workdir = tmp_path / "w"
+    shutil.copytree(src, workdir / "checkpoints" / str(STEPS))
+    # A half-written newer step: a temporary folder holding one item, never committed.
+    stray = workdir / "checkpoints" / f"{STEPS + 3}.orbax-checkpoint-tmp"
+    shutil.copytree(src / "params", stray / "params")
+    r = run(workdir, f"--config.train.steps={STEPS + 3}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming from step {STEPS}" in r.stderr
+    complete, tmp = listing(workdir)
+    assert complete[-1] == STEPS + 3 and not tmp
+
+
+# ---------------------------------------------------------------- NaN guard
+
+
+def _tb_scalars(workdir, tag):
+    """``[(step, value)]`` of one scalar tag from the TensorBoard event files (TFRecord)."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for f in sorted((Path(workdir) / "tb").glob("events.out.tfevents.*")):
+        data = f.read_bytes()
+        pos = 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            ev = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in ev.summary.value:
+                if v.tag == tag:
+                    out.append((ev.step, v.simple_value))
+    return out
+
+
+def test_nan_guard_stop_and_skip(tmp_path):
+    """lr = 1e30: step 1 makes the weights ~1e30 (finite), step 2's forward pass overflows."""
+    common = ("--config.optim.lr=1e30", "--config.train.steps=6", "--config.train.checkpoint_every=1",
+              "--config.train.log_every=1")
+    stop = start(tmp_path / "stop", *common, log=tmp_path / "stop.log")
+    skip = start(tmp_path / "skip", *common, "--config.train.nan_policy=skip", log=tmp_path / "skip.log")
+    assert stop.wait(120) == 1
+    text = (tmp_path / "stop.log").read_text(errors="replace")
+    assert "error: non-finite loss or gradient at step 2; training stopped" in text, text[-2000:]
+    assert "Traceback" not in text
+    complete, tmp = listing(tmp_path / "stop")
+    assert complete == [1] and not tmp, "the last good checkpoint is complete, none after it"
+    for leaf in jax.tree_util.tree_leaves(final_params(tmp_path / "stop")):
+        assert np.isfinite(leaf).all()
+
+    assert skip.wait(120) == 0, (tmp_path / "skip.log").read_text()[-2000:]
+    skipped = dict(_tb_scalars(tmp_path / "skip", "train/skipped_steps"))
+    assert skipped[6] == 5, skipped  # every step after the first was skipped
+    assert skipped[1] == 0
+    for leaf in jax.tree_util.tree_leaves(final_params(tmp_path / "skip")):
+        assert np.isfinite(leaf).all()
+
+
+# ---------------------------------------------------------------- workdir checks
+
+
+@pytest.mark.parametrize("kind", ["under_a_file", "read_only_dir"])
+def test_unwritable_workdir_is_refused_before_training(tmp_path, kind):
+    if kind == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        workdir = tmp_path / "file" / "sub"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("running as root: permission bits do not stop writes (under_a_file covers it)")
+        workdir = tmp_path / "ro"
+        workdir.mkdir()
+        workdir.chmod(0o555)
+    try:
+        r = run(workdir, "--config.train.steps=3", timeout=60)
+    finally:
+        if kind == "read_only_dir":
+            workdir.chmod(0o755)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().startswith("error: --workdir") and "not writable" in r.stderr
+    assert str(workdir) in r.stderr and "Traceback" not in r.stderr
+    assert not (workdir / "checkpoints").exists() if workdir.parent.is_dir() else True
