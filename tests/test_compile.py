@@ -1,0 +1,92 @@
+"""The train step compiles once: later steps, a new epoch and an evaluation reuse it.
+
+Compilations are counted with a ``jax.monitoring`` listener on JAX's backend-compile event,
+which fires for every XLA compilation (also when the persistent cache answers it) and names
+the jitted function.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from edsr_jax import config as config_lib
+from edsr_jax import train
+from edsr_jax.model import ModelConfig
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+TINY = ROOT / "tests" / "configs" / "tiny.py"
+
+
+class CompileLog:
+    """Names of the functions XLA compiled while the ``with`` block ran."""
+
+    def __enter__(self):
+        self.names: list[str] = []
+        self._listener = lambda event, duration, **kw: (  # noqa: E731
+            self.names.append(str(kw.get("fun_name", "?"))) if event == BACKEND_COMPILE else None)
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+    def count(self, name: str) -> int:
+        return sum(name in n for n in self.names)
+
+
+def _tiny_config(tmp_path, steps: int, eval_every: int):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_config", TINY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.data.cache_dir = str(ROOT / ".cache" / "test-decoded")
+    c.train.steps = steps
+    c.train.eval_every = eval_every
+    c.train.checkpoint_every = 1000
+    c.train.log_every = 1
+    return c
+
+
+def test_listener_sees_a_compilation():
+    """The counter itself works: a new jitted function is seen once, a cached call not at all."""
+    f = jax.jit(lambda x: x * 3 + 1)
+    with CompileLog() as log:
+        f(np.arange(5.0))
+        f(np.arange(5.0) + 1)
+    assert log.count("<lambda>") == 1, log.names
+
+
+def test_train_compiles_the_step_once_across_epochs_and_evaluation(tmp_path):
+    # tiny.py: 6 built-in images x 4 patches / batch 8 = 3 steps an epoch; 7 steps reach a
+    # third epoch, and evaluations at steps 3 and 6 (and the last) run in between.
+    config = _tiny_config(tmp_path, steps=7, eval_every=3)
+    with CompileLog() as log:
+        result = train.train(config, tmp_path / "run")
+    assert np.isfinite(result["psnr"])
+    assert log.count("train_step") == 1, log.names
+
+
+def test_step_cache_holds_one_entry_after_steps_on_new_batches():
+    """The jitted step of ``compile_train_step`` keeps one executable when batches and the
+    returned (donated) state are fed back in, as the loop does."""
+    config = config_lib.base_config()
+    model = ModelConfig(2, 1, 8, 1.0).build()
+    tx, _ = train.make_optimizer(config.optim)
+    mesh = train.make_mesh()
+    init = lambda key: train.create_train_state(model, tx, key, use_ema=False)  # noqa: E731
+    shape = jax.eval_shape(init, jax.random.key(0))
+    step = train.compile_train_step(model, tx, config, mesh, shape)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = jax.jit(init, out_shardings=replicated)(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        batch = {"lr": rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8),
+                 "hr": rng.integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)}
+        state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    if not hasattr(step, "_cache_size"):
+        pytest.skip("jitted functions have no _cache_size in this JAX")
+    assert step._cache_size() == 1
