@@ -15,7 +15,9 @@
   with ``receptive_radius(config)`` LR pixels of context on every side (masked where
   the context falls outside the image). All tiles share one padded shape: one compile.
 - **Self-ensemble** (EDSR+): the 8 flips/rotations of each tile are run, undone and
-  averaged in float32.
+  averaged in float32 (a whole non-square image also compiles its transposed bucket).
+- **Batches** ``(N, H, W, 3)`` of small images run as many per call as fit in one tile's
+  memory; larger ones go through tiles one image at a time.
 """
 
 from __future__ import annotations
@@ -108,7 +110,9 @@ def bytes_per_lr_pixel(config: ModelConfig, dtype="float32") -> int:
     the block's intermediate and its output: ``4 F`` values per LR pixel); the upsampler
     holds a conv output and its pixel-shuffled copy, ``2 F s^2`` values; the input tile,
     masks and the float32 output add ``~3 (1 + s^2)`` float32 values. Multiplied by
-    the compute dtype's size, plus 50% slack for XLA's temporaries.
+    the compute dtype's size, plus 50% slack for XLA's temporaries. Measured on CPU
+    (benchmarks/inference.py, EDSR-baseline): about 2.5 KB per LR pixel at x2 and 10 KB at
+    x4 against estimates of 4.7 and 14 KB, so the budget is an upper bound.
     """
     item = jnp.dtype(_dtype(dtype)).itemsize
     f, s = config.num_features, config.scale
@@ -195,12 +199,18 @@ class Upscaler:
         s = self.scale
         out = np.empty((n, h * s, w * s, 3), out_dtype)
         side = self.tile + 2 * self.overlap
-        if bucket(h) * bucket(w) <= side * side:
-            bh, bw = bucket(h), bucket(w)
-            x = np.zeros((n, bh, bw, 3), np.float32)
-            x[:, :h, :w] = batch
-            y = self._run(x, np.array([[0, h, 0, w]] * n, np.int32))
-            out[:] = _cast(y[:, :h * s, :w * s], out_dtype)
+        bh, bw = bucket(h), bucket(w)
+        if bh * bw <= side * side:
+            # whole images, as many per call as fit in one tile's memory; the last group
+            # is filled up with empty (fully masked) images so every call has one shape
+            group = min(n, side * side // (bh * bw))
+            for i0 in range(0, n, group):
+                m = min(group, n - i0)
+                x = np.zeros((group, bh, bw, 3), np.float32)
+                x[:m, :h, :w] = batch[i0:i0 + m]
+                bounds = np.array([[0, h, 0, w]] * m + [[0, 0, 0, 0]] * (group - m), np.int32)
+                y = self._run(x, bounds)
+                out[i0:i0 + m] = _cast(y[:m, :h * s, :w * s], out_dtype)
         else:
             for i in range(n):
                 self._tiled(batch[i], out[i])

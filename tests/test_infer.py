@@ -199,3 +199,14 @@ def test_names_and_bad_input():
         infer.Upscaler(TINY, init(TINY), dtype="float16")
     with pytest.raises(ValueError, match="tile"):
         infer.Upscaler(TINY, init(TINY), tile=4)
+
+
+def test_batches_are_split_into_groups_that_fit_one_tile():
+    params = init(TINY, seed=6)
+    lrs = np.stack([image(15, 13, seed=s) for s in range(5)])  # buckets to 16 x 16
+    up = infer.Upscaler(TINY, params, tile=8)  # 24 x 24 tile: two 16 x 16 images per call
+    before = infer.compile_count(TINY)
+    out = up.predict(lrs)  # groups of 2, 2 and 1 (+1 empty)
+    assert infer.compile_count(TINY) - before <= 1
+    for i in range(5):
+        np.testing.assert_allclose(out[i], reference(params, lrs[i], TINY), atol=1e-3)
