@@ -141,6 +141,7 @@ def _torch():
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The export command's options."""
     p = argparse.ArgumentParser(
         prog="python -m edsr_jax.export",
         description="Export a checkpoint as StableHLO or a PyTorch state_dict, or import PyTorch weights.")
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The export CLI; returns 0 (UsageError: exit 2)."""
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     if args.from_torch:
@@ -205,8 +207,8 @@ def _restore(path):
 
     try:
         config, params = checkpoint.restore_for_inference(path)
-    except (checkpoint.CheckpointNotFound, checkpoint.CheckpointMismatch) as e:
-        raise cli.UsageError(str(e)) from None
+    except (OSError, ValueError) as e:  # CheckpointNotFound, CheckpointMismatch
+        raise cli.UsageError(f"--checkpoint {path}: {e}") from None
     return config, jax.tree_util.tree_map(np.asarray, params)
 
 

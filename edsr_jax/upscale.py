@@ -94,6 +94,7 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The upscale command's options."""
     p = argparse.ArgumentParser(prog="python -m edsr_jax.upscale",
                                 description="Upscale images with a trained EDSR checkpoint.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The upscale CLI; returns 0, or 1 when some input was skipped (UsageError: exit 2)."""
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
@@ -162,14 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(args):
-    from edsr_jax import checkpoint
     from edsr_jax.infer import Upscaler
 
     try:
         return Upscaler.from_checkpoint(args.checkpoint, tile=args.tile, ensemble=args.ensemble,
                                         dtype=args.dtype, memory_budget_mb=args.memory_budget_mb)
-    except (checkpoint.CheckpointNotFound, checkpoint.CheckpointMismatch) as e:
-        raise cli.UsageError(str(e)) from None
+    except (OSError, ValueError) as e:  # CheckpointNotFound, CheckpointMismatch, bad --tile
+        raise cli.UsageError(f"--checkpoint {args.checkpoint}: {e}") from None
 
 
 if __name__ == "__main__":
