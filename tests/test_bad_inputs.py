@@ -1,0 +1,250 @@
+"""A corpus of bad and odd inputs run through every tool that reads images.
+
+Each case has exactly one documented outcome per tool (docs/bad_inputs.md holds the same
+table): ``converted`` (used, with a ``note:`` naming the file), ``used`` (used as is),
+``skipped`` (a warning naming the file; the rest is still done, exit 1 for the CLIs),
+``stop`` (one ``error: ...`` line naming the path, exit 2; ``DatasetError`` for the data
+sources, which the trainer turns into the same). No case may raise a traceback.
+"""
+
+import io
+import json
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edsr_jax import cli, data, evaluate, prepare, upscale
+
+SCALE = 2
+PATCH = 8  # LR patch side in the data tests; HR patch 16
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def bomb_png(path: Path, side: int = 30000) -> None:
+    """A valid PNG header claiming side x side RGB pixels, with one tiny IDAT (no big allocation)."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+                     + _png_chunk(b"IEND", b""))
+
+
+def _rgb(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def make_corpus(folder: Path) -> None:
+    """Every per-file case of the table, one file each, plus one good image."""
+    folder.mkdir(parents=True)
+    good = Image.fromarray(_rgb(40, 40))
+    good.save(folder / "good.png")
+    (folder / "empty.png").write_bytes(b"")
+    png = _encoded(Image.fromarray(_rgb(40, 40, 1)), "PNG")
+    (folder / "truncated_png.png").write_bytes(png[: len(png) // 2])
+    jpg = _encoded(Image.fromarray(_rgb(40, 40, 2)), "JPEG", quality=90)
+    (folder / "truncated_jpeg.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (folder / "text.png").write_text("this is not an image\n")
+    Image.fromarray(_rgb(40, 40, 3)[..., 0]).save(folder / "gray.png")
+    Image.fromarray(_rgb(40, 40, 4)).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    Image.fromarray(np.dstack([_rgb(40, 40, 5), np.full((40, 40), 128, np.uint8)])).save(folder / "rgba.png")
+    sixteen = (np.random.default_rng(6).integers(0, 65536, (40, 40))).astype(np.uint16)
+    Image.fromarray(sixteen).save(folder / "sixteen_bit.png")
+    Image.fromarray(_rgb(40, 40, 7)).convert("CMYK").save(folder / "cmyk.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.fromarray(_rgb(32, 48, 8)).save(folder / "exif_rotated.jpg", quality=90, exif=exif)
+    Image.fromarray(_rgb(12, 12, 9)).save(folder / "small.png")
+    bomb_png(folder / "bomb.png")
+
+
+# case -> (what the file is, outcome per tool). The data column is HROnlySource +
+# make_train_dataset with an LR patch of 8 at x2; prepare uses --scales 2; evaluate --bicubic x2.
+CASES = {
+    "good.png": ("40x40 RGB PNG", dict(prepare="used", data="used", upscale="used", evaluate="used")),
+    "empty.png": ("0-byte file", dict(prepare="skipped", data="skipped", upscale="skipped", evaluate="skipped")),
+    "truncated_png.png": ("PNG cut in half", dict(prepare="skipped", data="skipped", upscale="skipped",
+                                              evaluate="skipped")),
+    "truncated_jpeg.jpg": ("JPEG cut in half", dict(prepare="skipped", data="skipped", upscale="skipped",
+                                               evaluate="skipped")),
+    "text.png": ("text file named .png", dict(prepare="skipped", data="skipped", upscale="skipped",
+                                              evaluate="skipped")),
+    "gray.png": ("8-bit grayscale", dict(prepare="converted", data="used", upscale="converted",
+                                         evaluate="used")),
+    "palette.png": ("palette (P mode)", dict(prepare="converted", data="used", upscale="converted",
+                                             evaluate="used")),
+    "rgba.png": ("RGBA (alpha dropped)", dict(prepare="converted", data="used", upscale="converted",
+                                              evaluate="used")),
+    "sixteen_bit.png": ("16-bit grayscale PNG", dict(prepare="converted", data="used", upscale="converted",
+                                                     evaluate="used")),
+    "cmyk.jpg": ("CMYK JPEG", dict(prepare="converted", data="used", upscale="converted", evaluate="used")),
+    "exif_rotated.jpg": ("JPEG with EXIF orientation 6", dict(prepare="converted", data="used",
+                                                             upscale="converted", evaluate="used")),
+    "small.png": ("12x12, smaller than the patch", dict(prepare="used", data="skipped", upscale="used",
+                                                       evaluate="skipped")),
+    "bomb.png": ("PNG header claiming 30000x30000", dict(prepare="skipped", data="skipped",
+                                                        upscale="skipped", evaluate="skipped")),
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus") / "images"
+    make_corpus(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import jax
+    import jax.numpy as jnp
+
+    from edsr_jax import checkpoint
+    from edsr_jax.model import ModelConfig
+
+    cfg = ModelConfig(SCALE, 2, 8)
+    params = cfg.build().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    checkpoint.save_params_checkpoint(path, cfg, params, note="bad-input tests")
+    return path
+
+
+def run_cli(main, argv, capsys):
+    """``cli.run(main, argv)`` in this process: (exit code, stdout, stderr)."""
+    code = cli.run(main, [str(a) for a in argv])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return code, out.out, out.err
+
+
+def assert_outcomes(tool, err, corpus, used_check):
+    """Check every file's documented outcome in one tool's stderr."""
+    for name, (_, outcomes) in CASES.items():
+        path = str(corpus / name)
+        outcome = outcomes[tool]
+        noted = f"note: {path}:" in err
+        skipped = f"skipped: {path}:" in err or f"warning: {path}:" in err
+        assert noted == (outcome == "converted"), (tool, name, err)
+        assert skipped == (outcome == "skipped"), (tool, name, err)
+        assert used_check(name) == (outcome != "skipped"), (tool, name)
+
+
+# ---------------------------------------------------------------- per-file cases, one run per tool
+
+
+def test_prepare_corpus(corpus, tmp_path, capsys):
+    out = tmp_path / "prepared"
+    code, stdout, err = run_cli(prepare.main, [corpus, "--out", out, "--scales", SCALE, "--workers", 1,
+                                               "--no-progress"], capsys)
+    assert code == 1, err  # unreadable files: the rest is done, exit 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    done = {s for s, v in manifest["sources"].items() if v.get("outputs")}
+    assert_outcomes("prepare", err, corpus, lambda name: name in done)
+    assert "unreadable, skipped" in err
+    rec = manifest["sources"]["exif_rotated.jpg"]
+    assert rec["size"] == [48, 32]  # turned upright: 32 wide, 48 tall
+
+
+def test_training_sources_corpus(corpus, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = data.HROnlySource(corpus, SCALE, cache_dir=tmp_path / "cache", progress=False)
+        ds = data.make_train_dataset(source, patch_size=PATCH, batch_size=2, seed=0)
+        batch = next(iter(ds))
+    text = "\n".join(str(w.message) for w in caught)
+    assert batch["lr"].shape == (2, PATCH, PATCH, 3) and batch["hr"].shape == (2, 2 * PATCH, 2 * PATCH, 3)
+    # Each unreadable file is named with its path; an image too small for the patch by its name.
+    for name, (_, outcomes) in CASES.items():
+        if outcomes["data"] == "skipped":
+            key = str(corpus / name) if name != "small.png" else "small (12x12)"
+            assert key in text, (name, text)
+        else:
+            assert str(corpus / name) not in text, (name, text)
+    used = set(source.names)
+    assert used == {Path(n).stem for n, (_, o) in CASES.items() if o["data"] != "skipped"} | {"small"}
+    assert source.image(source.names.index("exif_rotated")).shape == (48, 32, 3)
+
+
+def test_upscale_corpus(corpus, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "up"
+    code, _, err = run_cli(upscale.main, [corpus, "--checkpoint", tiny_checkpoint, "--out", out], capsys)
+    assert code == 1, err  # broken inputs skipped, the rest done
+    assert_outcomes("upscale", err, corpus, lambda name: (out / f"{Path(name).stem}.png").exists())
+    with Image.open(out / "exif_rotated.png") as im:
+        assert im.size == (64, 96)  # upright 32x48 at x2
+
+
+def test_evaluate_corpus(corpus, tmp_path, capsys):
+    js = tmp_path / "scores.json"
+    code, stdout, err = run_cli(evaluate.main, ["--bicubic", "--scales", SCALE, "--json", js, corpus], capsys)
+    assert code == 1, err
+    scored = {r["image"] for r in json.loads(js.read_text())["results"][0]["per_image"]}
+    assert_outcomes("evaluate", err, corpus, lambda name: name in scored)
+    assert "could not be scored" in err
+
+
+# ---------------------------------------------------------------- folder-level cases
+
+
+@pytest.mark.parametrize("case", ["empty_folder", "missing_path"])
+def test_empty_or_missing_folder_stops_every_tool(tmp_path, tiny_checkpoint, capsys, case):
+    folder = tmp_path / ("empty" if case == "empty_folder" else "does_not_exist")
+    if case == "empty_folder":
+        folder.mkdir()
+    runs = {
+        "prepare": (prepare.main, [folder, "--out", tmp_path / "p", "--workers", 1]),
+        "upscale": (upscale.main, [folder, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "u"]),
+        "evaluate": (evaluate.main, ["--bicubic", folder]),
+    }
+    for tool, (main, argv) in runs.items():
+        code, _, err = run_cli(main, argv, capsys)
+        assert code == 2, (tool, err)
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(folder) in lines[0], (tool, err)
+    with pytest.raises(data.DatasetError, match=str(folder)):
+        data.HROnlySource(folder, SCALE, cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(data.DatasetError, match=str(folder)):
+        data.PairedFolderSource(folder, SCALE, cache_dir=tmp_path / "cache", progress=False)
+
+
+def _paired_root(root: Path, lr_sizes: dict) -> Path:
+    """DIV2K layout: HR 32x32 images and LR images of the given (h, w) (None: missing)."""
+    (root / "HR").mkdir(parents=True)
+    (root / "LR_bicubic" / f"X{SCALE}").mkdir(parents=True)
+    for i, (stem, hw) in enumerate(lr_sizes.items()):
+        Image.fromarray(_rgb(32, 32, i)).save(root / "HR" / f"{stem}.png")
+        if hw is not None:
+            Image.fromarray(_rgb(*hw, i)).save(root / "LR_bicubic" / f"X{SCALE}" / f"{stem}x{SCALE}.png")
+    return root
+
+
+@pytest.mark.parametrize("case, sizes, message", [
+    ("size_mismatch", {"0001": (16, 16), "0002": (15, 16)},
+     "0002.png is 32x32 but its LR image .*0002x2.png is 16x15"),
+    ("missing_lr", {"0001": (16, 16), "0002": None}, "0002x2.png: missing LR image for .*0002.png"),
+])
+def test_paired_source_pair_problems_stop(tmp_path, case, sizes, message):
+    root = _paired_root(tmp_path / case, sizes)
+    with pytest.raises(data.DatasetError, match=message):
+        data.PairedFolderSource(root, SCALE, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_paired_source_skips_an_unreadable_pair(tmp_path):
+    root = _paired_root(tmp_path / "r", {"0001": (16, 16), "0002": (16, 16)})
+    bad = root / "LR_bicubic" / f"X{SCALE}" / f"0002x{SCALE}.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    with pytest.warns(UserWarning, match=str(bad)):
+        src = data.PairedFolderSource(root, SCALE, cache_dir=tmp_path / "cache", progress=False)
+    assert src.names == ["0001"]
