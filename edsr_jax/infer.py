@@ -103,6 +103,13 @@ def compile_count(config: ModelConfig | None = None, dtype: str | None = None) -
                if (config is None or c == config) and (dtype is None or d == _dtype_name(dtype)))
 
 
+def clear_cache(config: ModelConfig | None = None) -> None:
+    """Drop the jitted functions (of ``config``, or all) so their next use compiles afresh;
+    Upscalers made before keep theirs."""
+    for key in [k for k in _JITTED if config is None or k[0] == config]:
+        del _JITTED[key]
+
+
 def bytes_per_lr_pixel(config: ModelConfig, dtype="float32") -> int:
     """Estimated peak activation memory per LR pixel of one forward pass, in bytes.
 
@@ -311,5 +318,5 @@ def _dtype(dtype):
     return DTYPES[_dtype_name(dtype)]
 
 
-__all__ = ["apply", "apply_masked", "Upscaler", "bucket", "jitted", "compile_count",
+__all__ = ["apply", "apply_masked", "Upscaler", "bucket", "jitted", "compile_count", "clear_cache",
            "bytes_per_lr_pixel", "tile_for_budget", "model_name"]
