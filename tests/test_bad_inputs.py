@@ -81,17 +81,17 @@ CASES = {
                                                evaluate="skipped")),
     "text.png": ("text file named .png", dict(prepare="skipped", data="skipped", upscale="skipped",
                                               evaluate="skipped")),
-    "gray.png": ("8-bit grayscale", dict(prepare="converted", data="used", upscale="converted",
-                                         evaluate="used")),
-    "palette.png": ("palette (P mode)", dict(prepare="converted", data="used", upscale="converted",
-                                             evaluate="used")),
-    "rgba.png": ("RGBA (alpha dropped)", dict(prepare="converted", data="used", upscale="converted",
-                                              evaluate="used")),
-    "sixteen_bit.png": ("16-bit grayscale PNG", dict(prepare="converted", data="used", upscale="converted",
-                                                     evaluate="used")),
-    "cmyk.jpg": ("CMYK JPEG", dict(prepare="converted", data="used", upscale="converted", evaluate="used")),
-    "exif_rotated.jpg": ("JPEG with EXIF orientation 6", dict(prepare="converted", data="used",
-                                                             upscale="converted", evaluate="used")),
+    "gray.png": ("8-bit grayscale", dict(prepare="converted", data="converted_silently", upscale="converted",
+                                         evaluate="converted")),
+    "palette.png": ("palette (P mode)", dict(prepare="converted", data="converted_silently", upscale="converted",
+                                             evaluate="converted")),
+    "rgba.png": ("RGBA (alpha dropped)", dict(prepare="converted", data="converted_silently", upscale="converted",
+                                              evaluate="converted")),
+    "sixteen_bit.png": ("16-bit grayscale PNG", dict(prepare="converted", data="converted_silently", upscale="converted",
+                                                     evaluate="converted")),
+    "cmyk.jpg": ("CMYK JPEG", dict(prepare="converted", data="converted_silently", upscale="converted", evaluate="converted")),
+    "exif_rotated.jpg": ("JPEG with EXIF orientation 6", dict(prepare="converted", data="converted_silently",
+                                                             upscale="converted", evaluate="converted")),
     "small.png": ("12x12, smaller than the patch", dict(prepare="used", data="skipped", upscale="used",
                                                        evaluate="skipped")),
     "bomb.png": ("PNG header claiming 30000x30000", dict(prepare="skipped", data="skipped",
@@ -248,3 +248,41 @@ def test_paired_source_skips_an_unreadable_pair(tmp_path):
     with pytest.warns(UserWarning, match=str(bad)):
         src = data.PairedFolderSource(root, SCALE, cache_dir=tmp_path / "cache", progress=False)
     assert src.names == ["0001"]
+
+
+# ---------------------------------------------------------------- the documented table
+
+WORDS = {
+    "used": "used",
+    "converted": "converted, `note:` naming the file",
+    "converted_silently": "converted (no note)",
+    "skipped": "skipped, warning naming the file",
+}
+FOLDER_CASES = [
+    ("empty folder", "stop: `error:` naming the folder, exit 2", "stop: DatasetError naming the folder",
+     *(["stop: `error:` naming the folder, exit 2"] * 2)),
+    ("path that does not exist", "stop: `error:` naming the path, exit 2", "stop: DatasetError naming the path",
+     *(["stop: `error:` naming the path, exit 2"] * 2)),
+    ("LR/HR pair whose sizes disagree (paired source)", "n/a", "stop: DatasetError naming both files",
+     "n/a", "n/a"),
+    ("missing LR file (paired source)", "n/a", "stop: DatasetError naming the missing LR and its HR",
+     "n/a", "n/a"),
+    ("unreadable LR file (paired source)", "n/a", "pair skipped, warning naming the file", "n/a", "n/a"),
+]
+
+
+def table_rows() -> list[str]:
+    """The markdown rows of docs/bad_inputs.md, built from CASES and FOLDER_CASES."""
+    rows = []
+    for name, (what, o) in CASES.items():
+        rows.append(f"| {what} (`{name}`) | " + " | ".join(
+            WORDS[o[t]] for t in ("prepare", "data", "upscale", "evaluate")) + " |")
+    for row in FOLDER_CASES:
+        rows.append("| " + " | ".join(row) + " |")
+    return rows
+
+
+def test_documented_table_matches_the_tests():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
+    for row in table_rows():
+        assert row in doc, f"docs/bad_inputs.md lacks the row:\n{row}"
