@@ -99,8 +99,9 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
     Returns ``{"dataset", "scale", "method", "psnr", "ssim", "images", "per_image": [{"image",
     "psnr", "ssim"}], "failed": [{"image", "error"}]}``; ``psnr``/``ssim`` are the means over
     scored images (None when none was). Unreadable images are reported on stderr and listed
-    in ``failed`` (``warn=False``: listed only); the rest are still scored. ``save_dir`` writes
-    comparison crops (PNG).
+    in ``failed`` (``warn=False``: listed only); the rest are still scored. Conversions
+    (grayscale, CMYK, EXIF rotation...) are noted on stderr too (``warn=False``: not).
+    ``save_dir`` writes comparison crops (PNG).
     Raises ``ImageError`` when the folder does not exist.
     """
     from tqdm import tqdm
@@ -113,8 +114,9 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
     bar = tqdm(paths, desc=f"{folder.name} x{scale} {method}", unit="img", file=sys.stderr,
                disable=None if progress else True, leave=False)
     for path in bar:
+        notes: list[str] = []
         try:
-            hr = modcrop(read_rgb(path), scale)
+            hr = modcrop(read_rgb(path, notes), scale)
             if min(hr.shape[:2]) < 2 * scale + 11:
                 raise ImageError(f"{path}: {hr.shape[1]}x{hr.shape[0]} pixels is too small "
                                  f"to score at x{scale}")
@@ -123,6 +125,9 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
                 tqdm.write(f"skipped: {e}", file=sys.stderr)
             failed.append({"image": str(path), "error": str(e)})
             continue
+        if warn:
+            for note in notes:
+                tqdm.write(f"note: {note}", file=sys.stderr)
         p, s, lr, sr = score_image(hr, scale, upscale_fn)
         per_image.append({"image": path.name, "psnr": p, "ssim": s})
         if save_dir is not None:
