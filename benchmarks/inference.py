@@ -170,11 +170,14 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--scales", type=int, nargs="+", default=[2, 4], choices=(2, 3, 4))
+    p.add_argument("--scales", type=int, nargs="+", default=[2, 4], choices=(2, 3, 4),
+                   help="upscaling factors (default 2 4)")
     p.add_argument("--sizes", type=parse_size, nargs="+", default=[(1080, 1920), (2160, 3840)],
                    metavar="WxH", help="LR input sizes (default 1920x1080 3840x2160)")
-    p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=("jax", "torch"))
-    p.add_argument("--preset", default="edsr_baseline", choices=("edsr_baseline", "edsr"))
+    p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=("jax", "torch"),
+                   help="what to run (default both)")
+    p.add_argument("--preset", default="edsr_baseline", choices=("edsr_baseline", "edsr"),
+                   help="architecture (default edsr_baseline)")
     p.add_argument("--memory-budget-mb", type=float, default=1024, help="Upscaler's default budget")
     p.add_argument("--tile", type=int, default=None, help="tile side in LR pixels (default: from budget)")
     p.add_argument("--tiles", type=int, default=2, help="tiles timed per case unless --full (default 2)")
