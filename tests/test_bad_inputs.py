@@ -286,3 +286,19 @@ def test_documented_table_matches_the_tests():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
     for row in table_rows():
         assert row in doc, f"docs/bad_inputs.md lacks the row:\n{row}"
+
+
+def test_prepare_corpus_in_a_real_process_finishes_without_traceback(corpus, tmp_path):
+    """The same corpus through ``python -m edsr_jax.prepare`` (2 spawned workers), with a timeout."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, "-m", "edsr_jax.prepare", str(corpus), "--out", str(tmp_path / "p"),
+                        "--scales", "2", "--workers", "2", "--no-progress"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    for name, (_, o) in CASES.items():
+        assert (f"skipped: {corpus / name}:" in r.stderr) == (o["prepare"] == "skipped"), name
