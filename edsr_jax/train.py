@@ -533,6 +533,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = fv(argv)
     except flags.Error as e:
         raise cli.UsageError(str(e)) from None
+    except (KeyError, AttributeError) as e:  # ml_collections: an override of an unknown field
+        import re
+
+        hint = re.search(r'Did you mean "[^"]*" instead of "[^"]*"\?', str(e))
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        raise cli.UsageError(f"unknown config field among {', '.join(overrides)}"
+                             + (f" ({hint.group(0)})" if hint else "")) from None
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     if fv.config is None:

@@ -192,7 +192,7 @@ def test_finetune_x2_to_x4_from_checkpoint(straight_run, tmp_path):
     r = run_train(tmp_path, "--config.model.scale=4", "--config.train.steps=1",
                   f"--config.train.init_from={straight_run}")
     assert r.returncode == 0, r.stderr
-    assert "loaded 10 arrays" in r.stderr
+    assert "loaded 12 arrays" in r.stderr  # head, 2 blocks x 2 convs, body conv (kernel + bias)
     assert "params/upsample_1/kernel" in r.stderr and "params/tail/kernel" in r.stderr
 
 
