@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.ema = 0.0  # EMA decay of the weights; 0 disables it
     c.train.nan_policy = "stop"  # "stop" or "skip" on a non-finite loss or gradient
     c.train.init_from = ""  # checkpoint to fine-tune from (e.g. the x2 model for x3/x4)
+    c.train.max_minutes = 0.0  # wall-clock budget of one invocation (checked every log_every steps); 0: none
     return c
 
 
@@ -104,6 +105,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     need(t.steps > 0, "train.steps", "must be > 0")
     for field in ("log_every", "eval_every", "checkpoint_every"):
         need(t[field] > 0, f"train.{field}", "must be > 0")
+    need(t.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0 means no time budget)")
     need(t.keep_last >= 1, "train.keep_last", "must be >= 1")
     need(0 <= t.ema < 1, "train.ema", "must be in [0, 1) (0 disables EMA)")
     need(t.nan_policy in NAN_POLICIES, "train.nan_policy", f"must be one of {NAN_POLICIES}")

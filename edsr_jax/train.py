@@ -421,13 +421,16 @@ def train(config, workdir: str | Path) -> dict:
     tick, tick_step = time.perf_counter(), start
     step = start
     saved_step = start
+    budget_s, started, out_of_time = float(t.max_minutes) * 60.0, time.monotonic(), False
     try:
         with StopRequest() as stop:
-            while step < total and stop.signal is None:
+            while step < total and stop.signal is None and not out_of_time:
                 batch = next(feed)
                 state, metrics = step_fn(state, batch)
                 step += 1
-                done = step == total
+                out_of_time = budget_s > 0 and step % t.log_every == 0 and _agree(
+                    time.monotonic() - started > budget_s)
+                done = step == total or out_of_time
                 if step % t.log_every == 0 or done:
                     loss = float(metrics["loss"])
                     skipped = _check_finite(state, t.nan_policy)
@@ -460,11 +463,23 @@ def train(config, workdir: str | Path) -> dict:
     manager.wait_until_finished()
     manager.close()
     feed.close()
+    if out_of_time:
+        logger.say(f"time budget of {t.max_minutes:g} min used up at step {step}; checkpoint saved. "
+                   "Re-run the same command to continue.")
     if stop.signal is not None:
         logger.say(f"stopped by signal {stop.signal} at step {step}; checkpoint saved. "
                    "Re-run the same command to resume.")
     logger.close()
     return last_eval
+
+
+def _agree(flag: bool) -> bool:
+    """``flag`` as process 0 sees it, so every process takes the same branch."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def _as_items(state) -> dict:

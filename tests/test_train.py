@@ -213,3 +213,11 @@ def test_bad_config_stops_with_one_clear_message(tmp_path, override, devices, me
 def test_resume_refuses_a_checkpoint_of_another_architecture(straight_run):
     r = run_train(straight_run, "--config.model.num_features=16", "--config.train.steps=7", timeout=120)
     assert r.returncode == 2 and "num_features: checkpoint=8, config=16" in r.stderr, r.stderr
+
+
+def test_time_budget_stops_with_a_checkpoint(tmp_path):
+    r = run_train(tmp_path, "--config.train.max_minutes=0.0001", "--config.train.steps=1000")
+    assert r.returncode == 0, r.stderr
+    assert "time budget" in r.stderr
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and steps[-1] == 2  # the first log step (log_every = 2) after the budget ran out
