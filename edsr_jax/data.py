@@ -35,7 +35,6 @@ import math
 import os
 import threading
 import warnings
-import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -497,7 +496,9 @@ def validation_pairs(paths_or_folder, scale: int, spec: str | None = None,
         if pipe is None:
             lr = imresize(hr, 1.0 / s)
         else:
-            lr = pipe(hr, np.random.default_rng(zlib.crc32(path.name.encode())))
+            from edsr_jax.degrade import image_rng  # noqa: PLC0415 - as in _pipeline
+
+            lr = pipe(hr, image_rng(path.name))
         out.append((path.stem, lr, hr))
     _warn_skipped(f"images smaller than the scale {s}", small)
     if not out:

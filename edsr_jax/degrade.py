@@ -501,6 +501,14 @@ def _known() -> str:
     return ", ".join(sorted(OPS))
 
 
+def image_rng(name: str) -> np.random.Generator:
+    """A generator seeded from an image's file name, so an evaluation image always gets
+    the same sampled degradation (CRC-32 of the UTF-8 name)."""
+    import zlib
+
+    return np.random.default_rng(zlib.crc32(name.encode()))
+
+
 def parse(spec: str, scale: int | None = None) -> Pipeline:
     """Parse a spec such as ``"blur(0.2,1.5) > bicubic(4) > noise(0,8) > jpeg(30,90)"``.
 

@@ -47,13 +47,16 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
     return imresize(lr, scale)
 
 
-def score_image(hr: np.ndarray, scale: int, upscale_fn: UpscaleFn) -> tuple[float, float, np.ndarray, np.ndarray]:
+def score_image(hr: np.ndarray, scale: int, upscale_fn: UpscaleFn,
+                lr: np.ndarray | None = None) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Score one HR image: ``hr (H, W, 3) uint8`` with H, W multiples of ``scale``.
 
-    Returns ``(psnr_db, ssim, lr, sr)``: ``lr = imresize(hr, 1/scale)`` ``(H/s, W/s, 3) uint8``,
-    ``sr = upscale_fn(lr, scale)`` ``(H, W, 3) uint8``; metrics on Y with a ``scale``-pixel border.
+    Returns ``(psnr_db, ssim, lr, sr)``: ``lr`` ``(H/s, W/s, 3) uint8`` is the given one or
+    ``imresize(hr, 1/scale)`` (the papers' protocol), ``sr = upscale_fn(lr, scale)``
+    ``(H, W, 3) uint8``; metrics on Y with a ``scale``-pixel border.
     """
-    lr = imresize(hr, 1.0 / scale)
+    if lr is None:
+        lr = imresize(hr, 1.0 / scale)
     sr = np.asarray(upscale_fn(lr, scale))
     if sr.shape != hr.shape:
         raise ValueError(f"upscaler returned shape {sr.shape} for LR {lr.shape} at x{scale}; expected {hr.shape}")
@@ -92,7 +95,8 @@ def comparison_panel(lr: np.ndarray, sr: np.ndarray, hr: np.ndarray, scale: int,
 
 def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn, method: str, *,
                     max_images: int | None = None, save_dir: str | os.PathLike | None = None,
-                    overwrite: bool = False, progress: bool = True, warn: bool = True) -> dict:
+                    overwrite: bool = False, progress: bool = True, warn: bool = True,
+                    spec: str | None = None) -> dict:
     """Score every image of ``folder`` (HR images) at ``scale`` with ``upscale_fn``.
 
     ``upscale_fn(lr (h, w, 3) uint8, scale) -> sr (h*scale, w*scale, 3) uint8``.
@@ -101,10 +105,18 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
     scored images (None when none was). Unreadable images are reported on stderr and listed
     in ``failed`` (``warn=False``: listed only); the rest are still scored. Conversions
     (grayscale, CMYK, EXIF rotation...) are noted on stderr too (``warn=False``: not).
-    ``save_dir`` writes comparison crops (PNG).
+    ``save_dir`` writes comparison crops (PNG). ``spec``: LR made by this degradation
+    (``degrade.parse(spec, scale)``, seeded per image name) instead of MATLAB bicubic.
     Raises ``ImageError`` when the folder does not exist.
     """
     from tqdm import tqdm
+
+    degrade_fn = None
+    if spec:
+        from edsr_jax import degrade
+
+        pipe = degrade.parse(spec, scale=scale)
+        degrade_fn = lambda hr, name: pipe(hr, degrade.image_rng(name))  # noqa: E731
 
     folder = Path(folder)
     paths = list_images(folder)
@@ -128,7 +140,8 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
         if warn:
             for note in notes:
                 tqdm.write(f"note: {note}", file=sys.stderr)
-        p, s, lr, sr = score_image(hr, scale, upscale_fn)
+        lr = degrade_fn(hr, path.name) if degrade_fn else None
+        p, s, lr, sr = score_image(hr, scale, upscale_fn, lr)
         per_image.append({"image": path.name, "psnr": p, "ssim": s})
         if save_dir is not None:
             write_image(panel_path(save_dir, folder.name, scale, path.name, method),
@@ -138,6 +151,7 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
         "dataset": folder.name,
         "scale": int(scale),
         "method": method,
+        "degradation": spec or f"bicubic({scale})",
         "psnr": float(np.mean([r["psnr"] for r in per_image])) if per_image else None,
         "ssim": float(np.mean([r["ssim"] for r in per_image])) if per_image else None,
         "images": len(per_image),
@@ -167,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", nargs="+", metavar="S",
                    help="scales to score, from 2 3 4 (default: all three for --bicubic alone; "
                         "the model's scale with --checkpoint)")
+    p.add_argument("--spec", metavar="SPEC",
+                   help="make LR with this degradation instead of MATLAB bicubic, e.g. "
+                        "'nearest > jpeg(30,60)' (resize factor filled per scale; seeded per image)")
     p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble for the model (slower)")
     p.add_argument("--tile", type=_positive_int, metavar="N", help="run the model on N x N LR tiles")
     p.add_argument("--max-images", type=_positive_int, metavar="N", help="score only the first N images of each folder")
@@ -274,6 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for flag, given in (("--ensemble", args.ensemble), ("--tile", args.tile is not None)):
             if given:
                 raise cli.UsageError(f"{flag} applies to a model: give --checkpoint DIR too")
+    if args.spec:
+        from edsr_jax import degrade
+
+        for s in args.scales or list(SCALES):
+            try:
+                degrade.parse(args.spec, scale=s)
+            except degrade.SpecError as e:
+                raise cli.UsageError(f"--spec: {e}") from None
     datasets = _check_datasets(args.datasets, args.max_images)
     json_path = Path(args.json) if args.json else None
     if json_path is not None and json_path.exists() and not args.overwrite:
@@ -314,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if s not in method_scales:
                     continue
                 r = evaluate_folder(folder, s, fn, method, max_images=args.max_images,
-                                    save_dir=args.save_images, overwrite=args.overwrite, warn=first)
+                                    save_dir=args.save_images, overwrite=args.overwrite, warn=first,
+                                    spec=args.spec)
                 first = False
                 for f in r.pop("failed"):
                     failed.setdefault(f["image"], f)

@@ -190,3 +190,25 @@ def test_cli_errors_in_a_subprocess(small_set, tmp_path):
 def test_scales_before_the_folders_are_parsed_as_scales(small_set):
     args = evaluate.parse_args(["--bicubic", "--scales", "2", "4", str(small_set)])
     assert args.scales == [2, 4] and args.datasets == [str(small_set)]
+
+
+def test_spec_degrades_the_lr_deterministically_per_image(small_set):
+    from edsr_jax.images import list_images, read_rgb
+
+    seen = {}
+
+    def record(lr, scale):
+        seen.setdefault(len(seen), lr.copy())
+        return np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
+
+    r = evaluate.evaluate_folder(small_set, 2, record, "nearest-up", spec="nearest", progress=False)
+    assert r["degradation"] == "nearest" and r["images"] == len(seen) > 0
+    first = evaluate.modcrop(read_rgb(list_images(small_set)[0]), 2)
+    np.testing.assert_array_equal(seen[0], first[::2, ::2])  # decimation keeps the top-left pixel
+    a = evaluate.evaluate_folder(small_set, 2, evaluate.bicubic_upscale, "bicubic",
+                                 spec="nearest > jpeg(30,60)", progress=False)
+    b = evaluate.evaluate_folder(small_set, 2, evaluate.bicubic_upscale, "bicubic",
+                                 spec="nearest > jpeg(30,60)", progress=False)
+    assert a["per_image"] == b["per_image"]
+    plain = evaluate.evaluate_folder(small_set, 2, evaluate.bicubic_upscale, "bicubic", progress=False)
+    assert a["psnr"] < plain["psnr"] and plain["degradation"] == "bicubic(2)"
