@@ -260,8 +260,10 @@ def main(argv=None) -> int:
         refs[dtype] = (args.peak_tflops * 1e3 if args.peak_tflops
                        else matmul_gflops(dtype, args.device))
     device = jax.devices()[0]
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\nTrain step, {device.platform} ({device.device_kind}), {os.cpu_count()} CPU(s), "
-          f"{rounds} alternating rounds of {steps} steps, median; scale x{args.scale}.")
+          f"{rounds} alternating rounds of {steps} steps, median; scale x{args.scale}; "
+          f"load average at the end {load}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}.")
     for dtype in args.dtype:
         ref = "peak" if args.peak_tflops else "matmul"
         print(f"\n{dtype}: reference {refs[dtype]:.0f} GFLOP/s "
