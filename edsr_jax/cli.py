@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 
@@ -26,3 +27,20 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def image_folder(folder: str | Path) -> list[Path]:
+    """The image files of a folder given on the command line, sorted by name.
+
+    Raises UsageError naming the folder when it does not exist, is not a folder, or
+    holds no image files.
+    """
+    from edsr_jax.images import IMAGE_SUFFIXES, ImageError, list_images
+
+    try:
+        paths = list_images(folder)
+    except ImageError as e:
+        raise UsageError(str(e)) from None
+    if not paths:
+        raise UsageError(f"{folder}: folder holds no image files (looked for {' '.join(IMAGE_SUFFIXES)})")
+    return paths

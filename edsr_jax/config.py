@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from edsr_jax.model import SCALES, ModelConfig
+from edsr_jax.model import SCALES, ModelConfig, preset
 
 LOSSES = ("l1", "l2", "charbonnier")
 DTYPES = ("float32", "bfloat16")
@@ -65,6 +65,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.nan_policy = "stop"  # "stop" or "skip" on a non-finite loss or gradient
     c.train.init_from = ""  # checkpoint to fine-tune from (e.g. the x2 model for x3/x4)
     c.train.max_minutes = 0.0  # wall-clock budget of one invocation (checked every log_every steps); 0: none
+    return c
+
+
+def paper_config(preset_name: str, scale: int) -> ml_collections.ConfigDict:
+    """The paper's recipe for a named architecture (``edsr_baseline`` or ``edsr``) at ``scale``:
+    DIV2K-layout training data in ``data/DIV2K``, Set5 validation, LR patch 48, batch 16,
+    Adam (0.9, 0.999, 1e-8), lr 1e-4 halved every 200k steps, 300k steps, L1 loss.
+    EDSR x3/x4 start from the trained x2 model in ``runs/edsr_x2`` (``train.init_from``)."""
+    c = base_config()
+    m = preset(preset_name, scale)
+    c.name = f"{preset_name}_x{scale}"
+    c.model.scale, c.model.num_blocks = m.scale, m.num_blocks
+    c.model.num_features, c.model.res_scale = m.num_features, m.res_scale
+    c.data.source = "paired"
+    c.data.train = "data/DIV2K"
+    c.data.val = "data/Set5"
+    if preset_name == "edsr" and scale != 2:
+        c.train.init_from = "runs/edsr_x2"
     return c
 
 

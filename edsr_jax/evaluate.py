@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edsr_jax import cli
-from edsr_jax.images import IMAGE_SUFFIXES, ImageError, list_images, read_rgb, write_image
+from edsr_jax.images import ImageError, list_images, read_rgb, write_image
 from edsr_jax.imresize import imresize
 from edsr_jax.metrics import psnr, ssim
 
@@ -221,12 +221,7 @@ def _check_datasets(folders: Sequence[str], max_images: int | None) -> list[tupl
     out = []
     for folder in folders:
         folder = Path(folder)
-        try:
-            paths = list_images(folder)
-        except ImageError as e:
-            raise cli.UsageError(str(e)) from None
-        if not paths:
-            raise cli.UsageError(f"{folder}: no images (looked for {' '.join(IMAGE_SUFFIXES)})")
+        paths = cli.image_folder(folder)
         out.append((folder, paths[:max_images] if max_images else paths))
     return out
 

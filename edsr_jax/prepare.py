@@ -51,7 +51,7 @@ import numpy as np
 
 from edsr_jax import cli
 from edsr_jax.degrade import SCALES, SpecError, parse
-from edsr_jax.images import IMAGE_SUFFIXES, ImageError, list_images, read_rgb, write_image
+from edsr_jax.images import IMAGE_SUFFIXES, ImageError, read_rgb, write_image
 
 MANIFEST = "manifest.json"
 FORMAT = "edsr-jax-prepare/1"
@@ -353,12 +353,7 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
 
     settings = make_settings(spec, scales, name, tiling, seed)
     hr_dir, out = Path(hr_dir), Path(out)
-    try:
-        sources = list_images(hr_dir)
-    except ImageError as e:
-        raise cli.UsageError(str(e)) from None
-    if not sources:
-        raise cli.UsageError(f"{hr_dir}: no image files (looked for {' '.join(IMAGE_SUFFIXES)})")
+    sources = cli.image_folder(hr_dir)
     if (out / "HR").resolve() == hr_dir.resolve():
         raise cli.UsageError(f"--out {out}: its HR folder is the input folder {hr_dir}")
     if workers < 1:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edsr_jax import cli
-from edsr_jax.images import ImageError, is_image_file, list_images, read_rgb, write_image
+from edsr_jax.images import ImageError, is_image_file, read_rgb, write_image
 
 GLOB_CHARS = "*?["
 
@@ -34,12 +34,7 @@ def collect_inputs(items: Sequence[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            try:
-                files = list_images(path)
-            except ImageError as e:
-                raise cli.UsageError(str(e)) from None
-            if not files:
-                raise cli.UsageError(f"{path}: folder holds no image files")
+            files = cli.image_folder(path)
         elif path.exists():
             if not is_image_file(path):
                 raise cli.UsageError(f"{path}: not an image file name (expected a suffix like .png, .jpg)")

@@ -6,14 +6,8 @@ Train data: a DIV2K-layout folder (`python -m edsr_jax.prepare`), e.g.
       --config.data.train=data/DIV2K --config.data.val=data/Set5
 """
 
-from edsr_jax.config import base_config
+from edsr_jax.config import paper_config
 
 
 def get_config():
-    c = base_config()
-    c.name = "edsr_baseline_x3"
-    c.model.scale = 3
-    c.data.source = "paired"
-    c.data.train = "data/DIV2K"
-    c.data.val = "data/Set5"
-    return c
+    return paper_config("edsr_baseline", 3)

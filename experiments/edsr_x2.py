@@ -5,18 +5,8 @@ batch 16, Adam (0.9, 0.999, 1e-8), lr 1e-4 halved every 200k steps, 300k steps, 
       --config.data.train=data/DIV2K --config.data.val=data/Set5
 """
 
-from edsr_jax.config import base_config
+from edsr_jax.config import paper_config
 
 
 def get_config():
-    c = base_config()
-    c.name = "edsr_x2"
-    c.model.scale = 2
-    c.model.num_blocks = 32
-    c.model.num_features = 256
-    c.model.res_scale = 0.1
-    c.data.source = "paired"
-    c.data.train = "data/DIV2K"
-    c.data.val = "data/Set5"
-    c.train.init_from = ""
-    return c
+    return paper_config("edsr", 2)

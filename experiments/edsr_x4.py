@@ -6,18 +6,8 @@ Starts from the trained x2 model (upsampler and tail re-initialised).
       --config.data.train=data/DIV2K --config.data.val=data/Set5
 """
 
-from edsr_jax.config import base_config
+from edsr_jax.config import paper_config
 
 
 def get_config():
-    c = base_config()
-    c.name = "edsr_x4"
-    c.model.scale = 4
-    c.model.num_blocks = 32
-    c.model.num_features = 256
-    c.model.res_scale = 0.1
-    c.data.source = "paired"
-    c.data.train = "data/DIV2K"
-    c.data.val = "data/Set5"
-    c.train.init_from = "runs/edsr_x2"  # the paper starts x3/x4 from the x2 model
-    return c
+    return paper_config("edsr", 4)

@@ -175,7 +175,7 @@ def test_cli_errors_in_a_subprocess(small_set, tmp_path):
     (small_set / "text.png").write_text("this is not an image")
     cases = [
         (["--bicubic", str(tmp_path / "missing")], 2, "missing: no such folder"),
-        (["--bicubic", str(empty)], 2, "empty: no images"),
+        (["--bicubic", str(empty)], 2, "empty: folder holds no image files"),
         (["--bicubic", "--scales", "5", str(small_set)], 2, "invalid choice: 5"),
         (["--bicubic", "--scales", "2", str(small_set)], 1, "text.png: not a readable image"),
     ]

@@ -15,7 +15,6 @@ import pytest
 
 from conftest import ROOT
 from edsr_jax import checkpoint, train
-from edsr_jax.config import base_config
 from edsr_jax.model import ModelConfig
 
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
