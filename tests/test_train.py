@@ -220,3 +220,16 @@ def test_time_budget_stops_with_a_checkpoint(tmp_path):
     assert "time budget" in r.stderr
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] == 2  # the first log step (log_every = 2) after the budget ran out
+
+
+def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from edsr_jax import cli
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10 * 2**20, 9 * 2**20, 2**20))
+    with pytest.raises(cli.UsageError, match=r"only 1 MiB free, checkpoints need about 48 MiB"):
+        train.check_workdir(tmp_path / "w", need_bytes=48 * 2**20)
+    train.check_workdir(tmp_path / "w2", need_bytes=2**19)  # enough room: no error
