@@ -130,6 +130,8 @@ class TorchSide:
         self.device = "cuda" if device == "gpu" else "cpu"
         if self.device == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
+        else:
+            torch.backends.cudnn.benchmark = True
         c = model_config
         self.model = randomize(EDSR(c.scale, c.num_blocks, c.num_features, c.res_scale)).to(self.device)
         self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
@@ -250,8 +252,13 @@ def main(argv=None) -> int:
         for name in args.models:
             batches = args.batch or (GPU_BATCH if args.device == "gpu" else [CPU_BATCH[name]])
             for batch in batches:
-                r = run_case(name, args.scale, batch, args.patch, dtype, args.device, args.frameworks,
-                             rounds, steps, args.warmup)
+                try:
+                    r = run_case(name, args.scale, batch, args.patch, dtype, args.device,
+                                 args.frameworks, rounds, steps, args.warmup)
+                except Exception as e:  # e.g. out of device memory at a large batch: note it, go on
+                    print(f"{name} {dtype} batch {batch}: failed: {str(e).splitlines()[0][:200]}",
+                          file=sys.stderr, flush=True)
+                    continue
                 results.append(r)
                 print(f"{name} {dtype} batch {batch}: " + ", ".join(
                     f"{k} {v:.2f} patches/s" for k, v in r["rates"].items()), file=sys.stderr, flush=True)
