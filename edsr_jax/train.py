@@ -101,7 +101,7 @@ def train_step(state: TrainState, batch: dict, *, model: EDSR, tx: optax.Gradien
         return pixel_loss(model.apply(params, lr), hr, loss, charbonnier_eps)
 
     value, grads = jax.value_and_grad(loss_of)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
