@@ -141,11 +141,15 @@ def locate(path: str | Path) -> tuple[Path, int]:
     return directory, int(step)
 
 
+def step_config(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON config saved with checkpoint ``step`` of ``manager``."""
+    return manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
 def read_config(path: str | Path) -> dict:
     """The JSON config stored with the checkpoint at ``path`` (see ``locate``)."""
     directory, step = locate(path)
-    manager = make_manager(directory, read_only=True)
-    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return step_config(make_manager(directory, read_only=True), step)
 
 
 def _abstract_params(config: ModelConfig):
@@ -166,7 +170,7 @@ def restore_params(path: str | Path, *, prefer_ema: bool = True) -> tuple[ModelC
     """
     directory, step = locate(path)
     manager = make_manager(directory, read_only=True)
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    config = step_config(manager, step)
     try:
         model_config = ModelConfig(**config["model"])
     except (KeyError, TypeError) as e:

@@ -391,8 +391,7 @@ def train(config, workdir: str | Path) -> dict:
     logger = Logger(workdir, int(config.train.steps), 0, main_process)
     latest = manager.latest_step()
     if latest is not None:
-        stored = manager.restore(latest, args=checkpoint.ocp.args.Composite(
-            config=checkpoint.ocp.args.JsonRestore()))["config"]
+        stored = checkpoint.step_config(manager, latest)
         checkpoint.check_model_config(stored.get("model", {}), model_config,
                                       str(workdir / checkpoint.CHECKPOINT_DIR / str(latest)))
         abstract = jax.tree_util.tree_map(
@@ -401,14 +400,11 @@ def train(config, workdir: str | Path) -> dict:
         state = _from_items(restored)
         logger.say(f"resuming from step {int(state.step)} (checkpoint in {manager.directory})")
     else:
-        params = None
+        params = None  # a fresh init, or the fine-tuning weights replicated over the mesh
         if config.train.init_from:
-            params = _finetune_params(config, model, model_config, logger)
+            params = replicate(_finetune_params(config, model, model_config, logger), mesh)
         make = jax.jit(lambda key, p: init(key, params=p), out_shardings=state_sharding)
-        if params is not None:
-            state = make(jax.random.key(config.train.seed), replicate(params, mesh))
-        else:
-            state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.train.seed))
+        state = make(jax.random.key(config.train.seed), params)
     start = int(state.step)
     if logger.bar is not None:
         logger.bar.n = start
