@@ -35,12 +35,9 @@ def image_folder(folder: str | Path) -> list[Path]:
     Raises UsageError naming the folder when it does not exist, is not a folder, or
     holds no image files.
     """
-    from edsr_jax.images import IMAGE_SUFFIXES, ImageError, list_images
+    from edsr_jax.images import ImageError, image_files
 
     try:
-        paths = list_images(folder)
+        return image_files(folder)
     except ImageError as e:
         raise UsageError(str(e)) from None
-    if not paths:
-        raise UsageError(f"{folder}: folder holds no image files (looked for {' '.join(IMAGE_SUFFIXES)})")
-    return paths

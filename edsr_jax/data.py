@@ -44,7 +44,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from edsr_jax import cache as cache_lib
-from edsr_jax.images import IMAGE_SUFFIXES, ImageError, list_images, read_rgb
+from edsr_jax.images import IMAGE_SUFFIXES, ImageError, image_files, read_rgb
 from edsr_jax.imresize import imresize
 
 
@@ -63,12 +63,9 @@ def _image_paths(paths_or_folder) -> list[Path]:
         if not p.exists():
             raise DatasetError(f"{p}: no such folder or file")
         try:
-            paths = list_images(p)
+            return image_files(p)
         except ImageError as e:
             raise DatasetError(str(e)) from None
-        if not paths:
-            raise DatasetError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        return paths
     paths = [Path(x) for x in paths_or_folder]
     if not paths:
         raise DatasetError("the list of image paths is empty")
@@ -157,9 +154,7 @@ class PairedFolderSource:
             if not d.is_dir():
                 raise DatasetError(f"{d}: no such folder (expected DIV2K layout: "
                                    f"{root}/HR/0001.png and {root}/LR_{lr_name}/X{s}/0001x{s}.png)")
-        hr_paths = list_images(hr_dir)
-        if not hr_paths:
-            raise DatasetError(f"{hr_dir}: no image files")
+        hr_paths = _image_paths(hr_dir)
         pairs, problems = [], []
         for hr_path in hr_paths:
             lr_path = _find_lr(lr_dir, hr_path, s)

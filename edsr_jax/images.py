@@ -46,6 +46,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
 
 
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """``list_images`` that also raises ``ImageError`` when the folder holds no image file."""
+    paths = list_images(folder)
+    if not paths:
+        raise ImageError(f"{folder}: folder holds no image files (looked for {' '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
 def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
     """Decode an image file to ``(H, W, 3) uint8`` RGB.
 
