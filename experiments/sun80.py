@@ -91,7 +91,7 @@ def plot(runs: Path, out: Path) -> None:
         line, = ax.plot(steps, [r["psnr"] for r in rows], marker="o", ms=3, label=label)
         ax.axhline(rows[-1]["bicubic_psnr"], color=line.get_color(), ls="--", lw=1,
                    label=f"bicubic upscaling ({label.split(', ')[1]})")
-    ax.set_xlabel("training step (batch 16, LR patch 48)")
+    ax.set_xlabel("training step (batch 16, LR patch 32)")
     ax.set_ylabel("PSNR on Y (dB)")
     ax.set_title("EDSR-baseline x2 trained on Sun80 tiles (CPU)")
     ax.grid(alpha=0.3)
