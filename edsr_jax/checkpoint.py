@@ -49,6 +49,7 @@ def make_manager(directory: str | Path, *, keep_last: int = 2, keep_best: int = 
 
     Saves are asynchronous; stray temporary directories of interrupted saves are removed.
     """
+    quiet_orbax_logs()
     keep = [policies.LatestN(max(1, keep_last))]
     if keep_best > 0:
         keep.append(policies.BestN(get_metric_fn=lambda m: m[PSNR_KEY], n=keep_best,
