@@ -33,10 +33,8 @@ def test_imresize_shape_dtype_range(h, w, seed, scale, channels):
     assert out.shape[2:] == img.shape[2:]
     flat = imresize(img.astype(np.float64), scale)
     assert flat.dtype == np.float64 and flat.shape == out.shape
-    # Where the float result stays inside [0, 255] with no overshoot to clip, uint8 rounding
-    # (once per pass, as MATLAB does) moves a value by at most 1 level plus its weight sum.
-    if flat.min() >= 0 and flat.max() <= 255 and scale < 1:
-        assert np.abs(out.astype(np.float64) - flat).max() <= 1.5
+    # (uint8 is rounded after each pass, as MATLAB does, so it is not simply the rounded float
+    # result; tests/test_imresize.py checks it exactly against a plain reference.)
 
 
 @FAST
