@@ -227,29 +227,36 @@ def build_data(config, process_index: int, process_count: int):
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(model_config: ModelConfig, params, val_pairs, dtype: str = "float32") -> dict:
+def bicubic_baseline(val_pairs, scale: int) -> dict:
+    """Mean ``{"bicubic_psnr", "bicubic_ssim"}`` of MATLAB bicubic upscaling on the validation
+    pairs (the papers' protocol); fixed for a run, so computed once."""
+    from edsr_jax.evaluate import bicubic_upscale, score_image
+
+    scores = np.asarray([score_image(hr, scale, bicubic_upscale, lr)[:2] for _, lr, hr in val_pairs])
+    return {"bicubic_psnr": float(scores[:, 0].mean()), "bicubic_ssim": float(scores[:, 1].mean())}
+
+
+def evaluate(model_config: ModelConfig, params, val_pairs, baseline: dict,
+             dtype: str = "float32") -> dict:
     """PSNR / SSIM (Y channel, border = scale) of the model on whole validation images.
 
-    Returns ``{"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images"}`` plus
-    ``"sample"``: (lr, bicubic, sr, hr) uint8 of the first image for image panels.
+    Returns ``{"psnr", "ssim", "images"}``, the ``baseline`` entries (``bicubic_baseline``)
+    and ``"sample"``: (lr, sr, hr) uint8 of the first image for image panels.
     """
-    from edsr_jax import metrics
-    from edsr_jax.imresize import imresize
+    from edsr_jax.evaluate import score_image
     from edsr_jax.infer import Upscaler
 
     upscaler = Upscaler(model_config, params, dtype=dtype)
     s = model_config.scale
     rows, sample = [], None
     for _, lr, hr in val_pairs:
-        sr = upscaler(lr)
-        bic = imresize(lr, s)
-        rows.append((metrics.psnr(sr, hr, s), metrics.ssim(sr, hr, s),
-                     metrics.psnr(bic, hr, s), metrics.ssim(bic, hr, s)))
+        p, ss, _, sr = score_image(hr, s, lambda x, _: upscaler(x), lr)
+        rows.append((p, ss))
         if sample is None:
-            sample = (lr, bic, sr, hr)
+            sample = (lr, sr, hr)
     mean = np.mean(np.asarray(rows, np.float64), axis=0)
-    return {"psnr": float(mean[0]), "ssim": float(mean[1]), "bicubic_psnr": float(mean[2]),
-            "bicubic_ssim": float(mean[3]), "images": len(rows), "sample": sample}
+    return {"psnr": float(mean[0]), "ssim": float(mean[1]), **baseline, "images": len(rows),
+            "sample": sample}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -293,8 +300,11 @@ class Logger:
         for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
             self.tb.add_scalar(f"eval/{k}", result[k], step)
         if result.get("sample") is not None:
-            lr, bic, sr, hr = result["sample"]
+            from edsr_jax.evaluate import bicubic_upscale
+
+            lr, sr, hr = result["sample"]
             s = hr.shape[0] // lr.shape[0]
+            bic = bicubic_upscale(lr, s)
             near = np.repeat(np.repeat(lr, s, axis=0), s, axis=1)[: hr.shape[0], : hr.shape[1]]
             panel = np.concatenate([near, bic, sr, hr], axis=1)
             self.tb.add_image("eval/lr_bicubic_sr_hr", panel, step, dataformats="HWC")
@@ -417,6 +427,7 @@ def train(config, workdir: str | Path) -> dict:
     tick, tick_step = time.perf_counter(), start
     step = start
     saved_step = start
+    baseline = None  # bicubic scores of the validation images, at the first evaluation
     budget_s, started, out_of_time = float(t.max_minutes) * 60.0, time.monotonic(), False
     try:
         with StopRequest() as stop:
@@ -440,7 +451,10 @@ def train(config, workdir: str | Path) -> dict:
                 if step % t.eval_every == 0 or done:
                     _check_finite(state, t.nan_policy)
                     weights = state.ema if use_ema else state.params
-                    result = evaluate(model_config, local_copy(weights), val_pairs, config.model.dtype)
+                    if baseline is None:
+                        baseline = bicubic_baseline(val_pairs, model_config.scale)
+                    result = evaluate(model_config, local_copy(weights), val_pairs, baseline,
+                                      config.model.dtype)
                     logger.eval(step, result)
                     last_eval = result
                 if step % t.checkpoint_every == 0 or done or stop.signal is not None:
