@@ -90,7 +90,7 @@ def make_batch(batch: int, patch: int, scale: int, seed: int = 0) -> dict:
 class JaxSide:
     """The trainer's jitted step on a one-device mesh; ``run(n)`` does n steps and waits."""
 
-    def __init__(self, model_config, dtype: str, batch: dict):
+    def __init__(self, model_config, dtype: str, batch: dict, compiler_options=None):
         import jax
 
         from edsr_jax import config as config_lib
@@ -104,7 +104,7 @@ class JaxSide:
                              devices=jax.devices()[:1])
         init = lambda key: train.create_train_state(model, tx, key, use_ema=False)  # noqa: E731
         shape = jax.eval_shape(init, jax.random.key(0))
-        self.step = train.compile_train_step(model, tx, config, mesh, shape)
+        self.step = train.compile_train_step(model, tx, config, mesh, shape, compiler_options)
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         self.state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
         data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -180,6 +180,9 @@ def run_case(name: str, scale: int, batch: int, patch: int, dtype: str, device: 
     if "jax" in frameworks:
         sides["jax"] = JaxSide(config, dtype, data)
         first["jax"] = sides["jax"].first_step_s
+    if "jax-xla-default" in frameworks:  # the same step with XLA's own default options
+        sides["jax-xla-default"] = JaxSide(config, dtype, data, compiler_options={})
+        first["jax-xla-default"] = sides["jax-xla-default"].first_step_s
     if "torch" in frameworks:
         try:
             sides["torch"] = TorchSide(config, dtype, data, device)
@@ -201,9 +204,13 @@ def table(results: list[dict], reference_gflops: float, reference: str) -> str:
     head = ("| model | dtype | batch | patch | JAX patches/s | PyTorch patches/s | JAX / PyTorch "
             "| JAX GFLOP/s | PyTorch GFLOP/s | JAX / " + reference + " | PyTorch / " + reference
             + " | JAX first step s |")
+    with_default = any("jax-xla-default" in r["rates"] for r in results)
+    if with_default:
+        head += " JAX, XLA defaults patches/s | project options / XLA defaults |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         j, t = r["rates"].get("jax"), r["rates"].get("torch")
+        d = r["rates"].get("jax-xla-default")
         g = r["gflop_per_patch"]
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         rows.append("| " + " | ".join([
@@ -212,7 +219,8 @@ def table(results: list[dict], reference_gflops: float, reference: str) -> str:
             fmt(j * g if j else None, ".0f"), fmt(t * g if t else None, ".0f"),
             fmt(j * g / reference_gflops if j else None, ".0%"),
             fmt(t * g / reference_gflops if t else None, ".0%"),
-            fmt(r["first"].get("jax"), ".1f")]) + " |")
+            fmt(r["first"].get("jax"), ".1f")]
+            + ([fmt(d, ".2f"), fmt(j / d if j and d else None, ".2f")] if with_default else [])) + " |")
     return "\n".join(rows)
 
 
@@ -227,7 +235,10 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16"),
                    help="compute dtypes (params and Adam stay float32)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where both sides run")
-    p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=("jax", "torch"))
+    p.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
+                   choices=("jax", "jax-xla-default", "torch"),
+                   help="sides to alternate; jax-xla-default is the project's step compiled with "
+                        "XLA's default options instead of edsr_jax.xla_options")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 7; 3 quick)")
     p.add_argument("--steps", type=int, default=None, help="steps per round (default 3; 2 quick)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compiling")
@@ -266,11 +277,14 @@ def main(argv=None) -> int:
     for dtype in args.dtype:
         refs[dtype] = (args.peak_tflops * 1e3 if args.peak_tflops
                        else matmul_gflops(dtype, args.device))
+    from edsr_jax import xla_options
+
     device = jax.devices()[0]
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\nTrain step, {device.platform} ({device.device_kind}), {os.cpu_count()} CPU(s), "
           f"{rounds} alternating rounds of {steps} steps, median; scale x{args.scale}; "
-          f"load average at the end {load}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}.")
+          f"load average at the end {load}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+          f"project compiler options {xla_options.compiler_options(device.platform)}.")
     for dtype in args.dtype:
         ref = "peak" if args.peak_tflops else "matmul"
         print(f"\n{dtype}: reference {refs[dtype]:.0f} GFLOP/s "

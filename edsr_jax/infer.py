@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edsr_jax import xla_options
 from edsr_jax.model import PRESETS, ModelConfig, receptive_radius
 
 MIN_BUCKET = 16
@@ -92,7 +93,7 @@ def jitted(config: ModelConfig, dtype="float32"):
         def forward(params, x, bounds):
             _TRACES[key] += 1  # runs at trace time only: one count per compilation
             return apply_masked(params, x, bounds, config, DTYPES[key[1]])
-        fn = _JITTED[key] = jax.jit(forward)
+        fn = _JITTED[key] = jax.jit(forward, compiler_options=xla_options.compiler_options())
     return fn
 
 

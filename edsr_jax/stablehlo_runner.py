@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from jax import export
 
+from edsr_jax import xla_options
+
 MAGIC = b"EDSRJAX-STABLEHLO 1\n"
 
 
@@ -49,7 +51,7 @@ class StableHLOModel:
         self.exported = exported
         self.scale = int(header["scale"])
         self.name = str(header.get("name", "edsr"))
-        self._call = jax.jit(exported.call)
+        self._call = jax.jit(exported.call, compiler_options=xla_options.compiler_options())
 
     def predict(self, lr) -> np.ndarray:
         """``(H, W, 3)`` or ``(N, H, W, 3)`` uint8 or float in [0, 255] -> float32

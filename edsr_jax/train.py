@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from edsr_jax import checkpoint, cli
+from edsr_jax import checkpoint, cli, xla_options
 from edsr_jax import config as config_lib
 from edsr_jax.model import EDSR, ModelConfig
 
@@ -132,16 +132,23 @@ def make_mesh() -> jax.sharding.Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def compile_train_step(model: EDSR, tx, config, mesh: jax.sharding.Mesh, state_shape) -> Callable:
-    """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated."""
+def compile_train_step(model: EDSR, tx, config, mesh: jax.sharding.Mesh, state_shape,
+                       compiler_options: dict | None = None) -> Callable:
+    """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated.
+
+    ``compiler_options`` default to ``xla_options.compiler_options`` of the mesh's platform
+    (pass ``{}`` for XLA's own defaults)."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     state_sharding = jax.tree_util.tree_map(lambda _: replicated, state_shape)
     step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
                              charbonnier_eps=config.optim.charbonnier_eps,
                              ema_decay=float(config.train.ema))
+    if compiler_options is None:
+        compiler_options = xla_options.compiler_options(mesh.devices.flat[0].platform)
     return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+                   out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+                   compiler_options=compiler_options)
 
 
 def merge_params(fresh, loaded, skip: Sequence[str] = ()) -> tuple[Any, list[str], list[str]]:

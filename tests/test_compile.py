@@ -90,3 +90,49 @@ def test_step_cache_holds_one_entry_after_steps_on_new_batches():
     if not hasattr(step, "_cache_size"):
         pytest.skip("jitted functions have no _cache_size in this JAX")
     assert step._cache_size() == 1
+
+
+# ------------------------------------------------------------------ compiler options
+
+
+def test_cpu_compiler_options_turn_ynnpack_fusions_off(monkeypatch):
+    from edsr_jax import xla_options
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert xla_options.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert xla_options.compiler_options("gpu") is None
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_convolution")
+    assert xla_options.compiler_options("cpu") is None  # the user's own choice wins
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_train_step_and_inference_compile_with_the_project_options(monkeypatch):
+    """The executables really carry the options: no YNNPACK fusion in the optimised HLO of
+    the train step or the inference forward pass, while XLA's default compile has them."""
+    import jax.numpy as jnp
+    import optax
+
+    from edsr_jax import infer
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    config = ModelConfig(scale=2, num_blocks=1, num_features=8)
+    model = config.build()
+    tx = optax.adam(1e-4)
+    cfg = config_lib.base_config()
+    mesh = train.make_mesh()
+    init = lambda key: train.create_train_state(model, tx, key, use_ema=False)  # noqa: E731
+    shape = jax.eval_shape(init, jax.random.key(0))
+    batch = {"lr": jax.ShapeDtypeStruct((jax.device_count(), 8, 8, 3), jnp.uint8),
+             "hr": jax.ShapeDtypeStruct((jax.device_count(), 16, 16, 3), jnp.uint8)}
+
+    def hlo(compiler_options=None):
+        step = train.compile_train_step(model, tx, cfg, mesh, shape, compiler_options)
+        return step.lower(shape, batch).compile().as_text()
+
+    assert "ynn_fusion" in hlo({}), "XLA's defaults no longer use YNNPACK: revisit xla_options"
+    assert "ynn_fusion" not in hlo()
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
+    bounds = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    text = infer.jitted(config).lower(params, x, bounds).compile().as_text()
+    assert "convolution" in text and "ynn_fusion" not in text
