@@ -13,6 +13,7 @@ from edsr_jax.model import SCALES, ModelConfig, preset
 LOSSES = ("l1", "l2", "charbonnier")
 DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("stop", "skip")
+SCHEDULES = ("step", "cosine")
 SOURCES = ("hr", "paired")
 
 
@@ -47,8 +48,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
+    c.optim.schedule = "step"  # "step": lr * decay_factor every decay_every steps (the paper)
     c.optim.decay_every = 200_000  # the learning rate is halved every this many steps
     c.optim.decay_factor = 0.5
+    # "cosine": linear warm-up over warmup_steps, then cosine decay to 0 at cosine_steps
+    # (0: train.steps); for short runs, where ending at a low learning rate matters most
+    c.optim.warmup_steps = 0
+    c.optim.cosine_steps = 0
     c.optim.clip_norm = 0.0  # 0 disables gradient clipping
     c.optim.loss = "l1"
     c.optim.charbonnier_eps = 1e-3
@@ -116,7 +122,14 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     need(o.lr > 0, "optim.lr", "must be > 0")
     need(0 <= o.b1 < 1, "optim.b1", "must be in [0, 1)")
     need(0 <= o.b2 < 1, "optim.b2", "must be in [0, 1)")
+    need(o.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}")
     need(o.decay_every > 0, "optim.decay_every", "must be > 0")
+    need(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "optim.warmup_steps",
+         "must be an integer >= 0")
+    need(isinstance(o.cosine_steps, int) and o.cosine_steps >= 0, "optim.cosine_steps",
+         "must be an integer >= 0 (0 means train.steps)")
+    need(o.schedule != "cosine" or o.warmup_steps < (o.cosine_steps or t.steps), "optim.warmup_steps",
+         "must be smaller than the cosine's length (optim.cosine_steps, or train.steps)")
     need(0 < o.decay_factor <= 1, "optim.decay_factor", "must be in (0, 1]")
     need(o.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 disables clipping)")
     need(o.loss in LOSSES, "optim.loss", f"must be one of {LOSSES}")
