@@ -157,7 +157,8 @@ def compile_train_step(model: EDSR, tx, config, mesh: jax.sharding.Mesh, state_s
                              charbonnier_eps=config.optim.charbonnier_eps,
                              ema_decay=float(config.train.ema))
     if compiler_options is None:
-        compiler_options = xla_options.compiler_options(mesh.devices.flat[0].platform)
+        compiler_options = xla_options.compiler_options(
+            mesh.devices.flat[0].platform, int(config.data.batch_size) // mesh.size)
     return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,),
                    compiler_options=compiler_options)

@@ -1,11 +1,15 @@
 """XLA compiler options for the project's jitted functions, chosen per platform.
 
 On CPU, jaxlib 0.10 hands convolutions to YNNPACK fusions by default. For EDSR's 3x3
-convolutions XLA's own Eigen convolutions are faster, float32 and bfloat16 alike, so the
-project's jitted functions compile with the YNNPACK fusions off (measured in BENCHMARKS.md:
-``python benchmarks/train_step.py --frameworks jax jax-xla-default torch``; EDSR-baseline x2
-train step 1.3x faster on a 2-core CPU, convolutions 1.2-1.7x). Other platforms get XLA's
-defaults. The options apply per executable, so JAX code of the caller is unaffected.
+convolutions XLA's own Eigen convolutions are faster in the forward pass and the input
+gradient (64 features: ~170 against ~100 GFLOP/s on a 2-core AVX-512 CPU), float32 and
+bfloat16 alike, so the project's jitted functions compile with the YNNPACK fusions off.
+One exception, measured: Eigen's weight-gradient convolution contracts over the batch as its
+feature dimension and drops to 20-95 GFLOP/s with one sample per device (YNNPACK: 90-180),
+so a train step with a per-device batch of 1 keeps XLA's defaults. Numbers and commands in
+BENCHMARKS.md (``python benchmarks/train_step.py --frameworks jax jax-xla-default torch``:
+EDSR-baseline x2 train step 1.36x faster). Other platforms get XLA's defaults. The options
+apply per executable, so the caller's own JAX code is unaffected.
 
 A user who sets ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` keeps that choice.
 """
@@ -19,13 +23,19 @@ YNN_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
 CPU_OPTIONS = {YNN_FUSIONS: ""}  # empty list of fusion types: no YNNPACK fusions
 
 
-def compiler_options(platform: str | None = None) -> dict[str, str] | None:
+def compiler_options(platform: str | None = None,
+                     train_batch_per_device: int | None = None) -> dict[str, str] | None:
     """Options for ``jax.jit(..., compiler_options=...)`` on ``platform`` ("cpu", "gpu", ...;
-    default: JAX's default backend); None where XLA's defaults are kept."""
+    default: JAX's default backend); None where XLA's defaults are kept.
+
+    ``train_batch_per_device``: samples per device of a train step (None for functions
+    without weight gradients, e.g. inference)."""
     if platform is None:
         import jax
 
         platform = jax.default_backend()
     if platform != "cpu" or YNN_FUSIONS in os.environ.get("XLA_FLAGS", ""):
         return None
+    if train_batch_per_device is not None and train_batch_per_device < 2:
+        return None  # Eigen's weight gradient is slow with one sample (module docstring)
     return dict(CPU_OPTIONS)

@@ -101,6 +101,9 @@ def test_cpu_compiler_options_turn_ynnpack_fusions_off(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert xla_options.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
     assert xla_options.compiler_options("gpu") is None
+    assert xla_options.compiler_options("cpu", train_batch_per_device=4) == {
+        "xla_cpu_experimental_ynn_fusion_type": ""}
+    assert xla_options.compiler_options("cpu", train_batch_per_device=1) is None
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_convolution")
     assert xla_options.compiler_options("cpu") is None  # the user's own choice wins
 
@@ -119,11 +122,13 @@ def test_train_step_and_inference_compile_with_the_project_options(monkeypatch):
     model = config.build()
     tx = optax.adam(1e-4)
     cfg = config_lib.base_config()
+    cfg.data.batch_size = 2 * jax.device_count()
     mesh = train.make_mesh()
     init = lambda key: train.create_train_state(model, tx, key, use_ema=False)  # noqa: E731
     shape = jax.eval_shape(init, jax.random.key(0))
-    batch = {"lr": jax.ShapeDtypeStruct((jax.device_count(), 8, 8, 3), jnp.uint8),
-             "hr": jax.ShapeDtypeStruct((jax.device_count(), 16, 16, 3), jnp.uint8)}
+    n = cfg.data.batch_size
+    batch = {"lr": jax.ShapeDtypeStruct((n, 8, 8, 3), jnp.uint8),
+             "hr": jax.ShapeDtypeStruct((n, 16, 16, 3), jnp.uint8)}
 
     def hlo(compiler_options=None):
         step = train.compile_train_step(model, tx, cfg, mesh, shape, compiler_options)
