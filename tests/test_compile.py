@@ -134,10 +134,13 @@ def test_train_step_and_inference_compile_with_the_project_options(monkeypatch):
         step = train.compile_train_step(model, tx, cfg, mesh, shape, compiler_options)
         return step.lower(shape, batch).compile().as_text()
 
-    assert "ynn_fusion" in hlo({}), "XLA's defaults no longer use YNNPACK: revisit xla_options"
+    defaults_use_ynnpack = "ynn_fusion" in hlo({})
     assert "ynn_fusion" not in hlo()
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
     x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
     bounds = jax.ShapeDtypeStruct((1, 4), jnp.int32)
     text = infer.jitted(config).lower(params, x, bounds).compile().as_text()
     assert "convolution" in text and "ynn_fusion" not in text
+    if not defaults_use_ynnpack:
+        pytest.skip("XLA's defaults use no YNNPACK fusion here (another jaxlib or CPU): "
+                    "the checks above could not fail; revisit edsr_jax/xla_options.py")
