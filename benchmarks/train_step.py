@@ -98,6 +98,7 @@ class JaxSide:
 
         config = config_lib.base_config()
         config.optim.lr = ADAM["lr"]
+        config.data.batch_size = int(batch["lr"].shape[0])  # picks the compiler options
         model = model_config.build(dtype=train.DTYPES[dtype])
         tx, _ = train.make_optimizer(config.optim)
         mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
