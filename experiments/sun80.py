@@ -69,14 +69,12 @@ def train(minutes: float, parallel: bool, runs: Path, names: dict[str, str],
             run(j)
 
 
-def evaluate(runs: Path, out: Path, names: dict[str, str]) -> None:
+def evaluate(runs: Path, out: Path, names: dict[str, str], suffix: str) -> None:
     sets = [str(DATASETS / n) for n in ("Set5", "Set14", "BSD68")]
-    bicubic_run = names.get("bicubic")
-    target = out / f"standard{bicubic_run[len('sun80_x2'):]}.json" if bicubic_run else None
-    if target and not target.exists():
-        run([PY, "-m", "edsr_jax.evaluate", "--bicubic", "--checkpoint", str(runs / bicubic_run),
-             "--scales", "2", *sets, "--json", str(target),
-             "--save-images", str(out / f"crops{bicubic_run[len('sun80_x2'):]}")])
+    target = out / f"standard{suffix}.json"
+    if "bicubic" in names and not target.exists():
+        run([PY, "-m", "edsr_jax.evaluate", "--bicubic", "--checkpoint", str(runs / names["bicubic"]),
+             "--scales", "2", *sets, "--json", str(target), "--save-images", str(out / f"crops{suffix}")])
     for name in names.values():
         target = out / f"poster_{name}.json"
         if not target.exists():
@@ -116,7 +114,7 @@ def plot(runs: Path, out: Path) -> None:
     print(f"wrote {out / 'psnr_vs_step.png'}")
 
 
-def figures(out: Path, names: dict[str, str]) -> None:
+def figures(out: Path, names: dict[str, str], suffix: str) -> None:
     """The README's crops: Set5 butterfly (from the bicubic model's panels) and, for the BSD68
     image with the median gain of the poster-trained over the bicubic-trained model, both
     models' panels one above the other."""
@@ -124,7 +122,6 @@ def figures(out: Path, names: dict[str, str]) -> None:
     from PIL import Image
 
     if "bicubic" in names:
-        suffix = names["bicubic"][len("sun80_x2"):]
         panel = out / f"crops{suffix}" / "Set5" / "x2" / "butterfly_edsr_baseline_x2.png"
         if panel.exists():
             Image.open(panel).save(out / "butterfly_x2.png")
@@ -144,7 +141,7 @@ def figures(out: Path, names: dict[str, str]) -> None:
     print(f"wrote {out / 'poster_matching.png'} (BSD68 {image}, gain {gains[len(gains) // 2][0]:+.2f} dB)")
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=60.0, help="training budget per model (default 60)")
     p.add_argument("--parallel", action="store_true", help="train the models at the same time")
@@ -158,20 +155,23 @@ def main() -> None:
     p.add_argument("--skip-train", action="store_true", help="only evaluate and plot existing runs")
     args = p.parse_args()
     if not (DATASETS / "Sun80").is_dir():
-        raise SystemExit(f"error: {DATASETS / 'Sun80'} not found")
+        print(f"error: {DATASETS / 'Sun80'} not found", file=sys.stderr)
+        return 2
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE, e.g. optim.lr=5e-4")
+            print(f"error: --set {item!r}: expected KEY=VALUE, e.g. optim.lr=5e-4", file=sys.stderr)
+            return 2
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = run_names(args.models, args.suffix)
     if not args.skip_train:
         prepare(out)
         train(args.minutes, args.parallel, runs, names, args.set)
-    evaluate(runs, out, names)
+    evaluate(runs, out, names, args.suffix)
     plot(runs, out)
-    figures(out, names)
+    figures(out, names, args.suffix)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
