@@ -20,7 +20,11 @@ import os
 
 YNN_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
 
-CPU_OPTIONS = {YNN_FUSIONS: ""}  # empty list of fusion types: no YNNPACK fusions
+# YNNPACK fusions of elementwise ops and reductions only (bias, ReLU, residual adds, the
+# bias gradients, the loss); no YNNPACK fusion built around a lone convolution, so the
+# gradient convolutions stay XLA's Eigen ones. YNNPACK may still take a forward convolution
+# into an elementwise fusion (conv + bias + add), which measured as fast as Eigen + YNNPACK adds.
+CPU_OPTIONS = {YNN_FUSIONS: "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def compiler_options(platform: str | None = None,

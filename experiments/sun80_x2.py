@@ -30,7 +30,7 @@ def get_config():
     c.optim.lr = 1e-3
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 150
-    c.train.steps = 3_300
+    c.train.steps = 3_500
     c.train.max_minutes = 60.0
     c.train.log_every = 25
     c.train.eval_every = 250
