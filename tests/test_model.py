@@ -108,3 +108,31 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert spread > 1.0  # the comparison means something: the net does change the input
     assert err <= 0.02 * spread, (err, spread)
     assert err > 0  # and bfloat16 really was used
+
+
+def test_initialisation_is_pytorchs_conv2d_default():
+    """Kernels and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = 9 * in_features, as
+    PyTorch's ``nn.Conv2d`` (the official release's init). Checked per layer: the bound holds
+    exactly and the kernel's std is within 5% of bound/sqrt(3) (>= 1,728 samples per layer:
+    the std's sampling error is under 2%)."""
+    params = preset("edsr_baseline", 2).build().init(jax.random.key(3), jnp.zeros((1, 8, 8, 3)))
+    layers = jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, dict)
+                                                 and "kernel" in x)
+    assert len(layers) == 16 * 2 + 4
+    for path, layer in layers:
+        k, b = np.asarray(layer["kernel"]), np.asarray(layer["bias"])
+        bound = 1.0 / np.sqrt(9 * k.shape[2])
+        assert np.abs(k).max() <= bound and np.abs(b).max() <= bound, path
+        assert abs(k.std() / (bound / np.sqrt(3)) - 1) < 0.05, (path, k.std(), bound)
+
+
+def test_untrained_baseline_output_stays_near_the_input_scale():
+    """With PyTorch's init a residual block multiplies the signal variance by ~1.06, not ~1.5
+    (Flax's LeCun default: 1.5**16 ~ 650 over EDSR-baseline's 16 blocks), so an untrained
+    network's output deviates from the mean by about as much as the image does, not 25x."""
+    model = preset("edsr_baseline", 2).build()
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)), jnp.float32)
+    y = np.asarray(model.apply(params, x))
+    ratio = y.std() / float(x.std())
+    assert 0.05 < ratio < 3.0, ratio
