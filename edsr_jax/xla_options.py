@@ -7,8 +7,10 @@ float32 and bfloat16 alike. YNNPACK's fusions of elementwise ops and reductions,
 hand, pay: the bias adds, ReLUs, residual adds, their gradients and the bias-gradient sums are
 memory-bound passes that YNNPACK runs threaded and fused (a forward convolution may join such
 a fusion: conv + bias + add in one YNNPACK subgraph, measured no slower than Eigen + separate
-passes). So the project's jitted functions compile with exactly the ELTWISE and REDUCE fusion
-types: EDSR-baseline x2 train step 1.08x over no YNNPACK at all, ~1.45x over XLA's defaults.
+passes). So the project's train steps compile with exactly the ELTWISE and REDUCE fusion
+types: EDSR-baseline x2 train step 1.075x over no YNNPACK at all, 1.46x over XLA's defaults.
+Inference (forward only, large tiles, batch 1) compiles with no YNNPACK fusion: there the
+elementwise fusions made the forward pass 1.2x slower and tripled its peak memory.
 One exception, measured: Eigen's weight-gradient convolution contracts over the batch as its
 feature dimension and drops to 20-95 GFLOP/s with one sample per device (YNNPACK: 90-180),
 so a train step with a per-device batch of 1 keeps XLA's defaults. Numbers and commands in
@@ -25,11 +27,14 @@ import os
 
 YNN_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
 
-# YNNPACK fusions of elementwise ops and reductions only (bias, ReLU, residual adds, the
-# bias gradients, the loss); no YNNPACK fusion built around a lone convolution, so the
-# gradient convolutions stay XLA's Eigen ones. YNNPACK may still take a forward convolution
-# into an elementwise fusion (conv + bias + add), which measured as fast as Eigen + YNNPACK adds.
-CPU_OPTIONS = {YNN_FUSIONS: "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
+# Train steps: YNNPACK fusions of elementwise ops and reductions only (bias, ReLU, residual
+# adds, their gradients, the bias-gradient sums, the loss); no YNNPACK fusion built around a lone
+# convolution, so the gradient convolutions stay XLA's Eigen ones. YNNPACK may still take a
+# forward convolution into an elementwise fusion (conv + bias + add).
+TRAIN_OPTIONS = {YNN_FUSIONS: "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
+# Inference: no YNNPACK fusion at all. With the elementwise fusions the forward pass of one
+# large tile ran 1.2x slower and with 2.8x the peak memory (BENCHMARKS.md).
+INFERENCE_OPTIONS = {YNN_FUSIONS: ""}
 
 
 def compiler_options(platform: str | None = None,
@@ -45,6 +50,8 @@ def compiler_options(platform: str | None = None,
         platform = jax.default_backend()
     if platform != "cpu" or YNN_FUSIONS in os.environ.get("XLA_FLAGS", ""):
         return None
-    if train_batch_per_device is not None and train_batch_per_device < 2:
+    if train_batch_per_device is None:
+        return dict(INFERENCE_OPTIONS)
+    if train_batch_per_device < 2:
         return None  # Eigen's weight gradient is slow with one sample (module docstring)
-    return dict(CPU_OPTIONS)
+    return dict(TRAIN_OPTIONS)
