@@ -87,6 +87,13 @@ def make_batch(batch: int, patch: int, scale: int, seed: int = 0) -> dict:
             "hr": rng.integers(0, 256, (batch, patch * scale, patch * scale, 3), dtype=np.uint8)}
 
 
+# Other compiler options for the project's step: side name -> (column label, options).
+JAX_VARIANTS = {
+    "jax-xla-default": ("XLA defaults", {}),
+    "jax-no-ynnpack": ("no YNNPACK", {"xla_cpu_experimental_ynn_fusion_type": ""}),
+}
+
+
 class JaxSide:
     """The trainer's jitted step on a one-device mesh; ``run(n)`` does n steps and waits."""
 
@@ -181,9 +188,10 @@ def run_case(name: str, scale: int, batch: int, patch: int, dtype: str, device: 
     if "jax" in frameworks:
         sides["jax"] = JaxSide(config, dtype, data)
         first["jax"] = sides["jax"].first_step_s
-    if "jax-xla-default" in frameworks:  # the same step with XLA's own default options
-        sides["jax-xla-default"] = JaxSide(config, dtype, data, compiler_options={})
-        first["jax-xla-default"] = sides["jax-xla-default"].first_step_s
+    for side, (_, options) in JAX_VARIANTS.items():  # the same step with other XLA options
+        if side in frameworks:
+            sides[side] = JaxSide(config, dtype, data, compiler_options=options)
+            first[side] = sides[side].first_step_s
     if "torch" in frameworks:
         try:
             sides["torch"] = TorchSide(config, dtype, data, device)
@@ -205,13 +213,13 @@ def table(results: list[dict], reference_gflops: float, reference: str) -> str:
     head = ("| model | dtype | batch | patch | JAX patches/s | PyTorch patches/s | JAX / PyTorch "
             "| JAX GFLOP/s | PyTorch GFLOP/s | JAX / " + reference + " | PyTorch / " + reference
             + " | JAX first step s |")
-    with_default = any("jax-xla-default" in r["rates"] for r in results)
-    if with_default:
-        head += " JAX, XLA defaults patches/s | project options / XLA defaults |"
+    variants = [(side, label) for side, (label, _) in JAX_VARIANTS.items()
+                if any(side in r["rates"] for r in results)]
+    for _, label in variants:
+        head += f" JAX, {label} patches/s | project options / {label} |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         j, t = r["rates"].get("jax"), r["rates"].get("torch")
-        d = r["rates"].get("jax-xla-default")
         g = r["gflop_per_patch"]
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         rows.append("| " + " | ".join([
@@ -221,7 +229,8 @@ def table(results: list[dict], reference_gflops: float, reference: str) -> str:
             fmt(j * g / reference_gflops if j else None, ".0%"),
             fmt(t * g / reference_gflops if t else None, ".0%"),
             fmt(r["first"].get("jax"), ".1f")]
-            + ([fmt(d, ".2f"), fmt(j / d if j and d else None, ".2f")] if with_default else [])) + " |")
+            + [cell for side, _ in variants for d in [r["rates"].get(side)]
+               for cell in (fmt(d, ".2f"), fmt(j / d if j and d else None, ".2f"))]) + " |")
     return "\n".join(rows)
 
 
@@ -237,9 +246,10 @@ def main(argv=None) -> int:
                    help="compute dtypes (params and Adam stay float32)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where both sides run")
     p.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
-                   choices=("jax", "jax-xla-default", "torch"),
-                   help="sides to alternate; jax-xla-default is the project's step compiled with "
-                        "XLA's default options instead of edsr_jax.xla_options")
+                   choices=("jax", *JAX_VARIANTS, "torch"),
+                   help="sides to alternate; jax-xla-default / jax-no-ynnpack are the project's "
+                        "step compiled with XLA's default options / with no YNNPACK fusion "
+                        "instead of edsr_jax.xla_options")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 7; 3 quick)")
     p.add_argument("--steps", type=int, default=None, help="steps per round (default 3; 2 quick)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compiling")
