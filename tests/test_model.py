@@ -129,7 +129,8 @@ def test_initialisation_is_pytorchs_conv2d_default():
 def test_untrained_baseline_output_stays_near_the_input_scale():
     """With PyTorch's init a residual block multiplies the signal variance by ~1.06, not ~1.5
     (Flax's LeCun default: 1.5**16 ~ 650 over EDSR-baseline's 16 blocks), so an untrained
-    network's output deviates from the mean by about as much as the image does, not 25x."""
+    network's output deviates from the mean by about as much as the image does, not ~20x
+    (measured: 0.26 of the input's std with this init, 19.7 with LeCun)."""
     model = preset("edsr_baseline", 2).build()
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)), jnp.float32)
