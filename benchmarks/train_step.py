@@ -87,26 +87,31 @@ def make_batch(batch: int, patch: int, scale: int, seed: int = 0) -> dict:
             "hr": rng.integers(0, 256, (batch, patch * scale, patch * scale, 3), dtype=np.uint8)}
 
 
-# Other compiler options for the project's step: side name -> (column label, options).
+# The project's step built another way: side name -> (column label, compiler options (None:
+# the project's, edsr_jax.xla_options), convolution backend ("auto": the trainer's choice)).
 JAX_VARIANTS = {
-    "jax-xla-default": ("XLA defaults", {}),
-    "jax-no-ynnpack": ("no YNNPACK", {"xla_cpu_experimental_ynn_fusion_type": ""}),
+    "jax-xla-conv": ("XLA convolutions", None, "xla"),
+    "jax-no-ynnpack": ("no YNNPACK", {"xla_cpu_experimental_ynn_fusion_type": ""}, "auto"),
+    "jax-xla-default": ("XLA defaults", {}, "xla"),
 }
 
 
 class JaxSide:
     """The trainer's jitted step on a one-device mesh; ``run(n)`` does n steps and waits."""
 
-    def __init__(self, model_config, dtype: str, batch: dict, compiler_options=None):
+    def __init__(self, model_config, dtype: str, batch: dict, compiler_options=None,
+                 conv_backend: str = "auto"):
         import jax
 
         from edsr_jax import config as config_lib
-        from edsr_jax import train
+        from edsr_jax import onednn_conv, train
 
         config = config_lib.base_config()
         config.optim.lr = ADAM["lr"]
         config.data.batch_size = int(batch["lr"].shape[0])  # picks the compiler options
-        model = model_config.build(dtype=train.DTYPES[dtype])
+        self.conv_backend = onednn_conv.choose_backend(  # as the trainer chooses
+            conv_backend, jax.devices()[0].platform, 1, train.DTYPES[dtype])
+        model = model_config.build(dtype=train.DTYPES[dtype], conv_backend=self.conv_backend)
         tx, _ = train.make_optimizer(config.optim)
         mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                              devices=jax.devices()[:1])
@@ -188,9 +193,9 @@ def run_case(name: str, scale: int, batch: int, patch: int, dtype: str, device: 
     if "jax" in frameworks:
         sides["jax"] = JaxSide(config, dtype, data)
         first["jax"] = sides["jax"].first_step_s
-    for side, (_, options) in JAX_VARIANTS.items():  # the same step with other XLA options
+    for side, (_, options, conv) in JAX_VARIANTS.items():  # the same step built another way
         if side in frameworks:
-            sides[side] = JaxSide(config, dtype, data, compiler_options=options)
+            sides[side] = JaxSide(config, dtype, data, compiler_options=options, conv_backend=conv)
             first[side] = sides[side].first_step_s
     if "torch" in frameworks:
         try:
@@ -213,7 +218,7 @@ def table(results: list[dict], reference_gflops: float, reference: str) -> str:
     head = ("| model | dtype | batch | patch | JAX patches/s | PyTorch patches/s | JAX / PyTorch "
             "| JAX GFLOP/s | PyTorch GFLOP/s | JAX / " + reference + " | PyTorch / " + reference
             + " | JAX first step s |")
-    variants = [(side, label) for side, (label, _) in JAX_VARIANTS.items()
+    variants = [(side, label) for side, (label, _, _) in JAX_VARIANTS.items()
                 if any(side in r["rates"] for r in results)]
     for _, label in variants:
         head += f" JAX, {label} patches/s | project options / {label} |"
@@ -247,9 +252,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where both sides run")
     p.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
                    choices=("jax", *JAX_VARIANTS, "torch"),
-                   help="sides to alternate; jax-xla-default / jax-no-ynnpack are the project's "
-                        "step compiled with XLA's default options / with no YNNPACK fusion "
-                        "instead of edsr_jax.xla_options")
+                   help="sides to alternate; jax-xla-conv: the project's step with XLA's "
+                        "convolutions instead of oneDNN's; jax-no-ynnpack: with no YNNPACK "
+                        "fusion; jax-xla-default: XLA's convolutions and default options")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 7; 3 quick)")
     p.add_argument("--steps", type=int, default=None, help="steps per round (default 3; 2 quick)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compiling")
@@ -288,16 +293,18 @@ def main(argv=None) -> int:
     for dtype in args.dtype:
         refs[dtype] = (args.peak_tflops * 1e3 if args.peak_tflops
                        else matmul_gflops(dtype, args.device))
-    from edsr_jax import xla_options
+    from edsr_jax import onednn_conv, xla_options
 
     device = jax.devices()[0]
+    conv = {d: onednn_conv.choose_backend("auto", device.platform, 1, d) for d in args.dtype}
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\nTrain step, {device.platform} ({device.device_kind}), {os.cpu_count()} CPU(s), "
           f"{rounds} alternating rounds of {steps} steps, median; scale x{args.scale}; "
           f"load average at the end {load}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
           f"project compiler options (edsr_jax.xla_options) at batch 16: "
           f"{xla_options.compiler_options(device.platform, 16)}, at batch 1: "
-          f"{xla_options.compiler_options(device.platform, 1)} (None: XLA's defaults).")
+          f"{xla_options.compiler_options(device.platform, 1)} (None: XLA's defaults); "
+          f"project convolutions (train.conv_backend auto): {conv}.")
     for dtype in args.dtype:
         ref = "peak" if args.peak_tflops else "matmul"
         print(f"\n{dtype}: reference {refs[dtype]:.0f} GFLOP/s "

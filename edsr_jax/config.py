@@ -12,6 +12,7 @@ from edsr_jax.model import SCALES, ModelConfig, preset
 
 LOSSES = ("l1", "l2", "charbonnier")
 DTYPES = ("float32", "bfloat16")
+CONV_BACKENDS = ("auto", "xla", "onednn")
 NAN_POLICIES = ("stop", "skip")
 SCHEDULES = ("step", "cosine")
 SOURCES = ("hr", "paired")
@@ -71,6 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.nan_policy = "stop"  # "stop" or "skip" on a non-finite loss or gradient
     c.train.init_from = ""  # checkpoint to fine-tune from (e.g. the x2 model for x3/x4)
     c.train.max_minutes = 0.0  # wall-clock budget of one invocation (checked every log_every steps); 0: none
+    # How the train step computes convolutions: "auto" (oneDNN on one CPU device in float32
+    # where built, else XLA), "xla", or "onednn" (edsr_jax/onednn_conv.py).
+    c.train.conv_backend = "auto"
     return c
 
 
@@ -140,3 +144,4 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     need(t.keep_last >= 1, "train.keep_last", "must be >= 1")
     need(0 <= t.ema < 1, "train.ema", "must be in [0, 1) (0 disables EMA)")
     need(t.nan_policy in NAN_POLICIES, "train.nan_policy", f"must be one of {NAN_POLICIES}")
+    need(t.conv_backend in CONV_BACKENDS, "train.conv_backend", f"must be one of {CONV_BACKENDS}")

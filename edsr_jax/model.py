@@ -56,19 +56,51 @@ def torch_bias_init(fan_in: int):
     return init
 
 
-def conv3x3(features: int, in_features: int, name: str, dtype: Any, param_dtype: Any) -> nn.Conv:
-    """3x3 'SAME' convolution initialised as PyTorch's ``nn.Conv2d`` (the official release).
+CONV_BACKENDS = ("xla", "onednn")
+
+
+class Conv3x3(nn.Module):
+    """3x3 'SAME' convolution plus bias, initialised as PyTorch's ``nn.Conv2d`` (the official
+    release); parameters ``kernel`` (3, 3, C_in, features) and ``bias`` (features,), the same
+    tree as ``flax.linen.Conv``.
 
     Kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = 9 * in_features, i.e.
     a third of the variance of Flax's default LeCun-normal kernel. With LeCun init each
     residual block multiplies the signal variance by about 1.5 (1.5**16 ~ 650 for
     EDSR-baseline), so an untrained network outputs loud noise and the first hundreds of
     steps are spent removing it; PyTorch's init gives about 1.06 per block.
+
+    ``backend``: "xla" (``lax.conv_general_dilated``, any platform and dtype) or "onednn"
+    (``edsr_jax.onednn_conv``: XLA:CPU, float32; same parameters, same numbers up to
+    summation order).
     """
-    fan_in = 9 * in_features
-    return nn.Conv(features, (3, 3), padding="SAME", dtype=dtype, param_dtype=param_dtype,
-                   kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-                   bias_init=torch_bias_init(fan_in), name=name)
+
+    features: int
+    in_features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    backend: str = "xla"
+
+    @nn.compact
+    def __call__(self, x):
+        fan_in = 9 * self.in_features
+        kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+                            (3, 3, self.in_features, self.features), self.param_dtype)
+        bias = self.param("bias", torch_bias_init(fan_in), (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if self.backend == "onednn":
+            from edsr_jax import onednn_conv
+
+            return onednn_conv.conv(x, kernel, bias)
+        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias
+
+
+def conv3x3(features: int, in_features: int, name: str, dtype: Any, param_dtype: Any,
+            backend: str = "xla") -> Conv3x3:
+    """The network's 3x3 convolution (``Conv3x3``) with ``features`` outputs."""
+    return Conv3x3(features, in_features, dtype, param_dtype, backend, name=name)
 
 
 class ResBlock(nn.Module):
@@ -78,11 +110,12 @@ class ResBlock(nn.Module):
     res_scale: float = 1.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_backend: str = "xla"
 
     @nn.compact
     def __call__(self, x):
         conv = lambda name, c_in: conv3x3(  # noqa: E731
-            self.features, c_in, name, self.dtype, self.param_dtype)
+            self.features, c_in, name, self.dtype, self.param_dtype, self.conv_backend)
         y = conv("conv0", x.shape[-1])(x)
         y = nn.relu(y)
         y = conv("conv1", self.features)(y)
@@ -97,7 +130,9 @@ class EDSR(nn.Module):
     Input ``(N, H, W, 3)`` float in [0, 255]; output ``(N, H*scale, W*scale, 3)``
     float32 in about [0, 255] (not clipped). ``dtype`` is the compute dtype
     (e.g. ``jnp.bfloat16``), ``param_dtype`` the storage dtype of the weights.
-    Weights are initialised as in the official PyTorch release (see ``conv3x3``).
+    Weights are initialised as in the official PyTorch release (see ``Conv3x3``).
+    ``conv_backend`` ("xla" or "onednn", see ``Conv3x3``) changes how the convolutions are
+    computed, not the parameters or the function.
     """
 
     scale: int = 2
@@ -108,18 +143,19 @@ class EDSR(nn.Module):
     rgb_range: float = 255.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_backend: str = "xla"
 
     @nn.compact
     def __call__(self, x):
         conv = lambda features, name, c_in: conv3x3(  # noqa: E731
-            features, c_in, name, self.dtype, self.param_dtype)
+            features, c_in, name, self.dtype, self.param_dtype, self.conv_backend)
         mean = jnp.asarray(self.rgb_mean, jnp.float32) * self.rgb_range
         x = (x.astype(jnp.float32) - mean).astype(self.dtype)
         x = conv(self.num_features, "head", x.shape[-1])(x)
         res = x
         for i in range(self.num_blocks):
             res = ResBlock(self.num_features, self.res_scale, self.dtype,
-                           self.param_dtype, name=f"block_{i}")(res)
+                           self.param_dtype, self.conv_backend, name=f"block_{i}")(res)
         res = conv(self.num_features, "body_conv", self.num_features)(res)
         x = x + res
         for k, r in enumerate(upsample_stages(self.scale)):
@@ -138,11 +174,17 @@ class ModelConfig:
     num_features: int = 64
     res_scale: float = 1.0
 
-    def build(self, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> EDSR:
-        """The Linen module for this architecture with the given dtypes."""
+    def build(self, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+              conv_backend: str = "xla") -> EDSR:
+        """The Linen module for this architecture with the given dtypes and convolution
+        backend ("xla" or "onednn": float32 compute on CPU only, see ``Conv3x3``)."""
+        if conv_backend not in CONV_BACKENDS:
+            raise ValueError(f"conv_backend must be one of {CONV_BACKENDS}, got {conv_backend!r}")
+        if conv_backend == "onednn" and jnp.dtype(dtype) != jnp.float32:
+            raise ValueError(f"conv_backend 'onednn' computes in float32, got dtype {jnp.dtype(dtype)}")
         return EDSR(scale=self.scale, num_blocks=self.num_blocks,
                     num_features=self.num_features, res_scale=self.res_scale,
-                    dtype=dtype, param_dtype=param_dtype)
+                    dtype=dtype, param_dtype=param_dtype, conv_backend=conv_backend)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

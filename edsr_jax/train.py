@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from edsr_jax import checkpoint, cli, xla_options
+from edsr_jax import checkpoint, cli, onednn_conv, xla_options
 from edsr_jax import config as config_lib
 from edsr_jax.model import EDSR, ModelConfig
 
@@ -401,9 +401,14 @@ def train(config, workdir: str | Path) -> dict:
     except (ValueError, FileNotFoundError, ImageError) as e:
         raise cli.UsageError(str(e)) from None
     dtype = DTYPES[config.model.dtype]
-    model = model_config.build(dtype=dtype)
-    tx, schedule = make_optimizer(config.optim, int(config.train.steps))
     mesh = make_mesh()
+    try:
+        conv_backend = onednn_conv.choose_backend(
+            config.train.conv_backend, mesh.devices.flat[0].platform, mesh.size, dtype)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+    model = model_config.build(dtype=dtype, conv_backend=conv_backend)
+    tx, schedule = make_optimizer(config.optim, int(config.train.steps))
     use_ema = config.train.ema > 0
     init = functools.partial(create_train_state, model, tx, use_ema=use_ema)
     state_shape = jax.eval_shape(init, jax.random.key(config.train.seed))
