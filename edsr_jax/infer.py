@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edsr_jax import xla_options
-from edsr_jax.model import PRESETS, ModelConfig, receptive_radius
+from edsr_jax.model import PRESETS, Conv3x3, ModelConfig, receptive_radius
 
 MIN_BUCKET = 16
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -70,7 +70,7 @@ def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32) -> j
     bounds = jnp.asarray(bounds, jnp.int32)
 
     def mask_conv_inputs(next_fun, args, kwargs, context):
-        if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+        if isinstance(context.module, Conv3x3) and context.method_name == "__call__":
             (y,) = args
             f = y.shape[1] // lr_h  # 1 before the upsampler, then 2, 3 or 4
             b = bounds[:, :, None, None, None] * f

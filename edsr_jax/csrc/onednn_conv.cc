@@ -4,7 +4,9 @@
 // activations NHWC (N, H, W, C), kernels HWIO (k, k, C_in, C_out). Three handlers:
 //   EdsrConvForward        x (N,H,W,Ci), w (k,k,Ci,Co), b (Co)  -> y (N,H,W,Co) = conv(x, w) + b
 //   EdsrConvBackwardData   dy (N,H,W,Co), w (k,k,Ci,Co)         -> dx (N,H,W,Ci)
-//   EdsrConvBackwardWeights x (N,H,W,Ci), dy (N,H,W,Co)         -> dw (k,k,Ci,Co), db (Co)
+//   EdsrConvBackwardWeights x (N,H,W,Ci), dy (N,H,W,Co)         -> dw (k,k,Ci,Co)
+// (The bias gradient, a plain sum of dy, is left to XLA: oneDNN's fused one accumulates
+// sequentially in float32, ~3e-5 relative error over a 16x48x48 batch against XLA's ~1e-7.)
 // oneDNN reads and writes the NHWC activations in place; only the (small) kernels are reordered
 // to and from oneDNN's blocked weight layout. Primitives are built once per shape and cached.
 // Threading: oneDNN's OpenMP runtime (the onednn-cpu-gomp wheel).
@@ -73,8 +75,8 @@ std::unique_ptr<Plan> MakePlan(const Shape& s) {
       eng, dnnl::algorithm::convolution_direct, plan->src, any_weights, plan->dst, strides, pad,
       pad, plan->fwd_pd, attr);
   plan->bwd_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-      eng, dnnl::algorithm::convolution_direct, plan->src, any_weights, plan->bias, plan->dst,
-      strides, pad, pad, plan->fwd_pd, attr);
+      eng, dnnl::algorithm::convolution_direct, plan->src, any_weights, plan->dst, strides, pad,
+      pad, plan->fwd_pd, attr);
   plan->fwd = dnnl::convolution_forward(plan->fwd_pd);
   plan->bwd_data = dnnl::convolution_backward_data(plan->bwd_data_pd);
   plan->bwd_weights = dnnl::convolution_backward_weights(plan->bwd_weights_pd);
@@ -179,7 +181,7 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
 }
 
 ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                           ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
+                           ffi::ResultBuffer<ffi::F32> dw) {
   Shape s;
   if (auto err = CheckShapes(x.dimensions(), dw->dimensions(), &s); !err.success()) return err;
   return Guard([&] {
@@ -187,12 +189,12 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     auto& eng = Engine();
     auto& strm = Stream();
     memory src(p.src, eng, x.typed_data()), diff_dst(p.dst, eng, dy.typed_data());
-    memory user_dw(p.user_weights, eng, dw->typed_data()), diff_bias(p.bias, eng, db->typed_data());
+    memory user_dw(p.user_weights, eng, dw->typed_data());
     Staged wei = Stage(p.bwd_weights_pd.diff_weights_desc(), user_dw);
     std::vector<uint8_t> scratch;
     p.bwd_weights.execute(
         strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-               {DNNL_ARG_DIFF_WEIGHTS, wei.mem}, {DNNL_ARG_DIFF_BIAS, diff_bias},
+               {DNNL_ARG_DIFF_WEIGHTS, wei.mem},
                {DNNL_ARG_SCRATCHPAD, Scratchpad(p.bwd_weights_pd.scratchpad_desc(), scratch)}});
     if (wei.reordered) dnnl::reorder(wei.mem, user_dw).execute(strm, wei.mem, user_dw);
     strm.wait();
@@ -220,7 +222,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(EdsrConvBackwardWeights, BackwardWeights,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 #pragma GCC visibility pop
