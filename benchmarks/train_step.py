@@ -7,7 +7,8 @@
 
 Both sides take the same work: uint8 LR/HR patches in, float32 [0, 255] network, L1 loss,
 Adam (lr 1e-4, betas 0.9/0.999, eps 1e-8). JAX runs ``edsr_jax.train.compile_train_step``
-(the trainer's own step: state donated, non-finite guard); PyTorch runs ``tests/torch_edsr.py``
+(the trainer's own step: state donated, non-finite guard; convolutions chosen as the trainer's
+``train.conv_backend`` auto does: oneDNN on one CPU device in float32, else XLA); PyTorch runs ``tests/torch_edsr.py``
 with ``torch.optim.Adam`` and ``nn.L1Loss``. After a warm-up the two alternate in rounds of a
 few steps each, in one process, and the median round gives patches/s; alternating keeps the
 ratio honest on a machine shared with other work.
