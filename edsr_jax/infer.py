@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edsr_jax import xla_options
+from edsr_jax import onednn_conv, xla_options
 from edsr_jax.model import PRESETS, Conv3x3, ModelConfig, receptive_radius
 
 MIN_BUCKET = 16
@@ -60,12 +60,14 @@ def apply(params, lr, config: ModelConfig, dtype=jnp.float32) -> jnp.ndarray:
     return model.apply({"params": _inner(params)}, jnp.asarray(lr, jnp.float32))
 
 
-def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32) -> jnp.ndarray:
+def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32,
+                 conv_backend: str = "xla") -> jnp.ndarray:
     """``apply`` on a padded batch: only ``x[n, y0:y1, x0:x1]`` with ``bounds[n] = (y0, y1,
     x0, x1)`` (int, LR pixels) counts as image; everything outside is treated as the
     convolutions' zero padding. ``(N, h, w, 3)`` float [0, 255] -> ``(N, h*s, w*s, 3)``
-    float32 whose region ``bounds * s`` equals ``apply`` on the cropped image."""
-    model = config.build(dtype=_dtype(dtype))
+    float32 whose region ``bounds * s`` equals ``apply`` on the cropped image.
+    ``conv_backend``: "xla" or "onednn" (``model.Conv3x3``; float32 on CPU)."""
+    model = config.build(dtype=_dtype(dtype), conv_backend=conv_backend)
     lr_h = x.shape[1]
     bounds = jnp.asarray(bounds, jnp.int32)
 
@@ -86,13 +88,17 @@ def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32) -> j
 
 def jitted(config: ModelConfig, dtype="float32"):
     """The module-level jitted ``apply_masked(params, x, bounds)`` for one architecture and
-    compute dtype; compiles once per input shape, whatever the params' values."""
+    compute dtype; compiles once per input shape, whatever the params' values. Runs on JAX's
+    default device, with oneDNN's convolutions on CPU in float32 where built
+    (``onednn_conv.choose_backend``), XLA's elsewhere."""
     key = (config, _dtype_name(dtype))
     fn = _JITTED.get(key)
     if fn is None:
+        conv_backend = onednn_conv.choose_backend("auto", jax.default_backend(), 1, DTYPES[key[1]])
+
         def forward(params, x, bounds):
             _TRACES[key] += 1  # runs at trace time only: one count per compilation
-            return apply_masked(params, x, bounds, config, DTYPES[key[1]])
+            return apply_masked(params, x, bounds, config, DTYPES[key[1]], conv_backend)
         fn = _JITTED[key] = jax.jit(forward, compiler_options=xla_options.compiler_options())
     return fn
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 from edsr_jax import config as config_lib
-from edsr_jax import train
+from edsr_jax import onednn_conv, train
 from edsr_jax.model import ModelConfig
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -166,7 +166,11 @@ def test_train_step_and_inference_compile_with_the_project_options(monkeypatch):
     x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
     bounds = jax.ShapeDtypeStruct((1, 4), jnp.int32)
     text = infer.jitted(config).lower(params, x, bounds).compile().as_text()
-    assert convolutions(text) and "__ynn_fusion" not in text  # inference: no YNNPACK at all
+    assert "__ynn_fusion" not in text  # inference: no YNNPACK at all
+    if onednn_conv.available():  # inference convolutions: oneDNN's (float32, CPU), 6 of them
+        assert not convolutions(text) and text.count('custom_call_target="edsr_conv_forward"') == 6
+    else:
+        assert len(convolutions(text)) == 6
     if not any(in_ynn for _, in_ynn in default):
         pytest.skip("XLA's defaults give no weight gradient to YNNPACK here (another jaxlib or "
                     "CPU): the checks above could not fail; revisit edsr_jax/xla_options.py")

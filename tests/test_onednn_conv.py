@@ -142,3 +142,30 @@ def test_bad_backend_values_are_refused():
     config.train.conv_backend = "cudnn"
     with pytest.raises(ValueError, match="train.conv_backend"):
         config_lib.validate(config)
+
+
+@needs_onednn
+def test_train_step_runs_every_convolution_through_onednn():
+    """The trainer's step with oneDNN convolutions: no XLA convolution left; per conv layer one
+    forward and one weight-gradient call, an input-gradient call for all but the head (its input
+    is data: XLA drops the unused call)."""
+    import optax
+
+    from edsr_jax import train
+
+    config = ModelConfig(scale=2, num_blocks=1, num_features=8)
+    model = config.build(conv_backend="onednn")
+    tx = optax.adam(1e-4)
+    cfg = config_lib.base_config()
+    cfg.data.batch_size = 2
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:1])
+    shape = jax.eval_shape(lambda k: train.create_train_state(model, tx, k, use_ema=False),
+                           jax.random.key(0))
+    batch = {"lr": jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.uint8),
+             "hr": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.uint8)}
+    text = train.compile_train_step(model, tx, cfg, mesh, shape).lower(shape, batch).compile().as_text()
+    count = lambda target: text.count(f'custom_call_target="{target}"')  # noqa: E731
+    assert " convolution(" not in text
+    assert (count("edsr_conv_forward"), count("edsr_conv_backward_data"),
+            count("edsr_conv_backward_weights")) == (6, 5, 6)
