@@ -24,16 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- tried:begin -->", "<!-- tried:end -->"
 
-# The train step is timed three ways, alternating: the project, the project's step compiled with
-# XLA's default options (what edsr_jax.xla_options changes), and PyTorch.
-SIDES = ["--frameworks", "jax", "jax-xla-default", "torch"]
+# The train step is timed four ways, alternating: the project; its step with XLA's convolutions
+# instead of oneDNN's (edsr_jax/onednn_conv.py); with XLA's convolutions and XLA's default
+# options (what a plain Flax EDSR gets); and PyTorch.
+SIDES = ["--frameworks", "jax", "jax-xla-conv", "jax-xla-default", "torch"]
 # name -> (script, quick arguments, full arguments); the EDSR train step gets its own short run.
 BENCHMARKS = {
     "loader": ("loader.py", ["--images", "10", "--seconds", "2", "--workers", "0,1"], []),
     "inference": ("inference.py", ["--scales", "2", "--sizes", "1920x1080", "--tiles", "1"], []),
     "train_step": ("train_step.py", ["--quick", "--models", "edsr_baseline", *SIDES],
                    ["--models", "edsr_baseline", *SIDES]),
-    "train_step_edsr": ("train_step.py", ["--models", "edsr", "--batch", "1", "--rounds", "2",
+    "train_step_edsr": ("train_step.py", ["--models", "edsr", "--batch", "2", "--rounds", "2",
                                           "--steps", "1", "--warmup", "1", *SIDES],
                         ["--models", "edsr", *SIDES]),
 }

@@ -222,7 +222,7 @@ def table(results: list[dict], reference_gflops: float, reference: str) -> str:
     variants = [(side, label) for side, (label, _, _) in JAX_VARIANTS.items()
                 if any(side in r["rates"] for r in results)]
     for _, label in variants:
-        head += f" JAX, {label} patches/s | project options / {label} |"
+        head += f" JAX, {label} patches/s | project step / {label} |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         j, t = r["rates"].get("jax"), r["rates"].get("torch")
