@@ -201,6 +201,8 @@ def test_finetune_x2_to_x4_from_checkpoint(straight_run, tmp_path):
     ("--config.data.batch_size=8", 3, "divisible by the number of devices (3)"),
     ("--config.data.train=/nonexistent/folder", 1, "/nonexistent/folder"),
     ("--config.model.scale=5", 1, "config.model.scale = 5"),
+    ("--config.train.conv_backend=mkl", 1, "config.train.conv_backend = 'mkl'"),
+    ("--config.train.conv_backend=onednn", 2, "'onednn' cannot be used: it runs on one device, the mesh has 2"),
 ])
 def test_bad_config_stops_with_one_clear_message(tmp_path, override, devices, message):
     r = run_train(tmp_path, override, devices=devices, timeout=120)
