@@ -115,20 +115,26 @@ def train_step(state: TrainState, batch: dict, *, model: EDSR, tx: optax.Gradien
     value, grads = jax.value_and_grad(loss_of)(state.params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema
-    if ema is not None:
-        ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
-    keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-        lambda a, b: jnp.where(finite, a, b), new, old)
+
+    def update(state):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema is not None:
+            ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        return params, opt_state, ema
+
+    # A branch, not a select of new and old values: the update runs fused once and nothing is
+    # copied when it applies (EDSR's Adam with the guard: 248 -> 70 ms on 2 CPU cores).
+    params, opt_state, ema = jax.lax.cond(
+        finite, update, lambda state: (state.params, state.opt_state, state.ema), state)
     step = state.step + 1
     bad = jnp.logical_not(finite)
     new_state = TrainState(
         step=step,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-        ema=None if ema is None else keep(ema, state.ema),
+        params=params,
+        opt_state=opt_state,
+        ema=ema,
         nonfinite=state.nonfinite + bad.astype(jnp.int32),
         first_nonfinite=jnp.where(bad & (state.first_nonfinite < 0), step, state.first_nonfinite),
     )
