@@ -430,6 +430,9 @@ def train(config, workdir: str | Path) -> dict:
                                       keep_last=config.train.keep_last, keep_best=config.train.keep_best)
     saved_config = {"model": model_config.to_dict(), "experiment": config.to_dict()}
     logger = Logger(workdir, int(config.train.steps), 0, main_process)
+    logger.say(f"{mesh.size} {mesh.devices.flat[0].platform} device(s), {config.model.dtype}, "
+               f"convolutions by {'oneDNN' if conv_backend == 'onednn' else 'XLA'} "
+               f"(train.conv_backend={config.train.conv_backend})")
     latest = manager.latest_step()
     if latest is not None:
         stored = checkpoint.step_config(manager, latest)

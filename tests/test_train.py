@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from conftest import ROOT
-from edsr_jax import checkpoint, train
+from edsr_jax import checkpoint, onednn_conv, train
 from edsr_jax.model import ModelConfig
 
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
@@ -159,6 +159,11 @@ def test_four_devices_match_one_device(tmp_path):
     one = run_train(tmp_path / "one", "--config.train.steps=3", devices=1)
     four = run_train(tmp_path / "four", "--config.train.steps=3", devices=4)
     assert one.returncode == 0 and four.returncode == 0, one.stderr + four.stderr
+    # One CPU device in float32 takes oneDNN's convolutions where built, four devices XLA's:
+    # the two computations agree to float32 summation order.
+    one_conv = "oneDNN" if onednn_conv.available() else "XLA"
+    assert f"1 cpu device(s), float32, convolutions by {one_conv}" in one.stderr
+    assert "4 cpu device(s), float32, convolutions by XLA" in four.stderr
     assert_close(final_params(tmp_path / "four"), final_params(tmp_path / "one"), 1e-5)
 
 
