@@ -1,4 +1,4 @@
-"""oneDNN convolutions for XLA:CPU train steps (an XLA FFI custom call with its own gradient).
+"""oneDNN convolutions for XLA:CPU (an XLA FFI custom call with its own gradient).
 
 jaxlib's CPU backend runs EDSR's 3x3 convolutions with Eigen (or YNNPACK) kernels; on a 2-core
 AVX-512 CPU, 64 features, batch 16, 48x48, oneDNN's NHWC kernels are faster in all three
@@ -15,7 +15,8 @@ Numerics: float32 throughout; results equal XLA's convolution up to summation or
 The shared library is built at install time from ``csrc/onednn_conv.cc`` against the
 ``onednn-cpu-gomp`` wheel (``setup.py``); where it is missing (another OS or architecture, or
 a build without a C++ compiler) ``available()`` is False and the model keeps XLA's
-convolution. Use is decided per train step by ``train.conv_backend``.
+convolution. ``choose_backend`` decides: for train steps from ``train.conv_backend`` (default
+auto), for inference (``infer.jitted``) auto.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def require() -> None:
 
 
 def choose_backend(requested: str, platform: str, num_devices: int, dtype) -> str:
-    """The convolution backend of a train step: "xla" or "onednn" (``model.Conv3x3``).
+    """The convolution backend of a train step or inference: "xla" or "onednn" (``model.Conv3x3``).
 
     ``requested`` ("auto", "xla" or "onednn", the option ``train.conv_backend``); ``platform``
     of the mesh's devices; ``num_devices`` in the mesh; ``dtype`` the compute dtype. "auto" is
