@@ -27,6 +27,13 @@ def wheel_file_dir(dist: str, suffix: str) -> str:
 
 class BuildOneDnn(build_ext):
     def build_extension(self, ext):
+        # A failed (optional) build must not leave an older library in place, in the build
+        # directory or in the source tree (where editable installs put it).
+        olds = [Path(self.get_ext_fullpath(ext.name))]
+        if self.inplace or getattr(self, "editable_mode", False):
+            olds.append(Path(__file__).resolve().parent / self.get_ext_filename(ext.name))
+        for old in olds:
+            old.unlink(missing_ok=True)
         try:
             import jaxlib
 

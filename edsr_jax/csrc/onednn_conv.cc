@@ -112,6 +112,14 @@ Staged Stage(const memory::desc& want, const memory& user) {
   return out;
 }
 
+// The user's HWIO kernel as a primitive reads it (``want``): the buffer itself, or a reordered
+// copy in owned storage.
+Staged KernelIn(const memory::desc& want, memory& user, dnnl::stream& strm) {
+  Staged kernel = Stage(want, user);
+  if (kernel.reordered) dnnl::reorder(user, kernel.mem).execute(strm, user, kernel.mem);
+  return kernel;
+}
+
 memory Scratchpad(const memory::desc& desc, std::vector<uint8_t>& storage) {
   storage.resize(desc.get_size());
   return memory(desc, Engine(), storage.data());
@@ -149,8 +157,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
     auto& strm = Stream();
     memory src(p.src, eng, x.typed_data()), dst(p.dst, eng, y->typed_data());
     memory user_w(p.user_weights, eng, w.typed_data()), bias(p.bias, eng, b.typed_data());
-    Staged wei = Stage(p.fwd_pd.weights_desc(), user_w);
-    if (wei.reordered) dnnl::reorder(user_w, wei.mem).execute(strm, user_w, wei.mem);
+    Staged wei = KernelIn(p.fwd_pd.weights_desc(), user_w, strm);
     std::vector<uint8_t> scratch;
     p.fwd.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei.mem}, {DNNL_ARG_BIAS, bias},
                          {DNNL_ARG_DST, dst},
@@ -169,8 +176,7 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     auto& strm = Stream();
     memory diff_dst(p.dst, eng, dy.typed_data()), diff_src(p.src, eng, dx->typed_data());
     memory user_w(p.user_weights, eng, w.typed_data());
-    Staged wei = Stage(p.bwd_data_pd.weights_desc(), user_w);
-    if (wei.reordered) dnnl::reorder(user_w, wei.mem).execute(strm, user_w, wei.mem);
+    Staged wei = KernelIn(p.bwd_data_pd.weights_desc(), user_w, strm);
     std::vector<uint8_t> scratch;
     p.bwd_data.execute(
         strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wei.mem},
