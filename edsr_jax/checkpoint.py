@@ -10,13 +10,19 @@ A training workdir holds ``checkpoints/<step>/`` with the items
 Orbax writes each step into a temporary directory and renames it when complete, so a
 killed save never looks like a checkpoint. ``save_params_checkpoint`` writes the same
 layout with only ``params``, ``meta`` and ``config`` (an imported or exported model).
+
+Reading is one mechanism for the trainer and every tool (``restore_newest``): each step is
+validated as it is read (every required item present and readable, shapes and tree
+structure as expected, config readable); a step that fails is named with its item in a
+warning and the next older step is tried. Nothing here ever starts a run afresh: when no
+step restores, ``CheckpointDamaged`` lists what was wrong with each.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -35,6 +41,19 @@ class CheckpointMismatch(ValueError):
 
 class CheckpointNotFound(FileNotFoundError):
     """No complete checkpoint at the given path; the message names the path."""
+
+
+class CheckpointDamaged(ValueError):
+    """No step of a checkpoint folder could be read completely; the message names each
+    step tried and the item that failed."""
+
+
+class ItemDamaged(Exception):
+    """One item of one step could not be read (``item``, ``reason``)."""
+
+    def __init__(self, item: str, reason: str):
+        super().__init__(f"{item}: {reason}")
+        self.item, self.reason = item, reason
 
 
 def quiet_orbax_logs() -> None:
@@ -85,24 +104,269 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, *,
     """Restore the train state saved at ``step`` into the shapes/shardings of ``abstract_state``
     (a pytree of ``jax.ShapeDtypeStruct``); set ``data_iter``'s position in place.
 
-    Returns ``(state, config)``.
+    Exactly that step (no fallback; see ``restore_newest``). Returns ``(state, config)``;
+    raises CheckpointDamaged naming the step and item when it does not read completely.
     """
-    import grain
-
-    present = saved_items(Path(manager.directory) / str(step))
-    items = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_state.items()
-             if tree is not None and name in present}
-    items["config"] = ocp.args.JsonRestore()
-    if data_iter is not None and "data_iter" in present:
-        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = manager.restore(int(step), args=ocp.args.Composite(**items))
-    state = {name: restored[name] if name in items else None for name in abstract_state}
-    return state, restored["config"]
+    step_dir = Path(manager.directory) / str(step)
+    try:
+        state, config, _ = read_step(step_dir, abstract_state, data_iter=data_iter, optional=("ema",))
+    except ItemDamaged as e:
+        raise CheckpointDamaged(f"{step_dir}: item '{e.item}' {e.reason}") from None
+    return state, config
 
 
 def saved_items(step_dir: Path) -> set[str]:
     """Names of the items stored in one checkpoint step directory."""
     return {p.name for p in Path(step_dir).iterdir() if p.is_dir()}
+
+
+# --------------------------------------------------------------------------- validated reading
+
+
+def step_numbers(directory: str | Path) -> list[int]:
+    """The committed steps in a checkpoint folder, newest first (Orbax's temporary folders of
+    unfinished saves have no plain number as name and are never listed)."""
+    try:
+        names = [p.name for p in Path(directory).iterdir() if p.is_dir()]
+    except FileNotFoundError:
+        return []
+    return sorted((int(n) for n in names if n.isdigit()), reverse=True)
+
+
+def step_metrics(step_dir: str | Path) -> dict | None:
+    """The metrics saved with one step (``{"psnr": ..., "protocol": ...}``), or None."""
+    import json
+
+    try:
+        value = json.loads((Path(step_dir) / "metrics" / "metrics").read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get(PSNR_KEY), (int, float)) else None
+
+
+def ranked_steps(directory: str | Path) -> list[int]:
+    """Steps in the order a tool should try them: the best by validation PSNR under the newest
+    validation protocol first (when any step was scored), then the others newest first."""
+    steps = step_numbers(directory)
+    scored = {s: m for s in steps if (m := step_metrics(Path(directory) / str(s))) is not None}
+    if not scored:
+        return steps
+    protocol = max(int(m.get("protocol", 0)) for m in scored.values())
+    same = [s for s, m in scored.items() if int(m.get("protocol", 0)) == protocol]
+    best = max(same, key=lambda s: (scored[s][PSNR_KEY], s))
+    return [best] + [s for s in steps if s != best]
+
+
+def _reason(e: BaseException) -> str:
+    """A one-line summary of a read error (Orbax/TensorStore messages run over many lines)."""
+    text = " ".join(str(e).split())
+    if isinstance(e, FileNotFoundError) or "NOT_FOUND" in text or "was not found" in text:
+        return "missing or incomplete (a file of it is not there)"
+    if "TensorStore" in text or "OUT_OF_RANGE" in text or "DATA_LOSS" in text:
+        return "unreadable (a data file of it is truncated or corrupt)"
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"unreadable ({type(e).__name__}: {text})"
+
+
+def _handler(args):
+    import grain
+
+    if isinstance(args, ocp.args.JsonRestore):
+        return ocp.JsonCheckpointHandler()
+    if isinstance(args, ocp.args.StandardRestore):
+        return ocp.StandardCheckpointHandler()
+    if isinstance(args, grain.checkpoint.CheckpointRestore):
+        return grain.checkpoint.CheckpointHandler()
+    raise TypeError(f"no handler for {type(args).__name__}")
+
+
+def read_item(step_dir: str | Path, name: str, args=None):
+    """Read one item of one step (``args``: an ``ocp.args`` restore; None: a raw pytree).
+
+    Raises ItemDamaged naming the item when it is missing or cannot be read.
+    """
+    path = Path(step_dir) / name
+    if not path.is_dir():
+        raise ItemDamaged(name, "missing")
+    handler = _handler(args) if args is not None else ocp.StandardCheckpointHandler()
+    try:
+        with ocp.Checkpointer(handler) as ckptr:
+            return ckptr.restore(path, args=args) if args is not None else ckptr.restore(path)
+    except Exception as e:  # TensorStore, JSON and Orbax errors all mean: not usable
+        raise ItemDamaged(name, _reason(e)) from None
+
+
+def _check_tree(name: str, restored, abstract) -> None:
+    """ItemDamaged when ``restored`` differs from ``abstract`` in structure, shape or dtype."""
+    want = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    got = jax.tree_util.tree_flatten_with_path(restored)[0]
+    if [p for p, _ in want] != [p for p, _ in got]:
+        raise ItemDamaged(name, "its tree structure differs from the expected one")
+    for (path, w), (_, g) in zip(want, got):
+        if tuple(np.shape(g)) != tuple(w.shape) or np.dtype(g.dtype) != np.dtype(w.dtype):
+            raise ItemDamaged(name, f"{jax.tree_util.keystr(path)} is {np.dtype(g.dtype).name}"
+                                    f"{list(np.shape(g))}, expected {np.dtype(w.dtype).name}{list(w.shape)}")
+
+
+def graft(stored, abstract):
+    """Carry the arrays of ``stored`` (a raw pytree) into the structure of ``abstract`` where
+    the paths agree up to a leading prefix (e.g. Adam's state with and without a gradient
+    clipping stage in front of it); shapes and dtypes must agree.
+
+    Returns the tree, or None when some leaf of ``abstract`` has no unique counterpart.
+    """
+    def keys(path):
+        return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+    flat = [(keys(p), v) for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]]
+    out = []
+    for path, want in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+        k = keys(path)
+        hits = [v for sk, v in flat if (sk[-len(k):] == k if len(sk) >= len(k) else k[-len(sk):] == sk)
+                and tuple(np.shape(v)) == tuple(want.shape)]
+        if len(hits) != 1:
+            return None
+        value = np.asarray(hits[0], dtype=want.dtype)
+        sharding = getattr(want, "sharding", None)
+        out.append(jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+                   if sharding is not None else value)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), out)
+
+
+def _quiet_closed_loop_noise() -> None:
+    """After a failed TensorStore read, Orbax's thread callbacks and its abandoned read
+    coroutines report unraisable exceptions ("Event loop is closed", "Encountered error
+    while reading array index") long after the error was handled; keep those off the
+    console (any other unraisable exception still goes to the previous hook)."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_edsr_quiet", False):
+        return
+
+    def hook(u):
+        if u.exc_type is RuntimeError and "Event loop is closed" in str(u.exc_value):
+            return
+        code = getattr(u.object, "cr_code", None)  # a read coroutine of Orbax dropped after the error
+        if code is not None and "orbax" in code.co_filename:
+            return
+        previous(u)
+
+    hook._edsr_quiet = True
+    sys.unraisablehook = hook
+    # The sibling reads of a failed one end as "Task exception was never retrieved".
+    logging.getLogger("asyncio").addFilter(
+        lambda r: not (str(r.msg).startswith("Task exception was never retrieved")
+                       and "orbax" in r.getMessage()))
+
+
+def read_step(step_dir: str | Path, abstract_state, *, data_iter=None, optional: Sequence[str] = (),
+              graftable: Sequence[str] = (), check_config: Callable[[dict], None] | None = None
+              ) -> tuple[dict, dict, list[str]]:
+    """Read and validate one step: ``(state, config, notes)``.
+
+    ``abstract_state`` is ``{item: pytree of jax.ShapeDtypeStruct or None}`` or a function
+    ``(config, present_items) -> that dict``. Items in ``optional`` may be missing (their
+    state entry is then None and a note says so); an item in ``graftable`` whose structure
+    differs is carried over with ``graft`` when every array finds its place (a note says
+    so). ``check_config(config)`` may raise (e.g. CheckpointMismatch), which is passed on.
+    ``data_iter``'s position is set last, once everything else has been read; a step
+    without a data-iterator item is used with a note.
+
+    Raises ItemDamaged naming the first item that is missing or unreadable.
+    """
+    import grain
+
+    step_dir = Path(step_dir)
+    try:
+        present = saved_items(step_dir)
+    except OSError as e:
+        raise ItemDamaged("(step folder)", _reason(e)) from None
+    config = read_item(step_dir, "config", ocp.args.JsonRestore())
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ItemDamaged("config", "holds no model description")
+    if check_config is not None:
+        check_config(config)
+    if callable(abstract_state):
+        try:
+            abstract_state = abstract_state(config, present)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ItemDamaged("config", f"does not describe a model this program builds ({e})") from None
+    state, notes = {}, []
+    for name, tree in abstract_state.items():
+        if tree is None:
+            state[name] = None
+            continue
+        if name not in present and name in optional:
+            state[name] = None
+            notes.append(f"{step_dir}: has no {name} item")
+            continue
+        try:
+            state[name] = read_item(step_dir, name, ocp.args.StandardRestore(tree))
+        except ItemDamaged as e:
+            if name not in graftable or "tree structures do not match" not in e.reason:
+                raise
+            raw = read_item(step_dir, name)
+            state[name] = graft(raw, tree)
+            if state[name] is None:
+                raise ItemDamaged(name, "has another structure than this config's (not carried over)") from None
+            notes.append(f"{step_dir}: {name} carried over into the new structure (config change)")
+        _check_tree(name, state[name], tree)
+    if data_iter is not None:
+        if "data_iter" in present:
+            read_item(step_dir, "data_iter", grain.checkpoint.CheckpointRestore(data_iter))
+        else:
+            notes.append(f"{step_dir}: has no data_iter item; the data order from here on is not "
+                         "exactly that of an uninterrupted run")
+    return state, config, notes
+
+
+def restore_newest(directory: str | Path, abstract_state, *, steps: Sequence[int] | None = None,
+                   data_iter=None, optional: Sequence[str] = (), graftable: Sequence[str] = (),
+                   check_config: Callable[[dict], None] | None = None,
+                   say: Callable[[str], None] | None = None) -> tuple[int, dict, dict, list[str]]:
+    """Restore the first step of ``steps`` (default: newest first) that reads completely:
+    ``(step, state, config, notes)``. See ``read_step`` for the arguments.
+
+    Each step that fails is reported through ``say`` (default: a ``warning:`` line on
+    stderr) naming the step and the item; the next is tried. Raises CheckpointNotFound when
+    the folder holds no step, CheckpointDamaged (listing every step's problem) when none
+    reads.
+    """
+    directory = Path(directory)
+    say = say or _warn
+    _quiet_closed_loop_noise()
+    steps = list(step_numbers(directory) if steps is None else steps)
+    if not steps:
+        raise CheckpointNotFound(f"{directory}: holds no complete checkpoint")
+    problems = []
+    for step in steps:
+        try:
+            state, config, notes = read_step(directory / str(step), abstract_state, data_iter=data_iter,
+                                             optional=optional, graftable=graftable,
+                                             check_config=check_config)
+        except ItemDamaged as e:
+            _quiet_closed_loop_noise()
+            problems.append(f"step {step}: {e.item} {e.reason}")
+            if not (directory / str(step)).is_dir():
+                say(f"checkpoint step {step} in {directory} was removed while being read (by a "
+                    "running trainer's keep policy); trying the next older step")
+            else:
+                say(f"checkpoint step {step} in {directory} is damaged: item '{e.item}' {e.reason}; "
+                    + ("trying the next older step" if step != steps[-1] else "no older step to try"))
+            continue
+        if problems:
+            say(f"using checkpoint step {step} (the newest that reads completely)")
+        return step, state, config, notes
+    raise CheckpointDamaged(f"{directory}: no checkpoint step reads completely ("
+                            + "; ".join(problems) + "); nothing was started over it")
+
+
+def _warn(text: str) -> None:
+    import sys
+
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
@@ -121,36 +385,57 @@ def check_model_config(saved: dict, wanted: ModelConfig, where: str) -> None:
             + "\n(use another --workdir, or change the config back)")
 
 
-def locate(path: str | Path) -> tuple[Path, int]:
+def candidates(path: str | Path) -> tuple[Path, list[int], bool]:
     """Resolve a workdir, its ``checkpoints`` folder or one step folder to
-    ``(manager_directory, step)``; the step is the best by PSNR when known, else the newest.
+    ``(checkpoint_directory, steps to try in order, explicit)``: one step folder gives that
+    step only (``explicit``); otherwise ``ranked_steps`` (best by PSNR first, then newest).
 
-    Raises CheckpointNotFound naming the path when nothing complete is there.
+    Raises CheckpointNotFound naming the path when nothing is there.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFound(f"{path}: no such checkpoint or workdir")
-    if path.name.isdigit() and (path / "config").is_dir():
-        return path.parent, int(path.name)
+    if path.name.isdigit() and path.is_dir() and path.parent.name != "" and (
+            (path / "config").is_dir() or (path / "params").is_dir() or (path / "_CHECKPOINT_METADATA").exists()):
+        return path.parent, [int(path.name)], True
     directory = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
-    manager = make_manager(directory, read_only=True)
-    step = manager.best_step()
-    if step is None:
-        step = manager.latest_step()
-    if step is None:
+    steps = ranked_steps(directory)
+    if not steps:
         raise CheckpointNotFound(f"{path}: holds no complete checkpoint")
-    return directory, int(step)
+    return directory, steps, False
+
+
+def locate(path: str | Path) -> tuple[Path, int]:
+    """``(checkpoint_directory, step)`` a tool would read first (see ``candidates``)."""
+    directory, steps, _ = candidates(path)
+    return directory, steps[0]
 
 
 def step_config(manager: ocp.CheckpointManager, step: int) -> dict:
     """The JSON config saved with checkpoint ``step`` of ``manager``."""
-    return manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return read_item(Path(manager.directory) / str(step), "config", ocp.args.JsonRestore())
 
 
 def read_config(path: str | Path) -> dict:
-    """The JSON config stored with the checkpoint at ``path`` (see ``locate``)."""
-    directory, step = locate(path)
-    return step_config(make_manager(directory, read_only=True), step)
+    """The JSON config stored with the checkpoint at ``path`` (the first step that reads)."""
+    directory, steps, explicit = candidates(path)
+    _, _, config, _ = _restore_checked(directory, steps, explicit, {})
+    return config
+
+
+def _restore_checked(directory: Path, steps: list[int], explicit: bool, abstract_state, **kw):
+    """``restore_newest`` over ``steps``; an explicitly named step folder is never replaced
+    by another: its damage is an error naming the item."""
+    if explicit:
+        kw.pop("say", None)
+        _quiet_closed_loop_noise()
+        try:
+            state, config, notes = read_step(directory / str(steps[0]), abstract_state, **kw)
+        except ItemDamaged as e:
+            _quiet_closed_loop_noise()
+            raise CheckpointDamaged(f"{directory / str(steps[0])}: item '{e.item}' {e.reason}") from None
+        return steps[0], state, config, notes
+    return restore_newest(directory, abstract_state, steps=steps, **kw)
 
 
 def _abstract_params(config: ModelConfig):
@@ -163,24 +448,27 @@ def _abstract_params(config: ModelConfig):
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def restore_params(path: str | Path, *, prefer_ema: bool = True) -> tuple[ModelConfig, Any, dict]:
+def restore_params(path: str | Path, *, prefer_ema: bool = True,
+                   say: Callable[[str], None] | None = None) -> tuple[ModelConfig, Any, dict]:
     """Load weights from a workdir or checkpoint: ``(ModelConfig, params, config)``.
 
     The EMA weights are returned when the run kept them and ``prefer_ema``; params are
-    NumPy-backed jax arrays on the first local device, float32.
+    NumPy-backed jax arrays on the first local device, float32. The step read is the best
+    by PSNR (else the newest); a step that does not read completely is named in a warning
+    (``say``) and the next is tried (``restore_newest``). A step folder given explicitly is
+    read or refused (CheckpointDamaged), never replaced.
     """
-    directory, step = locate(path)
-    manager = make_manager(directory, read_only=True)
-    config = step_config(manager, step)
-    try:
+    directory, steps, explicit = candidates(path)
+
+    def abstract(config, present):
         model_config = ModelConfig(**config["model"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointMismatch(f"{directory / str(step)}: config has no valid model entry ({e})") from None
-    present = saved_items(directory / str(step))
-    name = "ema" if prefer_ema and "ema" in present else "params"
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{name: ocp.args.StandardRestore(_abstract_params(model_config))}))
-    return model_config, restored[name], config
+        name = "ema" if prefer_ema and "ema" in present else "params"
+        return {name: _abstract_params(model_config)}
+
+    step, state, config, _ = _restore_checked(directory, steps, explicit, abstract, say=say)
+    model_config = ModelConfig(**config["model"])
+    params = state["ema"] if state.get("ema") is not None else state["params"]
+    return model_config, params, config
 
 
 def restore_for_inference(path: str | Path) -> tuple[ModelConfig, Any]:

@@ -266,3 +266,95 @@ def test_unwritable_workdir_is_refused_before_training(tmp_path, kind):
     assert r.stderr.strip().startswith("error: --workdir") and "not writable" in r.stderr
     assert str(workdir) in r.stderr and "Traceback" not in r.stderr
     assert not (workdir / "checkpoints").exists() if workdir.parent.is_dir() else True
+
+
+# ---------------------------------------------------------------- damaged checkpoints (issue 15.1)
+
+
+def _data_files(item_dir):
+    """The array data files of one Orbax item (OCDBT ``d/`` folders)."""
+    return sorted(p for p in Path(item_dir).rglob("*") if p.is_file() and p.parent.name == "d")
+
+
+DAMAGE = {
+    "truncated_params_data": lambda d: [f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])
+                                        for f in _data_files(d / "params")],
+    "emptied_params_data": lambda d: [f.write_bytes(b"") for f in _data_files(d / "params")],
+    "deleted_params": lambda d: __import__("shutil").rmtree(d / "params"),
+    "deleted_params_manifest": lambda d: (d / "params" / "manifest.ocdbt").unlink(),
+    "deleted_config": lambda d: __import__("shutil").rmtree(d / "config"),
+    "emptied_config": lambda d: [f.write_text("") for f in (d / "config").iterdir() if f.name != "commit_success.txt"],
+}
+DAMAGED_ITEM = {"truncated_params_data": "params", "emptied_params_data": "params", "deleted_params": "params",
+                "deleted_params_manifest": "params", "deleted_config": "config", "emptied_config": "config"}
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+    """A finished tiny run with complete checkpoints at steps 3 and 6 (keep_last=2)."""
+    workdir = tmp_path_factory.mktemp("two_steps") / "run"
+    r = run(workdir, "--config.train.steps=6", "--config.train.eval_every=1000000")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert listing(workdir)[0] == [3, 6]
+    return workdir
+
+
+def damaged_copy(src, dest, kind, step=6):
+    import shutil
+
+    shutil.copytree(src, dest)
+    DAMAGE[kind](Path(dest) / "checkpoints" / str(step))
+    return Path(dest)
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_newest_step_falls_back_for_readers(two_steps, tmp_path, kind):
+    """``restore_params`` (evaluate, upscale, export, fine-tuning) warns naming the step and
+    the item, then reads step 3, bitwise equal to reading step 3 directly."""
+    workdir = damaged_copy(two_steps, tmp_path / "w", kind)
+    said = []
+    _, params, _ = checkpoint.restore_params(workdir, prefer_ema=False, say=said.append)
+    assert len(said) == 2, said
+    assert f"step 6 in {workdir / 'checkpoints'} is damaged: item '{DAMAGED_ITEM[kind]}'" in said[0], said
+    assert said[1] == "using checkpoint step 3 (the newest that reads completely)"
+    _, step3, _ = checkpoint.restore_params(workdir / "checkpoints" / "3", prefer_ema=False)
+    assert_bitwise_equal(params, step3)
+    # The damaged step named explicitly is refused, naming it and the item, never replaced.
+    with pytest.raises(checkpoint.CheckpointDamaged, match=rf"checkpoints/6: item '{DAMAGED_ITEM[kind]}'"):
+        checkpoint.restore_params(workdir / "checkpoints" / "6")
+
+
+def test_no_readable_step_is_one_error_naming_each(two_steps, tmp_path):
+    workdir = damaged_copy(two_steps, tmp_path / "w", "deleted_params")
+    DAMAGE["emptied_config"](workdir / "checkpoints" / "3")
+    with pytest.raises(checkpoint.CheckpointDamaged) as e:
+        checkpoint.restore_params(workdir, say=lambda _: None)
+    assert "step 6: params missing" in str(e.value) and "step 3: config unreadable" in str(e.value)
+
+
+def test_damaged_newest_step_every_tool_falls_back(two_steps, tmp_path, capfd):
+    """evaluate, upscale and export on a workdir whose newest step lost a data file: a warning
+    naming step 6 and 'params', the result made from step 3, no traceback."""
+    from PIL import Image
+
+    from edsr_jax import evaluate, export, upscale
+
+    workdir = damaged_copy(two_steps, tmp_path / "w", "truncated_params_data")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)).save(images / "a.png")
+    warning = f"warning: checkpoint step 6 in {workdir / 'checkpoints'} is damaged: item 'params'"
+    runs = {
+        "upscale": (upscale.main, [images, "--checkpoint", workdir, "--out", tmp_path / "up"], 0),
+        "evaluate": (evaluate.main, ["--checkpoint", workdir, "--scales", "2", images], 0),
+        "export": (export.main, ["--checkpoint", workdir, "--format", "stablehlo", "--out", tmp_path / "m.shlo"], 0),
+    }
+    from edsr_jax import cli
+
+    for tool, (main, argv, code) in runs.items():
+        got = cli.run(main, [str(a) for a in argv])
+        out = capfd.readouterr()
+        assert got == code, (tool, out.err[-2000:])
+        assert warning in out.err, (tool, out.err[-2000:])
+        assert "using checkpoint step 3" in out.err and "Traceback" not in out.err, (tool, out.err[-2000:])
+    assert (tmp_path / "up" / "a.png").exists() and (tmp_path / "m.shlo").exists()
