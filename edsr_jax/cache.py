@@ -10,7 +10,7 @@ Keys are the SHA-256 of the file's bytes plus ``FORMAT_VERSION``: a changed file
 gets a new key (and is decoded again), a renamed or copied one reuses its entry.
 Hashing reads each file once per run (about 300 MB/s on one core here, i.e. ~15 s for
 DIV2K's 3.5 GB of PNGs spread over the decode pool), cheaper than one decode.
-Entries appear atomically (temporary file, then ``os.replace``), so concurrent
+Entries appear atomically (``outputs.atomic_write``: temporary file, then rename), so concurrent
 processes filling the same cache never see half-written arrays.
 Stale entries are never deleted automatically; remove the folder to reclaim space.
 """
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edsr_jax import outputs
 from edsr_jax.images import read_rgb
 
 FORMAT_VERSION = 1
@@ -73,15 +73,12 @@ class DecodeCache:
         if entry.exists():
             return entry
         arr = read_rgb(path, notes)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=entry.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-            os.replace(tmp, entry)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            entry.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise outputs.write_error(entry.parent, e, "the decoded-image cache") from None
+        outputs.atomic_write(entry, lambda f: np.save(f, np.ascontiguousarray(arr), allow_pickle=False),
+                             overwrite=True)
         return entry
 
 

@@ -57,8 +57,11 @@ class ItemDamaged(Exception):
 
 
 def quiet_orbax_logs() -> None:
-    """Hide Orbax's info/warning chatter (e.g. saves without a metric) from the console."""
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    """Hide Orbax's chatter (e.g. saves without a metric) from the console, and its logged
+    tracebacks of failed background writes: those errors reach our code again (from
+    ``save``/``wait_until_finished``), which reports them in one line."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    _quiet_closed_loop_noise()
 
 
 def make_manager(directory: str | Path, *, keep_last: int = 2, keep_best: int = 1,
@@ -483,18 +486,35 @@ def save_params_checkpoint(path: str | Path, model_config: ModelConfig, params, 
 
     ``params`` is the variables dict of ``model.init`` (``{"params": {...}}``), float32.
     Usable by fine-tuning, upscale, evaluate and export. Refuses (FileExistsError) when
-    ``path`` already holds a checkpoint. Returns the step directory.
+    ``path`` exists and is not an empty folder. The folder is written under a temporary name
+    and renamed when complete (``outputs.atomic_dir``), so a failure (e.g. a full disk,
+    ``outputs.WriteError``) leaves nothing behind that blocks a retry. Returns the step directory.
     """
+    from edsr_jax import outputs
+
     if not isinstance(params, dict) or set(params) != {"params"}:
         raise ValueError("save_params_checkpoint expects the variables of model.init: {'params': {...}}")
     path = Path(path)
-    directory = path / CHECKPOINT_DIR
-    if directory.exists() and any(directory.iterdir()):
-        raise FileExistsError(f"{path}: already holds checkpoints; choose an empty folder")
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        what = "already holds checkpoints" if (path / CHECKPOINT_DIR).exists() else "exists and is not an empty folder"
+        raise FileExistsError(f"{path}: {what}; choose a new or empty folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise outputs.write_error(path.parent, e) from None
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-    manager = make_manager(directory)
     config = {"model": model_config.to_dict(), "experiment": experiment or {}, "note": note}
-    save(manager, 0, {"params": params}, config=config)
-    manager.wait_until_finished()
-    manager.close()
-    return directory / "0"
+    with outputs.atomic_dir(path) as tmp:
+        manager = make_manager(tmp / CHECKPOINT_DIR)
+        try:
+            save(manager, 0, {"params": params}, config=config)
+            manager.wait_until_finished()
+        except OSError:
+            raise
+        except Exception as e:  # Orbax/TensorStore wrap OS errors (a full disk) in their own types
+            if "No space left" in str(e) or "ENOSPC" in str(e):
+                raise OSError(28, "No space left on device") from None
+            raise
+        finally:
+            manager.close()
+    return path / CHECKPOINT_DIR / "0"

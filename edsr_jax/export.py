@@ -13,9 +13,7 @@ JAX versions, so re-export when needed. PyTorch is optional (``pip install "edsr
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -116,20 +114,17 @@ def _check_preset(config: ModelConfig, preset_name: str) -> None:
 
 
 def write_bytes(path: Path, data: bytes, overwrite: bool) -> Path:
-    """Write ``data`` to ``path`` atomically; refuse (UsageError) an existing file unless
-    ``overwrite``."""
+    """Write ``data`` to ``path`` atomically (``outputs.atomic_write``); refuse (UsageError) an
+    existing file unless ``overwrite``; a full disk is one ``WriteError`` line naming ``path``."""
+    from edsr_jax import outputs
+
     if path.exists() and not overwrite:
         raise cli.UsageError(f"{path}: exists (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise outputs.write_error(path.parent, e) from None
+    return outputs.atomic_write(path, data, overwrite=True)
 
 
 def _torch():
@@ -174,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise cli.UsageError("--format is for --checkpoint exports; --from-torch writes a checkpoint")
         if args.scale is None:
             raise cli.UsageError("--from-torch needs --scale (2, 3 or 4)")
+        from edsr_jax import outputs
+
+        outputs.check_not_input(out, [args.from_torch], option="--out")
         step = import_torch(args.from_torch, out, scale=args.scale, preset_name=args.preset,
                             res_scale=args.res_scale)
         print(f"wrote checkpoint {step}")
@@ -182,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise cli.UsageError("--checkpoint needs --format stablehlo or --format torch")
     if out.exists() and not args.overwrite:
         raise cli.UsageError(f"{out}: exists (pass --overwrite to replace it)")
+    _check_out_not_in_checkpoint(out, Path(args.checkpoint))
     if args.format == "torch":
         torch = _torch()  # fail before the (slow) restore when torch is missing
     platforms = [s.strip() for s in args.platforms.split(",") if s.strip()]
@@ -200,6 +199,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_bytes(out, buf.getvalue(), args.overwrite)
     print(f"wrote {out} ({infer.model_name(config)}, x{config.scale})")
     return 0
+
+
+def _check_out_not_in_checkpoint(out: Path, source: Path) -> None:
+    """UsageError when ``--out`` is, or lies inside, the checkpoint being exported (even with
+    ``--overwrite``: an input is never overwritten)."""
+    if not source.exists():
+        return
+    src, target = source.resolve(), out.resolve()
+    if target == src or src in target.parents:
+        raise cli.UsageError(f"--out {out}: lies inside the checkpoint being exported ({source}); "
+                             "write the export elsewhere")
 
 
 def _restore(path):

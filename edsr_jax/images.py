@@ -9,7 +9,6 @@ raise ``ImageError`` naming the file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -129,22 +128,21 @@ def _orientation(img: Image.Image):
 def write_image(path: str | os.PathLike, array: np.ndarray, overwrite: bool = False, **save_kw) -> Path:
     """Write ``(H, W, 3)`` or ``(H, W)`` uint8 to ``path`` (format from the suffix).
 
-    The file appears atomically (written to a temporary name, then renamed).
-    Raises ``FileExistsError`` when ``path`` exists and ``overwrite`` is False.
+    The file appears atomically (``outputs.save_with``: a temporary name, then renamed), with
+    the usual permissions. Raises ``FileExistsError`` when ``path`` exists and ``overwrite``
+    is False; ``outputs.WriteError`` (one line naming ``path``) on a full disk.
     """
+    from edsr_jax import outputs
+
     path = Path(path)
     if array.dtype != np.uint8:
         raise TypeError(f"write_image expects uint8, got {array.dtype}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fmt = Image.registered_extensions().get(path.suffix.lower())
-        Image.fromarray(array).save(tmp, format=fmt, **save_kw)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise outputs.write_error(path.parent, e) from None
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    return outputs.save_with(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **save_kw),
+                             overwrite=overwrite)

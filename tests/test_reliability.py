@@ -358,3 +358,29 @@ def test_damaged_newest_step_every_tool_falls_back(two_steps, tmp_path, capfd):
         assert warning in out.err, (tool, out.err[-2000:])
         assert "using checkpoint step 3" in out.err and "Traceback" not in out.err, (tool, out.err[-2000:])
     assert (tmp_path / "up" / "a.png").exists() and (tmp_path / "m.shlo").exists()
+
+
+# ---------------------------------------------------------------- one trainer per workdir (issue 15.2)
+
+HOLD = ("import sys, time; from edsr_jax.run_lock import RunLock; l = RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(120)")
+
+
+def test_run_lock_names_the_holder_and_is_taken_over_after_kill_9(tmp_path):
+    from edsr_jax.run_lock import RunLock, WorkdirBusy
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirBusy, match=rf"another trainer is running in it \(host [^,]+, pid {holder.pid}, since "):
+            RunLock(tmp_path).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    with RunLock(tmp_path) as lock:  # the kernel released it with the dead process
+        assert lock.previous and lock.previous["pid"] == holder.pid
+    with RunLock(tmp_path) as lock:  # a clean release leaves no holder record
+        assert lock.previous is None
