@@ -1,19 +1,24 @@
 """Builds the optional oneDNN convolution for XLA:CPU (``edsr_jax/onednn_conv.py``).
 
 ``edsr_jax/csrc/onednn_conv.cc`` becomes the shared library ``edsr_jax._onednn_conv``, compiled
-against XLA's FFI headers (from jaxlib) and oneDNN (the onednn-devel-cpu-gomp wheel, both
-build requirements in pyproject.toml). On platforms without those wheels, or where the compiler
-fails, the package installs without it and the model keeps XLA's convolutions.
+against XLA's FFI headers (``jax.ffi.include_dir()``, shipped in jaxlib) and oneDNN (the
+onednn-devel-cpu-gomp wheel). ``EDSR_JAX_ONEDNN`` decides (``build_backend/edsr_build.py``,
+which also adds those build requirements only when the extension is built):
+unset/auto builds it on x86-64 Linux and installs without it where that fails (no C++
+compiler); 1 makes a failed build an error; 0 skips it (GPU/TPU installs: no compiler, no
+jaxlib build dependency, no oneDNN). Without it the model keeps XLA's convolutions.
 Everything else about the package is in pyproject.toml.
 """
 
 import importlib.metadata
-import platform
 import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "build_backend"))
+from edsr_build import ENV, onednn_mode  # noqa: E402
 
 
 def wheel_file_dir(dist: str, suffix: str) -> str:
@@ -26,6 +31,8 @@ def wheel_file_dir(dist: str, suffix: str) -> str:
 
 
 class BuildOneDnn(build_ext):
+    """build_ext that finds the FFI and oneDNN headers; optional unless EDSR_JAX_ONEDNN=1."""
+
     def build_extension(self, ext):
         # A failed (optional) build must not leave an older library in place, in the build
         # directory or in the source tree (where editable installs put it).
@@ -35,22 +42,27 @@ class BuildOneDnn(build_ext):
         for old in olds:
             old.unlink(missing_ok=True)
         try:
-            import jaxlib
+            import jax.ffi
 
-            ext.include_dirs += [str(Path(jaxlib.__file__).parent / "include"),
-                                 wheel_file_dir("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")]
+            # -isystem: the third-party headers' own warnings are not ours; our code builds
+            # cleanly with -Wall -Wextra.
+            for include in (jax.ffi.include_dir(),
+                            wheel_file_dir("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")):
+                ext.extra_compile_args += ["-isystem", include]
             ext.library_dirs += [wheel_file_dir("onednn-cpu-gomp", "libdnnl.so.3")]
         except (ImportError, FileNotFoundError, importlib.metadata.PackageNotFoundError) as e:
+            if not ext.optional:
+                raise RuntimeError(f"edsr-jax: cannot build the oneDNN convolution ({e}); "
+                                   f"{ENV}=0 installs without it") from e
             print(f"edsr-jax: not building the oneDNN convolution ({e})", file=sys.stderr)
             return
         super().build_extension(ext)
 
 
-SUPPORTED = sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
+MODE = onednn_mode()  # "auto", "on" or "off" (ValueError for a bad EDSR_JAX_ONEDNN)
 onednn_conv = Extension(
     "edsr_jax._onednn_conv", ["edsr_jax/csrc/onednn_conv.cc"], language="c++",
-    extra_compile_args=["-O2", "-std=c++17", "-fvisibility=hidden", "-Wno-attributes",
-                        "-Wno-return-type"],
-    extra_link_args=["-l:libdnnl.so.3"], optional=True)
+    extra_compile_args=["-O2", "-std=c++17", "-fvisibility=hidden", "-Wall", "-Wextra"],
+    extra_link_args=["-l:libdnnl.so.3"], optional=MODE == "auto")
 
-setup(ext_modules=[onednn_conv] if SUPPORTED else [], cmdclass={"build_ext": BuildOneDnn})
+setup(ext_modules=[] if MODE == "off" else [onednn_conv], cmdclass={"build_ext": BuildOneDnn})

@@ -37,9 +37,10 @@ from edsr_jax.model import PRESETS, Conv3x3, ModelConfig, receptive_radius
 MIN_BUCKET = 16
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-# Traces of the jitted forward pass per (config, dtype name): one per compiled shape.
+# Traces of the jitted forward pass per (config, dtype name, conv backend "xla"/"onednn"):
+# one per compiled shape.
 _TRACES: collections.Counter = collections.Counter()
-_JITTED: dict[tuple[ModelConfig, str], Any] = {}
+_JITTED: dict[tuple[ModelConfig, str, str], Any] = {}
 
 
 def bucket(n: int) -> int:
@@ -86,19 +87,27 @@ def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32,
         return model.apply({"params": _inner(params)}, jnp.asarray(x, jnp.float32))
 
 
-def jitted(config: ModelConfig, dtype="float32"):
-    """The module-level jitted ``apply_masked(params, x, bounds)`` for one architecture and
-    compute dtype; compiles once per input shape, whatever the params' values. Runs on JAX's
-    default device, with oneDNN's convolutions on CPU in float32 where built
-    (``onednn_conv.choose_backend``), XLA's elsewhere."""
-    key = (config, _dtype_name(dtype))
+def conv_backend_for(conv_backend: str = "auto", dtype="float32") -> str:
+    """The convolutions inference on JAX's default device uses: "xla" or "onednn".
+
+    ``conv_backend``: "auto" (oneDNN on CPU in float32 where the extension is built, XLA
+    elsewhere), "xla" or "onednn" (``onednn_conv.choose_backend``; "onednn" where it cannot
+    run, or another value, raises ValueError naming ``conv_backend`` and the reason)."""
+    return onednn_conv.choose_backend(conv_backend, jax.default_backend(), 1, _dtype(dtype),
+                                      option="conv_backend", dtype_option="dtype")
+
+
+def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto"):
+    """The module-level jitted ``apply_masked(params, x, bounds)`` for one architecture,
+    compute dtype and convolution backend (``conv_backend_for``); compiles once per input
+    shape, whatever the params' values. Runs on JAX's default device."""
+    key = (config, _dtype_name(dtype), conv_backend_for(conv_backend, dtype))
     fn = _JITTED.get(key)
     if fn is None:
-        conv_backend = onednn_conv.choose_backend("auto", jax.default_backend(), 1, DTYPES[key[1]])
 
         def forward(params, x, bounds):
             _TRACES[key] += 1  # runs at trace time only: one count per compilation
-            return apply_masked(params, x, bounds, config, DTYPES[key[1]], conv_backend)
+            return apply_masked(params, x, bounds, config, DTYPES[key[1]], key[2])
         fn = _JITTED[key] = jax.jit(forward, compiler_options=xla_options.compiler_options())
     return fn
 
@@ -106,7 +115,7 @@ def jitted(config: ModelConfig, dtype="float32"):
 def compile_count(config: ModelConfig | None = None, dtype: str | None = None) -> int:
     """How many times the jitted forward pass was traced (= compiled), for all cached
     functions or only those of ``config`` (and ``dtype``)."""
-    return sum(n for (c, d), n in _TRACES.items()
+    return sum(n for (c, d, _), n in _TRACES.items()
                if (config is None or c == config) and (dtype is None or d == _dtype_name(dtype)))
 
 
@@ -158,13 +167,18 @@ class Upscaler:
     ``None`` picks it from ``memory_budget_mb`` (see ``bytes_per_lr_pixel``); images whose
     bucketed area fits in one tile are processed whole. ``ensemble``: x8 geometric
     self-ensemble. ``dtype``: ``"float32"`` or ``"bfloat16"`` compute (weights stay float32).
+    ``conv_backend``: "auto" (default: oneDNN's convolutions on CPU in float32 where the
+    extension is built, XLA's elsewhere), "xla" (opt out) or "onednn" (ValueError where it
+    cannot run); the same choices and messages as the trainer's ``train.conv_backend``. The
+    resolved choice is ``self.conv_backend``.
     """
 
     def __init__(self, config: ModelConfig, params, *, tile: int | None = None,
                  ensemble: bool = False, dtype: str = "float32", memory_budget_mb: float = 1024,
-                 name: str | None = None):
+                 name: str | None = None, conv_backend: str = "auto"):
         self.config = config.validate()
         self.dtype = _dtype_name(dtype)
+        self.conv_backend = conv_backend_for(conv_backend, self.dtype)
         self.ensemble = bool(ensemble)
         self.overlap = receptive_radius(config)
         if tile is None:
@@ -175,7 +189,7 @@ class Upscaler:
         self.name = name or model_name(config)
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), _inner(params))
         self.params = jax.device_put(_plain_dict(params))
-        self._fn = jitted(self.config, self.dtype)
+        self._fn = jitted(self.config, self.dtype, self.conv_backend)
 
     @classmethod
     def from_checkpoint(cls, path, **kw) -> "Upscaler":
@@ -325,5 +339,6 @@ def _dtype(dtype):
     return DTYPES[_dtype_name(dtype)]
 
 
-__all__ = ["apply", "apply_masked", "Upscaler", "bucket", "jitted", "compile_count", "clear_cache",
+__all__ = ["apply", "apply_masked", "Upscaler", "bucket", "jitted", "conv_backend_for",
+           "compile_count", "clear_cache",
            "bytes_per_lr_pixel", "tile_for_budget", "model_name"]

@@ -12,11 +12,15 @@ than oneDNN's sequential one).
 Numerics: float32 throughout; results equal XLA's convolution up to summation order
 (tests/test_onednn_conv.py).
 
-The shared library is built at install time from ``csrc/onednn_conv.cc`` against the
-``onednn-cpu-gomp`` wheel (``setup.py``); where it is missing (another OS or architecture, or
-a build without a C++ compiler) ``available()`` is False and the model keeps XLA's
-convolution. ``choose_backend`` decides: for train steps from ``train.conv_backend`` (default
-auto), for inference (``infer.jitted``) auto.
+Optional, and fenced off from GPU/TPU installs: the shared library is built at install time
+from ``csrc/onednn_conv.cc`` (``setup.py``; ``EDSR_JAX_ONEDNN=0`` skips the build and its
+jax/jaxlib/oneDNN build requirements, ``=1`` makes a failed build an error) and needs oneDNN's
+runtime at import, the ``onednn-cpu-gomp`` wheel of the ``edsr-jax[cpu]`` extra. Where either
+is missing (another OS or architecture, no C++ compiler, a GPU install) ``available()`` is
+False, ``load_error()`` says why, and the model keeps XLA's convolution. Primitives are cached
+per shape in a least-recently-used cache of ``plan_cache_info()[1]`` (64) shapes.
+``choose_backend`` decides: for train steps from ``train.conv_backend``, for inference from
+``Upscaler(conv_backend=...)`` / ``infer.jitted``; both default to "auto".
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ import jax.numpy as jnp
 
 EXTENSION = "edsr_jax._onednn_conv"
 ONEDNN_DIST = "onednn-cpu-gomp"
+# The choices of train.conv_backend and Upscaler(conv_backend=...): the one definition.
+CONV_BACKENDS = ("auto", "xla", "onednn")
+_LIBRARY: ctypes.CDLL | None = None  # the loaded extension (after a successful load_error())
 TARGETS = {"edsr_conv_forward": "EdsrConvForward",
            "edsr_conv_backward_data": "EdsrConvBackwardData",
            "edsr_conv_backward_weights": "EdsrConvBackwardWeights"}
@@ -53,12 +60,15 @@ def _onednn_library() -> Path | None:
 @functools.cache
 def load_error() -> str | None:
     """Why the oneDNN convolution cannot be used here (None: it can). Loads and registers it."""
+    global _LIBRARY
     spec = importlib.util.find_spec(EXTENSION)
     if spec is None or spec.origin is None:
-        return f"{EXTENSION} was not built (pip install needs a C++ compiler on x86-64 Linux)"
+        return (f"{EXTENSION} was not built (it builds at install time on x86-64 Linux with a "
+                "C++ compiler, unless EDSR_JAX_ONEDNN=0)")
     lib = _onednn_library()
     if lib is None:
-        return f"the {ONEDNN_DIST} wheel (libdnnl.so.3) is not installed"
+        return (f"the {ONEDNN_DIST} wheel (libdnnl.so.3) is not installed "
+                "(pip install 'edsr-jax[cpu]')")
     # oneDNN's OpenMP threads sleep when idle instead of spinning against XLA's own threads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
@@ -69,12 +79,23 @@ def load_error() -> str | None:
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(ext, symbol)),
                                     platform="cpu")
+    for name in ("EdsrConvPlanCacheSize", "EdsrConvPlanCacheCapacity"):
+        getattr(ext, name).restype = ctypes.c_int64
+    _LIBRARY = ext
     return None
 
 
 def available() -> bool:
     """True where the oneDNN convolution is built and loads (x86-64 Linux with the wheel)."""
     return load_error() is None
+
+
+def plan_cache_info() -> tuple[int, int]:
+    """``(shapes cached now, capacity)`` of the extension's per-shape primitive cache: a
+    least-recently-used cache, so the first number never exceeds the second. Raises
+    RuntimeError where the extension is not available."""
+    require()
+    return int(_LIBRARY.EdsrConvPlanCacheSize()), int(_LIBRARY.EdsrConvPlanCacheCapacity())
 
 
 def require() -> None:
@@ -84,15 +105,20 @@ def require() -> None:
         raise RuntimeError(f"conv_backend 'onednn' is not available: {error}")
 
 
-def choose_backend(requested: str, platform: str, num_devices: int, dtype) -> str:
+def choose_backend(requested: str, platform: str, num_devices: int, dtype, *,
+                   option: str = "train.conv_backend", dtype_option: str = "model.dtype") -> str:
     """The convolution backend of a train step or inference: "xla" or "onednn" (``model.Conv3x3``).
 
-    ``requested`` ("auto", "xla" or "onednn", the option ``train.conv_backend``); ``platform``
-    of the mesh's devices; ``num_devices`` in the mesh; ``dtype`` the compute dtype. "auto" is
-    oneDNN where it applies (CPU, one device, float32, built) and XLA elsewhere; "onednn"
-    where it does not apply raises ValueError naming the option and the reason. (With more
-    than one device XLA's partitioner would gather the sharded batch around the custom call.)
+    ``requested``: one of ``CONV_BACKENDS`` ("auto", "xla", "onednn"); ``platform`` of the
+    mesh's devices; ``num_devices`` in the mesh; ``dtype`` the compute dtype. "auto" is oneDNN
+    where it applies (CPU, one device, float32, built and loadable) and XLA elsewhere;
+    "onednn" where it does not apply, or a value outside ``CONV_BACKENDS``, raises ValueError
+    naming the option (``option``: "train.conv_backend" for the trainer, "conv_backend" for
+    ``Upscaler``; ``dtype_option`` names the dtype setting) and the reason. (With more than
+    one device XLA's partitioner would gather the sharded batch around the custom call.)
     """
+    if requested not in CONV_BACKENDS:
+        raise ValueError(f"{option} must be one of {CONV_BACKENDS}, got {requested!r}")
     if requested == "xla":
         return "xla"
     reasons = []
@@ -101,13 +127,13 @@ def choose_backend(requested: str, platform: str, num_devices: int, dtype) -> st
     if num_devices != 1:
         reasons.append(f"it runs on one device, the mesh has {num_devices}")
     if jnp.dtype(dtype) != jnp.float32:
-        reasons.append(f"it computes in float32, model.dtype is {jnp.dtype(dtype)}")
+        reasons.append(f"it computes in float32, {dtype_option} is {jnp.dtype(dtype)}")
     if not reasons and load_error() is not None:
         reasons.append(load_error())
     if not reasons:
         return "onednn"
     if requested == "onednn":
-        raise ValueError(f"train.conv_backend 'onednn' cannot be used: {'; '.join(reasons)}")
+        raise ValueError(f"{option} 'onednn' cannot be used: {'; '.join(reasons)}")
     return "xla"
 
 

@@ -169,3 +169,101 @@ def test_train_step_runs_every_convolution_through_onednn():
     assert " convolution(" not in text
     assert (count("edsr_conv_forward"), count("edsr_conv_backward_data"),
             count("edsr_conv_backward_weights")) == (6, 5, 6)
+
+
+def test_choose_backend_refuses_unknown_values_and_names_the_option():
+    with pytest.raises(ValueError, match=r"train.conv_backend must be one of \('auto', 'xla', 'onednn'\), got 'mkl'"):
+        onednn_conv.choose_backend("mkl", "cpu", 1, jnp.float32)
+    with pytest.raises(ValueError, match="^conv_backend 'onednn' cannot be used: it runs on CPU only, the devices are gpu"):
+        onednn_conv.choose_backend("onednn", "gpu", 1, jnp.float32, option="conv_backend")
+
+
+# ------------------------------------------------------------- the extension's own guards
+
+
+@needs_onednn
+def test_plan_cache_is_bounded_and_rebuilds_evicted_shapes():
+    """Each new shape adds one plan until the LRU cache is full; beyond that it stays at its
+    capacity, and a shape evicted long ago is rebuilt and still computes the right thing."""
+    size0, capacity = onednn_conv.plan_cache_info()
+    assert capacity == 64 and 0 <= size0 <= capacity
+    kernel, bias = jnp.full((1, 1, 1, 1), 2.0), jnp.full((1,), 0.5)
+    conv = jax.jit(onednn_conv.conv)
+    # (1, 1, W, 1) for W = 1000, 1001, ...: shapes no other test uses.
+    xs = [jnp.arange(w, dtype=jnp.float32).reshape(1, 1, w, 1) for w in range(1000, 1000 + capacity + 8)]
+    conv(xs[0], kernel, bias).block_until_ready()
+    size1 = onednn_conv.plan_cache_info()[0]
+    assert size1 == min(size0 + 1, capacity)
+    conv(xs[0], kernel, bias).block_until_ready()  # a cached shape adds nothing
+    assert onednn_conv.plan_cache_info()[0] == size1
+    for x in xs[1:]:
+        conv(x, kernel, bias).block_until_ready()
+    assert onednn_conv.plan_cache_info()[0] == capacity
+    y = conv(xs[0], kernel, bias)  # evicted (capacity + 7 newer shapes since): rebuilt
+    np.testing.assert_array_equal(np.asarray(y), 2.0 * np.asarray(xs[0]) + 0.5)
+    assert onednn_conv.plan_cache_info()[0] == capacity
+
+
+def _raw_call(target, out_shape, *shapes):
+    """Call an FFI target directly (as onednn_conv would never do) with arrays of ``shapes``
+    and a declared result of ``out_shape``, so that the C++ shape checks are what stands."""
+    onednn_conv.require()
+    args = [jnp.ones(s, jnp.float32) for s in shapes]
+    out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
+    return jax.block_until_ready(jax.jit(jax.ffi.ffi_call(target, out))(*args))
+
+
+@needs_onednn
+@pytest.mark.parametrize("target, out, args, message", [
+    ("edsr_conv_forward", (1, 4, 4, 8), [(1, 4, 4, 3), (3, 3, 5, 8), (8,)], "input channels differ"),
+    ("edsr_conv_forward", (1, 4, 4, 7), [(1, 4, 4, 5), (3, 3, 5, 8), (8,)], "output channels differ"),
+    ("edsr_conv_forward", (1, 5, 4, 8), [(1, 4, 4, 5), (3, 3, 5, 8), (8,)], "N, H and W must agree"),
+    ("edsr_conv_forward", (2, 4, 4, 8), [(1, 4, 4, 5), (3, 3, 5, 8), (8,)], "N, H and W must agree"),
+    ("edsr_conv_forward", (1, 4, 4, 8), [(1, 4, 4, 5), (3, 3, 5, 8), (7,)], r"bias \(7\) must be \(C_out,\) = \(8\)"),
+    ("edsr_conv_forward", (1, 4, 4, 8), [(1, 4, 4, 5), (2, 2, 5, 8), (8,)], "square with an odd size"),
+    ("edsr_conv_forward", (1, 4, 4, 8), [(4, 4, 5), (3, 3, 5, 8), (8,)], "rank 4 each"),
+    ("edsr_conv_backward_data", (1, 4, 4, 6), [(1, 4, 4, 8), (3, 3, 5, 8)], r"\(backward data\): the input channels"),
+    ("edsr_conv_backward_data", (1, 4, 4, 5), [(1, 4, 4, 9), (3, 3, 5, 8)], "output channels differ"),
+    ("edsr_conv_backward_data", (1, 4, 3, 5), [(1, 4, 4, 8), (3, 3, 5, 8)], "N, H and W must agree"),
+    ("edsr_conv_backward_weights", (3, 3, 5, 8), [(1, 4, 4, 6), (1, 4, 4, 8)], r"\(backward weights\): the input channels"),
+    ("edsr_conv_backward_weights", (3, 3, 5, 8), [(1, 4, 4, 5), (1, 4, 4, 9)], "output channels differ"),
+    ("edsr_conv_backward_weights", (3, 3, 5, 8), [(1, 4, 4, 5), (2, 4, 4, 8)], "N, H and W must agree"),
+])
+def test_mismatched_shapes_are_a_clear_error_not_a_crash(target, out, args, message):
+    # Before the checks covered channels and outputs, these read or wrote past the buffers.
+    with pytest.raises(jax.errors.JaxRuntimeError, match=f"edsr oneDNN conv .*{message}"):
+        _raw_call(target, out, *args)
+
+
+# ------------------------------------------------------------- inference opt-out
+
+
+def test_upscaler_conv_backend_opt_out_same_output_and_no_custom_call():
+    """``Upscaler(conv_backend="xla")`` compiles without the oneDNN custom call and gives the
+    same output as "auto" (oneDNN where available) within float32 rounding; bad choices stop
+    with the trainer's messages, naming ``conv_backend``."""
+    from edsr_jax import infer
+
+    config = ModelConfig(scale=2, num_blocks=2, num_features=8)
+    params = config.build().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    lr = np.random.default_rng(3).integers(0, 256, (2, 13, 11, 3), dtype=np.uint8)
+    xla = infer.Upscaler(config, params, conv_backend="xla")
+    auto = infer.Upscaler(config, params)
+    assert xla.conv_backend == "xla"
+    assert auto.conv_backend == ("onednn" if onednn_conv.available() else "xla")
+    a, b = xla.predict(lr), auto.predict(lr)
+    assert a.shape == (2, 26, 22, 3)
+    assert rel_err(b, a) < 1e-5, rel_err(b, a)
+
+    x = np.zeros((1, 16, 16, 3), np.float32)
+    bounds = np.array([[0, 13, 0, 11]], np.int32)
+    text = xla._fn.lower(xla.params, x, bounds).compile().as_text()
+    assert "edsr_conv" not in text and " convolution(" in text
+    if onednn_conv.available():
+        text = auto._fn.lower(auto.params, x, bounds).compile().as_text()
+        assert 'custom_call_target="edsr_conv_forward"' in text
+
+    with pytest.raises(ValueError, match="conv_backend must be one of .*got 'mkl'"):
+        infer.Upscaler(config, params, conv_backend="mkl")
+    with pytest.raises(ValueError, match="^conv_backend 'onednn' cannot be used: it computes in float32, dtype is bfloat16"):
+        infer.Upscaler(config, params, dtype="bfloat16", conv_backend="onednn")

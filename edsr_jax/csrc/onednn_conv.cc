@@ -8,15 +8,21 @@
 // (The bias gradient, a plain sum of dy, is left to XLA: oneDNN's fused one accumulates
 // sequentially in float32, ~3e-5 relative error over a 16x48x48 batch against XLA's ~1e-7.)
 // oneDNN reads and writes the NHWC activations in place; only the (small) kernels are reordered
-// to and from oneDNN's blocked weight layout. Primitives are built once per shape and cached.
+// to and from oneDNN's blocked weight layout. Primitives are built once per shape and kept in
+// a least-recently-used cache of kPlanCacheCapacity shapes (EdsrConvPlanCacheSize/Capacity
+// report it). Every handler first checks that its buffers' ranks, kernel size, channels and
+// spatial sizes agree (CheckShapes) and returns an InvalidArgument error naming the shapes
+// otherwise, before oneDNN touches memory.
 // Threading: oneDNN's OpenMP runtime (the onednn-cpu-gomp wheel).
 
 #include <cstdint>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -83,13 +89,48 @@ std::unique_ptr<Plan> MakePlan(const Shape& s) {
   return plan;
 }
 
-const Plan& GetPlan(const Shape& s) {
-  static std::mutex mu;
-  static std::map<Shape, std::unique_ptr<Plan>> plans;
-  std::lock_guard<std::mutex> lock(mu);
-  auto& plan = plans[s];
-  if (!plan) plan = MakePlan(s);
-  return *plan;
+// The plans of the most recently used shapes. EDSR uses 4-6 shapes per input size (head,
+// body, upsampler, tail); 64 covers a training patch size plus a dozen inference buckets, and
+// an evicted shape only costs rebuilding its primitives (a few milliseconds).
+constexpr size_t kPlanCacheCapacity = 64;
+
+class PlanCache {
+ public:
+  // The plan of shape ``s``, built on first use; marks it most recently used and evicts the
+  // least recently used beyond kPlanCacheCapacity. Callers hold the shared_ptr while they
+  // execute, so an eviction by another thread never frees a plan in use.
+  std::shared_ptr<const Plan> Get(const Shape& s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = index_.find(s);
+    if (it != index_.end()) {
+      order_.splice(order_.begin(), order_, it->second);
+      return it->second->second;
+    }
+    std::shared_ptr<const Plan> plan = MakePlan(s);
+    order_.emplace_front(s, plan);
+    index_[s] = order_.begin();
+    while (order_.size() > kPlanCacheCapacity) {
+      index_.erase(order_.back().first);
+      order_.pop_back();
+    }
+    return plan;
+  }
+
+  size_t Size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return order_.size();
+  }
+
+ private:
+  using Entry = std::pair<Shape, std::shared_ptr<const Plan>>;
+  std::mutex mu_;
+  std::list<Entry> order_;  // most recently used first
+  std::map<Shape, std::list<Entry>::iterator> index_;
+};
+
+PlanCache& Plans() {
+  static PlanCache cache;
+  return cache;
 }
 
 // A buffer for a oneDNN memory descriptor: the user's pointer when the layouts agree,
@@ -125,13 +166,33 @@ memory Scratchpad(const memory::desc& desc, std::vector<uint8_t>& storage) {
   return memory(desc, Engine(), storage.data());
 }
 
-ffi::Error CheckShapes(ffi::Span<const int64_t> act, ffi::Span<const int64_t> weights,
-                       Shape* s) {
-  if (act.size() != 4 || weights.size() != 4)
-    return ffi::Error::InvalidArgument("edsr oneDNN conv: expected NHWC activations and HWIO weights");
+std::string Dims(ffi::Span<const int64_t> dims) {
+  std::string out = "(";
+  for (size_t i = 0; i < dims.size(); ++i) out += (i ? ", " : "") + std::to_string(dims[i]);
+  return out + ")";
+}
+
+// Checks one call's buffers before oneDNN reads or writes them: ``in`` is the C_in side
+// activation (N, H, W, C_in), ``out`` the C_out side (N, H, W, C_out), ``weights`` the kernel
+// (k, k, C_in, C_out) with k odd; ``op`` names the handler in the message. Fills ``s``.
+ffi::Error CheckShapes(const char* op, ffi::Span<const int64_t> in, ffi::Span<const int64_t> out,
+                       ffi::Span<const int64_t> weights, Shape* s) {
+  auto bad = [&](const std::string& why) {
+    return ffi::Error::InvalidArgument(std::string("edsr oneDNN conv (") + op + "): " + why +
+                                       "; activations " + Dims(in) + " -> " + Dims(out) +
+                                       ", kernel " + Dims(weights));
+  };
+  if (in.size() != 4 || out.size() != 4 || weights.size() != 4)
+    return bad("expected NHWC activations and an HWIO kernel (rank 4 each)");
   if (weights[0] != weights[1] || weights[0] % 2 != 1)
-    return ffi::Error::InvalidArgument("edsr oneDNN conv: kernel must be square with odd size");
-  *s = Shape{act[0], act[1], act[2], weights[2], weights[3], weights[0]};
+    return bad("the kernel must be square with an odd size");
+  if (in[3] != weights[2]) return bad("the input channels differ from the kernel's C_in");
+  if (out[3] != weights[3]) return bad("the output channels differ from the kernel's C_out");
+  if (in[0] != out[0] || in[1] != out[1] || in[2] != out[2])
+    return bad("N, H and W must agree between the activations (stride 1, 'SAME')");
+  for (int64_t d : {in[0], in[1], in[2], in[3], out[3]})
+    if (d < 1) return bad("every dimension must be at least 1");
+  *s = Shape{in[0], in[1], in[2], weights[2], weights[3], weights[0]};
   return ffi::Error::Success();
 }
 
@@ -150,9 +211,15 @@ ffi::Error Guard(F&& f) {
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
                    ffi::ResultBuffer<ffi::F32> y) {
   Shape s;
-  if (auto err = CheckShapes(x.dimensions(), w.dimensions(), &s); !err.success()) return err;
+  if (auto err = CheckShapes("forward", x.dimensions(), y->dimensions(), w.dimensions(), &s);
+      !err.success())
+    return err;
+  if (b.dimensions().size() != 1 || b.dimensions()[0] != s.co)
+    return ffi::Error::InvalidArgument("edsr oneDNN conv (forward): bias " + Dims(b.dimensions()) +
+                                       " must be (C_out,) = (" + std::to_string(s.co) + ")");
   return Guard([&] {
-    const Plan& p = GetPlan(s);
+    const auto plan = Plans().Get(s);
+    const Plan& p = *plan;
     auto& eng = Engine();
     auto& strm = Stream();
     memory src(p.src, eng, x.typed_data()), dst(p.dst, eng, y->typed_data());
@@ -169,9 +236,12 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
 ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                         ffi::ResultBuffer<ffi::F32> dx) {
   Shape s;
-  if (auto err = CheckShapes(dx->dimensions(), w.dimensions(), &s); !err.success()) return err;
+  if (auto err = CheckShapes("backward data", dx->dimensions(), dy.dimensions(), w.dimensions(), &s);
+      !err.success())
+    return err;
   return Guard([&] {
-    const Plan& p = GetPlan(s);
+    const auto plan = Plans().Get(s);
+    const Plan& p = *plan;
     auto& eng = Engine();
     auto& strm = Stream();
     memory diff_dst(p.dst, eng, dy.typed_data()), diff_src(p.src, eng, dx->typed_data());
@@ -189,9 +259,12 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
 ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                            ffi::ResultBuffer<ffi::F32> dw) {
   Shape s;
-  if (auto err = CheckShapes(x.dimensions(), dw->dimensions(), &s); !err.success()) return err;
+  if (auto err = CheckShapes("backward weights", x.dimensions(), dy.dimensions(), dw->dimensions(), &s);
+      !err.success())
+    return err;
   return Guard([&] {
-    const Plan& p = GetPlan(s);
+    const auto plan = Plans().Get(s);
+    const Plan& p = *plan;
     auto& eng = Engine();
     auto& strm = Stream();
     memory src(p.src, eng, x.typed_data()), diff_dst(p.dst, eng, dy.typed_data());
@@ -210,6 +283,10 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 }  // namespace
 
 #pragma GCC visibility push(default)
+
+// The plan cache's current number of shapes and its capacity (for tests and diagnostics).
+extern "C" int64_t EdsrConvPlanCacheSize() { return static_cast<int64_t>(Plans().Size()); }
+extern "C" int64_t EdsrConvPlanCacheCapacity() { return static_cast<int64_t>(kPlanCacheCapacity); }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EdsrConvForward, Forward,
                               ffi::Ffi::Bind()
