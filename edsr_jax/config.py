@@ -75,6 +75,11 @@ def base_config() -> ml_collections.ConfigDict:
     # How the train step computes convolutions: "auto" (oneDNN on one CPU device in float32
     # where built, else XLA), "xla", or "onednn" (edsr_jax/onednn_conv.py).
     c.train.conv_backend = "auto"
+    # Resuming with another validation protocol (data.val, data.val_spec, data.val_max_images)
+    # or other training data (data.source, data.train, data.spec, data.lr_name) is refused
+    # unless this is True: then the run starts a new protocol (metrics.jsonl records and the
+    # best-checkpoint ranking compare only PSNRs of the same protocol).
+    c.train.new_protocol = False
     return c
 
 
@@ -145,3 +150,121 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     need(0 <= t.ema < 1, "train.ema", "must be in [0, 1) (0 disables EMA)")
     need(t.nan_policy in NAN_POLICIES, "train.nan_policy", f"must be one of {NAN_POLICIES}")
     need(t.conv_backend in CONV_BACKENDS, "train.conv_backend", f"must be one of {CONV_BACKENDS}")
+    _validate_ranges(config, need)
+
+
+INT32_MAX = 2**31 - 1  # step counters and seeds are int32 on the device
+
+
+def _validate_ranges(config: ml_collections.ConfigDict, need) -> None:
+    """Values that the checks above let through but that make no sense: non-finite or
+    negative floats, integers beyond what the program can count, negative keep counts and
+    image limits, unparsable degradation specs, a cache folder that is a file."""
+    import math
+    from pathlib import Path
+
+    def finite(field: str, ok_range: str = "") -> None:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+             field, "must be a finite number" + (f" ({ok_range})" if ok_range else ""))
+
+    def integer(field: str, low: int, high: int, what: str = "") -> None:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        need(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high, field,
+             f"must be an integer in [{low}, {high}]" + (f" ({what})" if what else ""))
+
+    m, d, o, t = config.model, config.data, config.optim, config.train
+    for field in ("model.res_scale", "optim.lr", "optim.b1", "optim.b2", "optim.eps", "optim.decay_factor",
+                  "optim.clip_norm", "optim.charbonnier_eps", "train.ema", "train.max_minutes"):
+        finite(field)
+    need(m.res_scale > 0, "model.res_scale", "must be > 0")
+    need(o.eps > 0, "optim.eps", "must be > 0 (Adam divides by sqrt(v) + eps)")
+    need(o.charbonnier_eps > 0, "optim.charbonnier_eps", "must be > 0")
+    integer("data.patch_size", 1, 4096, "LR pixels")
+    integer("data.batch_size", 1, 1 << 20)
+    integer("data.patches_per_image", 1, 1 << 16)
+    integer("data.num_workers", 0, 1024)
+    integer("data.val_max_images", 0, INT32_MAX, "0 means all")
+    integer("optim.decay_every", 1, INT32_MAX)
+    integer("optim.warmup_steps", 0, INT32_MAX)
+    integer("optim.cosine_steps", 0, INT32_MAX)
+    for field in ("steps", "log_every", "eval_every", "checkpoint_every"):
+        integer(f"train.{field}", 1, INT32_MAX)
+    integer("train.seed", 0, INT32_MAX)
+    integer("train.keep_last", 1, 1 << 20)
+    integer("train.keep_best", 0, 1 << 20, "0 keeps no best-PSNR checkpoint beyond the newest")
+    for field, spec in (("data.spec", d.spec), ("data.val_spec", d.val_spec)):
+        need(isinstance(spec, str), field, "must be a string")
+        if spec and not spec.strip():
+            need(False, field, "is blank; use '' for MATLAB bicubic, or a spec such as 'bicubic'")
+        if spec.strip():
+            from edsr_jax.degrade import parse
+
+            try:
+                parse(spec, scale=int(m.scale))
+            except ValueError as e:
+                need(False, field, f"not a valid degradation spec ({e})")
+    if d.cache_dir:
+        cache = Path(d.cache_dir)
+        need(not cache.exists() or cache.is_dir(), "data.cache_dir", "exists and is not a folder")
+
+
+# ---------------------------------------------------------------------------- resuming
+
+PROTOCOL_FIELDS = ("data.val", "data.val_spec", "data.val_max_images")  # what PSNRs are measured on
+DATA_FIELDS = ("data.source", "data.train", "data.spec", "data.lr_name")  # what the model learns from
+NOT_COMPARED = ("train.new_protocol",)  # a request, not a property of the run
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def differences(stored: dict, current: dict) -> list[tuple[str, object, object]]:
+    """``[(field, stored value, current value)]`` of every experiment field that differs
+    (fields missing on one side, e.g. added by a newer version, count as differences only
+    when the other side is not the default)."""
+    a, b = flatten(stored), flatten(current)
+    defaults = flatten(base_config().to_dict())
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in NOT_COMPARED:
+            continue
+        old, new = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
+        if old != new:
+            out.append((key, old, new))
+    return out
+
+
+class ProtocolChange(ValueError):
+    """Resuming would change the validation protocol or the training data without
+    ``train.new_protocol``; the message names the fields."""
+
+
+def resume_changes(stored: dict, current: dict, allow_new_protocol: bool) -> tuple[list[str], bool]:
+    """Compare the config stored with a run's checkpoint to the one it is resumed with.
+
+    Returns ``(lines "field: A -> B", starts_new_protocol)``. Raises ProtocolChange (one
+    line) when a protocol or data field changed and ``allow_new_protocol`` is False.
+    """
+    diffs = differences(stored, current)
+    lines = [f"{k}: {old!r} -> {new!r}" for k, old, new in diffs]
+    protocol = [(k, old, new) for k, old, new in diffs if k in PROTOCOL_FIELDS + DATA_FIELDS]
+    if protocol and not allow_new_protocol:
+        what = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in protocol)
+        raise ProtocolChange(
+            f"config changed since this run's checkpoints: {what}; earlier validation scores and the best "
+            "checkpoint would no longer compare. Pass --config.train.new_protocol=True to start a new "
+            "protocol in this workdir, change it back, or use another --workdir")
+    return lines, bool(protocol)
