@@ -39,7 +39,6 @@ import multiprocessing
 import os
 import re
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -242,16 +241,16 @@ def process_source(path: str, index: int, out: str, settings: Settings, width: i
 # ----------------------------------------------------------------------------- manifest
 
 def _save_manifest(out: Path, manifest: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=out)
+    """Write ``out/manifest.json`` atomically (``outputs.atomic_write``; a full disk is one
+    ``error:`` line and leaves the previous manifest)."""
+    from edsr_jax import outputs
+
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, out / MANIFEST)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise outputs.write_error(out, e) from None
+    outputs.atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n",
+                         overwrite=True)
 
 
 def _load_manifest(out: Path, settings: Settings, sources: list[Path], overwrite: bool) -> dict:
@@ -354,8 +353,13 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
     settings = make_settings(spec, scales, name, tiling, seed)
     hr_dir, out = Path(hr_dir), Path(out)
     sources = cli.image_folder(hr_dir)
-    if (out / "HR").resolve() == hr_dir.resolve():
-        raise cli.UsageError(f"--out {out}: its HR folder is the input folder {hr_dir}")
+    from edsr_jax import outputs
+
+    outputs.inside(out, f"LR_{settings.name}", option="--name")  # also: not longer than NAME_MAX
+    for folder in [out / "HR"] + [out / f"LR_{settings.name}" / f"X{s}" for s in settings.scales]:
+        if folder.resolve() == hr_dir.resolve():
+            raise cli.UsageError(f"--out {out}: its output folder {folder} is the input folder {hr_dir}; "
+                                 "no input is ever overwritten")
     if workers < 1:
         raise cli.UsageError(f"--workers {workers}: must be at least 1")
     manifest = _load_manifest(out, settings, sources, overwrite)
@@ -446,15 +450,11 @@ def report(summary: Summary, out: Path) -> None:
                 print(f"  {item}", file=sys.stderr)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like every other usage error
-        raise cli.UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m edsr_jax.prepare",
-                description="Write a DIV2K-layout training set (HR, LR_<name>/X<s>, manifest.json) "
-                            "from a folder of HR images.")
+    """The prepare command's options (a ``cli.ArgumentParser``: errors raise UsageError)."""
+    p = cli.ArgumentParser(prog="python -m edsr_jax.prepare",
+                           description="Write a DIV2K-layout training set (HR, LR_<name>/X<s>, "
+                                       "manifest.json) from a folder of HR images.")
     p.add_argument("hr_dir", metavar="HR_DIR", help="folder of HR images")
     p.add_argument("--out", required=True, help="output folder (created when missing)")
     p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import sys
 import time
 from pathlib import Path
@@ -60,26 +61,31 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext
                  overwrite: bool = False) -> list[Path]:
     """Output path for each input: ``out_dir / (stem + suffix + ext)``.
 
-    Raises UsageError when ``out_dir`` is an input's folder, two inputs map to one output,
-    an output would replace an input, or outputs exist and ``overwrite`` is False.
+    Raises UsageError when ``out_dir`` is an input's folder, an output name (``--suffix``,
+    ``--ext``) would leave ``out_dir`` or is too long for the file system, two inputs map to
+    one output, an output would replace an input (even through a link), or outputs exist
+    and ``overwrite`` is False.
     """
+    from edsr_jax import outputs as out_files
+
     out_dir = Path(out_dir)
     resolved_out = out_dir.resolve()
     input_dirs = {p.resolve().parent for p in inputs}
     if resolved_out in input_dirs:
         raise cli.UsageError(f"--out {out_dir} is a folder of the inputs; choose another folder "
                              "so no input can be overwritten")
-    outputs = [out_dir / f"{p.stem}{suffix}{ext}" for p in inputs]
+    for text, option in ((suffix, "--suffix"), (ext, "--ext")):
+        if "/" in text or "\\" in text or "\x00" in text:
+            raise cli.UsageError(f"{option} {text!r}: must not contain a path separator")
+    outputs = [out_files.inside(out_dir, f"{p.stem}{suffix}{ext}", option="--suffix/--ext") for p in inputs]
     by_output: dict[Path, Path] = {}
     for src, dst in zip(inputs, outputs):
         if dst in by_output:
             raise cli.UsageError(f"{by_output[dst]} and {src} would both be written to {dst} "
                                  "(same name); upscale them in separate runs or use --suffix")
         by_output[dst] = src
-    input_set = {p.resolve() for p in inputs}
     for dst in outputs:
-        if dst.resolve() in input_set:
-            raise cli.UsageError(f"{dst}: is an input; it is never overwritten")
+        out_files.check_not_input(dst, inputs, option="output")
     if not overwrite:
         existing = [d for d in outputs if d.exists()]
         if existing:
@@ -90,8 +96,8 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext
 
 def build_parser() -> argparse.ArgumentParser:
     """The upscale command's options."""
-    p = argparse.ArgumentParser(prog="python -m edsr_jax.upscale",
-                                description="Upscale images with a trained EDSR checkpoint.")
+    p = cli.ArgumentParser(prog="python -m edsr_jax.upscale",
+                           description="Upscale images with a trained EDSR checkpoint.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", required=True, help="training workdir or checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (created when missing)")
@@ -118,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise cli.UsageError(f"--ext {args.ext}: not an image type this program writes")
     if args.tile is not None and args.tile < 8:
         raise cli.UsageError(f"--tile {args.tile}: must be at least 8 LR pixels")
-    if not args.memory_budget_mb > 0:
-        raise cli.UsageError(f"--memory-budget-mb {args.memory_budget_mb}: must be > 0")
+    if not (args.memory_budget_mb > 0 and math.isfinite(args.memory_budget_mb)):
+        raise cli.UsageError(f"--memory-budget-mb {args.memory_budget_mb}: must be a finite number > 0")
     inputs = collect_inputs(args.inputs)
     outputs = plan_outputs(inputs, Path(args.out), suffix=args.suffix, ext=ext, overwrite=args.overwrite)
     upscaler = _load(args)
@@ -142,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sr = upscaler(lr)
         try:
             write_image(dst, sr, overwrite=args.overwrite)
-        except (FileExistsError, OSError) as e:
+        except FileExistsError as e:
             tqdm.write(f"not written: {dst}: {e}", file=sys.stderr)
             failed += 1
             continue
