@@ -1,10 +1,22 @@
-"""How the command-line programs report errors: one clear line, exit code 2."""
+"""How the command-line programs parse options and report errors: one convention for all.
+
+Every CLI (``python -m edsr_jax.train|evaluate|upscale|prepare|export``) builds a
+``cli.ArgumentParser`` and runs as ``sys.exit(cli.run(main))``. Exit codes:
+
+- 0: done; also ``--help`` (the help on stdout).
+- 1: the program ran but something failed along the way (e.g. skipped images), said on stderr.
+- 2: a usage problem (a bad option, value, path or config field): exactly one line
+  ``error: ...`` on stderr naming it, nothing written. Option errors come from the parser
+  (``ArgumentParser.error`` raises ``UsageError``), the rest from ``raise UsageError(...)``.
+- 130: interrupted (Ctrl-C), no traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 
 class UsageError(Exception):
@@ -14,10 +26,21 @@ class UsageError(Exception):
     """
 
 
-def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``, turning UsageError into ``error: ...`` on stderr and exit 2.
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors raise ``UsageError`` instead of printing a
+    usage block and exiting: ``run`` then prints the one ``error: ...`` line (exit 2).
+    ``--help`` prints the help and exits 0 (``SystemExit(0)``, returned as 0 by ``run``)."""
 
-    Ctrl-C exits with 130 and no traceback. Returns the exit code.
+    def error(self, message: str) -> NoReturn:
+        """Raise UsageError(``message``), e.g. "argument --tile: invalid int value: 'x'"."""
+        raise UsageError(message)
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)`` and return its exit code (see the module docstring).
+
+    UsageError becomes ``error: MESSAGE`` on stderr and 2; Ctrl-C becomes 130 with no
+    traceback; ``SystemExit`` (``--help``) becomes its code.
     """
     try:
         return int(main(argv) or 0)
@@ -27,6 +50,10 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
 
 
 def image_folder(folder: str | Path) -> list[Path]:

@@ -171,7 +171,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m edsr_jax.evaluate",
         description="Score super-resolution on benchmark folders of HR images (PSNR/SSIM on Y, "
                     "border = scale, LR by MATLAB bicubic downscaling).")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line; bad values exit 2 with argparse's usage message."""
+    """Parse the command line; a bad option or value raises ``cli.UsageError`` naming it."""
     parser = build_parser()
     args = parser.parse_args(argv)
     # "--scales 2 4 Set5" : argparse gives the folder to --scales; hand it back.

@@ -137,7 +137,7 @@ def _torch():
 
 def build_parser() -> argparse.ArgumentParser:
     """The export command's options."""
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m edsr_jax.export",
         description="Export a checkpoint as StableHLO or a PyTorch state_dict, or import PyTorch weights.")
     src = p.add_mutually_exclusive_group(required=True)

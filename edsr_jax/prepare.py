@@ -480,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The prepare CLI; returns ``summary.exit_code`` (0, or 1 when some image was skipped;
+    usage errors: ``cli.UsageError``, exit 2)."""
     args = build_parser().parse_args(argv)
     tiling = None
     if args.tiles is not None:

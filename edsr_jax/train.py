@@ -557,61 +557,106 @@ def _finetune_params(config, model: EDSR, model_config: ModelConfig, logger: Log
 # --------------------------------------------------------------------------- CLI
 
 
-def _define_flags():
+def build_parser() -> cli.ArgumentParser:
+    """The training command's options. ``--config.FIELD=VALUE`` overrides are not declared
+    here: ``parse_args`` takes them out first and hands them to ml_collections."""
+    p = cli.ArgumentParser(
+        prog="python -m edsr_jax.train",
+        description="Train EDSR (resumes when the workdir holds a checkpoint).",
+        epilog="Override any field of the config with --config.FIELD=VALUE (or --config.FIELD "
+               "VALUE), e.g. --config.optim.lr=2e-4 --config.train.steps=1000; values are "
+               "parsed by the field's type (ml_collections config_flags).")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="experiment config file (experiments/*.py) defining get_config()")
+    p.add_argument("--workdir", required=True, metavar="DIR",
+                   help="run folder: checkpoints, TensorBoard events, metrics.jsonl; re-running "
+                        "with the same workdir resumes")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() (cluster auto-detection, or the "
+                        "options below)")
+    p.add_argument("--coordinator_address", metavar="HOST:PORT",
+                   help="address of process 0 (multi-host; implies --distributed)")
+    p.add_argument("--num_processes", type=int, metavar="N", help="number of processes (multi-host)")
+    p.add_argument("--process_id", type=int, metavar="I", help="this process's index (multi-host)")
+    p.add_argument("--cpu_collectives", action="store_true",
+                   help="gloo collectives between CPU processes (multi-process runs without "
+                        "accelerators)")
+    return p
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(overrides, rest)``: the ``--config.FIELD[=VALUE]`` arguments (a value given as the
+    next argument joined as ``=VALUE``) and everything else, each in order."""
+    overrides, rest = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                i += 1
+                arg = f"{arg}={argv[i]}"
+            overrides.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return overrides, rest
+
+
+def load_config(path: str, overrides: Sequence[str] = ()):
+    """The ``ml_collections.ConfigDict`` of config file ``path`` (``get_config()``; ``FILE:ARG``
+    passes ARG) with ``--config.FIELD=VALUE`` overrides applied by ml_collections, which parses
+    each value by the field's type. Raises ``cli.UsageError`` (one line) for a missing or
+    broken file, an unknown field or a value of the wrong type."""
     from absl import flags
     from ml_collections import config_flags
 
+    def one_line(e: BaseException) -> str:
+        return " ".join(str(e).split())
+
+    file = Path(path)
+    if not file.is_file() and not (":" in path and Path(path.rsplit(":", 1)[0]).is_file()):
+        raise cli.UsageError(f"--config {path}: no such file")
+    argv = ["edsr_jax.train", f"--config={path}", *overrides]
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py); "
-                                    "override fields with --config.optim.lr=2e-4.", flag_values=fv)
-    flags.DEFINE_string("workdir", None, "Run folder: checkpoints, TensorBoard events, metrics.jsonl. "
-                        "Re-running with the same workdir resumes.", flag_values=fv)
-    flags.DEFINE_boolean("distributed", False, "Call jax.distributed.initialize() (cluster "
-                         "auto-detection, or the flags below).", flag_values=fv)
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).",
-                        flag_values=fv)
-    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).", flag_values=fv)
-    flags.DEFINE_integer("process_id", None, "This process's index (multi-host).", flag_values=fv)
-    flags.DEFINE_boolean("cpu_collectives", False, "Use gloo collectives between CPU processes "
-                         "(multi-process runs without accelerators).", flag_values=fv)
-    return fv
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse flags, join the cluster when asked, and train."""
-    from absl import flags
-
-    fv = _define_flags()
-    argv = list(sys.argv if argv is None else ["edsr_jax.train", *argv])
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print("usage: python -m edsr_jax.train --config experiments/X.py --workdir runs/X "
-              "[--config.FIELD=VALUE ...]\n\nTrain EDSR (resumes when the workdir holds a checkpoint).\n")
-        print(fv.main_module_help())
-        return 0
+    config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=fv,
+                                    sys_argv=argv)
     try:
-        rest = fv(argv)
+        fv(argv)
+        return fv.config
     except flags.Error as e:
-        raise cli.UsageError(str(e)) from None
+        raise cli.UsageError(one_line(e)) from None
     except (KeyError, AttributeError) as e:  # ml_collections: an override of an unknown field
         import re
 
         hint = re.search(r'Did you mean "[^"]*" instead of "[^"]*"\?', str(e))
-        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-        raise cli.UsageError(f"unknown config field among {', '.join(overrides)}"
+        names = [a.split("=")[0] for a in overrides]
+        raise cli.UsageError(f"unknown config field among {', '.join(names)}"
                              + (f" ({hint.group(0)})" if hint else "")) from None
-    if len(rest) > 1:
-        raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
-    if fv.config is None:
-        raise cli.UsageError("--config is required (e.g. --config experiments/quickstart.py)")
-    if not fv.workdir:
-        raise cli.UsageError("--workdir is required (e.g. --workdir runs/quickstart)")
-    if fv.cpu_collectives:
+    except Exception as e:  # the config file itself failed: SyntaxError, its own errors, ...
+        raise cli.UsageError(f"--config {path}: {type(e).__name__}: {one_line(e)}") from None
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    """Parse the training command line: ``(options, config)``, the options of ``build_parser``
+    and the config file with its overrides (``load_config``). Bad options raise
+    ``cli.UsageError``; ``--help`` prints the help and exits 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, rest = _split_overrides(argv)
+    args = build_parser().parse_args(rest)
+    return args, load_config(args.config, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The training CLI: parse, join the cluster when asked, and train. Returns 0, or 1 when
+    training stopped on non-finite values (usage errors: ``cli.UsageError``, exit 2)."""
+    args, config = parse_args(argv)
+    if args.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if fv.distributed or fv.coordinator_address:
-        jax.distributed.initialize(coordinator_address=fv.coordinator_address,
-                                   num_processes=fv.num_processes, process_id=fv.process_id)
+    if args.distributed or args.coordinator_address:
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
     try:
-        train(fv.config, fv.workdir)
+        train(config, args.workdir)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -302,3 +302,95 @@ def test_prepare_corpus_in_a_real_process_finishes_without_traceback(corpus, tmp
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     for name, (_, o) in CASES.items():
         assert (f"skipped: {corpus / name}:" in r.stderr) == (o["prepare"] == "skipped"), name
+
+
+# ---------------------------------------------------------------- one CLI convention
+
+CLIS = ("train", "evaluate", "upscale", "prepare", "export")
+
+
+def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0():
+    """``python -m edsr_jax.X --no-such-option`` and ``--help`` for all five CLIs, as real
+    processes (so that nothing else, e.g. a library warning, reaches stderr): a bad option is
+    exactly one ``error: ...`` line naming it and exit 2; ``--help`` is usage on stdout, an
+    empty stderr and exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    required = {"train": ["--config", "experiments/quickstart.py", "--workdir", "w"], "evaluate": ["Set5"],
+                "upscale": ["a.png", "--checkpoint", "c", "--out", "o"], "prepare": ["hr", "--out", "o"],
+                "export": ["--checkpoint", "c", "--out", "o"]}
+    runs = {(tool, case): subprocess.Popen(
+        [sys.executable, "-m", f"edsr_jax.{tool}", *args], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for tool in CLIS
+        for case, args in (("bad", [*required[tool], "--no-such-option", "7"]), ("help", ["--help"]))}
+    for (tool, case), proc in runs.items():
+        out, err = proc.communicate(timeout=120)
+        if case == "bad":
+            assert proc.returncode == 2, (tool, err)
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0] == "error: unrecognized arguments: --no-such-option 7", (tool, err)
+            assert out == "", (tool, out)
+        else:
+            assert proc.returncode == 0, (tool, err)
+            assert out.startswith(f"usage: python -m edsr_jax.{tool}") and err == "", (tool, out, err)
+
+
+@pytest.mark.parametrize("tool, argv, message", [
+    ("train", ["--workdir", "w"], "the following arguments are required: --config"),
+    ("train", ["--config", "experiments/quickstart.py", "--workdir", "w", "extra"], "unrecognized arguments: extra"),
+    ("train", ["--config", "no/such/config.py", "--workdir", "w"], "--config no/such/config.py: no such file"),
+    ("train", ["--config", "README.md", "--workdir", "w"], "--config README.md: SyntaxError"),
+    ("train", ["--config", "experiments/quickstart.py", "--workdir", "w", "--config.optim.lr=abc"],
+     "flag --config.optim.lr=abc: could not convert string to float: 'abc'"),
+    ("train", ["--config", "experiments/quickstart.py", "--workdir", "w", "--config.optim.lrr", "1"],
+     'unknown config field among --config.optim.lrr (Did you mean "lr" instead of "lrr"?)'),
+    ("train", ["--config", "experiments/quickstart.py", "--workdir", "w", "--num_processes", "two"],
+     "argument --num_processes: invalid int value: 'two'"),
+    ("evaluate", ["--scales", "x", "Set5"], "argument --scales: expected scales from 2 3 4, got 'x'"),
+    ("evaluate", ["--bicubic"], "the following arguments are required: DATASET_DIR"),
+    ("evaluate", ["--tile", "0", "Set5"], "argument --tile: must be at least 1, got 0"),
+    ("upscale", ["a.png", "--out", "o"], "the following arguments are required: --checkpoint"),
+    ("upscale", ["a.png", "--checkpoint", "c", "--out", "o", "--dtype", "float16"],
+     "argument --dtype: invalid choice: 'float16'"),
+    ("prepare", ["hr", "--out", "o", "--scales", "two"], "argument --scales: invalid int value: 'two'"),
+    ("export", ["--out", "x"], "one of the arguments --checkpoint --from-torch is required"),
+    ("export", ["--checkpoint", "c", "--from-torch", "w.pt", "--out", "x"], "not allowed with argument"),
+])
+def test_option_errors_are_one_error_line_exit_2(tool, argv, message, capsys):
+    """The parsers' own errors (``cli.ArgumentParser``) in-process: one line, exit 2."""
+    import importlib
+
+    from conftest import ROOT
+
+    main = importlib.import_module(f"edsr_jax.{tool}").main
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        code, out, err = run_cli(main, argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (tool, argv, err)
+    assert message in lines[0], (tool, argv, err)
+
+
+def test_train_config_overrides_are_applied_in_either_form():
+    from edsr_jax import train
+
+    args, config = train.parse_args(["--config.optim.lr", "3e-4", "--config", "experiments/quickstart.py",
+                                     "--workdir", "w", "--config.train.steps=-5", "--cpu_collectives"])
+    assert (config.optim.lr, config.train.steps) == (3e-4, -5)
+    assert args.workdir == "w" and args.cpu_collectives and not args.distributed
+
+
+def test_run_maps_help_and_ctrl_c_to_their_exit_codes(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert cli.run(interrupted, []) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert cli.run(upscale.main, ["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m edsr_jax.upscale")
