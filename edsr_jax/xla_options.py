@@ -1,4 +1,5 @@
-"""XLA compiler options for the project's jitted functions, chosen per platform.
+"""Per-platform choices of how the project's jitted functions compile: XLA compiler options
+(``compiler_options``) and the formulation of the train step (``step_formulation``).
 
 On CPU, jaxlib 0.10 hands lone convolutions to YNNPACK fusions by default. For EDSR's 3x3
 convolutions XLA's own Eigen convolutions are faster in the input and weight gradients
@@ -28,6 +29,7 @@ several CPU devices, or a build without the oneDNN extension).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 YNN_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
@@ -60,3 +62,43 @@ def compiler_options(platform: str | None = None,
     if train_batch_per_device < 2:
         return None  # Eigen's weight gradient is slow with one sample (module docstring)
     return dict(TRAIN_OPTIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFormulation:
+    """How ``train.train_step`` is written for one platform.
+
+    ``guard``: "cond" (``lax.cond`` around the optimiser update) or "select" (the update always
+    runs; ``where(finite, new, old)`` keeps the old state after a non-finite step).
+    ``grads_in_param_layout``: constrain every gradient to its parameter's row-major layout.
+    """
+
+    guard: str
+    grads_in_param_layout: bool
+
+
+def step_formulation(platform: str | None = None) -> StepFormulation:
+    """The train-step formulation for ``platform`` ("cpu", "gpu", "tpu"; default: JAX's default
+    backend). Measured in ``benchmarks/accelerators.py`` (GPU, TPU: compiled without a device)
+    and ``benchmarks/train_step.py`` (CPU); numbers in BENCHMARKS.md."""
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    if platform == "cpu":
+        # A branch: the update runs fused once and nothing is copied when it applies, and the
+        # CPU runtime reads the predicate in-process (EDSR's Adam + guard 248 -> 70 ms on 2
+        # cores against the select). CPU convolutions keep HWIO kernels: no layout to fix.
+        return StepFormulation(guard="cond", grads_in_param_layout=False)
+    # GPU and TPU: no conditional. A GPU conditional's predicate is read by the host every
+    # step (a device-to-host sync that stalls asynchronous dispatch and CUDA-graph capture),
+    # and its branches copied the whole train state (2x its bytes per step, 8 H100s). The
+    # selects fuse into the per-parameter Adam kernels and write in place.
+    # GPU only: cuDNN returns weight gradients in its filter layout (OHWI); an Adam update
+    # mixing that with HWIO parameters fuses the transpose, cannot write in place, and XLA
+    # copied all of params, mu and nu into the donated buffers every step (15.7 MiB for
+    # EDSR-baseline, 466 MiB for EDSR; plain optax Adam too). With the gradients constrained
+    # to the parameters' layout the transpose is a small kernel of its own on the bfloat16
+    # gradient and the update copies nothing. On TPU the constraint added copies (v5e: the
+    # state already updates in place), so it stays off there.
+    return StepFormulation(guard="select", grads_in_param_layout=platform in ("gpu", "cuda", "rocm"))

@@ -1,0 +1,380 @@
+"""What a compiled XLA program does, read from its optimised HLO text.
+
+``program_stats(compiled.as_text())`` walks the computations the device executes (the entry,
+and the branches of conditionals and bodies of loops and calls; the bodies of fusions are
+kernels, not separate launches) and counts, per program:
+
+- kernels (one per launched op: fusions, library calls, copies, collectives, unfused ops),
+  split into cuDNN / cuBLAS / Triton / other custom calls and plain fusions;
+- ``copy`` ops and the bytes they move, conditionals, while loops;
+- host transfers (send / recv / infeed / outfeed, host callbacks, host-memory copies);
+- collectives with the bytes of their results;
+- per kernel FLOPs (convolutions and dots exactly from their shapes, elementwise ops one per
+  element) and bytes (operands read plus results written; an operand read only through
+  slices counts the slices), for ``roofline``.
+
+It is a reading of the text XLA prints (``%name = shape opcode(operands), attributes``), no
+XLA internals; the tests pin it against programs whose counts are known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+
+DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
+               "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+               "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16, "token": 0}
+ARRAY = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
+LINE = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
+HEADER = re.compile(r"^(ENTRY )?%([\w.\-]+) .*\{\s*$")
+
+# Ops that launch no work of their own (views, tuples, the second half of async pairs) or
+# whose work is counted in the computations they call.
+FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
+        "partition-id", "replica-id", "opt-barrier", "add-dependency",
+        "all-reduce-done", "all-gather-done", "collective-permute-done", "copy-done",
+        "async-done", "async-update", "send-done", "recv-done",
+        "conditional", "while", "call"}
+COLLECTIVES = {"all-reduce", "all-reduce-start", "all-gather", "all-gather-start",
+               "reduce-scatter", "all-to-all", "collective-permute", "collective-permute-start",
+               "ragged-all-to-all", "collective-broadcast"}
+HOST_OPS = {"send", "recv", "infeed", "outfeed"}
+ELEMENTWISE_FREE = FREE | {"broadcast", "reshape", "transpose", "slice", "dynamic-slice",
+                           "concatenate", "pad", "iota", "copy", "convert", "reverse",
+                           "dynamic-update-slice", "gather", "select"}
+
+
+@dataclasses.dataclass
+class Instr:
+    """One HLO instruction: ``name``, result ``shape`` text, ``opcode``, operand names and
+    the attribute text after the operands."""
+
+    name: str
+    shape: str
+    opcode: str
+    operands: list[str]
+    attrs: str
+
+
+def _split_shape(rest: str) -> tuple[str, str]:
+    """``"(f32[2], s32[]) tuple(...)"`` -> (shape text, the rest from the opcode on)."""
+    if rest.startswith("("):
+        depth = 0
+        for i, ch in enumerate(rest):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0:
+                return rest[: i + 1], rest[i + 2:]
+    shape, _, tail = rest.partition(" ")
+    return shape, tail
+
+
+def _operands(text: str) -> tuple[list[str], str]:
+    """Operand names inside the opcode's parentheses, and the attribute text after them."""
+    depth, i = 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "({"
+        depth -= ch in ")}"
+        if depth == 0:
+            break
+    inner, attrs = text[1:i], text[i + 1:]
+    return re.findall(r"%([\w.\-]+)", inner), attrs
+
+
+def parse(hlo_text: str) -> tuple[dict[str, list[Instr]], str]:
+    """Optimised HLO text -> ``({computation: [Instr, ...]}, entry computation name)``."""
+    comps: dict[str, list[Instr]] = {}
+    entry, current = "", None
+    for line in hlo_text.splitlines():
+        head = HEADER.match(line)
+        if head and not line.startswith(" "):
+            current = head.group(2)
+            comps[current] = []
+            if head.group(1):
+                entry = current
+            continue
+        m = LINE.match(line)
+        if m is None or current is None:
+            continue
+        shape, rest = _split_shape(m.group(2))
+        opcode, _, tail = rest.partition("(")
+        operands, attrs = _operands("(" + tail)
+        comps[current].append(Instr(m.group(1), shape, opcode.strip(), operands, attrs))
+    return comps, entry
+
+
+def arrays(shape: str) -> list[tuple[str, tuple[int, ...]]]:
+    """Every array in a (possibly tuple) shape text: ``[(dtype, dims), ...]``."""
+    return [(d, tuple(int(x) for x in dims.split(",") if x)) for d, dims in ARRAY.findall(shape)]
+
+
+def nbytes(shape: str) -> int:
+    """Bytes of every array in a shape text (a tuple's elements summed)."""
+    total = 0.0
+    for dtype, dims in arrays(shape):
+        n = 1
+        for x in dims:
+            n *= x
+        total += n * DTYPE_BYTES[dtype]
+    return int(total)
+
+
+def _elements(shape: str) -> int:
+    found = arrays(shape)
+    if not found:
+        return 0
+    n = 1
+    for x in found[0][1]:
+        n *= x
+    return n
+
+
+def _first_array_bytes(shape: str) -> int:
+    """Bytes of the first array of a shape (a copy-start's tuple is (destination, source, ...))."""
+    m = ARRAY.search(shape)
+    return nbytes(m.group(0)) if m else 0
+
+
+def _called(instr: Instr, key: str) -> list[str]:
+    m = re.search(key + r"=\{?([^}\s,]+(?:, ?%[\w.\-]+)*)\}?", instr.attrs)
+    return re.findall(r"%([\w.\-]+)", m.group(1)) if m else []
+
+
+def executed_computations(comps: dict[str, list[Instr]], entry: str) -> list[str]:
+    """The entry and every computation it runs as control flow (branches, loop bodies and
+    conditions, calls, async wrappers), not fusion bodies or reducers."""
+    seen, todo = [], [entry]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in comps:
+            continue
+        seen.append(name)
+        for ins in comps[name]:
+            if ins.opcode == "conditional":
+                todo += _called(ins, "branch_computations") + _called(ins, "true_computation") \
+                    + _called(ins, "false_computation")
+            elif ins.opcode == "while":
+                todo += _called(ins, "body") + _called(ins, "condition")
+            elif ins.opcode in ("call", "async-start"):
+                todo += _called(ins, "to_apply") + _called(ins, "calls")
+    return seen
+
+
+def _conv_flops(ins: Instr, shapes: dict[str, str]) -> float:
+    """2 x output elements x window elements x input features per group."""
+    window = re.search(r"window=\{size=([\dx]+)", ins.attrs)
+    labels = re.search(r"dim_labels=(\w+)_", ins.attrs)
+    if not (window and labels and ins.operands):
+        return 0.0
+    lhs = arrays(shapes.get(ins.operands[0], ""))
+    if not lhs:
+        return 0.0
+    feature = lhs[0][1][labels.group(1).index("f")]
+    groups = re.search(r"feature_group_count=(\d+)", ins.attrs)
+    feature //= int(groups.group(1)) if groups else 1
+    win = 1
+    for x in window.group(1).split("x"):
+        win *= int(x)
+    out = _elements(ins.shape)
+    if "convBackwardFilter" in ins.attrs and len(ins.operands) > 1:
+        # cuDNN calls keep the forward convolution's labels: (input, output gradient) -> filter.
+        out = _elements(shapes.get(ins.operands[1], ""))
+    return 2.0 * out * win * feature
+
+
+def _dot_flops(ins: Instr, shapes: dict[str, str]) -> float:
+    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.attrs) or re.search(
+        r'"lhs_contracting_dimensions":\[([^\]]*)\]', ins.attrs)
+    lhs = arrays(shapes.get(ins.operands[0], "")) if ins.operands else []
+    if not (contracting and lhs):
+        return 0.0
+    k = 1
+    for d in re.findall(r"\d+", contracting.group(1)):
+        k *= lhs[0][1][int(d)]
+    return 2.0 * _elements(ins.shape) * k
+
+
+def _flops(comps, name: str, shapes: dict[str, str], memo: dict) -> tuple[float, float]:
+    """(matrix-unit FLOPs, elementwise FLOPs) of a fused computation."""
+    if name in memo:
+        return memo[name]
+    mxu = vpu = 0.0
+    local = {i.name: i.shape for i in comps.get(name, [])}
+    for ins in comps.get(name, []):
+        a, b = _instr_flops(comps, ins, {**shapes, **local}, memo)
+        mxu, vpu = mxu + a, vpu + b
+    memo[name] = (mxu, vpu)
+    return mxu, vpu
+
+
+def _instr_flops(comps, ins: Instr, shapes, memo) -> tuple[float, float]:
+    if ins.opcode == "convolution" or (ins.opcode == "custom-call" and "$conv" in ins.attrs):
+        return _conv_flops(ins, shapes), 0.0
+    if ins.opcode == "dot" or (ins.opcode == "custom-call" and "$gemm" in ins.attrs):
+        return _dot_flops(ins, shapes), 0.0
+    if ins.opcode == "fusion":
+        return sum_pair(_flops(comps, c, {}, memo) for c in _called(ins, "calls"))
+    if ins.opcode in ("reduce", "reduce-window"):
+        return 0.0, float(sum(_elements(shapes.get(o, "")) for o in ins.operands[: max(1, len(ins.operands) // 2)]))
+    if ins.opcode in ELEMENTWISE_FREE or ins.opcode.endswith(("-start", "-done")):
+        return 0.0, 0.0
+    return 0.0, float(_elements(ins.shape))
+
+
+def sum_pair(pairs) -> tuple[float, float]:
+    a = b = 0.0
+    for x, y in pairs:
+        a, b = a + x, b + y
+    return a, b
+
+
+def _fusion_read_bytes(comps, ins: Instr, shapes: dict[str, str]) -> int:
+    """Bytes a fusion reads: each operand in full, unless the fused body only slices it."""
+    body = comps.get((_called(ins, "calls") or [""])[0], [])
+    params = {}
+    for i in body:
+        if i.opcode == "parameter":
+            m = re.match(r"(\d+)", i.attrs.strip()) or re.search(r"parameter\((\d+)\)", i.attrs)
+            idx = int(m.group(1)) if m else len(params)
+            params[i.name] = idx
+    users: dict[str, list[Instr]] = {}
+    for i in body:
+        for o in i.operands:
+            users.setdefault(o, []).append(i)
+    read = {}
+    for pname, idx in params.items():
+        if idx >= len(ins.operands):
+            continue
+        full = nbytes(shapes.get(ins.operands[idx], ""))
+        us = users.get(pname, [])
+        if us and all(u.opcode in ("slice", "dynamic-slice", "gather") for u in us):
+            full = min(full, sum(nbytes(u.shape) for u in us))
+        read[idx] = full
+    if not params:  # parameters not found: count every operand once
+        return sum(nbytes(shapes.get(o, "")) for o in set(ins.operands))
+    return sum(read.values())
+
+
+@dataclasses.dataclass
+class Kernel:
+    """One launched op: its name, kind, FLOPs (matrix unit / elementwise) and bytes moved."""
+
+    name: str
+    kind: str
+    mxu_flops: float
+    vpu_flops: float
+    bytes: int
+    dtype: str
+
+
+def kernel_kind(ins: Instr) -> str:
+    """cudnn / cublas / triton / custom-call / fusion / copy / collective / host / other."""
+    if ins.opcode == "custom-call":
+        target = re.search(r'custom_call_target="([^"]+)"', ins.attrs)
+        t = target.group(1) if target else ""
+        if t.startswith("__cudnn"):
+            return "cudnn"
+        if t.startswith("__cublas"):
+            return "cublas"
+        if "triton" in t.lower():
+            return "triton"
+        if "callback" in t.lower() or "host" in t.lower():
+            return "host"
+        return "custom-call"
+    if ins.opcode == "fusion":
+        return "triton" if "__triton" in ins.attrs else "fusion"
+    if ins.opcode in ("copy", "copy-start"):
+        return "copy"
+    if ins.opcode in COLLECTIVES:
+        return "collective"
+    if ins.opcode in HOST_OPS:
+        return "host"
+    return "other"
+
+
+@dataclasses.dataclass
+class ProgramStats:
+    """Counts of one compiled program (see the module docstring)."""
+
+    kernels: list[Kernel]
+    kinds: Counter
+    copies: int
+    copy_bytes: int
+    conditionals: int
+    loops: int
+    host_transfers: list[str]
+    collectives: list[tuple[str, int]]
+
+    @property
+    def collective_bytes(self) -> int:
+        return sum(b for _, b in self.collectives)
+
+
+def program_stats(hlo_text: str) -> ProgramStats:
+    """Parse an optimised HLO module text and count what its executed computations launch."""
+    comps, entry = parse(hlo_text)
+    shapes = {i.name: i.shape for c in comps.values() for i in c}
+    memo: dict = {}
+    kernels, kinds = [], Counter()
+    copies = copy_bytes = conditionals = loops = 0
+    host, collectives = [], []
+    for name in executed_computations(comps, entry):
+        for ins in comps[name]:
+            if ins.opcode == "conditional":
+                conditionals += 1
+            if ins.opcode == "while":
+                loops += 1
+            if ins.opcode in FREE:
+                continue
+            kind = kernel_kind(ins)
+            if ins.opcode.startswith("copy") and "S(5)" in ins.shape:
+                kind = "host"
+            kinds[kind] += 1
+            if kind == "copy":
+                copies += 1
+                copy_bytes += _first_array_bytes(ins.shape)
+            if kind == "host":
+                host.append(f"{ins.opcode} {ins.name}")
+            if kind == "collective":
+                collectives.append((ins.opcode, nbytes(ins.shape)))
+            mxu, vpu = _instr_flops(comps, ins, shapes, memo)
+            read = (_fusion_read_bytes(comps, ins, shapes) if ins.opcode == "fusion"
+                    else sum(nbytes(shapes.get(o, "")) for o in ins.operands))
+            found = arrays(ins.shape)
+            kernels.append(Kernel(ins.name, kind, mxu, vpu, read + nbytes(ins.shape),
+                                  found[0][0] if found else ""))
+    return ProgramStats(kernels, kinds, copies, copy_bytes, conditionals, loops, host, collectives)
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """Published peaks of one accelerator: ``matrix_tflops`` per operand dtype (dense),
+    ``vector_tflops`` for elementwise work, HBM ``bandwidth_gbs``, ``memory_gib``, and the
+    fixed cost charged per launched kernel (``launch_us``)."""
+
+    name: str
+    matrix_tflops: dict
+    vector_tflops: float
+    bandwidth_gbs: float
+    memory_gib: float
+    launch_us: float
+    interconnect_gbs: float
+
+
+def roofline_seconds(stats: ProgramStats, device: Device, launch_us: float | None = None) -> float:
+    """Estimated run time: each kernel takes the longer of its compute and memory time, plus
+    a fixed launch cost; collectives move their bytes twice (ring all-reduce) over the
+    interconnect. Kernels run one after another (no overlap assumed)."""
+    launch = device.launch_us if launch_us is None else launch_us
+    total = 0.0
+    for k in stats.kernels:
+        if k.kind == "collective":
+            total += 2.0 * k.bytes / 2 / (device.interconnect_gbs * 1e9) + launch * 1e-6
+            continue
+        peak = device.matrix_tflops.get(k.dtype, device.matrix_tflops.get("bf16"))
+        compute = k.mxu_flops / (peak * 1e12) + k.vpu_flops / (device.vector_tflops * 1e12)
+        memory = k.bytes / (device.bandwidth_gbs * 1e9)
+        total += max(compute, memory) + launch * 1e-6
+    return total
