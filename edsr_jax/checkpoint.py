@@ -65,20 +65,28 @@ def quiet_orbax_logs() -> None:
 
 
 def make_manager(directory: str | Path, *, keep_last: int = 2, keep_best: int = 1,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+                 read_only: bool = False, protocol: int | Callable[[], int] = 0) -> ocp.CheckpointManager:
     """A CheckpointManager that keeps the newest ``keep_last`` steps and the best
-    ``keep_best`` by validation PSNR (``metrics={"psnr": float}`` passed to ``save``).
+    ``keep_best`` by validation PSNR (``metrics={"psnr": float, "protocol": int}`` passed to
+    ``save``). Only steps scored under the current validation ``protocol`` (a number, or a
+    function giving it) compete for best: a PSNR measured another way never evicts one of
+    this protocol (it ranks below all of them).
 
     Saves are asynchronous; stray temporary directories of interrupted saves are removed.
     """
     quiet_orbax_logs()
+    current = protocol if callable(protocol) else (lambda: protocol)
+
+    def score(m: dict) -> float:
+        return float(m[PSNR_KEY]) if int(m.get("protocol", 0)) == current() else float("-inf")
+
     keep = [policies.LatestN(max(1, keep_last))]
     if keep_best > 0:
-        keep.append(policies.BestN(get_metric_fn=lambda m: m[PSNR_KEY], n=keep_best,
+        keep.append(policies.BestN(get_metric_fn=score, n=keep_best,
                                    keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep),
-        best_fn=lambda m: m[PSNR_KEY], best_mode="max",
+        best_fn=score, best_mode="max",
         cleanup_tmp_directories=not read_only, read_only=read_only,
         create=not read_only, enable_async_checkpointing=True)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
@@ -99,7 +107,33 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict, *, config: dict
     items["config"] = ocp.args.JsonSave(config)
     if data_iter is not None:
         items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-    manager.save(int(step), args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    try:
+        manager.save(int(step), args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    except Exception as e:  # this save, or the previous async one, could not be written
+        _raise_write_failure(manager, e)
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Wait for the async save in flight; a failed one (e.g. a full disk) becomes one
+    ``outputs.WriteError`` line naming the folder and the newest complete step."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:
+        _raise_write_failure(manager, e)
+
+
+def _raise_write_failure(manager: ocp.CheckpointManager, e: Exception) -> None:
+    from edsr_jax import outputs
+
+    text = str(e)
+    if isinstance(e, OSError) or "No space left" in text or "RESOURCE_EXHAUSTED" in text or "os_error_code" in text:
+        steps = step_numbers(manager.directory)
+        reason = "no space left on device" if ("No space left" in text or "RESOURCE_EXHAUSTED" in text) else \
+            (outputs.describe_os_error(e) if isinstance(e, OSError) else " ".join(text.split())[:120])
+        raise outputs.WriteError(
+            f"{manager.directory}: could not write a checkpoint ({reason}); the newest complete one is "
+            + (f"step {steps[0]}" if steps else "none") + " (an unfinished save is never resumed from)") from None
+    raise e
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, *,
@@ -275,13 +309,18 @@ def read_step(step_dir: str | Path, abstract_state, *, data_iter=None, optional:
     differs is carried over with ``graft`` when every array finds its place (a note says
     so). ``check_config(config)`` may raise (e.g. CheckpointMismatch), which is passed on.
     ``data_iter``'s position is set last, once everything else has been read; a step
-    without a data-iterator item is used with a note.
+    without a data-iterator item is used with a note. ``data_iter`` may also be a function
+    ``config -> iterator or None`` (None: the position is not restored).
 
     Raises ItemDamaged naming the first item that is missing or unreadable.
     """
     import grain
 
     step_dir = Path(step_dir)
+    if data_iter is not None and callable(data_iter) and not hasattr(data_iter, "get_state"):
+        choose_iter, data_iter = data_iter, None
+    else:
+        choose_iter = None
     try:
         present = saved_items(step_dir)
     except OSError as e:
@@ -291,6 +330,8 @@ def read_step(step_dir: str | Path, abstract_state, *, data_iter=None, optional:
         raise ItemDamaged("config", "holds no model description")
     if check_config is not None:
         check_config(config)
+    if choose_iter is not None:
+        data_iter = choose_iter(config)
     if callable(abstract_state):
         try:
             abstract_state = abstract_state(config, present)
@@ -406,6 +447,41 @@ def candidates(path: str | Path) -> tuple[Path, list[int], bool]:
     if not steps:
         raise CheckpointNotFound(f"{path}: holds no complete checkpoint")
     return directory, steps, False
+
+
+def not_a_run_folder(path: str | Path) -> str | None:
+    """What ``path`` is when it cannot be a training workdir, else None (also for a new or
+    empty folder, or a run's own workdir):
+
+    a run's ``checkpoints`` folder, one checkpoint step, one item of a step, an Orbax
+    temporary folder, a dataset or image folder, or a params-only checkpoint
+    (``export --from-torch``, ``save_params_checkpoint``: no optimiser state to resume)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    names = {p.name for p in path.iterdir()}
+    if "_CHECKPOINT_METADATA" in names or (path.name.isdigit() and names & {"params", "config", "meta"}):
+        return f"a checkpoint step folder (of {path.parent})"
+    if names & {"_METADATA", "manifest.ocdbt", "_sharding"} or "metadata" in names and "commit_success.txt" in names:
+        return f"one item of a checkpoint step ({path.parent})"
+    if ".orbax-checkpoint-tmp" in path.name:
+        return "an unfinished (temporary) checkpoint folder"
+    steps = step_numbers(path)
+    if steps and not (path / CHECKPOINT_DIR).exists():
+        return "a run's checkpoints folder; pass the run's workdir (its parent) instead"
+    if "HR" in names and any(n.startswith("LR_") for n in names):
+        return "a dataset folder (DIV2K layout, e.g. made by prepare), not a run"
+    from edsr_jax.images import is_image_file
+
+    if any(is_image_file(n) for n in names):
+        return "a folder of images, not a run"
+    ck = path / CHECKPOINT_DIR
+    steps = step_numbers(ck)
+    if steps and all(not (ck / str(s) / "opt_state").exists() and not (ck / str(s) / "counters").exists()
+                     for s in steps):
+        return ("a params-only checkpoint (an imported or exported model, no optimiser state); "
+                f"fine-tune from it with --config.train.init_from={path} and a new --workdir")
+    return None
 
 
 def locate(path: str | Path) -> tuple[Path, int]:
