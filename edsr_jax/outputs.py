@@ -181,8 +181,11 @@ def inside(folder: str | os.PathLike, name: str, *, option: str) -> Path:
             raise UsageError(f"{option}: output name {part[:40]!r}... is {len(os.fsencode(part))} bytes, "
                              f"longer than the file system allows ({limit})")
     base = folder.resolve()
-    target = (folder / name).resolve()
-    if target != base and base not in target.parents:
+    joined = folder / name
+    # The folders on the way are resolved (a link among them may point out); the file itself
+    # is not followed: writers replace a link at the target, they never write through it.
+    target = joined.parent.resolve() / joined.name
+    if joined.name in ("", ".", "..") or (target != base and base not in target.parents):
         raise UsageError(f"{option}: output {folder / name} would be written outside {folder}")
     return folder / name
 
