@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax import export
 
-from edsr_jax import xla_options
+from edsr_jax import cli, xla_options
 
 MAGIC = b"EDSRJAX-STABLEHLO 1\n"
 
@@ -75,20 +75,24 @@ def load(path: str | Path) -> StableHLOModel:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 3:
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
-        return 2
+    """Upscale one image file with an artifact: returns 0 (usage errors, an unreadable artifact
+    or image: ``cli.UsageError``, one ``error:`` line and exit 2 under ``cli.run``)."""
     from edsr_jax.images import ImageError, read_rgb, write_image
 
+    p = cli.ArgumentParser(prog="python -m edsr_jax.stablehlo_runner",
+                           description="Upscale an image with an exported StableHLO artifact "
+                                       "(JAX and NumPy only).")
+    p.add_argument("model", metavar="MODEL", help="artifact written by export --format stablehlo")
+    p.add_argument("input", metavar="INPUT", help="image file to upscale")
+    p.add_argument("output", metavar="OUTPUT", help="image file to write")
+    args = p.parse_args(argv)
     try:
-        model = load(argv[0])
-        write_image(argv[2], model(read_rgb(argv[1])))
+        model = load(args.model)
+        write_image(args.output, model(read_rgb(args.input)))
     except (OSError, ValueError, ImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(str(e)) from None
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
