@@ -45,7 +45,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     try:
         return int(main(argv) or 0)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_shorten_numbers(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -54,6 +54,14 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+
+
+def _shorten_numbers(message: str) -> str:
+    """A value with thousands of digits echoed in a message is shown by its first digits
+    and its length, so the error stays one readable line."""
+    import re
+
+    return re.sub(r"\d{40,}", lambda m: f"{m.group()[:12]}...({len(m.group())} digits)", message)
 
 
 def image_folder(folder: str | Path) -> list[Path]:
