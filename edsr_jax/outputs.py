@@ -100,6 +100,39 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO], Non
     return path
 
 
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line (a JSON record) to a log file, fsynced. When the file's last line was
+    torn by a crash (no final newline), the new line starts on a line of its own, so the
+    torn one never swallows it. WriteError (one line naming ``path``) on a full disk."""
+    path = Path(path)
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    try:
+        with open(path, "ab+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise write_error(path, e, "a record") from None
+
+
+def check_appendable(path: str | os.PathLike) -> None:
+    """UsageError naming ``path`` when an existing log file cannot be opened for appending
+    (a folder, no permission); checked before a long run, not after its first hour."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be appended to ({describe_os_error(e)})") from None
+
+
 def save_with(path: str | os.PathLike, save: Callable[[str], None], *, overwrite: bool = False) -> Path:
     """``atomic_write`` for libraries that save to a file name (``save(tmp_name)``, e.g. PIL)."""
     path = Path(path)
