@@ -306,11 +306,12 @@ def test_prepare_corpus_in_a_real_process_finishes_without_traceback(corpus, tmp
 
 # ---------------------------------------------------------------- one CLI convention
 
-CLIS = ("train", "evaluate", "upscale", "prepare", "export")
+CLIS = ("train", "evaluate", "upscale", "prepare", "export", "stablehlo_runner")
 
 
 def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0():
-    """``python -m edsr_jax.X --no-such-option`` and ``--help`` for all five CLIs, as real
+    """``python -m edsr_jax.X --no-such-option`` and ``--help`` for all five CLIs and the
+    StableHLO runner, as real
     processes (so that nothing else, e.g. a library warning, reaches stderr): a bad option is
     exactly one ``error: ...`` line naming it and exit 2; ``--help`` is usage on stdout, an
     empty stderr and exit 0."""
@@ -323,7 +324,7 @@ def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0(
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     required = {"train": ["--config", "experiments/quickstart.py", "--workdir", "w"], "evaluate": ["Set5"],
                 "upscale": ["a.png", "--checkpoint", "c", "--out", "o"], "prepare": ["hr", "--out", "o"],
-                "export": ["--checkpoint", "c", "--out", "o"]}
+                "export": ["--checkpoint", "c", "--out", "o"], "stablehlo_runner": ["m", "i", "o"]}
     runs = {(tool, case): subprocess.Popen(
         [sys.executable, "-m", f"edsr_jax.{tool}", *args], cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
