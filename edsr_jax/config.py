@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from edsr_jax.model import SCALES, ModelConfig, preset
+from edsr_jax import SCALES, model
+from edsr_jax.model import ModelConfig, preset
 
 LOSSES = ("l1", "l2", "charbonnier")
-DTYPES = ("float32", "bfloat16")
-CONV_BACKENDS = ("auto", "xla", "onednn")
+DTYPES = tuple(model.DTYPES)  # names of the compute dtypes
+CONV_BACKENDS = ("auto", *model.CONV_BACKENDS)  # train.conv_backend: "auto" picks one
 NAN_POLICIES = ("stop", "skip")
 SCHEDULES = ("step", "cosine")
 SOURCES = ("hr", "paired")

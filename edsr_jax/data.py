@@ -44,8 +44,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from edsr_jax import cache as cache_lib
-from edsr_jax.images import IMAGE_SUFFIXES, ImageError, image_files, read_rgb
-from edsr_jax.imresize import imresize
+from edsr_jax.images import IMAGE_SUFFIXES, ImageError, image_files
 
 
 class DatasetError(ValueError):
@@ -463,45 +462,7 @@ def make_train_dataset(source, *, patch_size: int, batch_size: int, seed: int,
     return it
 
 
-# ----------------------------------------------------------------------------- validation
-
-def validation_pairs(paths_or_folder, scale: int, spec: str | None = None,
-                     max_images: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Whole-image pairs for evaluation: ``[(name, lr (h, w, 3), hr (h*s, w*s, 3))]`` uint8.
-
-    HR is cropped at the bottom/right to a multiple of ``scale``. LR is MATLAB bicubic
-    (``imresize(hr, 1/scale)``, the papers' protocol) when ``spec`` is None, else
-    ``degrade.parse(spec)`` with a generator seeded from the image name (the same
-    image always gets the same degradation). Unreadable files raise ``ImageError``;
-    images smaller than ``scale`` are skipped with a warning.
-    """
-    s = _check_scale(scale)
-    pipe = _pipeline(spec, s) if spec is not None else None
-    paths = _image_paths(paths_or_folder)
-    if max_images is not None:
-        paths = paths[:max_images]
-    out, small = [], []
-    for path in paths:
-        hr = read_rgb(path)
-        h, w = hr.shape[0] // s, hr.shape[1] // s
-        if h == 0 or w == 0:
-            small.append(f"{path} ({hr.shape[1]}x{hr.shape[0]})")
-            continue
-        hr = np.ascontiguousarray(hr[: h * s, : w * s])
-        if pipe is None:
-            lr = imresize(hr, 1.0 / s)
-        else:
-            from edsr_jax.degrade import image_rng  # noqa: PLC0415 - as in _pipeline
-
-            lr = pipe(hr, image_rng(path.name))
-        out.append((path.stem, lr, hr))
-    _warn_skipped(f"images smaller than the scale {s}", small)
-    if not out:
-        raise DatasetError(f"{paths_or_folder}: no images of at least {s}x{s} pixels")
-    return out
-
-
 __all__ = [
     "DatasetError", "EpochShuffle", "HROnlySource", "PairedFolderSource", "PatchSampler",
-    "make_train_dataset", "symmetry", "usable_images", "validation_pairs",
+    "make_train_dataset", "symmetry", "usable_images",
 ]

@@ -7,7 +7,8 @@ SSIM on the Y channel with ``scale`` pixels of border removed.
     python -m edsr_jax.evaluate --bicubic --scales 2 3 4 --json results.json DATASET_DIR...
     python -m edsr_jax.evaluate --checkpoint WORKDIR --bicubic DATASET_DIR...
 
-``evaluate_folder`` is the same scoring as a function, for research code and the trainer.
+The protocol itself (pairs, scoring, panels) is ``edsr_jax.evaluator``, which the trainer
+uses too; ``evaluator.evaluate_folder`` is this CLI's scoring as a function, for research code.
 """
 
 from __future__ import annotations
@@ -20,144 +21,12 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from edsr_jax import cli
-from edsr_jax.images import ImageError, list_images, read_rgb, write_image
-from edsr_jax.imresize import imresize
-from edsr_jax.metrics import psnr, ssim
-
-SCALES = (2, 3, 4)
-PANEL_CROP = 192  # HR pixels (at most) of each side of a saved comparison crop
-PANEL_GAP = 4
-
-UpscaleFn = Callable[[np.ndarray, int], np.ndarray]
-
-
-def modcrop(hr: np.ndarray, scale: int) -> np.ndarray:
-    """``(H, W, C)`` -> ``(H - H % scale, W - W % scale, C)``, keeping the top-left corner."""
-    h, w = hr.shape[:2]
-    return hr[: h - h % scale, : w - w % scale]
-
-
-def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    """The bicubic baseline: ``(h, w, 3) uint8`` -> ``(h*scale, w*scale, 3) uint8`` (MATLAB imresize)."""
-    return imresize(lr, scale)
-
-
-def score_image(hr: np.ndarray, scale: int, upscale_fn: UpscaleFn,
-                lr: np.ndarray | None = None) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Score one HR image: ``hr (H, W, 3) uint8`` with H, W multiples of ``scale``.
-
-    Returns ``(psnr_db, ssim, lr, sr)``: ``lr`` ``(H/s, W/s, 3) uint8`` is the given one or
-    ``imresize(hr, 1/scale)`` (the papers' protocol), ``sr = upscale_fn(lr, scale)``
-    ``(H, W, 3) uint8``; metrics on Y with a ``scale``-pixel border.
-    """
-    if lr is None:
-        lr = imresize(hr, 1.0 / scale)
-    sr = np.asarray(upscale_fn(lr, scale))
-    if sr.shape != hr.shape:
-        raise ValueError(f"upscaler returned shape {sr.shape} for LR {lr.shape} at x{scale}; expected {hr.shape}")
-    return psnr(sr, hr, crop_border=scale), ssim(sr, hr, crop_border=scale), lr, sr
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "method"
-
-
-def panel_path(save_dir: str | os.PathLike, dataset: str, scale: int, image: str, method: str) -> Path:
-    """Where ``--save-images`` puts one comparison: ``DIR/dataset/xS/stem_method.png``."""
-    return Path(save_dir) / _safe_name(dataset) / f"x{scale}" / f"{Path(image).stem}_{_safe_name(method)}.png"
-
-
-def comparison_panel(lr: np.ndarray, sr: np.ndarray, hr: np.ndarray, scale: int,
-                     method: str) -> np.ndarray:
-    """Side-by-side centre crops ``LR (nearest) | bicubic | SR | HR`` as ``(h, w, 3) uint8``.
-
-    The SR panel is left out when ``method`` is "bicubic" (it would repeat the bicubic one).
-    """
-    h, w = hr.shape[:2]
-    ch, cw = min(h, PANEL_CROP) // scale * scale, min(w, PANEL_CROP) // scale * scale
-    top, left = (h - ch) // 2 // scale * scale, (w - cw) // 2 // scale * scale
-    hr_box = (slice(top, top + ch), slice(left, left + cw))
-    lr_crop = lr[top // scale:(top + ch) // scale, left // scale:(left + cw) // scale]
-    nearest = np.repeat(np.repeat(lr_crop, scale, axis=0), scale, axis=1)
-    bicubic = bicubic_upscale(lr, scale)[hr_box]
-    panels = [nearest, bicubic] + ([] if method == "bicubic" else [sr[hr_box]]) + [hr[hr_box]]
-    gap = np.full((ch, PANEL_GAP, 3), 255, np.uint8)
-    row = []
-    for p in panels:
-        row += [p, gap]
-    return np.concatenate(row[:-1], axis=1)
-
-
-def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn, method: str, *,
-                    max_images: int | None = None, save_dir: str | os.PathLike | None = None,
-                    overwrite: bool = False, progress: bool = True, warn: bool = True,
-                    spec: str | None = None) -> dict:
-    """Score every image of ``folder`` (HR images) at ``scale`` with ``upscale_fn``.
-
-    ``upscale_fn(lr (h, w, 3) uint8, scale) -> sr (h*scale, w*scale, 3) uint8``.
-    Returns ``{"dataset", "scale", "method", "psnr", "ssim", "images", "per_image": [{"image",
-    "psnr", "ssim"}], "failed": [{"image", "error"}]}``; ``psnr``/``ssim`` are the means over
-    scored images (None when none was). Unreadable images are reported on stderr and listed
-    in ``failed`` (``warn=False``: listed only); the rest are still scored. Conversions
-    (grayscale, CMYK, EXIF rotation...) are noted on stderr too (``warn=False``: not).
-    ``save_dir`` writes comparison crops (PNG). ``spec``: LR made by this degradation
-    (``degrade.parse(spec, scale)``, seeded per image name) instead of MATLAB bicubic.
-    Raises ``ImageError`` when the folder does not exist.
-    """
-    from tqdm import tqdm
-
-    degrade_fn = None
-    if spec:
-        from edsr_jax import degrade
-
-        pipe = degrade.parse(spec, scale=scale)
-        degrade_fn = lambda hr, name: pipe(hr, degrade.image_rng(name))  # noqa: E731
-
-    folder = Path(folder)
-    paths = list_images(folder)
-    if max_images is not None:
-        paths = paths[:max_images]
-    per_image, failed = [], []
-    bar = tqdm(paths, desc=f"{folder.name} x{scale} {method}", unit="img", file=sys.stderr,
-               disable=None if progress else True, leave=False)
-    for path in bar:
-        notes: list[str] = []
-        try:
-            hr = modcrop(read_rgb(path, notes), scale)
-            if min(hr.shape[:2]) < 2 * scale + 11:
-                raise ImageError(f"{path}: {hr.shape[1]}x{hr.shape[0]} pixels is too small "
-                                 f"to score at x{scale}")
-        except ImageError as e:
-            if warn:
-                tqdm.write(f"skipped: {e}", file=sys.stderr)
-            failed.append({"image": str(path), "error": str(e)})
-            continue
-        if warn:
-            for note in notes:
-                tqdm.write(f"note: {note}", file=sys.stderr)
-        lr = degrade_fn(hr, path.name) if degrade_fn else None
-        p, s, lr, sr = score_image(hr, scale, upscale_fn, lr)
-        per_image.append({"image": path.name, "psnr": p, "ssim": s})
-        if save_dir is not None:
-            write_image(panel_path(save_dir, folder.name, scale, path.name, method),
-                        comparison_panel(lr, sr, hr, scale, method), overwrite=overwrite)
-    bar.close()
-    return {
-        "dataset": folder.name,
-        "scale": int(scale),
-        "method": method,
-        "degradation": spec or f"bicubic({scale})",
-        "psnr": float(np.mean([r["psnr"] for r in per_image])) if per_image else None,
-        "ssim": float(np.mean([r["ssim"] for r in per_image])) if per_image else None,
-        "images": len(per_image),
-        "per_image": per_image,
-        "failed": failed,
-    }
+from edsr_jax import SCALES, cli
+from edsr_jax.evaluator import UpscaleFn, bicubic_upscale, evaluate_folder, panel_path
 
 
 def _positive_int(text: str) -> int:

@@ -90,7 +90,11 @@ class DeviceFeed:
         """Part of Grain's checkpoint protocol; prefetching starts at the first batch."""
 
     def close(self) -> None:
-        """Stop the background thread."""
+        """Stop the background thread, then close the underlying iterator (Grain's prefetch
+        threads or worker processes) when it can be closed. Safe to call twice."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()

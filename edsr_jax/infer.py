@@ -32,10 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from edsr_jax import onednn_conv, xla_options
-from edsr_jax.model import PRESETS, Conv3x3, ModelConfig, receptive_radius
+from edsr_jax.model import DTYPES, PRESETS, Conv3x3, ModelConfig, receptive_radius
 
 MIN_BUCKET = 16
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Traces of the jitted forward pass per (config, dtype name, conv backend "xla"/"onednn"):
 # one per compiled shape.

@@ -14,8 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from edsr_jax import SCALES
+
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
-SCALES = (2, 3, 4)
+# Compute dtypes by their config name (``model.dtype``); parameters are stored in float32.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # name -> (num_blocks, num_features, res_scale), as in the paper and its release.
 PRESETS: dict[str, tuple[int, int, float]] = {
@@ -217,7 +220,6 @@ def receptive_radius(config: ModelConfig) -> int:
 
 
 def count_params(params) -> int:
-    """Number of scalars in a parameter pytree."""
-    import jax
-
+    """Number of scalars in a parameter pytree (arrays or ``jax.ShapeDtypeStruct``s, e.g. from
+    ``jax.eval_shape``): EDSR-baseline x2 has 1,369,859."""
     return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

@@ -2,21 +2,23 @@
 
 One mesh over every device of every process (axis ``data``); the global batch is sharded
 over it, params and optimizer state are replicated, and ``jax.jit`` inserts the gradient
-all-reduce. The step functions are pure; ``train`` is the loop around them: data,
-evaluation, logging and Orbax checkpoints. Re-running the same command resumes.
+all-reduce. The step functions are pure; ``Run`` sets a run up once (mesh and shardings,
+model, optimiser, compiled step, batch feed, checkpoint manager, validation set) and
+``loop`` steps it, with logging (``run_log``), evaluation (``evaluator``) and Orbax
+checkpoints at their intervals. ``train`` is the two, closed through one ``ExitStack``.
+Re-running the same command resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +28,10 @@ from flax import struct
 
 from edsr_jax import checkpoint, cli, onednn_conv, xla_options
 from edsr_jax import config as config_lib
-from edsr_jax.model import EDSR, ModelConfig
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from edsr_jax.evaluator import Evaluator
+from edsr_jax.images import ImageError
+from edsr_jax.model import DTYPES, EDSR, ModelConfig, count_params
+from edsr_jax.run_log import Logger, StopRequest
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -150,15 +153,32 @@ def make_mesh() -> jax.sharding.Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
+class Shardings(NamedTuple):
+    """Where a run's arrays live on the mesh: ``replicated`` (metrics, whole arrays on every
+    device), ``batch`` (split along axis ``data``) and ``state`` (a TrainState-shaped tree of
+    ``replicated``)."""
+
+    replicated: jax.sharding.NamedSharding
+    batch: jax.sharding.NamedSharding
+    state: Any
+
+
+def make_shardings(mesh: jax.sharding.Mesh, state_shape) -> Shardings:
+    """The ``Shardings`` of a data-parallel run on ``mesh`` for a state shaped like ``state_shape``."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return Shardings(replicated, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+                     jax.tree_util.tree_map(lambda _: replicated, state_shape))
+
+
 def compile_train_step(model: EDSR, tx, config, mesh: jax.sharding.Mesh, state_shape,
-                       compiler_options: dict | None = None) -> Callable:
+                       compiler_options: dict | None = None,
+                       shardings: Shardings | None = None) -> Callable:
     """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated.
 
     ``compiler_options`` default to ``xla_options.compiler_options`` of the mesh's platform
-    (pass ``{}`` for XLA's own defaults)."""
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    state_sharding = jax.tree_util.tree_map(lambda _: replicated, state_shape)
+    (pass ``{}`` for XLA's own defaults); ``shardings`` default to ``make_shardings``."""
+    shardings = shardings or make_shardings(mesh, state_shape)
+    replicated, batch_sharding, state_sharding = shardings
     step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
                              charbonnier_eps=config.optim.charbonnier_eps,
                              ema_decay=float(config.train.ema))
@@ -222,151 +242,7 @@ def check_workdir(workdir: Path, need_bytes: int) -> None:
                              f"about {need_bytes / 2**20:.0f} MiB")
 
 
-def build_data(config, process_index: int, process_count: int):
-    """Training dataset (Grain IterDataset) and validation pairs from the config."""
-    from edsr_jax import data, sample_data
-
-    d = config.data
-    scale = int(config.model.scale)
-    cache = d.cache_dir or None
-    train_src = sample_data.resolve(d.train, "train")
-    if isinstance(train_src, str) and not Path(train_src).is_dir():
-        raise cli.UsageError(f"config.data.train = {train_src!r}: no such folder")
-    if d.source == "paired":
-        if not isinstance(train_src, str):
-            raise cli.UsageError("config.data.source = 'paired' needs config.data.train to be a folder")
-        source = data.PairedFolderSource(train_src, scale, lr_name=d.lr_name, cache_dir=cache)
-    else:
-        source = data.HROnlySource(train_src, scale, spec=d.spec or None, cache_dir=cache)
-    dataset = data.make_train_dataset(
-        source, patch_size=int(d.patch_size), batch_size=int(d.batch_size), seed=int(config.train.seed),
-        patches_per_image=int(d.patches_per_image), num_workers=int(d.num_workers),
-        process_index=process_index, process_count=process_count)
-    val_src = sample_data.resolve(d.val, "val")
-    if isinstance(val_src, str) and not Path(val_src).is_dir():
-        raise cli.UsageError(f"config.data.val = {val_src!r}: no such folder")
-    val = data.validation_pairs(val_src, scale, spec=d.val_spec or None,
-                                max_images=int(d.val_max_images) or None)
-    return dataset, val
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def bicubic_baseline(val_pairs, scale: int) -> dict:
-    """Mean ``{"bicubic_psnr", "bicubic_ssim"}`` of MATLAB bicubic upscaling on the validation
-    pairs (the papers' protocol); fixed for a run, so computed once."""
-    from edsr_jax.evaluate import bicubic_upscale, score_image
-
-    scores = np.asarray([score_image(hr, scale, bicubic_upscale, lr)[:2] for _, lr, hr in val_pairs])
-    return {"bicubic_psnr": float(scores[:, 0].mean()), "bicubic_ssim": float(scores[:, 1].mean())}
-
-
-def evaluate(model_config: ModelConfig, params, val_pairs, baseline: dict,
-             dtype: str = "float32") -> dict:
-    """PSNR / SSIM (Y channel, border = scale) of the model on whole validation images.
-
-    Returns ``{"psnr", "ssim", "images"}``, the ``baseline`` entries (``bicubic_baseline``)
-    and ``"sample"``: (lr, sr, hr) uint8 of the first image for image panels.
-    """
-    from edsr_jax.evaluate import score_image
-    from edsr_jax.infer import Upscaler
-
-    upscaler = Upscaler(model_config, params, dtype=dtype)
-    s = model_config.scale
-    rows, sample = [], None
-    for _, lr, hr in val_pairs:
-        p, ss, _, sr = score_image(hr, s, lambda x, _: upscaler(x), lr)
-        rows.append((p, ss))
-        if sample is None:
-            sample = (lr, sr, hr)
-    mean = np.mean(np.asarray(rows, np.float64), axis=0)
-    return {"psnr": float(mean[0]), "ssim": float(mean[1]), **baseline, "images": len(rows),
-            "sample": sample}
-
-
-# --------------------------------------------------------------------------- the loop
-
-
-class Logger:
-    """Progress bar, TensorBoard events and ``metrics.jsonl``; silent off process 0."""
-
-    def __init__(self, workdir: Path, total: int, start: int, enabled: bool):
-        self.enabled = enabled
-        self.bar = self.tb = None
-        self.jsonl = workdir / "metrics.jsonl"
-        if enabled:
-            from tqdm import tqdm
-            from tensorboardX import SummaryWriter
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                            file=sys.stderr, mininterval=1.0)
-            self.tb = SummaryWriter(str(workdir / "tb"))
-
-    def say(self, text: str) -> None:
-        if self.enabled:
-            (self.bar.write if self.bar else print)(text, file=sys.stderr)
-
-    def train(self, step: int, scalars: dict, advanced: int) -> None:
-        if not self.enabled:
-            return
-        self.bar.update(advanced)
-        self.bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{scalars['lr']:.2e}",
-                             patches_s=f"{scalars['patches_per_s']:.1f}")
-        for k, v in scalars.items():
-            self.tb.add_scalar(f"train/{k}", v, step)
-
-    def eval(self, step: int, result: dict) -> None:
-        if not self.enabled:
-            return
-        record = {k: v for k, v in result.items() if k != "sample"}
-        record = {"step": step, **record, "time": time.time()}
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
-            self.tb.add_scalar(f"eval/{k}", result[k], step)
-        if result.get("sample") is not None:
-            from edsr_jax.evaluate import bicubic_upscale
-
-            lr, sr, hr = result["sample"]
-            s = hr.shape[0] // lr.shape[0]
-            bic = bicubic_upscale(lr, s)
-            near = np.repeat(np.repeat(lr, s, axis=0), s, axis=1)[: hr.shape[0], : hr.shape[1]]
-            panel = np.concatenate([near, bic, sr, hr], axis=1)
-            self.tb.add_image("eval/lr_bicubic_sr_hr", panel, step, dataformats="HWC")
-        self.say(f"step {step}: PSNR {result['psnr']:.2f} dB (bicubic {result['bicubic_psnr']:.2f}), "
-                 f"SSIM {result['ssim']:.4f} (bicubic {result['bicubic_ssim']:.4f}) "
-                 f"on {result['images']} images")
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.close()
-            self.tb.close()
-
-
-class StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.signal = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+# --------------------------------------------------------------------------- the run and its loop
 
 
 class NonFiniteError(RuntimeError):
@@ -383,137 +259,220 @@ def _check_finite(state: TrainState, policy: str) -> int:
     return count
 
 
+def train_dataset(config, process_index: int, process_count: int):
+    """This process's training batches (a Grain IterDataset) from ``config.data``.
+
+    Raises ``cli.UsageError`` for a missing folder or a source that does not fit the data."""
+    from edsr_jax import data, sample_data
+
+    d = config.data
+    scale = int(config.model.scale)
+    cache = d.cache_dir or None
+    train_src = sample_data.resolve(d.train, "train")
+    if isinstance(train_src, str) and not Path(train_src).is_dir():
+        raise cli.UsageError(f"config.data.train = {train_src!r}: no such folder")
+    if d.source == "paired":
+        if not isinstance(train_src, str):
+            raise cli.UsageError("config.data.source = 'paired' needs config.data.train to be a folder")
+        source = data.PairedFolderSource(train_src, scale, lr_name=d.lr_name, cache_dir=cache)
+    else:
+        source = data.HROnlySource(train_src, scale, spec=d.spec or None, cache_dir=cache)
+    return data.make_train_dataset(
+        source, patch_size=int(d.patch_size), batch_size=int(d.batch_size), seed=int(config.train.seed),
+        patches_per_image=int(d.patches_per_image), num_workers=int(d.num_workers),
+        process_index=process_index, process_count=process_count)
+
+
+def validation_set(config, report: Callable[[str], None] | None = None) -> Evaluator:
+    """The validation images of ``config.data`` loaded once (``evaluator.Evaluator``).
+
+    Images that cannot be scored go to ``report`` (``"skipped: ..."``); raises
+    ``cli.UsageError`` when the folder is missing, the spec is bad or no image is usable."""
+    from edsr_jax import degrade, sample_data
+
+    d = config.data
+    val_src = sample_data.resolve(d.val, "val")
+    if isinstance(val_src, str) and not Path(val_src).is_dir():
+        raise cli.UsageError(f"config.data.val = {val_src!r}: no such folder")
+    try:
+        return Evaluator.from_images(val_src, int(config.model.scale), spec=d.val_spec or None,
+                                     max_images=int(d.val_max_images) or None, report=report)
+    except degrade.SpecError as e:
+        raise cli.UsageError(f"config.data.val_spec: {e}") from None
+    except ImageError as e:
+        raise cli.UsageError(f"config.data.val: {e}") from None
+
+
+class Run:
+    """One training run, set up once: config, mesh and shardings, model, optimiser, compiled
+    step, validation set, batch feed, checkpoint manager, logger.
+
+    ``Run(config, workdir, stack)`` checks the config and the data (``cli.UsageError``)
+    before it compiles anything or writes to ``workdir``; everything that needs closing
+    (feed thread, checkpoint manager, logger) is registered on ``stack``, so it is closed
+    on every way out. ``restore_or_init`` gives the first state; ``train_step``,
+    ``log_train``, ``evaluate`` and ``save`` are what the loop calls.
+    """
+
+    def __init__(self, config, workdir: Path, stack: contextlib.ExitStack):
+        self.config, self.workdir = config, Path(workdir)
+        checkpoint.quiet_orbax_logs()
+        try:
+            config_lib.validate(config, jax.device_count())
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
+        self.model_config = config_lib.model_config(config)
+        self.process_count = jax.process_count()
+        self.main_process = jax.process_index() == 0
+        self.evaluator = validation_set(config, report=None if self.main_process else (lambda m: None))
+        n_params = count_params(jax.eval_shape(
+            lambda: self.model_config.build().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))))
+        check_workdir(self.workdir, need_bytes=n_params * 4 * (4 if config.train.ema else 3) * 3)
+        from edsr_jax.feed import DeviceFeed
+
+        try:
+            dataset = train_dataset(config, jax.process_index(), self.process_count)
+        except (ValueError, FileNotFoundError, ImageError) as e:
+            raise cli.UsageError(str(e)) from None
+        dtype = DTYPES[config.model.dtype]
+        self.mesh = make_mesh()
+        try:
+            self.conv_backend = onednn_conv.choose_backend(
+                config.train.conv_backend, self.mesh.devices.flat[0].platform, self.mesh.size, dtype)
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
+        self.model = self.model_config.build(dtype=dtype, conv_backend=self.conv_backend)
+        self.tx, self.schedule = make_optimizer(config.optim, int(config.train.steps))
+        self.use_ema = config.train.ema > 0
+        self.init = functools.partial(create_train_state, self.model, self.tx, use_ema=self.use_ema)
+        state_shape = jax.eval_shape(self.init, jax.random.key(config.train.seed))
+        self.shardings = make_shardings(self.mesh, state_shape)
+        self.train_step = compile_train_step(self.model, self.tx, config, self.mesh, state_shape,
+                                             shardings=self.shardings)
+        self.abstract_state = jax.tree_util.tree_map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            state_shape, self.shardings.state)
+        self.feed = DeviceFeed(iter(dataset), self.shardings.batch)
+        stack.callback(self.feed.close)
+        self.manager = checkpoint.make_manager(self.workdir / checkpoint.CHECKPOINT_DIR,
+                                               keep_last=config.train.keep_last,
+                                               keep_best=config.train.keep_best)
+        stack.callback(_close_manager, self.manager)
+        self.saved_config = {"model": self.model_config.to_dict(), "experiment": config.to_dict()}
+        self.logger = stack.enter_context(
+            Logger(self.workdir, int(config.train.steps), 0, self.main_process))
+        self.logger.say(f"{self.mesh.size} {self.mesh.devices.flat[0].platform} device(s), "
+                        f"{config.model.dtype}, convolutions by "
+                        f"{'oneDNN' if self.conv_backend == 'onednn' else 'XLA'} "
+                        f"(train.conv_backend={config.train.conv_backend})")
+        self._tick = (time.perf_counter(), 0)
+
+    def restore_or_init(self) -> TrainState:
+        """The newest checkpoint of the workdir (params, optimiser, counters and data position),
+        or a fresh state (fine-tuning weights from ``config.train.init_from`` when set)."""
+        latest = self.manager.latest_step()
+        if latest is not None:
+            stored = checkpoint.step_config(self.manager, latest)
+            checkpoint.check_model_config(stored.get("model", {}), self.model_config,
+                                          str(self.workdir / checkpoint.CHECKPOINT_DIR / str(latest)))
+            restored, _ = checkpoint.restore(self.manager, latest, _as_items(self.abstract_state),
+                                             data_iter=self.feed)
+            state = _from_items(restored)
+            self.logger.say(f"resuming from step {int(state.step)} (checkpoint in {self.manager.directory})")
+        else:
+            params = None  # a fresh init, or the fine-tuning weights replicated over the mesh
+            if self.config.train.init_from:
+                params = replicate(_finetune_params(self.config, self.model, self.model_config,
+                                                    self.logger), self.mesh)
+            make = jax.jit(lambda key, p: self.init(key, params=p), out_shardings=self.shardings.state)
+            state = make(jax.random.key(self.config.train.seed), params)
+        self.logger.resume(int(state.step))
+        self._tick = (time.perf_counter(), int(state.step))
+        return state
+
+    def log_train(self, step: int, state: TrainState, metrics: dict) -> None:
+        """Loss, gradient norm, learning rate and patches/s since the last call; stops on a
+        non-finite step when ``train.nan_policy`` is "stop" (``NonFiniteError``)."""
+        skipped = _check_finite(state, self.config.train.nan_policy)
+        (tick, tick_step), now = self._tick, time.perf_counter()
+        rate = (step - tick_step) * int(self.config.data.batch_size) / max(now - tick, 1e-9)
+        self.logger.train(step, {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
+                                 "lr": float(self.schedule(step)), "patches_per_s": rate,
+                                 "skipped_steps": skipped}, step - tick_step)
+        self._tick = (now, step)
+
+    def evaluate(self, step: int, state: TrainState) -> dict:
+        """PSNR / SSIM of the weights (EMA when on) on the validation set, logged; the result
+        of ``Evaluator`` with the bicubic baseline (``bicubic_psnr``, ``bicubic_ssim``)."""
+        from edsr_jax.infer import Upscaler
+
+        _check_finite(state, self.config.train.nan_policy)
+        weights = local_copy(state.ema if self.use_ema else state.params)
+        upscaler = Upscaler(self.model_config, weights, dtype=self.config.model.dtype)
+        result = {**self.evaluator(lambda lr, _: upscaler(lr)), **self.evaluator.baseline}
+        self.logger.eval(step, result)
+        return result
+
+    def save(self, step: int, state: TrainState, result: dict | None = None) -> None:
+        """Start an async checkpoint of ``state`` and the data position (ranked by ``result``'s PSNR)."""
+        _check_finite(state, self.config.train.nan_policy)
+        checkpoint.save(self.manager, step, _as_items(state), config=self.saved_config, data_iter=self.feed,
+                        metrics={"psnr": result["psnr"]} if result else None)
+
+    def out_of_time(self, started: float, step: int) -> bool:
+        """True once ``train.max_minutes`` have passed since ``started`` (checked every
+        ``log_every`` steps, agreed on by every process)."""
+        budget_s = float(self.config.train.max_minutes) * 60.0
+        return budget_s > 0 and step % self.config.train.log_every == 0 and _agree(
+            time.monotonic() - started > budget_s)
+
+
+def _close_manager(manager) -> None:
+    manager.wait_until_finished()  # the last checkpoint must finish writing
+    manager.close()
+
+
 def train(config, workdir: str | Path) -> dict:
     """Train (or resume) the experiment ``config`` in ``workdir``; returns the last eval result.
 
-    Raises ``cli.UsageError`` for bad config or data, before anything is compiled.
+    Raises ``cli.UsageError`` for bad config or data, before anything is compiled; the feed,
+    checkpoint manager and logger are closed however the loop ends.
     """
-    workdir = Path(workdir)
-    checkpoint.quiet_orbax_logs()
-    try:
-        config_lib.validate(config, jax.device_count())
-    except ValueError as e:
-        raise cli.UsageError(str(e)) from None
-    model_config = config_lib.model_config(config)
-    process_index, process_count = jax.process_index(), jax.process_count()
-    main_process = process_index == 0
-    n_params = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(
-        jax.eval_shape(lambda: model_config.build().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))))
-    check_workdir(workdir, need_bytes=n_params * 4 * (4 if config.train.ema else 3) * 3)
-    from edsr_jax.images import ImageError
+    with contextlib.ExitStack() as stack:
+        run = Run(config, Path(workdir), stack)
+        state = run.restore_or_init()
+        stop = stack.enter_context(StopRequest())
+        return loop(run, state, stop)
 
-    try:
-        dataset, val_pairs = build_data(config, process_index, process_count)
-    except (ValueError, FileNotFoundError, ImageError) as e:
-        raise cli.UsageError(str(e)) from None
-    dtype = DTYPES[config.model.dtype]
-    mesh = make_mesh()
-    try:
-        conv_backend = onednn_conv.choose_backend(
-            config.train.conv_backend, mesh.devices.flat[0].platform, mesh.size, dtype)
-    except ValueError as e:
-        raise cli.UsageError(str(e)) from None
-    model = model_config.build(dtype=dtype, conv_backend=conv_backend)
-    tx, schedule = make_optimizer(config.optim, int(config.train.steps))
-    use_ema = config.train.ema > 0
-    init = functools.partial(create_train_state, model, tx, use_ema=use_ema)
-    state_shape = jax.eval_shape(init, jax.random.key(config.train.seed))
-    step_fn = compile_train_step(model, tx, config, mesh, state_shape)
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    state_sharding = jax.tree_util.tree_map(lambda _: replicated, state_shape)
 
-    from edsr_jax.feed import DeviceFeed
-
-    feed = DeviceFeed(iter(dataset), batch_sharding)
-    manager = checkpoint.make_manager(workdir / checkpoint.CHECKPOINT_DIR,
-                                      keep_last=config.train.keep_last, keep_best=config.train.keep_best)
-    saved_config = {"model": model_config.to_dict(), "experiment": config.to_dict()}
-    logger = Logger(workdir, int(config.train.steps), 0, main_process)
-    logger.say(f"{mesh.size} {mesh.devices.flat[0].platform} device(s), {config.model.dtype}, "
-               f"convolutions by {'oneDNN' if conv_backend == 'onednn' else 'XLA'} "
-               f"(train.conv_backend={config.train.conv_backend})")
-    latest = manager.latest_step()
-    if latest is not None:
-        stored = checkpoint.step_config(manager, latest)
-        checkpoint.check_model_config(stored.get("model", {}), model_config,
-                                      str(workdir / checkpoint.CHECKPOINT_DIR / str(latest)))
-        abstract = jax.tree_util.tree_map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shape, state_sharding)
-        restored, _ = checkpoint.restore(manager, latest, _as_items(abstract), data_iter=feed)
-        state = _from_items(restored)
-        logger.say(f"resuming from step {int(state.step)} (checkpoint in {manager.directory})")
-    else:
-        params = None  # a fresh init, or the fine-tuning weights replicated over the mesh
-        if config.train.init_from:
-            params = replicate(_finetune_params(config, model, model_config, logger), mesh)
-        make = jax.jit(lambda key, p: init(key, params=p), out_shardings=state_sharding)
-        state = make(jax.random.key(config.train.seed), params)
-    start = int(state.step)
-    if logger.bar is not None:
-        logger.bar.n = start
-        logger.bar.refresh()
-
-    total = int(config.train.steps)
-    t = config.train
-    last_eval: dict = {}
-    local_batch = int(config.data.batch_size) // process_count
-    tick, tick_step = time.perf_counter(), start
-    step = start
-    saved_step = start
-    baseline = None  # bicubic scores of the validation images, at the first evaluation
-    budget_s, started, out_of_time = float(t.max_minutes) * 60.0, time.monotonic(), False
-    try:
-        with StopRequest() as stop:
-            while step < total and stop.signal is None and not out_of_time:
-                batch = next(feed)
-                state, metrics = step_fn(state, batch)
-                step += 1
-                out_of_time = budget_s > 0 and step % t.log_every == 0 and _agree(
-                    time.monotonic() - started > budget_s)
-                done = step == total or out_of_time
-                if step % t.log_every == 0 or done:
-                    loss = float(metrics["loss"])
-                    skipped = _check_finite(state, t.nan_policy)
-                    now = time.perf_counter()
-                    rate = (step - tick_step) * local_batch * process_count / max(now - tick, 1e-9)
-                    logger.train(step, {"loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                                        "lr": float(schedule(step)), "patches_per_s": rate,
-                                        "skipped_steps": skipped}, step - tick_step)
-                    tick, tick_step = now, step
-                result = None
-                if step % t.eval_every == 0 or done:
-                    _check_finite(state, t.nan_policy)
-                    weights = state.ema if use_ema else state.params
-                    if baseline is None:
-                        baseline = bicubic_baseline(val_pairs, model_config.scale)
-                    result = evaluate(model_config, local_copy(weights), val_pairs, baseline,
-                                      config.model.dtype)
-                    logger.eval(step, result)
-                    last_eval = result
-                if step % t.checkpoint_every == 0 or done or stop.signal is not None:
-                    _check_finite(state, t.nan_policy)
-                    checkpoint.save(manager, step, _as_items(state), config=saved_config, data_iter=feed,
-                                    metrics={"psnr": result["psnr"]} if result else None)
-                    saved_step = step
-            if stop.signal is not None and saved_step != step:  # the signal came during a save
-                checkpoint.save(manager, step, _as_items(state), config=saved_config, data_iter=feed)
-    except NonFiniteError:
-        manager.wait_until_finished()  # the last good checkpoint must finish writing
-        manager.close()
-        feed.close()
-        logger.close()
-        raise
-    manager.wait_until_finished()
-    manager.close()
-    feed.close()
+def loop(run: Run, state: TrainState, stop: StopRequest) -> dict:
+    """Steps from ``state`` to ``train.steps``, a signal or the time budget, with logging,
+    evaluation and checkpoints at their intervals; returns the last eval result ({} if none)."""
+    t = run.config.train
+    total, step = int(t.steps), int(state.step)
+    saved, last_eval, out_of_time, started = step, {}, False, time.monotonic()
+    while step < total and stop.signal is None and not out_of_time:
+        state, metrics = run.train_step(state, next(run.feed))
+        step += 1
+        out_of_time = run.out_of_time(started, step)
+        done = step == total or out_of_time
+        if step % t.log_every == 0 or done:
+            run.log_train(step, state, metrics)
+        result = None
+        if step % t.eval_every == 0 or done:
+            result = last_eval = run.evaluate(step, state)
+        if step % t.checkpoint_every == 0 or done or stop.signal is not None:
+            run.save(step, state, result)
+            saved = step
+    if stop.signal is not None and saved != step:  # the signal came during a save
+        run.save(step, state)
+    run.manager.wait_until_finished()
     if out_of_time:
-        logger.say(f"time budget of {t.max_minutes:g} min used up at step {step}; checkpoint saved. "
-                   "Re-run the same command to continue.")
+        run.logger.say(f"time budget of {t.max_minutes:g} min used up at step {step}; checkpoint saved. "
+                       "Re-run the same command to continue.")
     if stop.signal is not None:
-        logger.say(f"stopped by signal {stop.signal} at step {step}; checkpoint saved. "
-                   "Re-run the same command to resume.")
-    logger.close()
+        run.logger.say(f"stopped by signal {stop.signal} at step {step}; checkpoint saved. "
+                       "Re-run the same command to resume.")
     return last_eval
 
 

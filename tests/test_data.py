@@ -14,7 +14,7 @@ import pytest
 
 from edsr_jax import cache as cache_lib
 from edsr_jax import data
-from edsr_jax.images import read_rgb, write_image
+from edsr_jax.images import write_image
 from edsr_jax.imresize import imresize
 
 
@@ -327,23 +327,6 @@ def test_spec_scale_must_match(tmp_path):
         data.HROnlySource(folder, 2, spec="bicubic(4)", cache_dir=tmp_path / "cache")
     src = data.HROnlySource(folder, 2, spec="blur(1) > bicubic(S)", cache_dir=tmp_path / "cache")
     assert src.pipeline.scale == 2
-
-
-# --------------------------------------------------------------------------- validation pairs
-
-def test_validation_pairs(tmp_path):
-    folder = make_hr(tmp_path / "hr", [(21, 26), (16, 17)])
-    pairs = data.validation_pairs(folder, 3)
-    assert [n for n, _, _ in pairs] == ["img00", "img01"]
-    for name, lr, hr in pairs:
-        full = read_rgb(folder / f"{name}.png")
-        h, w = full.shape[0] // 3, full.shape[1] // 3
-        np.testing.assert_array_equal(hr, full[: 3 * h, : 3 * w])
-        np.testing.assert_array_equal(lr, imresize(hr, 1 / 3))
-    assert len(data.validation_pairs(folder, 3, max_images=1)) == 1
-    # A degradation spec is applied with a fixed per-image seed.
-    a = data.validation_pairs(folder, 3, spec="bicubic(3)")
-    np.testing.assert_array_equal(a[0][1], pairs[0][1])
 
 
 @pytest.mark.parametrize("spec,exact", [("blur(1.0) > bicubic(2)", False),

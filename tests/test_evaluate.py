@@ -1,4 +1,5 @@
-"""The evaluate CLI: published bicubic numbers on Set5, the JSON, and its error handling."""
+"""The evaluate CLI (published bicubic numbers on Set5, the JSON, its error handling) and the
+evaluator functions it scores with."""
 
 import json
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, shared_dataset
-from edsr_jax import evaluate
+from edsr_jax import evaluate, evaluator
 from edsr_jax.cli import run
 
 
@@ -59,12 +60,12 @@ def test_evaluate_folder_with_a_custom_upscaler(small_set):
         calls.append((lr.shape, lr.dtype, scale))
         return np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
 
-    r = evaluate.evaluate_folder(small_set, 2, nearest, "nearest", progress=False)
+    r = evaluator.evaluate_folder(small_set, 2, nearest, "nearest", progress=False)
     assert r["images"] == 3 and r["failed"] == [] and r["method"] == "nearest"
     assert calls[0] == ((20, 18, 3), np.uint8, 2)
     # Odd sizes are cropped to a multiple of the scale first: 41x38 -> 40x38 -> LR 20x19.
     assert calls[1][0] == (20, 19, 3)
-    bic = evaluate.evaluate_folder(small_set, 2, evaluate.bicubic_upscale, "bicubic", progress=False)
+    bic = evaluator.evaluate_folder(small_set, 2, evaluator.bicubic_upscale, "bicubic", progress=False)
     assert bic["psnr"] > r["psnr"]  # bicubic beats nearest neighbour on smooth images
 
 
@@ -74,12 +75,12 @@ def test_score_image_is_the_papers_protocol():
 
     rng = np.random.default_rng(1)
     hr = rng.integers(0, 256, size=(36, 48, 3), dtype=np.uint8)
-    p, s, lr, sr = evaluate.score_image(hr, 3, evaluate.bicubic_upscale)
+    p, s, lr, sr = evaluator.score_image(hr, 3, evaluator.bicubic_upscale)
     np.testing.assert_array_equal(lr, imresize(hr, 1 / 3))
     np.testing.assert_array_equal(sr, imresize(imresize(hr, 1 / 3), 3))
     assert p == psnr(sr, hr, crop_border=3) and s == ssim(sr, hr, crop_border=3)
     with pytest.raises(ValueError, match="shape"):
-        evaluate.score_image(hr, 3, lambda lr, scale: lr)
+        evaluator.score_image(hr, 3, lambda lr, scale: lr)
 
 
 def test_unreadable_image_is_listed_and_the_rest_scored(small_set, tmp_path, capsys):
@@ -110,7 +111,7 @@ def test_save_images_writes_panels_and_never_overwrites(small_set, tmp_path, cap
     assert files == ["small/x2/a_bicubic.png", "small/x2/b_bicubic.png"]
     panel = np.asarray(Image.open(save / "small/x2/a_bicubic.png"))
     # LR-nearest | bicubic | HR, 40x36 HR crops separated by 4-pixel gaps.
-    assert panel.shape == (40, 3 * 36 + 2 * evaluate.PANEL_GAP, 3)
+    assert panel.shape == (40, 3 * 36 + 2 * evaluator.PANEL_GAP, 3)
     before = (save / "small/x2/a_bicubic.png").stat().st_mtime_ns
     assert run(evaluate.main, args) == 2
     assert "exists" in capsys.readouterr().err
@@ -137,7 +138,7 @@ class FakeUpscaler:
 
     def __call__(self, lr):
         assert lr.dtype == np.uint8 and lr.ndim == 3
-        return evaluate.bicubic_upscale(lr, 2)
+        return evaluator.bicubic_upscale(lr, 2)
 
 
 def test_checkpoint_path_with_a_fake_upscaler(small_set, tmp_path, monkeypatch, capsys):
@@ -201,14 +202,14 @@ def test_spec_degrades_the_lr_deterministically_per_image(small_set):
         seen.setdefault(len(seen), lr.copy())
         return np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
 
-    r = evaluate.evaluate_folder(small_set, 2, record, "nearest-up", spec="nearest", progress=False)
+    r = evaluator.evaluate_folder(small_set, 2, record, "nearest-up", spec="nearest", progress=False)
     assert r["degradation"] == "nearest" and r["images"] == len(seen) > 0
-    first = evaluate.modcrop(read_rgb(list_images(small_set)[0]), 2)
+    first = evaluator.modcrop(read_rgb(list_images(small_set)[0]), 2)
     np.testing.assert_array_equal(seen[0], first[::2, ::2])  # decimation keeps the top-left pixel
-    a = evaluate.evaluate_folder(small_set, 2, evaluate.bicubic_upscale, "bicubic",
+    a = evaluator.evaluate_folder(small_set, 2, evaluator.bicubic_upscale, "bicubic",
                                  spec="nearest > jpeg(30,60)", progress=False)
-    b = evaluate.evaluate_folder(small_set, 2, evaluate.bicubic_upscale, "bicubic",
+    b = evaluator.evaluate_folder(small_set, 2, evaluator.bicubic_upscale, "bicubic",
                                  spec="nearest > jpeg(30,60)", progress=False)
     assert a["per_image"] == b["per_image"]
-    plain = evaluate.evaluate_folder(small_set, 2, evaluate.bicubic_upscale, "bicubic", progress=False)
+    plain = evaluator.evaluate_folder(small_set, 2, evaluator.bicubic_upscale, "bicubic", progress=False)
     assert a["psnr"] < plain["psnr"] and plain["degradation"] == "bicubic(2)"

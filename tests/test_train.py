@@ -240,3 +240,101 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     with pytest.raises(cli.UsageError, match=r"only 1 MiB free, checkpoints need about 48 MiB"):
         train.check_workdir(tmp_path / "w", need_bytes=48 * 2**20)
     train.check_workdir(tmp_path / "w2", need_bytes=2**19)  # enough room: no error
+
+
+# ---------------------------------------------------------------- the run in-process
+
+
+def _tiny_config(**train_fields):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_config", TINY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.data.cache_dir = CACHE
+    for k, v in train_fields.items():
+        c.train[k] = v
+    return c
+
+
+def test_an_exception_in_the_loop_closes_the_feed_manager_and_logger(tmp_path, monkeypatch):
+    """Any way out of the loop closes what the set-up opened: here a failure at step 4, after
+    the async checkpoint of step 3 was started."""
+    import threading
+
+    from edsr_jax import feed, run_log
+
+    before = set(threading.enumerate())
+    opened = {}
+
+    def spy(name, cls_or_fn, attr):
+        def wrapped(*args, **kwargs):
+            obj = cls_or_fn(*args, **kwargs)
+            opened[name] = {"obj": obj, "closed": False}
+            close = getattr(obj, attr)
+
+            def closing(*a, **k):
+                opened[name]["closed"] = True
+                return close(*a, **k)
+
+            setattr(obj, attr, closing)
+            return obj
+        return wrapped
+
+    logger_cls = run_log.Logger
+    real_train = logger_cls.train
+
+    def failing(self, step, scalars, advanced):
+        if step == 4:
+            raise RuntimeError("boom at step 4")
+        return real_train(self, step, scalars, advanced)
+
+    monkeypatch.setattr(logger_cls, "train", failing)
+    monkeypatch.setattr(checkpoint, "make_manager", spy("manager", checkpoint.make_manager, "close"))
+    monkeypatch.setattr(feed, "DeviceFeed", spy("feed", feed.DeviceFeed, "close"))
+    monkeypatch.setattr(train, "Logger", spy("logger", logger_cls, "close"))
+    config = _tiny_config(steps=6, log_every=1, checkpoint_every=3)
+    with pytest.raises(RuntimeError, match="boom at step 4"):
+        train.train(config, tmp_path / "run")
+    assert set(opened) == {"manager", "feed", "logger"}
+    assert all(o["closed"] for o in opened.values()), opened
+    for t in set(threading.enumerate()) - before:  # closed pools' threads end on their own
+        t.join(timeout=5)
+    # tqdm_monitor: tqdm's process-wide watchdog, shared by every bar, not the run's.
+    left = [t.name for t in threading.enumerate()
+            if t not in before and t.is_alive() and t.name != "tqdm_monitor"]
+    assert left == [], left
+    # The checkpoint of step 3 finished writing before the manager closed.
+    assert (tmp_path / "run" / "checkpoints" / "3").is_dir()
+
+
+def _write_val(folder, sizes):
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"v{i}_{h}x{w}.png")
+    return folder
+
+
+def test_a_validation_image_too_small_to_score_is_skipped_or_refused_at_set_up(tmp_path, capsys):
+    """A 12x12 image cannot be scored at x2 (SSIM's 11x11 window after a 2-pixel border): the
+    trainer skips it with a message naming it, like the evaluate CLI, and refuses a validation
+    set with nothing else before it writes the workdir or compiles."""
+    from edsr_jax import cli
+
+    tiny_only = _write_val(tmp_path / "tiny", [(12, 12)])
+    config = _tiny_config(steps=1, log_every=1)
+    config.data.val = str(tiny_only)
+    with pytest.raises(cli.UsageError, match=r"config\.data\.val: .*tiny: no image can be scored at x2"):
+        train.train(config, tmp_path / "refused")
+    assert "v0_12x12.png: 12x12 pixels is too small to score at x2" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+    mixed = _write_val(tmp_path / "mixed", [(12, 12), (40, 36)])
+    config.data.val, config.data.val_max_images = str(mixed), 2
+    result = train.train(config, tmp_path / "run")
+    assert result["images"] == 1 and np.isfinite(result["psnr"])
+    assert "skipped: " in capsys.readouterr().err

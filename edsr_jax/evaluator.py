@@ -1,0 +1,292 @@
+"""The SR papers' evaluation protocol: one evaluator for the trainer and the evaluate CLI.
+
+For every HR image: crop to a multiple of the scale (``modcrop``); LR = MATLAB bicubic
+``imresize(HR, 1/s)`` (uint8), or a ``degrade`` spec seeded per image name, or a pre-made
+LR image given in a ``Pair``; SR = the method's upscaling of LR; PSNR and SSIM on the Y
+channel with ``scale`` pixels of border removed (``metrics``).
+
+An image that cannot be scored (unreadable, or smaller than ``min_side(scale)``: the SSIM
+window after the border crop) is skipped with a message naming it, in training and in the
+CLI alike; a set with no scorable image at all is an ``ImageError``. The trainer loads its
+pairs at set-up (``Evaluator.from_images``), before anything is compiled or written.
+
+Upscalers are plain functions ``upscale_fn(lr (h, w, 3) uint8, scale) -> (h*s, w*s, 3) uint8``;
+this module knows nothing of the model (as big_vision keeps evaluators apart from the trainer).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from edsr_jax.images import ImageError, list_images, read_rgb, write_image
+from edsr_jax.imresize import imresize
+from edsr_jax.metrics import SSIM_WINDOW, psnr, ssim
+
+PANEL_CROP = 192  # HR pixels (at most) of each side of a comparison panel
+PANEL_GAP = 4  # white pixels between the panels
+
+UpscaleFn = Callable[[np.ndarray, int], np.ndarray]
+LrFn = Callable[[np.ndarray, str], np.ndarray]
+
+
+class Pair(NamedTuple):
+    """One evaluation image: ``name`` (file name), ``lr (h, w, 3)`` and ``hr (h*s, w*s, 3)`` uint8."""
+
+    name: str
+    lr: np.ndarray
+    hr: np.ndarray
+
+
+def modcrop(hr: np.ndarray, scale: int) -> np.ndarray:
+    """``(H, W, C)`` -> ``(H - H % scale, W - W % scale, C)``, keeping the top-left corner."""
+    h, w = hr.shape[:2]
+    return hr[: h - h % scale, : w - w % scale]
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The bicubic baseline: ``(h, w, 3) uint8`` -> ``(h*scale, w*scale, 3) uint8`` (MATLAB imresize)."""
+    return imresize(lr, scale)
+
+
+def min_side(scale: int) -> int:
+    """Smallest HR side (pixels, after ``modcrop``) that can be scored at ``scale``: the SSIM
+    window (11) plus the ``scale``-pixel border removed on both sides."""
+    return 2 * scale + SSIM_WINDOW
+
+
+def lr_maker(scale: int, spec: str | None = None) -> LrFn:
+    """``make_lr(hr (H, W, 3) uint8, name) -> (H/s, W/s, 3) uint8``: MATLAB bicubic
+    ``imresize(hr, 1/scale)`` (the papers' protocol) when ``spec`` is None or empty, else
+    ``degrade.parse(spec, scale)`` with a generator seeded from the image ``name`` (the same
+    image always gets the same degradation). Raises ``degrade.SpecError`` for a bad spec."""
+    if not spec:
+        return lambda hr, name: imresize(hr, 1.0 / scale)
+    from edsr_jax import degrade  # noqa: PLC0415 - scipy and Pillow only when a spec is used
+
+    pipe = degrade.parse(spec, scale=scale)
+    return lambda hr, name: pipe(hr, degrade.image_rng(name))
+
+
+def read_hr(path: str | os.PathLike, scale: int, notes: list[str] | None = None) -> np.ndarray:
+    """The HR image of ``path`` cropped to a multiple of ``scale``: ``(H, W, 3) uint8``.
+
+    Raises ``ImageError`` naming the file when it is unreadable or smaller than
+    ``min_side(scale)`` on a side. Conversions are appended to ``notes`` (``images.read_rgb``).
+    """
+    hr = modcrop(read_rgb(path, notes), scale)
+    if min(hr.shape[:2]) < min_side(scale):
+        raise ImageError(f"{path}: {hr.shape[1]}x{hr.shape[0]} pixels is too small to score at "
+                         f"x{scale} (at least {min_side(scale)}x{min_side(scale)}: the "
+                         f"{SSIM_WINDOW}x{SSIM_WINDOW} SSIM window after a {scale}-pixel border)")
+    return np.ascontiguousarray(hr)
+
+
+def image_paths(source: str | os.PathLike | Sequence[str | os.PathLike],
+                max_images: int | None = None) -> list[Path]:
+    """The images of a folder (sorted by name) or a given list, the first ``max_images`` of them.
+
+    Raises ``ImageError`` when the folder does not exist or holds no image file."""
+    if isinstance(source, (str, os.PathLike)):
+        paths = list_images(source)
+        if not paths:
+            raise ImageError(f"{source}: folder holds no image files")
+    else:
+        paths = [Path(p) for p in source]
+    return paths[:max_images] if max_images is not None else paths
+
+
+def iter_pairs(paths: Sequence[Path], scale: int, make_lr: LrFn,
+               report: Callable[[str], None] | None = None) -> Iterator[Pair | ImageError]:
+    """For each path, a ``Pair`` or the ``ImageError`` saying why it cannot be scored.
+
+    ``report`` receives each conversion note (``"note: ..."``), e.g. grayscale to RGB.
+    One image at a time: a large benchmark set is never held in memory whole."""
+    for path in paths:
+        notes: list[str] = []
+        try:
+            hr = read_hr(path, scale, notes)
+        except ImageError as e:
+            yield e
+            continue
+        if report is not None:
+            for note in notes:
+                report(f"note: {note}")
+        yield Pair(Path(path).name, make_lr(hr, Path(path).name), hr)
+
+
+def score_image(hr: np.ndarray, scale: int, upscale_fn: UpscaleFn,
+                lr: np.ndarray | None = None) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Score one HR image: ``hr (H, W, 3) uint8`` with H, W multiples of ``scale``.
+
+    Returns ``(psnr_db, ssim, lr, sr)``: ``lr`` ``(H/s, W/s, 3) uint8`` is the given one or
+    ``imresize(hr, 1/scale)`` (the papers' protocol), ``sr = upscale_fn(lr, scale)``
+    ``(H, W, 3) uint8``; PSNR in dB (inf for equal images), SSIM in [-1, 1], on Y with a
+    ``scale``-pixel border removed.
+    """
+    if lr is None:
+        lr = imresize(hr, 1.0 / scale)
+    sr = np.asarray(upscale_fn(lr, scale))
+    if sr.shape != hr.shape:
+        raise ValueError(f"upscaler returned shape {sr.shape} for LR {lr.shape} at x{scale}; expected {hr.shape}")
+    return psnr(sr, hr, crop_border=scale), ssim(sr, hr, crop_border=scale), lr, sr
+
+
+def comparison_panel(lr: np.ndarray, sr: np.ndarray, hr: np.ndarray, scale: int,
+                     method: str) -> np.ndarray:
+    """Side-by-side centre crops ``LR (nearest) | bicubic | SR | HR`` as ``(h, w, 3) uint8``.
+
+    Crops are at most ``PANEL_CROP`` HR pixels a side, ``PANEL_GAP`` white pixels apart. The
+    SR panel is left out when ``method`` is "bicubic" (it would repeat the bicubic one).
+    """
+    h, w = hr.shape[:2]
+    ch, cw = min(h, PANEL_CROP) // scale * scale, min(w, PANEL_CROP) // scale * scale
+    top, left = (h - ch) // 2 // scale * scale, (w - cw) // 2 // scale * scale
+    hr_box = (slice(top, top + ch), slice(left, left + cw))
+    lr_crop = lr[top // scale:(top + ch) // scale, left // scale:(left + cw) // scale]
+    nearest = np.repeat(np.repeat(lr_crop, scale, axis=0), scale, axis=1)
+    bicubic = bicubic_upscale(lr, scale)[hr_box]
+    panels = [nearest, bicubic] + ([] if method == "bicubic" else [sr[hr_box]]) + [hr[hr_box]]
+    gap = np.full((ch, PANEL_GAP, 3), 255, np.uint8)
+    row = []
+    for p in panels:
+        row += [p, gap]
+    return np.concatenate(row[:-1], axis=1)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "method"
+
+
+def panel_path(save_dir: str | os.PathLike, dataset: str, scale: int, image: str, method: str) -> Path:
+    """Where ``--save-images`` puts one comparison: ``DIR/dataset/xS/stem_method.png``."""
+    return Path(save_dir) / _safe_name(dataset) / f"x{scale}" / f"{Path(image).stem}_{_safe_name(method)}.png"
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    return float(np.mean([r[key] for r in rows])) if rows else None
+
+
+class Evaluator:
+    """Scores upscalers on evaluation pairs held in memory (the trainer's validation set).
+
+    ``pairs``: ``Pair``s of one ``scale`` (from ``from_images`` or made by the caller, e.g.
+    with pre-made LR images); ``degradation`` names how their LR was made. The bicubic
+    baseline is computed once, on first use (``baseline``).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], scale: int, degradation: str | None = None):
+        if not pairs:
+            raise ValueError("an Evaluator needs at least one pair")
+        self.pairs = list(pairs)
+        self.scale = int(scale)
+        self.degradation = degradation or f"bicubic({self.scale})"
+
+    @classmethod
+    def from_images(cls, source, scale: int, *, spec: str | None = None,
+                    max_images: int | None = None,
+                    report: Callable[[str], None] | None = None) -> "Evaluator":
+        """Load the first ``max_images`` images of ``source`` (a folder or a list of paths).
+
+        Images that cannot be scored go to ``report`` as ``"skipped: <path>: why"`` (default:
+        stderr). Raises ``ImageError`` naming ``source`` when none is left (or the folder is
+        missing), ``degrade.SpecError`` for a bad ``spec``.
+        """
+        report = report or _to_stderr
+        pairs = []
+        for item in iter_pairs(image_paths(source, max_images), scale, lr_maker(scale, spec), report):
+            if isinstance(item, ImageError):
+                report(f"skipped: {item}")
+            else:
+                pairs.append(item)
+        if not pairs:
+            where = source if isinstance(source, (str, os.PathLike)) else "the validation images"
+            raise ImageError(f"{where}: no image can be scored at x{scale} (each needs to be readable "
+                             f"and at least {min_side(scale)}x{min_side(scale)} pixels)")
+        return cls(pairs, scale, spec or None)
+
+    @functools.cached_property
+    def baseline(self) -> dict:
+        """Mean ``{"bicubic_psnr", "bicubic_ssim"}`` of MATLAB bicubic upscaling on the pairs."""
+        r = self(bicubic_upscale, "bicubic")
+        return {"bicubic_psnr": r["psnr"], "bicubic_ssim": r["ssim"]}
+
+    def __call__(self, upscale_fn: UpscaleFn, method: str = "model") -> dict:
+        """Score ``upscale_fn`` on every pair.
+
+        Returns ``{"psnr", "ssim", "images", "per_image": [{"image", "psnr", "ssim"}],
+        "panel"}``: means over the pairs, and ``comparison_panel`` of the first pair
+        (``(h, w, 3) uint8``).
+        """
+        per_image, panel = [], None
+        for name, lr, hr in self.pairs:
+            p, s, _, sr = score_image(hr, self.scale, upscale_fn, lr)
+            per_image.append({"image": name, "psnr": p, "ssim": s})
+            if panel is None:
+                panel = comparison_panel(lr, sr, hr, self.scale, method)
+        return {"psnr": _mean(per_image, "psnr"), "ssim": _mean(per_image, "ssim"),
+                "images": len(per_image), "per_image": per_image, "panel": panel}
+
+
+def _to_stderr(message: str) -> None:
+    from tqdm import tqdm  # noqa: PLC0415 - writes between progress bars
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn, method: str, *,
+                    max_images: int | None = None, save_dir: str | os.PathLike | None = None,
+                    overwrite: bool = False, progress: bool = True, warn: bool = True,
+                    spec: str | None = None) -> dict:
+    """Score every image of ``folder`` (HR images) at ``scale`` with ``upscale_fn``, one at a time.
+
+    ``upscale_fn(lr (h, w, 3) uint8, scale) -> sr (h*scale, w*scale, 3) uint8``.
+    Returns ``{"dataset", "scale", "method", "degradation", "psnr", "ssim", "images",
+    "per_image": [{"image", "psnr", "ssim"}], "failed": [{"image", "error"}]}``;
+    ``psnr``/``ssim`` are the means over scored images (None when none was). Images that
+    cannot be scored (unreadable, smaller than ``min_side(scale)``) are reported on stderr
+    and listed in ``failed`` (``warn=False``: listed only); the rest are still scored.
+    Conversions (grayscale, CMYK, EXIF rotation...) are noted on stderr too (``warn=False``:
+    not). ``save_dir`` writes comparison panels (PNG). ``spec``: LR made by this degradation
+    (``lr_maker``) instead of MATLAB bicubic. Raises ``ImageError`` when the folder does not exist.
+    """
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    paths = list_images(folder)
+    if max_images is not None:
+        paths = paths[:max_images]
+    per_image, failed = [], []
+    bar = tqdm(total=len(paths), desc=f"{folder.name} x{scale} {method}", unit="img", file=sys.stderr,
+               disable=None if progress else True, leave=False)
+    report = _to_stderr if warn else None
+    for path, item in zip(paths, iter_pairs(paths, scale, lr_maker(scale, spec), report)):
+        bar.update()
+        if isinstance(item, ImageError):
+            if warn:
+                _to_stderr(f"skipped: {item}")
+            failed.append({"image": str(path), "error": str(item)})
+            continue
+        p, s, lr, sr = score_image(item.hr, scale, upscale_fn, item.lr)
+        per_image.append({"image": item.name, "psnr": p, "ssim": s})
+        if save_dir is not None:
+            write_image(panel_path(save_dir, folder.name, scale, item.name, method),
+                        comparison_panel(lr, sr, item.hr, scale, method), overwrite=overwrite)
+    bar.close()
+    return {
+        "dataset": folder.name,
+        "scale": int(scale),
+        "method": method,
+        "degradation": spec or f"bicubic({scale})",
+        "psnr": _mean(per_image, "psnr"),
+        "ssim": _mean(per_image, "ssim"),
+        "images": len(per_image),
+        "per_image": per_image,
+        "failed": failed,
+    }

@@ -1,0 +1,115 @@
+"""What a training run tells the outside world, and what it hears back.
+
+``Logger``: the progress bar (step, loss, learning rate, patches/s, ETA) on stderr, scalars
+and the evaluation panel as TensorBoard events in ``workdir/tb``, one JSON line per
+evaluation in ``workdir/metrics.jsonl``; silent off process 0.
+``StopRequest``: SIGTERM / SIGINT turned into a flag the training loop checks between steps.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+class Logger:
+    """Progress bar, TensorBoard events and ``metrics.jsonl`` of one run; silent when not ``enabled``.
+
+    ``total`` steps of the run; the bar starts at ``start`` (``resume`` moves it). Use it as a
+    context manager, or call ``close``.
+    """
+
+    def __init__(self, workdir: Path, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        self.bar = self.tb = None
+        self.jsonl = Path(workdir) / "metrics.jsonl"
+        if enabled:
+            from tqdm import tqdm
+            from tensorboardX import SummaryWriter
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                            file=sys.stderr, mininterval=1.0)
+            self.tb = SummaryWriter(str(Path(workdir) / "tb"))
+
+    def __enter__(self) -> "Logger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def say(self, text: str) -> None:
+        """One line of text on stderr, between progress bar updates."""
+        if self.enabled:
+            (self.bar.write if self.bar else print)(text, file=sys.stderr)
+
+    def resume(self, step: int) -> None:
+        """Show the bar at ``step`` (a resumed run)."""
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
+    def train(self, step: int, scalars: dict, advanced: int) -> None:
+        """Training scalars at ``step`` (``loss``, ``lr`` and ``patches_per_s`` at least; floats),
+        the bar moved on by ``advanced`` steps."""
+        if not self.enabled:
+            return
+        self.bar.update(advanced)
+        self.bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{scalars['lr']:.2e}",
+                             patches_s=f"{scalars['patches_per_s']:.1f}")
+        for k, v in scalars.items():
+            self.tb.add_scalar(f"train/{k}", v, step)
+
+    def eval(self, step: int, result: dict) -> None:
+        """An evaluation at ``step``: ``result`` holds ``psnr`` (dB), ``ssim``, ``bicubic_psnr``,
+        ``bicubic_ssim``, ``images`` and optionally ``panel`` ((h, w, 3) uint8) and ``per_image``.
+        The JSON line holds the scalars (not the panel, nor the per-image list)."""
+        if not self.enabled:
+            return
+        record = {k: v for k, v in result.items() if k not in ("panel", "per_image")}
+        record = {"step": step, **record, "time": time.time()}
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
+            self.tb.add_scalar(f"eval/{k}", result[k], step)
+        if result.get("panel") is not None:
+            self.tb.add_image("eval/lr_bicubic_sr_hr", result["panel"], step, dataformats="HWC")
+        self.say(f"step {step}: PSNR {result['psnr']:.2f} dB (bicubic {result['bicubic_psnr']:.2f}), "
+                 f"SSIM {result['ssim']:.4f} (bicubic {result['bicubic_ssim']:.4f}) "
+                 f"on {result['images']} images")
+
+    def close(self) -> None:
+        """Close the bar and flush the event file; safe to call twice."""
+        if self.enabled:
+            self.bar.close()
+            self.tb.close()
+            self.enabled = False
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag (``signal``: the signal number, or None) that the loop
+    checks between steps; a second SIGINT raises KeyboardInterrupt. A context manager that
+    restores the previous handlers (installs none off the main thread)."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
