@@ -70,8 +70,9 @@ class Logger:
             return
         record = {k: v for k, v in result.items() if k not in ("panel", "per_image")}
         record = {"step": step, **record, "time": time.time()}
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        from edsr_jax import outputs
+
+        outputs.append_line(self.jsonl, json.dumps(record))  # a torn last line never swallows it
         for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
             self.tb.add_scalar(f"eval/{k}", result[k], step)
         if result.get("panel") is not None:

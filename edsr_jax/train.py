@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from edsr_jax import checkpoint, cli, onednn_conv, xla_options
+from edsr_jax import checkpoint, cli, onednn_conv, outputs, run_lock, xla_options
 from edsr_jax import config as config_lib
 from edsr_jax.evaluator import Evaluator
 from edsr_jax.images import ImageError
@@ -327,7 +327,18 @@ class Run:
         self.evaluator = validation_set(config, report=None if self.main_process else (lambda m: None))
         n_params = count_params(jax.eval_shape(
             lambda: self.model_config.build().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))))
+        what = checkpoint.not_a_run_folder(self.workdir)
+        if what:
+            raise cli.UsageError(f"--workdir {self.workdir}: is {what}")
         check_workdir(self.workdir, need_bytes=n_params * 4 * (4 if config.train.ema else 3) * 3)
+        self.previous_holder = None
+        if self.main_process:  # one trainer per workdir, taken before anything is written there
+            try:
+                self.previous_holder = stack.enter_context(run_lock.RunLock(self.workdir)).previous
+            except (run_lock.WorkdirBusy, OSError) as e:
+                raise cli.UsageError(str(e)) from None
+            outputs.check_appendable(self.workdir / "metrics.jsonl")
+        self._check_resumable()
         from edsr_jax.feed import DeviceFeed
 
         try:
@@ -354,31 +365,35 @@ class Run:
             state_shape, self.shardings.state)
         self.feed = DeviceFeed(iter(dataset), self.shardings.batch)
         stack.callback(self.feed.close)
+        self.protocol = 0  # the validation protocol (restore_or_init: the stored one, or a new one)
         self.manager = checkpoint.make_manager(self.workdir / checkpoint.CHECKPOINT_DIR,
                                                keep_last=config.train.keep_last,
-                                               keep_best=config.train.keep_best)
+                                               keep_best=config.train.keep_best,
+                                               protocol=lambda: self.protocol)
         stack.callback(_close_manager, self.manager)
-        self.saved_config = {"model": self.model_config.to_dict(), "experiment": config.to_dict()}
+        self.saved_config = {"model": self.model_config.to_dict(), "experiment": config.to_dict(),
+                             "protocol": self.protocol}
         self.logger = stack.enter_context(
             Logger(self.workdir, int(config.train.steps), 0, self.main_process))
         self.logger.say(f"{self.mesh.size} {self.mesh.devices.flat[0].platform} device(s), "
                         f"{config.model.dtype}, convolutions by "
                         f"{'oneDNN' if self.conv_backend == 'onednn' else 'XLA'} "
                         f"(train.conv_backend={config.train.conv_backend})")
+        if self.previous_holder:
+            self.logger.say(f"note: the previous trainer ({run_lock.describe(self.previous_holder)}) ended "
+                            "without releasing the workdir lock (killed?); taking it over")
         self._tick = (time.perf_counter(), 0)
 
     def restore_or_init(self) -> TrainState:
-        """The newest checkpoint of the workdir (params, optimiser, counters and data position),
-        or a fresh state (fine-tuning weights from ``config.train.init_from`` when set)."""
-        latest = self.manager.latest_step()
-        if latest is not None:
-            stored = checkpoint.step_config(self.manager, latest)
-            checkpoint.check_model_config(stored.get("model", {}), self.model_config,
-                                          str(self.workdir / checkpoint.CHECKPOINT_DIR / str(latest)))
-            restored, _ = checkpoint.restore(self.manager, latest, _as_items(self.abstract_state),
-                                             data_iter=self.feed)
-            state = _from_items(restored)
-            self.logger.say(f"resuming from step {int(state.step)} (checkpoint in {self.manager.directory})")
+        """The newest checkpoint of the workdir that reads completely (params, optimiser,
+        counters and data position; ``checkpoint.restore_newest``), or a fresh state
+        (fine-tuning weights from ``config.train.init_from`` when set) when it holds none.
+
+        Config changes since the checkpoint are printed; a changed validation protocol or
+        training data needs ``train.new_protocol`` (else ``cli.UsageError``)."""
+        directory = self.workdir / checkpoint.CHECKPOINT_DIR
+        if checkpoint.step_numbers(directory):
+            state = self._resume(directory)
         else:
             params = None  # a fresh init, or the fine-tuning weights replicated over the mesh
             if self.config.train.init_from:
@@ -388,6 +403,78 @@ class Run:
             state = make(jax.random.key(self.config.train.seed), params)
         self.logger.resume(int(state.step))
         self._tick = (time.perf_counter(), int(state.step))
+        return state
+
+    def _check_resumable(self) -> None:
+        """Before anything is built or written: the newest readable stored config must be of
+        this architecture, and the protocol / data may change only with ``train.new_protocol``
+        (``cli.UsageError``, one line). ``_resume`` checks the step it restores again."""
+        directory = self.workdir / checkpoint.CHECKPOINT_DIR
+        for step in checkpoint.step_numbers(directory):
+            try:
+                stored = checkpoint.read_item(directory / str(step), "config", checkpoint.ocp.args.JsonRestore())
+            except checkpoint.ItemDamaged:
+                continue
+            if not isinstance(stored, dict):
+                continue
+            checkpoint.check_model_config(stored.get("model", {}), self.model_config, str(directory / str(step)))
+            try:
+                config_lib.resume_changes(stored.get("experiment", {}), self.config.to_dict(),
+                                          bool(self.config.train.new_protocol))
+            except config_lib.ProtocolChange as e:
+                raise cli.UsageError(str(e)) from None
+            return
+
+    def _resume(self, directory: Path) -> TrainState:
+        """Restore with fallback over damaged steps; adapt to config changes and say each."""
+        plan: dict = {}
+
+        def check(stored: dict) -> None:
+            checkpoint.check_model_config(stored.get("model", {}), self.model_config, str(directory))
+            lines, new = config_lib.resume_changes(stored.get("experiment", {}), self.config.to_dict(),
+                                                   bool(self.config.train.new_protocol))
+            old_data = config_lib.flatten(stored.get("experiment", {}))
+            now = config_lib.flatten(self.config.to_dict())
+            plan.update(lines=lines, new=new, protocol=int(stored.get("protocol", 0)),
+                        data_changed=any(old_data.get(k, now.get(k)) != now.get(k) for k in config_lib.DATA_FIELDS),
+                        ema_stored=float(stored.get("experiment", {}).get("train", {}).get("ema", 0.0)))
+
+        try:
+            step, restored, _, notes = checkpoint.restore_newest(
+                directory, _as_items(self.abstract_state),
+                data_iter=lambda stored: None if plan.get("data_changed") else self.feed,
+                optional=("ema",), graftable=("opt_state",), check_config=check,
+                say=lambda m: self.logger.say(f"warning: {m}"))
+        except (config_lib.ProtocolChange, checkpoint.CheckpointDamaged) as e:
+            raise cli.UsageError(str(e)) from None
+        say = self.logger.say
+        for line in plan["lines"]:
+            say(f"config changed since the checkpoint: {line}")
+        self.protocol = plan["protocol"] + (1 if plan["new"] else 0)
+        self.saved_config["protocol"] = self.protocol
+        if plan["new"]:
+            say(f"starting validation protocol {self.protocol} (train.new_protocol): only PSNRs measured "
+                "under it compete for the best checkpoint; metrics.jsonl records carry it")
+        if plan["data_changed"]:
+            say("note: the training data changed; the data order starts afresh from this step")
+        for note in notes:
+            say(f"note: {note}")
+        if self.use_ema and restored["ema"] is None:
+            restored["ema"] = jax.tree_util.tree_map(lambda a: a.copy(), restored["params"])
+            say(f"note: train.ema turned on at resume: the EMA weights start from the restored weights "
+                f"of step {step}")
+        elif not self.use_ema and plan["ema_stored"] > 0:
+            say("note: train.ema turned off at resume: the stored EMA weights are dropped")
+        if self.main_process:  # damaged newer steps are set aside, never deleted nor resumed from
+            for newer in [s for s in checkpoint.step_numbers(directory) if s > step]:
+                target = directory / f"{newer}.damaged"
+                while target.exists():
+                    target = target.with_name(target.name + "_")
+                (directory / str(newer)).rename(target)
+                say(f"note: set the damaged step {newer} aside as {target}")
+            self.manager.reload()
+        state = _from_items(restored)
+        say(f"resuming from step {int(state.step)} (checkpoint in {self.manager.directory})")
         return state
 
     def log_train(self, step: int, state: TrainState, metrics: dict) -> None:
@@ -409,7 +496,8 @@ class Run:
         _check_finite(state, self.config.train.nan_policy)
         weights = local_copy(state.ema if self.use_ema else state.params)
         upscaler = Upscaler(self.model_config, weights, dtype=self.config.model.dtype)
-        result = {**self.evaluator(lambda lr, _: upscaler(lr)), **self.evaluator.baseline}
+        result = {**self.evaluator(lambda lr, _: upscaler(lr)), **self.evaluator.baseline,
+                  "protocol": self.protocol}
         self.logger.eval(step, result)
         return result
 
@@ -417,7 +505,7 @@ class Run:
         """Start an async checkpoint of ``state`` and the data position (ranked by ``result``'s PSNR)."""
         _check_finite(state, self.config.train.nan_policy)
         checkpoint.save(self.manager, step, _as_items(state), config=self.saved_config, data_iter=self.feed,
-                        metrics={"psnr": result["psnr"]} if result else None)
+                        metrics={"psnr": result["psnr"], "protocol": self.protocol} if result else None)
 
     def out_of_time(self, started: float, step: int) -> bool:
         """True once ``train.max_minutes`` have passed since ``started`` (checked every
@@ -428,8 +516,10 @@ class Run:
 
 
 def _close_manager(manager) -> None:
-    manager.wait_until_finished()  # the last checkpoint must finish writing
-    manager.close()
+    try:
+        checkpoint.wait(manager)  # the last checkpoint must finish writing (a full disk: WriteError)
+    finally:
+        manager.close()
 
 
 def train(config, workdir: str | Path) -> dict:

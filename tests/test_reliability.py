@@ -384,3 +384,170 @@ def test_run_lock_names_the_holder_and_is_taken_over_after_kill_9(tmp_path):
         assert lock.previous and lock.previous["pid"] == holder.pid
     with RunLock(tmp_path) as lock:  # a clean release leaves no holder record
         assert lock.previous is None
+
+
+def test_trainer_falls_back_from_a_damaged_newest_step(two_steps, tmp_path):
+    """The trainer names the damaged step and item, resumes from step 3, sets the damaged
+    step aside (never deleted) and finishes; no step restores -> one error line, exit 2."""
+    workdir = damaged_copy(two_steps, tmp_path / "w", "truncated_params_data")
+    r = run(workdir, "--config.train.steps=9")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"checkpoint step 6 in {workdir / 'checkpoints'} is damaged: item 'params'" in r.stderr, r.stderr[-3000:]
+    assert "resuming from step 3" in r.stderr and "Traceback" not in r.stderr
+    assert (workdir / "checkpoints" / "6.damaged").is_dir()
+    assert listing(workdir)[0][-1] == 9
+
+    broken = damaged_copy(two_steps, tmp_path / "b", "deleted_config")
+    DAMAGE["deleted_params"](broken / "checkpoints" / "3")
+    ck = broken / "checkpoints"
+    before = sorted((str(p), p.stat().st_size) for p in ck.rglob("*"))
+    r = run(broken, "--config.train.steps=9")
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert "no checkpoint step reads completely" in lines[0] and "step 6: config missing" in lines[0]
+    assert "nothing was started over it" in lines[0]
+    assert sorted((str(p), p.stat().st_size) for p in ck.rglob("*")) == before, "checkpoints untouched"
+
+
+def test_trainer_announces_a_missing_data_iterator_item(two_steps, tmp_path):
+    import shutil
+
+    workdir = damaged_copy(two_steps, tmp_path / "w", "deleted_params")
+    shutil.rmtree(workdir / "checkpoints" / "6")  # only step 3 is left
+    shutil.rmtree(workdir / "checkpoints" / "3" / "data_iter")
+    r = run(workdir, "--config.train.steps=6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "has no data_iter item; the data order from here on is not exactly that of an uninterrupted run" \
+        in r.stderr, r.stderr[-3000:]
+    assert "resuming from step 3" in r.stderr
+
+
+def test_second_trainer_on_a_workdir_exits_2_naming_the_first(tmp_path):
+    workdir = tmp_path / "w"
+    first = start(workdir, "--config.train.steps=100000", "--config.train.checkpoint_every=1",
+                  "--config.train.keep_last=1", log=tmp_path / "first.log")
+    try:
+        wait_for(first, lambda: bool(listing(workdir)[0]))
+        r = run(workdir, "--config.train.steps=100000", timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+        assert lines[0].startswith(f"error: --workdir {workdir}: another trainer is running in it (host ")
+        assert f"pid {first.pid}," in lines[0]
+        # Readers work while it writes: every read gets a complete step (the newest that reads).
+        for _ in range(15):
+            _, params, _ = checkpoint.restore_params(workdir, say=lambda _: None)
+            assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree_util.tree_leaves(params))
+        assert first.poll() is None, "the first trainer is undisturbed"
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    last = max(listing(workdir)[0])
+    r = run(workdir, f"--config.train.steps={last + 2}")  # the kernel released the dead holder's lock
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"pid {first.pid}" in r.stderr and "ended without releasing" in r.stderr
+    assert f"resuming from step {last}" in r.stderr
+
+
+def test_resume_prints_config_changes_and_guards_the_protocol(two_steps, tmp_path):
+    import json
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(two_steps, workdir)
+    r = run(workdir, "--config.train.steps=7", "--config.optim.lr=5e-4", "--config.data.patch_size=10")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "optim.lr: 0.001 -> 0.0005" in r.stderr and "data.patch_size: 12 -> 10" in r.stderr, r.stderr[-3000:]
+
+    r = run(workdir, "--config.train.steps=8", "--config.data.val_spec=nearest")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert "data.val_spec '' -> 'nearest'" in lines[0] and "--config.train.new_protocol=True" in lines[0]
+    assert listing(workdir)[0][-1] == 7, "nothing was written"
+
+    r = run(workdir, "--config.train.steps=8", "--config.data.val_spec=nearest", "--config.train.new_protocol=True",
+            "--config.train.eval_every=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "validation protocol 1" in r.stderr, r.stderr[-3000:]
+    records = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    assert records[-1]["step"] == 8 and records[-1]["protocol"] == 1
+    assert checkpoint.step_metrics(workdir / "checkpoints" / "8")["protocol"] == 1
+
+
+def test_resume_turning_on_ema_and_clipping(two_steps, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(two_steps, workdir)
+    r = run(workdir, "--config.train.steps=7", "--config.train.ema=0.9", "--config.optim.clip_norm=1.0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "EMA" in r.stderr and "start from the restored weights" in r.stderr, r.stderr[-3000:]
+    assert "opt_state carried over" in r.stderr
+    assert "resuming from step 6" in r.stderr
+    r = run(workdir, "--config.train.steps=8")  # and off again
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from step 7" in r.stderr and "opt_state carried over" in r.stderr
+
+
+@pytest.mark.parametrize("which", ["checkpoints", "step", "item", "imported"])
+def test_a_workdir_is_a_run_not_any_folder(two_steps, tmp_path, which):
+    if which == "imported":
+        from edsr_jax.model import ModelConfig
+
+        cfg = ModelConfig(2, 2, 8)
+        path = tmp_path / "imported"
+        checkpoint.save_params_checkpoint(path, cfg, cfg.build().init(jax.random.key(0), np.zeros((1, 8, 8, 3))))
+    else:
+        path = {"checkpoints": two_steps / "checkpoints", "step": two_steps / "checkpoints" / "6",
+                "item": two_steps / "checkpoints" / "6" / "params"}[which]
+    before = sorted(str(p) for p in path.rglob("*"))
+    r = run(path, "--config.train.steps=9")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: --workdir {path}: is "), r.stderr
+    assert sorted(str(p) for p in path.rglob("*")) == before
+
+
+def test_metrics_jsonl_torn_last_line_and_unopenable(two_steps, tmp_path):
+    import json
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(two_steps, workdir)
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "psnr": 2')  # a crash in the middle of a record
+    r = run(workdir, "--config.train.steps=7", "--config.train.eval_every=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert lines[-2] == '{"step": 7, "psnr": 2' and json.loads(lines[-1])["step"] == 7
+
+    bad = tmp_path / "bad"
+    (bad / "metrics.jsonl").mkdir(parents=True)
+    r = run(bad, "--config.train.steps=3")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "metrics.jsonl" in lines[0], r.stderr[-3000:]
+    assert not (bad / "checkpoints").exists()
+
+
+RUN_TABLE_EVENTS = [  # the first column of docs/bad_inputs.md's issue-15 table, one row per tested class
+    "newest checkpoint step damaged (a data file truncated or emptied, an item folder, its manifest or its config deleted or emptied)",
+    "no step of a workdir reads completely",
+    "a damaged step folder named explicitly (`--checkpoint run/checkpoints/S`)",
+    "a step without its data-iterator item",
+    "a second `train` on a workdir in use",
+    "the previous trainer was killed (`kill -9`)",
+    "`evaluate`, `upscale`, `export` while a trainer writes",
+    "resuming with other config values",
+    "the same with `--config.train.new_protocol=True`",
+    "`train.ema` turned on at resume",
+    "`optim.clip_norm` turned on or off at resume",
+    "`metrics.jsonl` with a torn last line (a crash mid-write)",
+    "`metrics.jsonl` cannot be opened (e.g. it is a folder)",
+    "a full disk in `train` (checkpoint, metrics), `prepare`, `export` (all formats, `--from-torch`), `evaluate --json / --save-images`, `upscale`",
+]
+
+
+def test_documented_run_table_matches_the_tests():
+    doc = (ROOT / "docs" / "bad_inputs.md").read_text()
+    for event in RUN_TABLE_EVENTS:
+        assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"
