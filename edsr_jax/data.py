@@ -31,7 +31,6 @@ position (``get_state``/``set_state``, or Orbax with ``grain.checkpoint.Checkpoi
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import os
 import threading
 import warnings
@@ -241,16 +240,15 @@ class HROnlySource:
     ``degrade`` spec (``None`` means ``bicubic(scale)``, MATLAB imresize; an open
     factor, ``bicubic`` or ``bicubic(S)``, takes ``scale``); its total scale must equal
     ``scale``, else ``degrade.SpecError``. LR patches equal the same window of the
-    degraded whole image bit for bit, for the deterministic part of the chain; with
-    ``exact=False`` (the default) a ``jpeg`` step codes each crop on its own block grid
-    (statistically the same artefacts, far cheaper), ``exact=True`` aligns crops to the
-    JPEG macroblock grid as well (``Pipeline.exact_margin``, ``hr_alignment``).
+    degraded whole image bit for bit, for the deterministic part of the chain, except
+    that a ``jpeg`` step codes each crop on its own block grid (statistically the same
+    artefacts, far cheaper than aligning crops to the whole image's grid).
     Unreadable images are skipped with a warning.
     ``image(i) -> hr (H, W, 3)`` uint8 read-only, H and W cropped to multiples of scale.
     """
 
     def __init__(self, paths_or_folder, scale: int, spec: str | None = None, *,
-                 exact: bool = False, cache_dir: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None,
                  num_threads: int | None = None, progress: bool = True):
         self.scale = s = _check_scale(scale)
         self.pipeline = _pipeline(spec, s)
@@ -267,12 +265,7 @@ class HROnlySource:
         self._hr = _MappedImages([decoded[k] for k in keep])
         shapes = [cache_lib.load(decoded[k]).shape for k in keep]
         self.lr_sizes = [(h // s, w // s) for h, w, _ in shapes]
-        if exact:  # JPEG block grids too: costlier crops (128 extra HR pixels for x4 chains)
-            self.align = math.lcm(s, self.pipeline.hr_alignment)
-            margin = self.pipeline.exact_margin
-        else:
-            self.align, margin = s, self.pipeline.margin
-        self.margin = -(-margin // self.align) * self.align
+        self.margin = -(-self.pipeline.margin // s) * s
 
     def __len__(self) -> int:
         return len(self.names)
@@ -289,17 +282,16 @@ class HROnlySource:
         """A random crop of image ``i`` and its degraded LR: ``(lr (p, p, 3), hr (p*s, p*s, 3))`` uint8.
 
         The HR crop is degraded with ``margin`` extra HR pixels on each side (fewer at
-        the image's edges; with ``exact`` its corners snapped outwards to the JPEG grid)
-        and the LR interior is kept, so crop borders do not leak into the LR patch.
+        the image's edges) and the LR interior is kept, so crop borders do not leak into
+        the LR patch.
         """
         hr = self.image(i)
-        p, s, m, a = patch_size, self.scale, self.margin, self.align
+        p, s, m = patch_size, self.scale, self.margin  # m: a multiple of s
         h, w = self.lr_sizes[i]
         y = int(rng.integers(0, h - p + 1)) * s
         x = int(rng.integers(0, w - p + 1)) * s
-        y0, x0 = max(0, (y - m) // a * a), max(0, (x - m) // a * a)
-        y1 = min(h * s, -(-(y + p * s + m) // a) * a)
-        x1 = min(w * s, -(-(x + p * s + m) // a) * a)
+        y0, x0 = max(0, y - m), max(0, x - m)
+        y1, x1 = min(h * s, y + p * s + m), min(w * s, x + p * s + m)
         lr = self.pipeline(np.ascontiguousarray(hr[y0:y1, x0:x1]), rng)
         oy, ox = (y - y0) // s, (x - x0) // s
         return lr[oy:oy + p, ox:ox + p], hr[y:y + p * s, x:x + p * s]
@@ -407,24 +399,20 @@ def usable_images(source, patch_size: int) -> list[int]:
 def make_train_dataset(source, *, patch_size: int, batch_size: int, seed: int,
                        patches_per_image: int = 1, augment: bool = True, num_workers: int = 0,
                        prefetch: int = 2, process_index: int | None = None,
-                       process_count: int | None = None, read_threads: int = 1,
-                       prefetch_buffer: int | None = None) -> grain.IterDataset:
+                       process_count: int | None = None) -> grain.IterDataset:
     """An endless, reshuffled-every-epoch stream of training batches for this process.
 
     Yields ``{"lr": (B, p, p, 3) uint8, "hr": (B, p*s, p*s, 3) uint8}`` in [0, 255] with
     ``p = patch_size`` (LR pixels), ``s = source.scale`` and ``B = batch_size //
     process_count`` (``batch_size`` is the global batch). An epoch is
     ``len(usable images) * patches_per_image`` patches. ``num_workers > 0`` adds Grain
-    worker processes (same batches as 0); ``prefetch`` batches are read ahead
-    (``prefetch_buffer`` is an alias); ``read_threads`` threads assemble batches in each
-    process (1 is fastest here: the NumPy work holds the GIL; 2 threads halved throughput).
+    worker processes (same batches as 0); ``prefetch`` batches are read ahead by one
+    thread per process (more threads were slower here: the NumPy work holds the GIL; 2
+    threads halved throughput).
     ``process_index``/``process_count`` default to ``jax.process_index()``/``process_count()``.
     """
-    if prefetch_buffer is not None:
-        prefetch = prefetch_buffer
     for name, v in (("patch_size", patch_size), ("batch_size", batch_size),
-                    ("patches_per_image", patches_per_image), ("prefetch", prefetch),
-                    ("read_threads", read_threads)):
+                    ("patches_per_image", patches_per_image), ("prefetch", prefetch)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if num_workers < 0:
@@ -450,7 +438,7 @@ def make_train_dataset(source, *, patch_size: int, batch_size: int, seed: int,
           .random_map(sampler, seed=map_seed))
     ds = ds[process_index::process_count]
     ds = ds.batch(batch_size // process_count, drop_remainder=True)
-    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(prefetch, read_threads))
+    read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
     it = ds.to_iter_dataset(read)
     if num_workers > 0:
         from absl import flags  # noqa: PLC0415

@@ -40,14 +40,9 @@ crop origin that is a multiple of ``scale``, the interior of a degraded crop equ
 the same region of the degraded whole image bit for bit, for deterministic chains
 without jpeg. A jpeg step codes the crop on its own block grid: the result is
 statistically equivalent (same quality, same kind of artefacts) but not bit-equal, and
-the data pipeline needs nothing more. For bit-equality with jpeg too, use
-``Pipeline.exact_margin`` and crops whose origin and size are multiples of
-``Pipeline.hr_alignment``: JPEG codes 16 x 16 macroblocks independently (8 x 8 luma
-blocks, 2x subsampled chroma in 4:2:0; the decoder's chroma upsampling reads one chroma
-sample across block edges), so ``hr_alignment = lcm(scale, 16 * factor before the
-jpeg)`` and ``lr_alignment = hr_alignment / scale`` (16 when the jpeg follows the
-resize; 1 without jpeg). ``noise`` and sampled ranges are random: only a chain's
-deterministic part is reproduced by a crop.
+the data pipeline needs nothing more (JPEG codes 16 x 16 macroblocks independently, so
+bit-equality would need crops aligned to the whole image's block grid). ``noise`` and
+sampled ranges are random: only a chain's deterministic part is reproduced by a crop.
 """
 
 from __future__ import annotations
@@ -64,11 +59,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from edsr_jax.imresize import contributions, imresize
+from edsr_jax import SCALES
+from edsr_jax.imresize import apply_taps, imresize, strided_taps
 
-SCALES = (2, 3, 4)
 TRUNCATE = 4.0  # Gaussian kernels reach ceil(TRUNCATE * sigma) pixels.
-JPEG_BLOCK = 16  # 4:2:0 macroblock: the unit JPEG codes independently.
 
 
 class SpecError(ValueError):
@@ -97,67 +91,14 @@ def _check_factor(img: np.ndarray, s: int, name: str) -> None:
         raise ValueError(f"{name}({s}) needs height and width divisible by {s}, got {h}x{w}")
 
 
-@functools.lru_cache(maxsize=256)
-def _bicubic_geometry(n: int, s: int):
-    """``imresize``'s weights for ``n -> n/s`` as strided taps, or None when they are not.
-
-    Returns ``(weights, offsets, pad_lo, pad_hi)`` (tuples of ``taps`` floats and ints)
-    such that output ``j`` is ``sum_k weights[k] * symmetric_pad(x)[j*s + offsets[k] + pad_lo]``.
-    """
-    m = n // s
-    weights, idx = contributions(n, m, 1.0 / s, True)
-    j = m // 2
-    offsets = idx[j] - j * s
-    pad_lo = max(0, -int(offsets.min()))
-    pad_hi = max(0, (m - 1) * s + int(offsets.max()) + 1 - n)
-    if max(pad_lo, pad_hi) > n:
-        return None
-    source = np.pad(np.arange(n), (pad_lo, pad_hi), mode="symmetric")
-    expect = source[np.arange(m)[:, None] * s + offsets[None, :] + pad_lo]
-    if not np.array_equal(expect, idx) or not np.all(weights == weights[:1]):
-        return None
-    return tuple(float(w) for w in weights[0]), tuple(int(o) for o in offsets), pad_lo, pad_hi
-
-
-def _bicubic_pass(x: np.ndarray, s: int, axis: int) -> np.ndarray | None:
-    geom = _bicubic_geometry(x.shape[axis], s)
-    if geom is None:
-        return None
-    weights, offsets, pad_lo, pad_hi = geom
-    m = x.shape[axis] // s
-    pads = [(0, 0)] * x.ndim
-    pads[axis] = (pad_lo, pad_hi)
-    xp = np.pad(x, pads, mode="symmetric")
-    out = tmp = None
-    for k, (off, wk) in enumerate(zip(offsets, weights)):
-        sl = [slice(None)] * x.ndim
-        start = off + pad_lo
-        sl[axis] = slice(start, start + (m - 1) * s + 1, s)
-        if out is None:  # the same float64 products and sums, in the same order, as imresize
-            out = np.multiply(xp[tuple(sl)], wk, dtype=np.float64)
-            tmp = np.empty_like(out)
-        else:
-            np.add(out, np.multiply(xp[tuple(sl)], wk, out=tmp), out=out)
-    out += 0.5
-    np.floor(out, out=out)
-    return np.clip(out, 0, 255, out=out)  # MATLAB rounds uint8 after each pass
-
-
 def bicubic(img: np.ndarray, scale: int) -> np.ndarray:
     """MATLAB bicubic downscale by ``scale`` in (2, 3, 4).
 
-    ``(H, W, 3) uint8 -> (H/scale, W/scale, 3) uint8``; equals ``imresize(img, 1/scale)``
-    bit for bit (the same float64 products and sums, read through strided slices
-    instead of gathers, about 3x faster; falls back to ``imresize`` for tiny images).
+    ``(H, W, 3) uint8 -> (H/scale, W/scale, 3) uint8``: ``imresize(img, 1/scale)``, bit for bit.
     """
     img = _check_image(img, "bicubic")
     _check_factor(img, scale, "bicubic")
-    x = _bicubic_pass(img, scale, axis=0)  # uint8 * float64 weight == float64(img) * weight
-    if x is not None:
-        x = _bicubic_pass(x, scale, axis=1)
-    if x is None:
-        return imresize(img, 1.0 / scale)
-    return x.astype(np.uint8)
+    return imresize(img, 1.0 / scale)
 
 
 def nearest(img: np.ndarray, scale: int) -> np.ndarray:
@@ -184,24 +125,17 @@ def _triangle_taps(s: int) -> tuple[np.ndarray, int]:
     return w[keep] / w[keep].sum(), int(pos[keep][0])
 
 
-def _strided_filter(img: np.ndarray, weights: np.ndarray, offset: int, s: int,
-                    axis: int) -> np.ndarray:
-    """``out[j] = sum_k weights[k] * img[j*s + offset + k]`` along ``axis``, symmetric edges."""
-    n = img.shape[axis]
-    n_out = n // s
-    pad_lo = max(0, -offset)
-    pad_hi = max(0, (n_out - 1) * s + offset + len(weights) - n)
-    pads = [(0, 0)] * img.ndim
-    pads[axis] = (pad_lo, pad_hi)
-    padded = np.pad(img, pads, mode="symmetric")
-    out = None
-    for k, wk in enumerate(weights):
-        start = offset + k + pad_lo
-        sl = [slice(None)] * img.ndim
-        sl[axis] = slice(start, start + (n_out - 1) * s + 1, s)
-        term = padded[tuple(sl)] * np.float32(wk)
-        out = term if out is None else out + term
-    return out
+@functools.lru_cache(maxsize=256)
+def _triangle_geometry(n: int, s: int):
+    """``(weights (n/s, taps) float32, indices (n/s, taps), imresize.StridedTaps)`` of
+    ``_triangle_taps(s)`` along an axis of ``n`` pixels, edges reflected symmetrically."""
+    w, offset = _triangle_taps(s)
+    m = n // s
+    raw = np.arange(m)[:, None] * s + offset + np.arange(len(w))[None, :]
+    mirror = np.concatenate([np.arange(n), np.arange(n - 1, -1, -1)])
+    indices = mirror[np.mod(raw, 2 * n)]
+    weights = np.broadcast_to(w.astype(np.float32), (m, len(w)))
+    return weights, indices, strided_taps(indices, n)
 
 
 def bilinear(img: np.ndarray, scale: int) -> np.ndarray:
@@ -211,10 +145,9 @@ def bilinear(img: np.ndarray, scale: int) -> np.ndarray:
     """
     img = _check_image(img, "bilinear")
     _check_factor(img, scale, "bilinear")
-    weights, offset = _triangle_taps(scale)
     x = img.astype(np.float32)
-    x = _strided_filter(x, weights, offset, scale, axis=0)
-    x = _strided_filter(x, weights, offset, scale, axis=1)
+    x = apply_taps(x, 0, *_triangle_geometry(x.shape[0], scale))
+    x = apply_taps(x, 1, *_triangle_geometry(x.shape[1], scale))
     return _to_uint8(x)
 
 
@@ -379,12 +312,11 @@ def _first_clean(w: int, s: int, taps: Callable[[int], int]) -> int:
     return j
 
 
-def _corruption_after(step: Step, w: int, exact_jpeg: bool) -> int:
+def _corruption_after(step: Step, w: int) -> int:
     """Pixels from a crop edge that differ from the whole image after ``step``.
 
     ``w`` is that width before the step, in pixels of the image the step sees. A jpeg
-    spreads it to whole 16-pixel macroblocks plus chroma upsampling only when
-    ``exact_jpeg`` (otherwise its crop is counted as statistically equivalent).
+    keeps it (its crop is counted as statistically equivalent to the whole image's).
     """
     op = step.op
     if op in ("bicubic", "bilinear", "nearest"):
@@ -398,11 +330,7 @@ def _corruption_after(step: Step, w: int, exact_jpeg: bool) -> int:
         return w + math.ceil(TRUNCATE * step.ranges[0][1])
     if op == "aniso_blur":
         return w + math.ceil(TRUNCATE * max(step.ranges[0][1], step.ranges[1][1]))
-    if op == "jpeg" and exact_jpeg:
-        if w == 0:
-            return 2  # chroma upsampling reads one chroma sample beyond the crop edge
-        return -(-w // JPEG_BLOCK) * JPEG_BLOCK + 2
-    return w  # noise: per pixel; jpeg when not exact
+    return w  # noise: per pixel; jpeg: statistically equivalent
 
 
 @dataclass(frozen=True)
@@ -413,46 +341,25 @@ class Pipeline:
     ``scale`` total downscale factor; ``margin`` HR context pixels per side (a multiple
     of ``scale``) so that, for a crop whose origin is a multiple of ``scale``, the LR
     interior equals the whole image's LR there, except that a jpeg step codes the crop
-    on its own block grid (statistically equivalent, not bit-equal); ``exact_margin``
-    (a multiple of ``hr_alignment``) makes jpeg crops bit-equal too when the crop's origin
-    and size are multiples of ``hr_alignment``; ``lr_alignment = hr_alignment / scale``.
-    Without jpeg, ``exact_margin == margin`` and ``lr_alignment == 1``.
+    on its own block grid (statistically equivalent, not bit-equal).
     """
 
     steps: tuple[Step, ...]
     scale: int = field(init=False)
     margin: int = field(init=False)
-    exact_margin: int = field(init=False)
-    hr_alignment: int = field(init=False)
 
     def __post_init__(self):
-        scale, w, w_exact, align = 1, 0, 0, 1
+        scale, w = 1, 0
         for st in self.steps:
-            if st.op == "jpeg":
-                align = math.lcm(align, JPEG_BLOCK * scale)
-            w = _corruption_after(st, w, exact_jpeg=False)
-            w_exact = _corruption_after(st, w_exact, exact_jpeg=True)
+            w = _corruption_after(st, w)
             if OPS[st.op].resize:
                 scale *= int(st.ranges[0][0])
-        align = math.lcm(align, scale)
         object.__setattr__(self, "scale", scale)
-        object.__setattr__(self, "hr_alignment", align)
         object.__setattr__(self, "margin", w * scale)
-        object.__setattr__(self, "exact_margin", -(-w_exact * scale // align) * align)
 
     @property
     def spec(self) -> str:
         return " > ".join(st.text for st in self.steps)
-
-    @property
-    def lr_alignment(self) -> int:
-        """LR crop grid for bit-exact jpeg crops: 16 when a jpeg follows the resize, 1 without jpeg."""
-        return self.hr_alignment // self.scale
-
-    @property
-    def deterministic(self) -> bool:
-        """True when the chain draws nothing at random (no ranges, no noise)."""
-        return all(st.fixed and not OPS[st.op].uses_rng for st in self.steps)
 
     def sample(self, rng: np.random.Generator) -> list[dict[str, Any]]:
         """Concrete parameters for every step, e.g. ``[{"op": "blur", "sigma": 0.8}, ...]``."""

@@ -329,15 +329,12 @@ def test_spec_scale_must_match(tmp_path):
     assert src.pipeline.scale == 2
 
 
-@pytest.mark.parametrize("spec,exact", [("blur(1.0) > bicubic(2)", False),
-                                        ("blur(1.0) > bicubic(2) > jpeg(60)", True)])
-def test_degraded_crop_matches_whole_image(tmp_path, spec, exact):
-    """For a deterministic chain the margined crop's LR patch equals the same window of
-    the degraded whole image bit for bit (away from image edges); with JPEG only when
-    crops are aligned to its block grid (``exact``)."""
+@pytest.mark.parametrize("spec", ["blur(1.0) > bicubic(2)", "bicubic(2) > blur(0.8)"])
+def test_degraded_crop_matches_whole_image(tmp_path, spec):
+    """For a deterministic chain without jpeg the margined crop's LR patch equals the same
+    window of the degraded whole image bit for bit (away from image edges)."""
     folder = make_hr(tmp_path / "hr", [(160, 192)])
-    src = data.HROnlySource(folder, 2, spec=spec, exact=exact, cache_dir=tmp_path / "cache",
-                            progress=False)
+    src = data.HROnlySource(folder, 2, spec=spec, cache_dir=tmp_path / "cache", progress=False)
     full = src.pipeline(np.ascontiguousarray(src.image(0)), np.random.default_rng(0))
     p, inside = 12, 0
     for k in range(300):

@@ -194,3 +194,27 @@ def test_bad_arguments():
         imresize(img, 0)
     with pytest.raises(ValueError, match="shape"):
         imresize(np.zeros((2, 2, 2, 2)), 2)
+
+
+@pytest.mark.parametrize("scale", [1 / 4, 1 / 3, 1 / 2, 2, 3, 4, 0.7, 1.5])
+def test_strided_taps_give_the_bits_of_gathers(scale):
+    """Where source indices repeat with a period, ``apply_taps`` reads strided slices of the
+    padded image instead of gathering: the same float64 products and sums, the same bits,
+    on both axes, for uint8 and float input, whatever the length (reflected edges included)."""
+    from edsr_jax.imresize import apply_taps, output_size, strided_taps
+
+    rng = np.random.default_rng(7)
+    strided = []
+    for n in [*range(1, 30), 97, 256, 511]:
+        out = output_size(n, scale)
+        weights, indices = contributions(n, out, float(scale), True)
+        plan = strided_taps(indices, n)
+        if n > 64:
+            strided.append(plan is not None)
+        for img in (rng.integers(0, 256, (n, 4, 3), dtype=np.uint8), rng.normal(0, 80, (n, 4, 3))):
+            for axis in (0, 1):
+                x = np.ascontiguousarray(np.moveaxis(img, 0, axis))
+                np.testing.assert_array_equal(apply_taps(x, axis, weights, indices, plan),
+                                              apply_taps(x, axis, weights, indices, None))
+    if float(scale).is_integer() or (1 / scale).is_integer():
+        assert all(strided)  # integer factors always have a period (1 or the factor)
