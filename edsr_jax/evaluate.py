@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -134,16 +132,14 @@ def format_table(results: list[dict]) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    """``--json``: written atomically (``outputs.atomic_write``); a full disk is one line."""
+    from edsr_jax import outputs
+
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise outputs.write_error(path.parent, e) from None
+    outputs.atomic_write(path, json.dumps(data, indent=2) + "\n", overwrite=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,8 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise cli.UsageError(f"--spec: {e}") from None
     datasets = _check_datasets(args.datasets, args.max_images)
     json_path = Path(args.json) if args.json else None
-    if json_path is not None and json_path.exists() and not args.overwrite:
-        raise cli.UsageError(f"{json_path}: exists (pass --overwrite to replace it)")
+    if json_path is not None:
+        from edsr_jax import outputs
+
+        outputs.check_not_input(json_path, [p for _, paths in datasets for p in paths], option="--json")
+        if json_path.exists() and not args.overwrite:
+            raise cli.UsageError(f"{json_path}: exists (pass --overwrite to replace it)")
 
     methods: list[tuple[str, UpscaleFn, list[int]]] = []
     scales = list(dict.fromkeys(args.scales or []))
@@ -186,13 +186,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bicubic:
         methods.insert(0, ("bicubic", bicubic_upscale, scales))
 
-    if args.save_images and not args.overwrite:
+    if args.save_images:
+        from edsr_jax import outputs
+
+        inputs = [p for _, paths in datasets for p in paths]
         for folder, paths in datasets:
             for method, _, method_scales in methods:
                 for s in method_scales:
                     for p in paths:
                         target = panel_path(args.save_images, folder.name, s, p.name, method)
-                        if target.exists():
+                        outputs.inside(args.save_images, str(target.relative_to(args.save_images)),
+                                       option="--save-images")
+                        outputs.check_not_input(target, inputs, option="--save-images")
+                        if target.exists() and not args.overwrite:
                             raise cli.UsageError(f"{target}: exists (pass --overwrite to replace it)")
 
     results, failed = [], {}

@@ -250,6 +250,180 @@ def test_paired_source_skips_an_unreadable_pair(tmp_path):
     assert src.names == ["0001"]
 
 
+# ---------------------------------------------------------------- outputs stay under their folder (issue 15.5)
+
+
+def _one_image(folder: Path, side: int = 24) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_rgb(side, side)).save(folder / "a.png")
+    return folder / "a.png"
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--suffix", "/../../escaped", "must not contain a path separator"),
+    ("--suffix", "_" + "x" * 300, "longer than the file system allows"),
+    ("--ext", "/../../x.png", "must not contain a path separator"),
+])
+def test_upscale_output_names_stay_under_out(tmp_path, tiny_checkpoint, capsys, option, value, message):
+    src = _one_image(tmp_path / "in")
+    code, _, err = run_cli(upscale.main, [src, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "out",
+                                          option, value], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.png"], "nothing written"
+
+
+def test_upscale_never_writes_through_a_link_to_an_input(tmp_path, tiny_checkpoint, capsys):
+    src = _one_image(tmp_path / "in")
+    before = src.read_bytes()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").symlink_to(src)
+    code, _, err = run_cli(upscale.main, [src, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "out",
+                                          "--overwrite"], capsys)
+    assert code == 2 and "is an input of this command" in err, err
+    assert src.read_bytes() == before
+
+
+def test_prepare_refuses_an_output_folder_that_is_the_input(tmp_path, capsys):
+    hr = tmp_path / "data" / "LR_bicubic" / "X2"
+    _one_image(hr)
+    code, _, err = run_cli(prepare.main, [hr, "--out", tmp_path / "data", "--scales", 2, "--workers", 1], capsys)
+    assert code == 2 and "is the input folder" in err, err
+    code, _, err = run_cli(prepare.main, [hr, "--out", tmp_path / "p", "--name", "n" * 300, "--workers", 1], capsys)
+    assert code == 2 and "--name" in err and "longer than the file system allows" in err, err
+
+
+def test_evaluate_json_is_never_an_input(tmp_path, capsys):
+    src = _one_image(tmp_path / "set")
+    before = src.read_bytes()
+    code, _, err = run_cli(evaluate.main, ["--bicubic", "--scales", 2, "--json", src, "--overwrite", src.parent],
+                           capsys)
+    assert code == 2 and "is an input of this command" in err, err
+    assert src.read_bytes() == before
+
+
+def test_export_never_writes_into_what_it_reads(tmp_path, tiny_checkpoint, capsys):
+    from edsr_jax import export
+
+    inside = tiny_checkpoint / "checkpoints" / "0" / "params" / "x.shlo"
+    code, _, err = run_cli(export.main, ["--checkpoint", tiny_checkpoint, "--format", "stablehlo",
+                                         "--out", inside, "--overwrite"], capsys)
+    assert code == 2 and "lies inside the checkpoint being exported" in err, err
+    assert not inside.exists()
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"not really weights")
+    code, _, err = run_cli(export.main, ["--from-torch", weights, "--scale", 2, "--out", weights], capsys)
+    assert code == 2 and "is an input of this command" in err, err
+    assert weights.read_bytes() == b"not really weights"
+
+
+def test_written_files_have_the_usual_permissions(tmp_path):
+    import os
+
+    from edsr_jax import outputs
+
+    old = os.umask(0o022)
+    try:
+        outputs._UMASK = None
+        path = outputs.atomic_write(tmp_path / "f.json", "{}\n")
+    finally:
+        os.umask(old)
+        outputs._UMASK = None
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+# ---------------------------------------------------------------- a full disk (issue 15.6)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs, filled to the last byte; skipped where mounting is not permitted."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_is_one_line_in_every_writer(full_disk, tmp_path, tiny_checkpoint, capsys):
+    from edsr_jax import export
+
+    src = _one_image(tmp_path / "in", side=40)
+    torch_pt = tmp_path / "w.pt"
+    assert run_cli(export.main, ["--checkpoint", tiny_checkpoint, "--format", "torch", "--out", torch_pt],
+                   capsys)[0] == 0
+    runs = {
+        "export stablehlo": (export.main, ["--checkpoint", tiny_checkpoint, "--format", "stablehlo",
+                                           "--out", full_disk / "m.shlo"], full_disk / "m.shlo"),
+        "export --from-torch": (export.main, ["--from-torch", torch_pt, "--scale", 2, "--out", full_disk / "imp"],
+                                full_disk / "imp"),
+        "prepare": (prepare.main, [src.parent, "--out", full_disk / "p", "--scales", 2, "--workers", 1,
+                                   "--no-progress"], full_disk / "p" / "HR" / "0001.png"),
+        "upscale": (upscale.main, [src, "--checkpoint", tiny_checkpoint, "--out", full_disk / "u"],
+                    full_disk / "u" / "a.png"),
+        "evaluate --json": (evaluate.main, ["--bicubic", "--scales", 2, "--json", full_disk / "s.json",
+                                            src.parent], full_disk / "s.json"),
+        "evaluate --save-images": (evaluate.main, ["--bicubic", "--scales", 2, "--save-images", full_disk / "panels",
+                                                   src.parent], full_disk / "panels" / "in" / "x2" / "a_bicubic.png"),
+    }
+    for what, (main, argv, target) in runs.items():
+        code, _, err = run_cli(main, argv, capsys)
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
+        assert code == 2 and len(lines) == 1 and "no space left on device" in lines[0], (what, err)
+        assert not target.exists(), what
+    leftovers = [p.name for p in full_disk.rglob("*") if p.name.startswith(".tmp")]
+    assert not leftovers, leftovers
+    # Room again: the retry of the import is not blocked by anything the failure left.
+    (full_disk / "filler").unlink()
+    assert run_cli(export.main, ["--from-torch", torch_pt, "--scale", 2, "--out", full_disk / "imp"], capsys)[0] == 0
+
+
+# ---------------------------------------------------------------- validation at the door (issue 15.7)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=inf", "config.optim.lr = inf: must be a finite number"),
+    ("optim.lr=nan", "config.optim.lr = nan"),
+    ("model.res_scale=inf", "config.model.res_scale = inf: must be a finite number"),
+    ("optim.eps=-1e-8", "config.optim.eps = -1e-08: must be > 0"),
+    ("train.keep_best=-1", "config.train.keep_best = -1: must be an integer in [0,"),
+    ("train.keep_last=-2", "config.train.keep_last = -2"),
+    ("data.val_max_images=-3", "config.data.val_max_images = -3: must be an integer in [0,"),
+    ("train.steps=" + "9" * 1000, "config.train.steps = 999"),
+    ("train.seed=" + "1" * 20, "config.train.seed = 111"),
+    ("data.val_spec=   ", "config.data.val_spec = '   ': is blank"),
+    ("data.spec=jpeg(", "config.data.spec = 'jpeg(': not a valid degradation spec"),
+    ("data.cache_dir=CACHE_FILE", "config.data.cache_dir = "),
+])
+def test_train_refuses_senseless_values_before_anything_is_written(tmp_path, capsys, override, message):
+    from conftest import ROOT
+    from edsr_jax import train
+
+    (tmp_path / "file").write_text("x")
+    override = override.replace("CACHE_FILE", str(tmp_path / "file"))
+    workdir = tmp_path / "w"
+    code, _, err = run_cli(train.main, ["--config", ROOT / "tests" / "configs" / "tiny.py", "--workdir", workdir,
+                                        f"--config.{override}"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not workdir.exists()
+
+
 # ---------------------------------------------------------------- the documented table
 
 WORDS = {
