@@ -495,13 +495,6 @@ def step_config(manager: ocp.CheckpointManager, step: int) -> dict:
     return read_item(Path(manager.directory) / str(step), "config", ocp.args.JsonRestore())
 
 
-def read_config(path: str | Path) -> dict:
-    """The JSON config stored with the checkpoint at ``path`` (the first step that reads)."""
-    directory, steps, explicit = candidates(path)
-    _, _, config, _ = _restore_checked(directory, steps, explicit, {})
-    return config
-
-
 def _restore_checked(directory: Path, steps: list[int], explicit: bool, abstract_state, **kw):
     """``restore_newest`` over ``steps``; an explicitly named step folder is never replaced
     by another: its damage is an error naming the item."""
