@@ -106,13 +106,14 @@ class JaxSide:
 
         from edsr_jax import config as config_lib
         from edsr_jax import onednn_conv, train
+        from edsr_jax.model import DTYPES
 
         config = config_lib.base_config()
         config.optim.lr = ADAM["lr"]
         config.data.batch_size = int(batch["lr"].shape[0])  # picks the compiler options
         self.conv_backend = onednn_conv.choose_backend(  # as the trainer chooses
-            conv_backend, jax.devices()[0].platform, 1, train.DTYPES[dtype])
-        model = model_config.build(dtype=train.DTYPES[dtype], conv_backend=self.conv_backend)
+            conv_backend, jax.devices()[0].platform, 1, DTYPES[dtype])
+        model = model_config.build(dtype=DTYPES[dtype], conv_backend=self.conv_backend)
         tx, _ = train.make_optimizer(config.optim)
         mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                              devices=jax.devices()[:1])
