@@ -82,11 +82,18 @@ class Logger:
                  f"on {result['images']} images")
 
     def close(self) -> None:
-        """Close the bar and flush the event file; safe to call twice."""
+        """Close the bar and flush the event file; safe to call twice. An event file that
+        cannot be flushed (a full disk) is a warning: the checkpoints are what a run keeps."""
         if self.enabled:
             self.bar.close()
-            self.tb.close()
             self.enabled = False
+            try:
+                self.tb.close()
+            except OSError as e:
+                from edsr_jax.outputs import describe_os_error
+
+                print(f"warning: {self.tb.logdir}: TensorBoard events not all written "
+                      f"({describe_os_error(e)})", file=sys.stderr)
 
 
 class StopRequest:

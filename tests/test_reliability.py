@@ -551,3 +551,29 @@ def test_documented_run_table_matches_the_tests():
     doc = (ROOT / "docs" / "bad_inputs.md").read_text()
     for event in RUN_TABLE_EVENTS:
         assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"
+
+
+@pytest.mark.slow
+def test_full_disk_during_training_is_one_line_and_resumable(tmp_path):
+    """A 400 KiB tmpfs holds the first checkpoints of the tiny run, not all of them: one
+    ``error:`` line naming the folder and the newest complete step, exit 2; after the disk
+    grows, the same command resumes from that step (the unfinished save is never used)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        workdir = mnt / "w"
+        r = run(workdir, "--config.train.steps=30", "--config.train.keep_last=10")
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        newest = max(listing(workdir)[0])
+        assert errors[0] == (f"error: {workdir / 'checkpoints'}: could not write a checkpoint (no space left on "
+                             f"device); the newest complete one is step {newest} (an unfinished save is never "
+                             "resumed from)"), errors
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
+        r = run(workdir, f"--config.train.steps={newest + 3}", "--config.train.keep_last=10")
+        assert r.returncode == 0 and f"resuming from step {newest}" in r.stderr, r.stderr[-3000:]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
