@@ -6,7 +6,9 @@ kernels, not separate launches) and counts, per program:
 
 - kernels (one per launched op: fusions, library calls, copies, collectives, unfused ops),
   split into cuDNN / cuBLAS / Triton / other custom calls and plain fusions;
-- ``copy`` ops and the bytes they move, conditionals, while loops;
+- ``copy`` ops within device memory and the bytes they move (moves to and from on-chip
+  memory, the TPU's VMEM prefetches and write-backs, count apart as ``prefetch`` kernels),
+  conditionals, while loops;
 - host transfers (send / recv / infeed / outfeed, host callbacks, host-memory copies);
 - collectives with the bytes of their results;
 - per kernel FLOPs (convolutions and dots exactly from their shapes, elementwise ops one per
@@ -135,6 +137,20 @@ def _first_array_bytes(shape: str) -> int:
     """Bytes of the first array of a shape (a copy-start's tuple is (destination, source, ...))."""
     m = ARRAY.search(shape)
     return nbytes(m.group(0)) if m else 0
+
+
+def memory_space(shape: str) -> int:
+    """Memory space of the first array of a shape: 0 (device memory) unless its layout says
+    ``S(n)`` (e.g. 1: TPU VMEM, 5: host memory)."""
+    m = re.match(r"\(?\w+\[[\d,]*\](\{[^}]*\})?", shape)
+    space = re.search(r"S\((\d+)\)", m.group(1) or "") if m else None
+    return int(space.group(1)) if space else 0
+
+
+def _nth_array(shape: str, n: int) -> str:
+    """The text of the ``n``-th array (with its layout) of a tuple shape, or ""."""
+    found = re.findall(r"\w+\[[\d,]*\](?:\{[^}]*\})?", shape)
+    return found[n] if n < len(found) else ""
 
 
 def _called(instr: Instr, key: str) -> list[str]:
@@ -270,7 +286,8 @@ class Kernel:
 
 
 def kernel_kind(ins: Instr) -> str:
-    """cudnn / cublas / triton / custom-call / fusion / copy / collective / host / other."""
+    """cudnn / cublas / triton / custom-call / fusion / copy / collective / host / other
+    (``program_stats`` further splits copies by the memory they write to)."""
     if ins.opcode == "custom-call":
         target = re.search(r'custom_call_target="([^"]+)"', ins.attrs)
         t = target.group(1) if target else ""
@@ -329,8 +346,15 @@ def program_stats(hlo_text: str) -> ProgramStats:
             if ins.opcode in FREE:
                 continue
             kind = kernel_kind(ins)
-            if ins.opcode.startswith("copy") and "S(5)" in ins.shape:
-                kind = "host"
+            if kind == "copy":
+                # A copy-start's shape is (destination, source, context). S(5) is host memory
+                # (offloading); another space on either side is on-chip memory (the TPU's
+                # VMEM prefetches and write-backs placed by memory-space assignment): moves
+                # between memories, not copies of arrays within device memory.
+                src = (_nth_array(ins.shape, 1) if ins.opcode == "copy-start"
+                       else shapes.get(ins.operands[0], "") if ins.operands else "")
+                spaces = {memory_space(ins.shape), memory_space(src)}
+                kind = "host" if 5 in spaces else "copy" if spaces == {0} else "prefetch"
             kinds[kind] += 1
             if kind == "copy":
                 copies += 1
@@ -363,18 +387,27 @@ class Device:
     interconnect_gbs: float
 
 
-def roofline_seconds(stats: ProgramStats, device: Device, launch_us: float | None = None) -> float:
-    """Estimated run time: each kernel takes the longer of its compute and memory time, plus
-    a fixed launch cost; collectives move their bytes twice (ring all-reduce) over the
-    interconnect. Kernels run one after another (no overlap assumed)."""
-    launch = device.launch_us if launch_us is None else launch_us
+def roofline_seconds(stats: ProgramStats, device: Device, devices: int = 1,
+                     launch_us: float | None = None) -> float:
+    """Estimated run time (seconds) of a program on ``device``: each kernel takes the longer of
+    its compute time (matrix FLOPs at the dense peak of its output dtype, elementwise FLOPs at
+    the vector peak) and its memory time (bytes at HBM bandwidth), plus a fixed launch cost;
+    a collective over ``devices`` moves ``2 (n-1)/n`` of its bytes (ring all-reduce) at the
+    interconnect bandwidth. Kernels run one after another: no overlap is assumed."""
+    launch = (device.launch_us if launch_us is None else launch_us) * 1e-6
     total = 0.0
     for k in stats.kernels:
         if k.kind == "collective":
-            total += 2.0 * k.bytes / 2 / (device.interconnect_gbs * 1e9) + launch * 1e-6
+            moved = 2.0 * (devices - 1) / max(devices, 1) * nbytes_of_result(k)
+            total += moved / (device.interconnect_gbs * 1e9) + launch
             continue
-        peak = device.matrix_tflops.get(k.dtype, device.matrix_tflops.get("bf16"))
+        peak = device.matrix_tflops.get(k.dtype, device.matrix_tflops["bf16"])
         compute = k.mxu_flops / (peak * 1e12) + k.vpu_flops / (device.vector_tflops * 1e12)
         memory = k.bytes / (device.bandwidth_gbs * 1e9)
-        total += max(compute, memory) + launch * 1e-6
+        total += max(compute, memory) + launch
     return total
+
+
+def nbytes_of_result(k: "Kernel") -> int:
+    """A collective's payload: half of what it reads and writes (the same array in and out)."""
+    return k.bytes // 2

@@ -99,6 +99,7 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     # copied all of params, mu and nu into the donated buffers every step (15.7 MiB for
     # EDSR-baseline, 466 MiB for EDSR; plain optax Adam too). With the gradients constrained
     # to the parameters' layout the transpose is a small kernel of its own on the bfloat16
-    # gradient and the update copies nothing. On TPU the constraint added copies (v5e: the
-    # state already updates in place), so it stays off there.
+    # gradient and the update copies nothing. TPU needs no constraint: there the state already
+    # updates in place (v5e: no copy within device memory, as for plain Adam; its copies are
+    # VMEM prefetches and write-backs placed by memory-space assignment).
     return StepFormulation(guard="select", grads_in_param_layout=platform in ("gpu", "cuda", "rocm"))

@@ -1,0 +1,376 @@
+"""GPU and TPU dry-run: compile the project's jitted programs for accelerators we do not have,
+and report what each compiled program does and what it should cost. Compiler estimates, not
+measurements.
+
+    # GPU: a virtualenv with jax[cuda12] at the project's jax version (.ci/run makes .venv-cuda)
+    JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 .venv-cuda/bin/python \\
+        benchmarks/accelerators.py --targets h100 h200 --devices 1 8
+    # TPU: a virtualenv with jax[tpu] (.venv-tpu)
+    JAX_PLATFORMS=cpu .venv-tpu/bin/python benchmarks/accelerators.py --targets v5e v5p --devices 4 8
+    # the largest per-device batch that fits (EDSR x4, patch 48):
+    ... benchmarks/accelerators.py --targets h100 --max-batch edsr 4
+
+Programs: the trainer's train step (``train.compile_train_step``: mesh over the devices, state
+replicated and donated, batch sharded; per-device batch of 48x48 LR patches), a plain optax
+Adam step with donated state on the same model and mesh (the baseline for copied bytes), and
+on one device the inference forward pass (``infer.apply_masked`` as ``infer.jitted`` compiles
+it with XLA convolutions) for one Upscaler tile (``tile_for_budget``'s default) and for one
+evaluation image (a Set14-sized LR bucket).
+
+Per program: compile seconds; argument / output / temp memory; kernels (fusions, cuDNN and
+cuBLAS calls); copies and their bytes; conditionals, loops; host transfers and callbacks;
+collectives and their bytes (``hlo_stats.program_stats``); a roofline estimate of the run time
+(``hlo_stats.roofline_seconds``: per kernel the longer of FLOPs at the device's dense peak and
+bytes at its HBM bandwidth, plus a launch cost, kernels in sequence) with patches/s and MFU;
+for TPU, beside it the compiler's own ``optimal_seconds`` from ``cost_analysis()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import hlo_stats  # noqa: E402
+from hlo_stats import Device  # noqa: E402
+
+TARGET_DIR = ROOT / "benchmarks" / "targets"
+PATCH = 48
+
+# Published dense peaks (TFLOP/s per operand dtype; float32 convolutions run as TF32 on
+# Hopper at JAX's default precision, and as single-pass bfloat16 on TPU), HBM bandwidth,
+# memory, and interconnect bandwidth per device and direction. ``launch_us``: the cost
+# charged per kernel. GPU: 2 us, between a kernel node of a CUDA graph (~1 us) and a
+# stream launch from the host (~3-5 us); every kernel here is far smaller than the launch
+# queue, so the estimate is what the GPU can do if the host keeps up. TPU: the program runs
+# on the chip without host launches; 0.5 us per fusion for its pipeline fill and drain.
+# TPU vector rates are not published; elementwise kernels are memory-bound either way.
+DEVICES = {
+    "h100": Device("H100 SXM 80GB", {"bf16": 989.4, "f16": 989.4, "f32": 494.7}, 66.9,
+                   3352.0, 79.1, 2.0, 450.0),
+    "h200": Device("H200 SXM 141GB", {"bf16": 989.4, "f16": 989.4, "f32": 494.7}, 66.9,
+                   4800.0, 140.4, 2.0, 450.0),
+    "v5e": Device("TPU v5e", {"bf16": 197.0, "f32": 197.0}, 24.6, 819.0, 16.0, 0.5, 100.0),
+    "v5p": Device("TPU v5p", {"bf16": 459.0, "f32": 459.0}, 57.4, 2765.0, 95.0, 0.5, 300.0),
+}
+GPU_TARGETS = {"h100": "h100.textproto", "h200": "h200.textproto"}
+# TPU slices: chips -> topology name (host bounds are 2x2: a 1-chip mesh is a slice's first chip)
+TPU_TOPOLOGIES = {"v5e": {1: "v5e:2x2", 4: "v5e:2x2", 8: "v5e:2x4"},
+                  "v5p": {1: "v5p:2x2x1", 4: "v5p:2x2x1", 8: "v5p:2x2x2"}}
+
+
+def platform_of(target: str) -> str:
+    """"cuda" for GPU targets, "tpu" for TPU ones."""
+    return "cuda" if target in GPU_TARGETS else "tpu"
+
+
+@functools.lru_cache(maxsize=None)
+def devices(target: str, count: int) -> tuple:
+    """``count`` abstract devices of ``target`` from ``jax.experimental.topologies``."""
+    from jax.experimental import topologies
+
+    if target in GPU_TARGETS:
+        text = (TARGET_DIR / GPU_TARGETS[target]).read_text()
+        topo = topologies.get_topology_desc(platform="cuda", target_config=text,
+                                            topology=f"1x1x{count}")
+        return tuple(topo.devices)
+    name = TPU_TOPOLOGIES[target].get(count)
+    if name is None:
+        raise SystemExit(f"error: --devices {count} for {target}: one of {sorted(TPU_TOPOLOGIES[target])}")
+    topo = topologies.get_topology_desc(name, "tpu")
+    return tuple(topo.devices[:count])
+
+
+def _lower(jitted, args, platform: str):
+    traced = jitted.trace(*args)
+    if platform == "cuda":
+        return traced.lower(lowering_platforms=("cuda",))
+    return traced.lower()
+
+
+def _model(preset: str, scale: int, dtype: str):
+    from edsr_jax.model import DTYPES, PRESETS, ModelConfig
+
+    if preset == "tiny":
+        config = ModelConfig(scale, 2, 8, 1.0)
+    else:
+        blocks, features, res_scale = PRESETS[preset]
+        config = ModelConfig(scale, blocks, features, res_scale)
+    return config, config.build(dtype=DTYPES[dtype])
+
+
+def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
+                   batch_per_device: int) -> dict:
+    """Lowered train step of the trainer and the plain-Adam baseline: ``{name: lowered}``."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from edsr_jax import config as config_lib
+    from edsr_jax import train
+
+    platform = platform_of(target)
+    mesh = jax.sharding.Mesh(devices(target, count), ("data",))
+    model_config, model = _model(preset, scale, dtype)
+    cfg = config_lib.base_config()
+    cfg.data.batch_size = batch_per_device * count
+    tx, _ = train.make_optimizer(cfg.optim)
+    shardings = train.make_shardings(mesh, jax.eval_shape(
+        lambda k: train.create_train_state(model, tx, k, use_ema=False), jax.random.key(0)))
+    replicated, batch_sharding, state_sharding = shardings
+    state = jax.eval_shape(lambda k: train.create_train_state(model, tx, k, use_ema=False),
+                           jax.random.key(0))
+    state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                   state, state_sharding)
+    n = cfg.data.batch_size
+    batch = {"lr": jax.ShapeDtypeStruct((n, PATCH, PATCH, 3), jnp.uint8, sharding=batch_sharding),
+             "hr": jax.ShapeDtypeStruct((n, PATCH * scale, PATCH * scale, 3), jnp.uint8,
+                                        sharding=batch_sharding)}
+    step = train.compile_train_step(model, tx, cfg, mesh, state, shardings=shardings)
+    adam = optax.adam(cfg.optim.lr)
+
+    def plain_adam(params_opt, batch):
+        params, opt_state = params_opt
+
+        def loss_of(p):
+            sr = model.apply(p, batch["lr"].astype(jnp.float32))
+            return jnp.mean(jnp.abs(sr.astype(jnp.float32) - batch["hr"].astype(jnp.float32)))
+
+        loss, grads = jax.value_and_grad(loss_of)(params)
+        updates, opt_state = adam.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    params_opt = (state.params, jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+        jax.eval_shape(adam.init, state.params)))
+    baseline = jax.jit(plain_adam, in_shardings=(replicated, batch_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=(0,))
+    return {"train_step": _lower(step, (state, batch), platform),
+            "plain_adam": _lower(baseline, (params_opt, batch), platform)}
+
+
+def forward_programs(target: str, preset: str, scale: int, dtype: str) -> dict:
+    """Lowered inference forward passes on one device: an Upscaler tile and an evaluation
+    image (Set14-sized LR at x``scale``, bucketed): ``{name: (lowered, LR pixels)}``."""
+    import jax
+    import jax.numpy as jnp
+
+    from edsr_jax import infer, xla_options
+    from edsr_jax.model import receptive_radius
+
+    platform = platform_of(target)
+    device = devices(target, 1)[0]
+    one = jax.sharding.SingleDeviceSharding(device)
+    model_config, model = _model(preset, scale, dtype)
+    params = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3))), jax.random.key(0))
+    params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one),
+                                    infer._plain_dict(infer._inner(params)))
+    fn = jax.jit(functools.partial(infer.apply_masked, config=model_config, dtype=dtype,
+                                   conv_backend="xla"),
+                 compiler_options=xla_options.compiler_options(device.platform))
+    side = infer.tile_for_budget(model_config, 1024, dtype) + 2 * receptive_radius(model_config)
+    eval_h, eval_w = infer.bucket(512 // scale), infer.bucket(384 // scale)
+    out = {}
+    for name, (h, w) in {"upscale_tile": (side, side), "evaluate_image": (eval_h, eval_w)}.items():
+        x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32, sharding=one)
+        bounds = jax.ShapeDtypeStruct((1, 4), jnp.int32, sharding=one)
+        out[f"{name} {h}x{w}"] = (_lower(fn, (params, x, bounds), platform), h * w)
+    return out
+
+
+def train_model_flops(preset: str, scale: int, patches: int) -> float:
+    """The architecture's convolution FLOPs of ``patches`` training patches (forward x3)."""
+    from train_step import train_flops
+
+    model_config, _ = _model(preset, scale, "float32")
+    return patches * train_flops(model_config.num_blocks, model_config.num_features, scale, PATCH)
+
+
+def describe(lowered, target: str, count: int) -> dict:
+    """Compile ``lowered`` and read the program: the table row's numbers."""
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    stats = hlo_stats.program_stats(compiled.as_text())
+    mem = compiled.memory_analysis()
+    device = DEVICES[target]
+    row = {
+        "compile_s": compile_s,
+        "arg_mib": mem.argument_size_in_bytes / 2**20,
+        "out_mib": mem.output_size_in_bytes / 2**20,
+        "alias_mib": mem.alias_size_in_bytes / 2**20,
+        "temp_mib": mem.temp_size_in_bytes / 2**20,
+        "kernels": len(stats.kernels),
+        "cudnn": stats.kinds.get("cudnn", 0),
+        "cublas": stats.kinds.get("cublas", 0),
+        "fusions": stats.kinds.get("fusion", 0) + stats.kinds.get("triton", 0),
+        "copies": stats.copies,
+        "copy_bytes": stats.copy_bytes,
+        "conditionals": stats.conditionals,
+        "loops": stats.loops,
+        "host_transfers": stats.host_transfers,
+        "collectives": len(stats.collectives),
+        "collective_bytes": stats.collective_bytes,
+        "all_reduces": sum(op.startswith("all-reduce") for op, _ in stats.collectives),
+        "flops": sum(k.mxu_flops for k in stats.kernels),
+        "est_s": hlo_stats.roofline_seconds(stats, device, devices=count),
+        "est_no_launch_s": hlo_stats.roofline_seconds(stats, device, devices=count, launch_us=0.0),
+    }
+    if platform_of(target) == "tpu":
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        row["tpu_optimal_s"] = float(cost.get("optimal_seconds", float("nan"))) if cost else float("nan")
+    return row
+
+
+@dataclasses.dataclass
+class Case:
+    """One train-step configuration."""
+
+    target: str
+    devices: int
+    preset: str
+    scale: int
+    dtype: str
+    batch: int
+
+
+def run_train_case(case: Case) -> list[dict]:
+    """Rows for the train step and its plain-Adam baseline."""
+    lowered = train_programs(case.target, case.devices, case.preset, case.scale, case.dtype, case.batch)
+    rows = []
+    for name, low in lowered.items():
+        row = {"program": name, **dataclasses.asdict(case), **describe(low, case.target, case.devices)}
+        patches = case.batch * case.devices
+        device = DEVICES[case.target]
+        peak = device.matrix_tflops["bf16" if case.dtype == "bfloat16" else "f32"] * 1e12
+        model_flops = train_model_flops(case.preset, case.scale, patches)
+        row["patches_s"] = patches / row["est_s"]
+        row["mfu"] = model_flops / case.devices / row["est_s"] / peak
+        if "tpu_optimal_s" in row:
+            row["tpu_patches_s"] = patches / row["tpu_optimal_s"] if row["tpu_optimal_s"] > 0 else float("nan")
+        rows.append(row)
+    return rows
+
+
+def run_forward_cases(target: str, preset: str, scale: int, dtype: str) -> list[dict]:
+    """Rows for the inference forward passes."""
+    rows = []
+    for name, (low, pixels) in forward_programs(target, preset, scale, dtype).items():
+        row = {"program": name, "target": target, "devices": 1, "preset": preset, "scale": scale,
+               "dtype": dtype, "batch": 1, **describe(low, target, 1)}
+        row["mpix_s"] = pixels * scale * scale / row["est_s"] / 1e6
+        rows.append(row)
+    return rows
+
+
+def max_batch(target: str, preset: str, scale: int, dtype: str, pool_fraction: float) -> tuple[int, float]:
+    """Largest per-device batch (a power of two, then refined by halves) whose train step on
+    one device fits ``pool_fraction`` of the device memory; returns (batch, GiB used)."""
+    limit = DEVICES[target].memory_gib * 2**30 * pool_fraction
+
+    def used(batch):
+        low = train_programs(target, 1, preset, scale, dtype, batch)["train_step"]
+        mem = low.compile().memory_analysis()
+        return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                + mem.temp_size_in_bytes)
+
+    lo, hi = 0, 16
+    while used(hi) <= limit:
+        lo, hi = hi, hi * 2
+    while hi - lo > max(1, lo // 16):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if used(mid) <= limit else (lo, mid)
+    return lo, used(lo) / 2**30 if lo else 0.0
+
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:.2f}" if b < 2**30 else f"{b / 2**30:.2f} Gi"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of the rows."""
+    head = ("| program | target | dev | model | dtype | batch/dev | compile s | arg / temp MiB | "
+            "kernels (cuDNN, fusions) | copies (MiB) | cond | loops | host | all-reduce (MiB) | "
+            "est ms | patches/s or MPix/s | MFU | TPU compiler est ms |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in rows:
+        name = r["program"]
+        rate = f"{r['patches_s']:,.0f}" if "patches_s" in r else f"{r.get('mpix_s', 0):,.1f} MPix/s"
+        mfu = f"{100 * r['mfu']:.0f} %" if "mfu" in r else ""
+        tpu = f"{1e3 * r['tpu_optimal_s']:.2f}" if "tpu_optimal_s" in r else ""
+        lines.append(
+            f"| {name} | {r['target']} | {r['devices']} | {r['preset']} x{r['scale']} | {r['dtype']} | "
+            f"{r['batch']} | {r['compile_s']:.1f} | {r['arg_mib']:.1f} / {r['temp_mib']:.0f} | "
+            f"{r['kernels']} ({r['cudnn']}, {r['fusions']}) | {r['copies']} ({r['copy_bytes'] / 2**20:.2f}) | "
+            f"{r['conditionals']} | {r['loops']} | {len(r['host_transfers'])} | "
+            f"{r['all_reduces']} ({r['collective_bytes'] / 2**20:.1f}) | {1e3 * r['est_s']:.2f} | "
+            f"{rate} | {mfu} | {tpu} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Compile the chosen programs and print the table (and ``--json`` rows)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--targets", nargs="+", default=["h100"], choices=sorted(DEVICES))
+    p.add_argument("--devices", nargs="+", type=int, default=[1, 8], help="devices per train step mesh")
+    p.add_argument("--presets", nargs="+", default=["edsr_baseline", "edsr"],
+                   choices=["tiny", "edsr_baseline", "edsr"])
+    p.add_argument("--scales", nargs="+", type=int, default=[2, 4], choices=[2, 3, 4])
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
+    p.add_argument("--batches", nargs="+", type=int, default=[16, 64, 256], help="per-device batch")
+    p.add_argument("--programs", nargs="+", default=["train", "forward"], choices=["train", "forward"])
+    p.add_argument("--max-batch", nargs=2, metavar=("PRESET", "SCALE"),
+                   help="only search the largest per-device batch that fits one device")
+    p.add_argument("--json", help="also write the rows as JSON to this file ('-': stdout)")
+    args = p.parse_args(argv)
+    rows: list[dict] = []
+    if args.max_batch:
+        preset, scale = args.max_batch[0], int(args.max_batch[1])
+        print("| target | model | dtype | pool | largest batch/device | GiB |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for target in args.targets:
+            for dtype in args.dtypes:
+                for fraction in (0.75, 0.95):
+                    b, gib = max_batch(target, preset, scale, dtype, fraction)
+                    print(f"| {target} | {preset} x{scale} | {dtype} | {fraction:.0%} | {b} | {gib:.1f} |",
+                          flush=True)
+        return 0
+    for target in args.targets:
+        for preset in args.presets:
+            for scale in args.scales:
+                for dtype in args.dtypes:
+                    if "forward" in args.programs:
+                        rows += run_forward_cases(target, preset, scale, dtype)
+                    if "train" not in args.programs:
+                        continue
+                    for count in args.devices:
+                        for batch in args.batches:
+                            new = run_train_case(Case(target, count, preset, scale, dtype, batch))
+                            rows += new
+                            print(table(new).splitlines()[-2], file=sys.stderr, flush=True)
+    if args.json:
+        text = json.dumps(rows, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text)
+    if args.json != "-":
+        print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""GPU and TPU dry-run: the programs our users' accelerators run, compiled here without one.
+
+``benchmarks/accelerators.py`` runs in a virtualenv with ``jax[cuda12]`` (``.venv-cuda``) or
+``jax[tpu]`` (``.venv-tpu``) at the project's jax version; ``.ci/run`` makes both. A tiny
+EDSR's train step (2 H100s; a TPU v5e 2x2 slice), Upscaler tile and evaluation forward pass
+are compiled and read (``benchmarks/hlo_stats.py``). The train step must have no conditional,
+no host transfer, no more copied bytes than a plain optax Adam step with donated state, and
+its gradient all-reduce. Another interpreter can be named with EDSR_JAX_CUDA_PYTHON /
+EDSR_JAX_TPU_PYTHON; where none exists the tests skip and say so.
+
+The reader itself (``hlo_stats``) is checked on CPU programs whose counts are known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import hlo_stats  # noqa: E402
+
+SCRIPT = ROOT / "benchmarks" / "accelerators.py"
+BATCH = 4  # per device
+
+
+def _python(kind: str) -> Path:
+    found = os.environ.get(f"EDSR_JAX_{kind.upper()}_PYTHON") or ROOT / f".venv-{kind}" / "bin" / "python"
+    path = Path(found)
+    if not path.exists():
+        pytest.skip(f"{path} not found: the {kind} dry-run needs a virtualenv with jax[{kind}"
+                    f"{'12' if kind == 'cuda' else ''}]=={jax.__version__} (.ci/run makes it)")
+    return path
+
+
+def _dry_run(kind: str, *args: str) -> list[dict]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_SKIP_CUDA_CONSTRAINTS_CHECK": "1",
+           "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([str(_python(kind)), str(SCRIPT), "--presets", "tiny", "--scales", "2",
+                          "--batches", str(BATCH), "--json", "-", *args],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def gpu_rows():
+    return _dry_run("cuda", "--targets", "h100", "--devices", "2", "--dtypes", "bfloat16", "float32")
+
+
+@pytest.fixture(scope="module")
+def tpu_rows():
+    return _dry_run("tpu", "--targets", "v5e", "--devices", "4", "--dtypes", "bfloat16")
+
+
+def _by_program(rows: list[dict], dtype: str) -> dict[str, dict]:
+    return {r["program"].split()[0]: r for r in rows if r["dtype"] == dtype}
+
+
+def _check_train_step(rows: list[dict], dtype: str) -> dict:
+    progs = _by_program(rows, dtype)
+    step, plain = progs["train_step"], progs["plain_adam"]
+    assert step["conditionals"] == 0, step
+    assert step["loops"] == 0, step
+    assert step["host_transfers"] == [], step
+    assert step["copy_bytes"] <= plain["copy_bytes"], (step["copy_bytes"], plain["copy_bytes"])
+    assert step["all_reduces"] >= 1, step  # the gradient (and loss) reduction over the mesh
+    for name in ("upscale_tile", "evaluate_image"):
+        fwd = progs[name]
+        assert fwd["conditionals"] == 0 and fwd["host_transfers"] == [] and fwd["collectives"] == 0
+        assert fwd["kernels"] > 0 and fwd["est_s"] > 0
+    return step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_gpu_train_step_has_no_conditional_host_transfer_or_state_copy(gpu_rows, dtype):
+    step = _check_train_step(gpu_rows, dtype)
+    assert step["cudnn"] >= 3 * 6 - 1  # every convolution (forward, both gradients) in cuDNN
+    # The gradients in the parameters' layout leave the update nothing to copy but a scalar.
+    assert step["copy_bytes"] <= 16, step["copy_bytes"]
+
+
+@pytest.mark.slow
+def test_gpu_flops_read_from_the_program_match_the_architecture(gpu_rows):
+    """The convolution FLOPs read from the optimised HLO of one device's step equal the
+    architecture's: forward + input gradient + weight gradient of every convolution, less
+    the input gradient of the head (the images need none)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_step import train_flops
+
+    step = _by_program(gpu_rows, "bfloat16")["train_step"]
+    hw = 48 * 48
+    expected = BATCH * (train_flops(2, 8, 2, 48) - 2 * hw * 9 * 3 * 8)
+    assert step["flops"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_tpu_train_step_has_no_conditional_host_transfer_or_extra_copy(tpu_rows):
+    step = _check_train_step(tpu_rows, "bfloat16")
+    assert step["tpu_optimal_s"] == step["tpu_optimal_s"]  # the compiler gave an estimate
+
+
+# ------------------------------------------------------------------ the reader, on CPU
+
+
+def _cpu_text(f, *args) -> str:
+    return jax.jit(f).lower(*args).compile().as_text()
+
+
+def test_reader_counts_conditionals_loops_and_their_kernels():
+    def f(x):
+        y = jax.lax.cond(x.sum() > 0, lambda v: v * 2.0, lambda v: v - 1.0, x)
+        return jax.lax.fori_loop(0, 3, lambda i, v: jnp.sin(v) + i, y)
+
+    stats = hlo_stats.program_stats(_cpu_text(f, jnp.ones((64,))))
+    assert stats.conditionals == 1
+    assert stats.loops == 1
+    assert stats.host_transfers == []
+    plain = hlo_stats.program_stats(_cpu_text(lambda x: jnp.sin(x) * 2, jnp.ones((64,))))
+    assert plain.conditionals == plain.loops == 0
+
+
+def test_reader_counts_convolution_flops_and_bytes():
+    x = jnp.ones((2, 10, 12, 5), jnp.float32)
+    w = jnp.ones((3, 3, 5, 7), jnp.float32)
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    stats = hlo_stats.program_stats(_cpu_text(conv, x, w))
+    assert sum(k.mxu_flops for k in stats.kernels) == 2 * 2 * 10 * 12 * 7 * 9 * 5
+    assert hlo_stats.nbytes("(f32[2,3]{1,0}, bf16[4]{0}, s32[])") == 24 + 8 + 4
+
+
+def test_reader_counts_copies_and_their_bytes():
+    text = """HloModule m
+
+ENTRY %main (p: f32[4,8]) -> f32[4,8] {
+  %p = f32[4,8]{1,0} parameter(0)
+  %copy.1 = f32[4,8]{0,1} copy(%p)
+  ROOT %copy.2 = f32[4,8]{1,0} copy(%copy.1)
+}
+"""
+    stats = hlo_stats.program_stats(text)
+    assert stats.copies == 2 and stats.copy_bytes == 2 * 4 * 8 * 4
+    assert len(stats.kernels) == 2
