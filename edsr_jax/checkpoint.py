@@ -369,9 +369,14 @@ def read_step(step_dir: str | Path, abstract_state, *, data_iter=None, optional:
 def restore_newest(directory: str | Path, abstract_state, *, steps: Sequence[int] | None = None,
                    data_iter=None, optional: Sequence[str] = (), graftable: Sequence[str] = (),
                    check_config: Callable[[dict], None] | None = None,
-                   say: Callable[[str], None] | None = None) -> tuple[int, dict, dict, list[str]]:
+                   say: Callable[[str], None] | None = None,
+                   relist: Callable[[], list[int]] | None = None) -> tuple[int, dict, dict, list[str]]:
     """Restore the first step of ``steps`` (default: newest first) that reads completely:
     ``(step, state, config, notes)``. See ``read_step`` for the arguments.
+
+    A step deleted while it is read (a running trainer's keep policy) is not damage: it is
+    skipped silently, and when no listed step is left the folder is listed again
+    (``relist``, default ``step_numbers``) for steps committed meanwhile.
 
     Each step that fails is reported through ``say`` (default: a ``warning:`` line on
     stderr) naming the step and the item; the next is tried. Raises CheckpointNotFound when
@@ -381,30 +386,56 @@ def restore_newest(directory: str | Path, abstract_state, *, steps: Sequence[int
     directory = Path(directory)
     say = say or _warn
     _quiet_closed_loop_noise()
-    steps = list(step_numbers(directory) if steps is None else steps)
+    relist = relist or (lambda: step_numbers(directory))
+    steps = list(relist() if steps is None else steps)
     if not steps:
         raise CheckpointNotFound(f"{directory}: holds no complete checkpoint")
-    problems = []
-    for step in steps:
-        try:
-            state, config, notes = read_step(directory / str(step), abstract_state, data_iter=data_iter,
-                                             optional=optional, graftable=graftable,
-                                             check_config=check_config)
-        except ItemDamaged as e:
-            _quiet_closed_loop_noise()
-            problems.append(f"step {step}: {e.item} {e.reason}")
-            if not (directory / str(step)).is_dir():
-                say(f"checkpoint step {step} in {directory} was removed while being read (by a "
-                    "running trainer's keep policy); trying the next older step")
-            else:
+    problems, tried = [], set()
+    for _ in range(20):  # rounds: a running trainer may delete steps and commit new ones meanwhile
+        vanished = False
+        for step in steps:
+            if step in tried:
+                continue
+            tried.add(step)
+            try:
+                state, config, notes = read_step(directory / str(step), abstract_state, data_iter=data_iter,
+                                                 optional=optional, graftable=graftable,
+                                                 check_config=check_config)
+            except ItemDamaged as e:
+                _quiet_closed_loop_noise()
+                if _vanishing(directory / str(step)):  # deleted by a trainer's keep policy: not damage
+                    vanished = True
+                    continue
+                problems.append(f"step {step}: {e.item} {e.reason}")
                 say(f"checkpoint step {step} in {directory} is damaged: item '{e.item}' {e.reason}; "
                     + ("trying the next older step" if step != steps[-1] else "no older step to try"))
-            continue
-        if problems:
-            say(f"using checkpoint step {step} (the newest that reads completely)")
-        return step, state, config, notes
+                continue
+            if problems:
+                say(f"using checkpoint step {step} (the newest that reads completely)")
+            return step, state, config, notes
+        if not vanished:
+            break
+        steps = [s for s in relist() if s not in tried]
+        if not steps:
+            break
+    if not problems:
+        raise CheckpointNotFound(f"{directory}: holds no complete checkpoint (its steps were removed "
+                                 "while being read)")
     raise CheckpointDamaged(f"{directory}: no checkpoint step reads completely ("
                             + "; ".join(problems) + "); nothing was started over it")
+
+
+def _vanishing(step_dir: Path, wait_s: float = 0.3) -> bool:
+    """True when ``step_dir`` is gone, or goes within ``wait_s`` (being deleted right now)."""
+    import time
+
+    end = time.monotonic() + wait_s
+    while True:
+        if not step_dir.is_dir():
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
 
 
 def _warn(text: str) -> None:
@@ -507,7 +538,7 @@ def _restore_checked(directory: Path, steps: list[int], explicit: bool, abstract
             _quiet_closed_loop_noise()
             raise CheckpointDamaged(f"{directory / str(steps[0])}: item '{e.item}' {e.reason}") from None
         return steps[0], state, config, notes
-    return restore_newest(directory, abstract_state, steps=steps, **kw)
+    return restore_newest(directory, abstract_state, steps=steps, relist=lambda: ranked_steps(directory), **kw)
 
 
 def _abstract_params(config: ModelConfig):
