@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -154,3 +155,60 @@ ENTRY %main (p: f32[4,8]) -> f32[4,8] {
     stats = hlo_stats.program_stats(text)
     assert stats.copies == 2 and stats.copy_bytes == 2 * 4 * 8 * 4
     assert len(stats.kernels) == 2
+
+
+# ------------------------------------------------------------------ the per-platform formulations
+
+
+def _tiny_step_inputs():
+    import optax
+
+    from edsr_jax import train
+    from edsr_jax.model import ModelConfig
+
+    model = ModelConfig(2, 1, 8, 1.0).build()
+    tx = optax.adam(1e-3)
+    state = train.create_train_state(model, tx, jax.random.key(0), use_ema=True)
+    rng = np.random.default_rng(0)
+    batch = {"lr": rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8),
+             "hr": rng.integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)}
+    return train, model, tx, state, batch
+
+
+@pytest.mark.parametrize("grads_in_param_layout", [False, True])
+def test_select_guard_steps_as_the_cond_guard(grads_in_param_layout):
+    """GPU/TPU's formulation (select, gradients in the parameters' layout) and CPU's (cond)
+    compute the same step: same params, Adam moments, EMA and counters (float32 rounding of
+    differently fused kernels allowed: rtol 1e-6), on CPU where both compile."""
+    import functools
+
+    train, model, tx, state, batch = _tiny_step_inputs()
+    step = functools.partial(train.train_step, model=model, tx=tx, ema_decay=0.9)
+    a, ma = jax.jit(functools.partial(step, guard="cond"))(state, batch)
+    b, mb = jax.jit(functools.partial(step, guard="select",
+                                      grads_in_param_layout=grads_in_param_layout))(state, batch)
+    assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-6)
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9),
+                           (a.params, a.opt_state, a.ema), (b.params, b.opt_state, b.ema))
+    assert int(b.step) == 1 and int(b.nonfinite) == 0
+
+
+def test_select_guard_keeps_the_state_after_a_non_finite_step():
+    train, model, tx, state, batch = _tiny_step_inputs()
+    bad = state.replace(params=jax.tree_util.tree_map(lambda p: p.at[(0,) * p.ndim].set(jnp.inf), state.params))
+    new, metrics = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, ema_decay=0.9,
+                                                         guard="select"))(bad, batch)
+    assert not np.isfinite(float(metrics["loss"]))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, (new.params, new.opt_state, new.ema),
+                           (bad.params, bad.opt_state, bad.ema))
+    assert int(new.nonfinite) == 1 and int(new.first_nonfinite) == 1 and int(new.step) == 1
+
+
+def test_step_formulation_is_chosen_per_platform():
+    from edsr_jax import xla_options
+
+    assert xla_options.step_formulation("cpu").guard == "cond"
+    for platform in ("gpu", "tpu"):
+        assert xla_options.step_formulation(platform).guard == "select"
+    assert xla_options.step_formulation("gpu").grads_in_param_layout
+    assert not xla_options.step_formulation("tpu").grads_in_param_layout
