@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'nearest > jpeg(30,60)' (resize factor filled per scale; seeded per image)")
     p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble for the model (slower)")
     p.add_argument("--tile", type=_positive_int, metavar="N", help="run the model on N x N LR tiles")
+    p.add_argument("--conv-backend", default="auto", metavar="{auto,xla,onednn}",
+                   help="the model's convolutions: auto (oneDNN's on CPU where built, XLA's "
+                        "elsewhere; default), xla, or onednn")
     p.add_argument("--max-images", type=_positive_int, metavar="N", help="score only the first N images of each folder")
     p.add_argument("--save-images", metavar="DIR", help="write LR/bicubic/SR/HR comparison crops here (PNG)")
     p.add_argument("--json", metavar="FILE", help="write all scores, per image too, to this JSON file")
@@ -100,7 +103,8 @@ def _load_upscaler(args):
     if not path.exists():
         raise cli.UsageError(f"{path}: no such checkpoint folder")
     try:
-        return Upscaler.from_checkpoint(path, ensemble=args.ensemble, tile=args.tile)
+        return Upscaler.from_checkpoint(path, ensemble=args.ensemble, tile=args.tile,
+                                        conv_backend=args.conv_backend)
     except (OSError, ValueError) as e:
         raise cli.UsageError(f"--checkpoint {path}: {e}") from None
 
@@ -148,9 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.bicubic and not args.checkpoint:
         raise cli.UsageError("nothing to evaluate: pass --bicubic, --checkpoint DIR, or both")
     if not args.checkpoint:
-        for flag, given in (("--ensemble", args.ensemble), ("--tile", args.tile is not None)):
+        for flag, given in (("--ensemble", args.ensemble), ("--tile", args.tile is not None),
+                            ("--conv-backend", args.conv_backend != "auto")):
             if given:
                 raise cli.UsageError(f"{flag} applies to a model: give --checkpoint DIR too")
+    else:
+        from edsr_jax import infer
+
+        try:
+            infer.conv_backend_for(args.conv_backend, option="--conv-backend")
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
     if args.spec:
         from edsr_jax import degrade
 

@@ -86,14 +86,16 @@ def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32,
         return model.apply({"params": _inner(params)}, jnp.asarray(x, jnp.float32))
 
 
-def conv_backend_for(conv_backend: str = "auto", dtype="float32") -> str:
+def conv_backend_for(conv_backend: str = "auto", dtype="float32", *, option: str = "conv_backend",
+                     dtype_option: str = "dtype") -> str:
     """The convolutions inference on JAX's default device uses: "xla" or "onednn".
 
     ``conv_backend``: "auto" (oneDNN on CPU in float32 where the extension is built, XLA
     elsewhere), "xla" or "onednn" (``onednn_conv.choose_backend``; "onednn" where it cannot
-    run, or another value, raises ValueError naming ``conv_backend`` and the reason)."""
+    run, or another value, raises ValueError naming ``option`` / ``dtype_option`` (the CLIs
+    pass "--conv-backend" / "--dtype") and the reason)."""
     return onednn_conv.choose_backend(conv_backend, jax.default_backend(), 1, _dtype(dtype),
-                                      option="conv_backend", dtype_option="dtype")
+                                      option=option, dtype_option=dtype_option)
 
 
 def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto"):

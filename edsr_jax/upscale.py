@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", action="store_true", help="x8 geometric self-ensemble (EDSR+), 8x slower")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype (default float32)")
+    p.add_argument("--conv-backend", default="auto", metavar="{auto,xla,onednn}",
+                   help="convolutions: auto (oneDNN's on CPU in float32 where built, XLA's "
+                        "elsewhere; default), xla, or onednn")
     p.add_argument("--suffix", default="", help="added to each output's stem, e.g. _x2 (default none)")
     p.add_argument("--ext", default=".png", help="output file type (default .png)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -126,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise cli.UsageError(f"--tile {args.tile}: must be at least 8 LR pixels")
     if not (args.memory_budget_mb > 0 and math.isfinite(args.memory_budget_mb)):
         raise cli.UsageError(f"--memory-budget-mb {args.memory_budget_mb}: must be a finite number > 0")
+    _check_conv_backend(args.conv_backend, args.dtype)
     inputs = collect_inputs(args.inputs)
     outputs = plan_outputs(inputs, Path(args.out), suffix=args.suffix, ext=ext, overwrite=args.overwrite)
     upscaler = _load(args)
@@ -164,12 +168,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _check_conv_backend(conv_backend: str, dtype: str) -> None:
+    """Raise UsageError when ``--conv-backend`` is unknown or cannot run here (with ``--dtype``)."""
+    from edsr_jax import infer
+
+    try:
+        infer.conv_backend_for(conv_backend, dtype, option="--conv-backend", dtype_option="--dtype")
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+
+
 def _load(args):
     from edsr_jax.infer import Upscaler
 
     try:
         return Upscaler.from_checkpoint(args.checkpoint, tile=args.tile, ensemble=args.ensemble,
-                                        dtype=args.dtype, memory_budget_mb=args.memory_budget_mb)
+                                        dtype=args.dtype, memory_budget_mb=args.memory_budget_mb,
+                                        conv_backend=args.conv_backend)
     except (OSError, ValueError) as e:  # CheckpointNotFound, CheckpointMismatch, bad --tile
         raise cli.UsageError(f"--checkpoint {args.checkpoint}: {e}") from None
 

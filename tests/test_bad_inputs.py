@@ -534,6 +534,12 @@ def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0(
     ("upscale", ["a.png", "--checkpoint", "c", "--out", "o", "--dtype", "float16"],
      "argument --dtype: invalid choice: 'float16'"),
     ("prepare", ["hr", "--out", "o", "--scales", "two"], "argument --scales: invalid int value: 'two'"),
+    ("upscale", ["a.png", "--checkpoint", "c", "--out", "o", "--conv-backend", "mkl"],
+     "--conv-backend must be one of ('auto', 'xla', 'onednn'), got 'mkl'"),
+    ("upscale", ["a.png", "--checkpoint", "c", "--out", "o", "--dtype", "bfloat16", "--conv-backend", "onednn"],
+     "--conv-backend 'onednn' cannot be used: it computes in float32, --dtype is bfloat16"),
+    ("evaluate", ["--bicubic", "--conv-backend", "xla", "Set5"], "--conv-backend applies to a model"),
+    ("evaluate", ["--checkpoint", "c", "--conv-backend", "cudnn", "Set5"], "--conv-backend must be one of"),
     ("export", ["--out", "x"], "one of the arguments --checkpoint --from-torch is required"),
     ("export", ["--checkpoint", "c", "--from-torch", "w.pt", "--out", "x"], "not allowed with argument"),
 ])

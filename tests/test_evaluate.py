@@ -130,10 +130,10 @@ class FakeUpscaler:
         self.ensemble, self.tile = ensemble, tile
 
     @classmethod
-    def from_checkpoint(cls, path, ensemble=False, tile=None):
+    def from_checkpoint(cls, path, ensemble=False, tile=None, conv_backend="auto"):
         if "bad" in str(path):
             raise ValueError("no model config in this folder")
-        cls.loaded.append((str(path), ensemble, tile))
+        cls.loaded.append((str(path), ensemble, tile, conv_backend))
         return cls(ensemble, tile)
 
     def __call__(self, lr):
@@ -142,13 +142,16 @@ class FakeUpscaler:
 
 
 def test_checkpoint_path_with_a_fake_upscaler(small_set, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "edsr_jax.infer", types.SimpleNamespace(Upscaler=FakeUpscaler))
+    from edsr_jax import infer
+
+    monkeypatch.setitem(sys.modules, "edsr_jax.infer", types.SimpleNamespace(
+        Upscaler=FakeUpscaler, conv_backend_for=infer.conv_backend_for))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     out = tmp_path / "r.json"
     assert run(evaluate.main, ["--checkpoint", str(ckpt), "--bicubic", "--ensemble", "--tile", "32",
-                               "--json", str(out), str(small_set)]) == 0
-    assert FakeUpscaler.loaded[-1] == (str(ckpt), True, 32)
+                               "--conv-backend", "xla", "--json", str(out), str(small_set)]) == 0
+    assert FakeUpscaler.loaded[-1] == (str(ckpt), True, 32, "xla")
     results = json.loads(out.read_text())["results"]
     # The model's scale decides: only x2, for both methods.
     assert [(r["method"], r["scale"]) for r in results] == [("bicubic", 2), ("fake-x2", 2)]

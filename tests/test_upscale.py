@@ -110,6 +110,21 @@ def test_usage_errors_exit_2(tmp_path, ckpt, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_conv_backend_option_opts_out_with_the_same_output(tmp_path, ckpt, capsys):
+    """``--conv-backend xla`` (XLA's convolutions) and the default (oneDNN's where built)
+    write the same image up to float32 rounding (at most 1 level in a rare pixel)."""
+    path, _ = ckpt
+    make_images(tmp_path / "in", [(20, 30)])
+    outs = {}
+    for backend in ("xla", "auto"):
+        code, err = run([tmp_path / "in", "--checkpoint", path, "--out", tmp_path / backend,
+                         "--conv-backend", backend], capsys)
+        assert code == 0, err
+        outs[backend] = read_rgb(tmp_path / backend / "img0.png").astype(int)
+    assert outs["xla"].shape == (40, 60, 3)
+    assert np.abs(outs["xla"] - outs["auto"]).max() <= 1
+
+
 def test_module_entry_point_tiles_ensemble_bfloat16(tmp_path, ckpt):
     path, params = ckpt
     images = make_images(tmp_path / "in", [(40, 28)])
