@@ -10,10 +10,10 @@ import ml_collections
 
 from edsr_jax import SCALES, model
 from edsr_jax.model import ModelConfig, preset
+from edsr_jax.onednn_conv import CONV_BACKENDS  # train.conv_backend: "auto", "xla", "onednn"
 
 LOSSES = ("l1", "l2", "charbonnier")
 DTYPES = tuple(model.DTYPES)  # names of the compute dtypes
-CONV_BACKENDS = ("auto", *model.CONV_BACKENDS)  # train.conv_backend: "auto" picks one
 NAN_POLICIES = ("stop", "skip")
 SCHEDULES = ("step", "cosine")
 SOURCES = ("hr", "paired")
