@@ -332,6 +332,7 @@ def test_no_readable_step_is_one_error_naming_each(two_steps, tmp_path):
     assert "step 6: params missing" in str(e.value) and "step 3: config unreadable" in str(e.value)
 
 
+@pytest.mark.slow
 def test_damaged_newest_step_every_tool_falls_back(two_steps, tmp_path, capfd):
     """evaluate, upscale and export on a workdir whose newest step lost a data file: a warning
     naming step 6 and 'params', the result made from step 3, no traceback."""
@@ -386,6 +387,7 @@ def test_run_lock_names_the_holder_and_is_taken_over_after_kill_9(tmp_path):
         assert lock.previous is None
 
 
+@pytest.mark.slow
 def test_trainer_falls_back_from_a_damaged_newest_step(two_steps, tmp_path):
     """The trainer names the damaged step and item, resumes from step 3, sets the damaged
     step aside (never deleted) and finishes; no step restores -> one error line, exit 2."""
@@ -409,6 +411,7 @@ def test_trainer_falls_back_from_a_damaged_newest_step(two_steps, tmp_path):
     assert sorted((str(p), p.stat().st_size) for p in ck.rglob("*")) == before, "checkpoints untouched"
 
 
+@pytest.mark.slow
 def test_trainer_announces_a_missing_data_iterator_item(two_steps, tmp_path):
     import shutil
 
@@ -422,6 +425,7 @@ def test_trainer_announces_a_missing_data_iterator_item(two_steps, tmp_path):
     assert "resuming from step 3" in r.stderr
 
 
+@pytest.mark.slow
 def test_second_trainer_on_a_workdir_exits_2_naming_the_first(tmp_path):
     workdir = tmp_path / "w"
     first = start(workdir, "--config.train.steps=100000", "--config.train.checkpoint_every=1",
@@ -450,6 +454,7 @@ def test_second_trainer_on_a_workdir_exits_2_naming_the_first(tmp_path):
     assert f"resuming from step {last}" in r.stderr
 
 
+@pytest.mark.slow
 def test_resume_prints_config_changes_and_guards_the_protocol(two_steps, tmp_path):
     import json
     import shutil
@@ -475,6 +480,7 @@ def test_resume_prints_config_changes_and_guards_the_protocol(two_steps, tmp_pat
     assert checkpoint.step_metrics(workdir / "checkpoints" / "8")["protocol"] == 1
 
 
+@pytest.mark.slow
 def test_resume_turning_on_ema_and_clipping(two_steps, tmp_path):
     import shutil
 
@@ -490,6 +496,7 @@ def test_resume_turning_on_ema_and_clipping(two_steps, tmp_path):
     assert "resuming from step 7" in r.stderr and "opt_state carried over" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["checkpoints", "step", "item", "imported"])
 def test_a_workdir_is_a_run_not_any_folder(two_steps, tmp_path, which):
     if which == "imported":
@@ -508,6 +515,7 @@ def test_a_workdir_is_a_run_not_any_folder(two_steps, tmp_path, which):
     assert sorted(str(p) for p in path.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_metrics_jsonl_torn_last_line_and_unopenable(two_steps, tmp_path):
     import json
     import shutil
