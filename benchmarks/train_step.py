@@ -134,6 +134,49 @@ class JaxSide:
         metrics["loss"].block_until_ready()
 
 
+class LoaderSide(JaxSide):
+    """The same step fed as the trainer feeds it: the Grain pipeline (``data.make_train_dataset``
+    over the built-in images, bicubic LR made on the fly, ``num_workers`` worker processes)
+    through ``feed.DeviceFeed``, instead of one synthetic batch already on the device."""
+
+    def __init__(self, model_config, dtype: str, batch: dict, num_workers: int = 2):
+        import jax
+
+        from edsr_jax import data, sample_data
+        from edsr_jax.feed import DeviceFeed
+
+        n, patch = batch["lr"].shape[:2]
+        source = data.HROnlySource(sample_data.resolve("builtin", "train"), model_config.scale)
+        dataset = data.make_train_dataset(source, patch_size=int(patch), batch_size=int(n), seed=0,
+                                          patches_per_image=64, num_workers=num_workers)
+        mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                             devices=jax.devices()[:1])  # as JaxSide's
+        self.feed = DeviceFeed(iter(dataset), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+        super().__init__(model_config, dtype, batch)
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.state, metrics = self.step(self.state, next(self.feed))
+        metrics["loss"].block_until_ready()
+
+
+def roofline_patches_s(side: JaxSide, batch: int) -> float | None:
+    """The dry-run's roofline estimate (``benchmarks/accelerators.py``) for the side's own
+    compiled step on this GPU, in patches/s; None where the device has no entry there."""
+    import jax
+
+    import accelerators
+    import hlo_stats
+
+    kind = jax.devices()[0].device_kind
+    target = next((t for t in ("h200", "h100") if t.upper() in kind.upper()), None)
+    if target is None:
+        return None
+    text = side.step.lower(side.state, side.batch).compile().as_text()
+    seconds = hlo_stats.roofline_seconds(hlo_stats.program_stats(text), accelerators.DEVICES[target])
+    return batch / seconds
+
+
 class TorchSide:
     """The same network and optimiser in PyTorch (NCHW; autocast for bfloat16)."""
 
@@ -199,6 +242,10 @@ def run_case(name: str, scale: int, batch: int, patch: int, dtype: str, device: 
         if side in frameworks:
             sides[side] = JaxSide(config, dtype, data, compiler_options=options, conv_backend=conv)
             first[side] = sides[side].first_step_s
+    if "jax-loader" in frameworks:
+        sides["jax-loader"] = LoaderSide(config, dtype, data)
+        first["jax-loader"] = sides["jax-loader"].first_step_s
+    estimate = roofline_patches_s(sides["jax"], batch) if "jax" in sides and device == "gpu" else None
     if "torch" in frameworks:
         try:
             sides["torch"] = TorchSide(config, dtype, data, device)
@@ -208,11 +255,14 @@ def run_case(name: str, scale: int, batch: int, patch: int, dtype: str, device: 
     for side in sides.values():
         side.run(warmup)
     rates = measure(sides, batch, rounds, steps)
+    for side in sides.values():
+        if hasattr(side, "feed"):
+            side.feed.close()
     del sides
     gc.collect()
     flops = train_flops(config.num_blocks, config.num_features, scale, patch)
     return {"model": name, "scale": scale, "batch": batch, "patch": patch, "dtype": dtype,
-            "rates": rates, "first": first, "gflop_per_patch": flops / 1e9}
+            "rates": rates, "first": first, "gflop_per_patch": flops / 1e9, "estimate": estimate}
 
 
 def table(results: list[dict], reference_gflops: float, reference: str) -> str:
@@ -224,6 +274,12 @@ def table(results: list[dict], reference_gflops: float, reference: str) -> str:
                 if any(side in r["rates"] for r in results)]
     for _, label in variants:
         head += f" JAX, {label} patches/s | project step / {label} |"
+    loader = any("jax-loader" in r["rates"] for r in results)
+    estimated = any(r.get("estimate") for r in results)
+    if loader:
+        head += " JAX, real loader patches/s | real loader / synthetic |"
+    if estimated:
+        head += " roofline estimate patches/s | measured / estimate |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         j, t = r["rates"].get("jax"), r["rates"].get("torch")
@@ -237,7 +293,13 @@ def table(results: list[dict], reference_gflops: float, reference: str) -> str:
             fmt(t * g / reference_gflops if t else None, ".0%"),
             fmt(r["first"].get("jax"), ".1f")]
             + [cell for side, _ in variants for d in [r["rates"].get(side)]
-               for cell in (fmt(d, ".2f"), fmt(j / d if j and d else None, ".2f"))]) + " |")
+               for cell in (fmt(d, ".2f"), fmt(j / d if j and d else None, ".2f"))]
+            + ([fmt(r["rates"].get("jax-loader"), ".2f"),
+                fmt(r["rates"]["jax-loader"] / j if j and r["rates"].get("jax-loader") else None, ".2f")]
+               if loader else [])
+            + ([fmt(r.get("estimate"), ".0f"),
+                fmt(j / r["estimate"] if j and r.get("estimate") else None, ".2f")]
+               if estimated else [])) + " |")
     return "\n".join(rows)
 
 
@@ -253,10 +315,11 @@ def main(argv=None) -> int:
                    help="compute dtypes (params and Adam stay float32)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where both sides run")
     p.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
-                   choices=("jax", *JAX_VARIANTS, "torch"),
+                   choices=("jax", *JAX_VARIANTS, "jax-loader", "torch"),
                    help="sides to alternate; jax-xla-conv: the project's step with XLA's "
                         "convolutions instead of oneDNN's; jax-no-ynnpack: with no YNNPACK "
-                        "fusion; jax-xla-default: XLA's convolutions and default options")
+                        "fusion; jax-xla-default: XLA's convolutions and default options; "
+                        "jax-loader: the project's step fed by the real Grain loader")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 7; 3 quick)")
     p.add_argument("--steps", type=int, default=None, help="steps per round (default 3; 2 quick)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compiling")
