@@ -118,6 +118,35 @@ def _to_rgb(img: Image.Image, note) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def file_header(path: str | os.PathLike) -> dict:
+    """What a file's header says, without decoding its pixels.
+
+    ``{"format": "PNG", "JPEG", ..., "mode": Pillow's mode, "bits": bits per sample (1, 8
+    or 16; a 16-bit RGB PNG, which Pillow decodes to 8 bits silently, says 16),
+    "quantization": a JPEG's tables ``{0: 64 ints natural order, 1: ...}`` or None}``.
+    Raises ``ImageError`` naming the file when it is not a readable image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            rawmodes = [str(t[3]) for t in getattr(img, "tile", []) or [] if len(t) > 3]
+            if img.mode == "1":
+                bits = 1
+            elif img.mode.startswith("I;16") or img.mode == "I" or any(";16" in r for r in rawmodes):
+                bits = 16
+            else:
+                bits = 8
+            q = getattr(img, "quantization", None) if img.format == "JPEG" else None
+            return {"format": img.format, "mode": img.mode, "bits": bits,
+                    "quantization": {int(k): list(v) for k, v in q.items()} if q else None}
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: broken or truncated image ({e})") from None
+
+
 def _orientation(img: Image.Image):
     try:
         return img.getexif().get(0x0112)
