@@ -553,7 +553,8 @@ def _abstract_params(config: ModelConfig):
 
 def restore_params(path: str | Path, *, prefer_ema: bool = True,
                    say: Callable[[str], None] | None = None) -> tuple[ModelConfig, Any, dict]:
-    """Load weights from a workdir or checkpoint: ``(ModelConfig, params, config)``.
+    """Load weights from a workdir or checkpoint: ``(ModelConfig, params, config)``; ``config``
+    is the saved one with the ``step`` read added (``config["step"]``).
 
     The EMA weights are returned when the run kept them and ``prefer_ema``; params are
     NumPy-backed jax arrays on the first local device, float32. The step read is the best
@@ -571,7 +572,7 @@ def restore_params(path: str | Path, *, prefer_ema: bool = True,
     step, state, config, _ = _restore_checked(directory, steps, explicit, abstract, say=say)
     model_config = ModelConfig(**config["model"])
     params = state["ema"] if state.get("ema") is not None else state["params"]
-    return model_config, params, config
+    return model_config, params, {**config, "step": int(step)}
 
 
 def restore_for_inference(path: str | Path) -> tuple[ModelConfig, Any]:

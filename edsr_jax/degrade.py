@@ -64,6 +64,24 @@ from edsr_jax.imresize import apply_taps, imresize, strided_taps
 
 TRUNCATE = 4.0  # Gaussian kernels reach ceil(TRUNCATE * sigma) pixels.
 
+# The spec grammar in a few lines, for the --help of prepare and evaluate (and the README).
+SPEC_HELP = """\
+degradation spec (--spec): operators applied left to right, joined by '>':
+  "bicubic"  "nearest > jpeg(30,60)"  "blur(0.2,1.5) > bicubic > noise(0,8) > jpeg(30,90)"
+  resize (their factors multiply to the scale; one may be left open, written bicubic or
+  bicubic(S), and is then filled in per scale):
+    bicubic(s)     MATLAB imresize(img, 1/s): antialiased cubic (the papers' LR)
+    bilinear(s)    MATLAB imresize(img, 1/s, 'bilinear'): antialiased triangle
+    nearest(s)     img[::s, ::s], the top-left pixel of each s x s block (aliases)
+  other operators, anywhere in the chain:
+    blur(sigma)                 isotropic Gaussian, sigma in pixels (0 = none)
+    aniso_blur(sx, sy, theta)   Gaussian with sigmas sx, sy along axes turned theta degrees
+    noise(sigma)                additive Gaussian noise, sigma on the 0-255 scale
+    jpeg(quality)               JPEG encode and decode in memory, quality 1..100
+  a number may be a range lo,hi sampled uniformly per image: blur(0.2,1.5), jpeg(30,60)
+  (jpeg: integers); aniso_blur takes 3 values or 3 ranges (6 numbers).
+"""
+
 
 class SpecError(ValueError):
     """A degradation spec that cannot be parsed; the message names the fault."""

@@ -1,10 +1,12 @@
 """Benchmark evaluation with the SR papers' protocol: ``python -m edsr_jax.evaluate``.
 
 For every HR image: crop to a multiple of the scale, LR = MATLAB bicubic
-``imresize(HR, 1/s)`` (uint8), SR = the method's upscaling of LR, then PSNR and
-SSIM on the Y channel with ``scale`` pixels of border removed.
+``imresize(HR, 1/s)`` (uint8) or the pre-made LR file of a benchmark as distributed
+(``Set5/HR`` + ``Set5/LR_bicubic/X2``, ``--lr-dir`` for DIV2K's separate folders), SR = the
+method's upscaling of LR, then PSNR and SSIM on the Y channel (``--rgb``: on RGB) with
+``scale`` pixels of border removed.
 
-    python -m edsr_jax.evaluate --bicubic --scales 2 3 4 --json results.json DATASET_DIR...
+    python -m edsr_jax.evaluate --baselines nearest bilinear bicubic --scales 2 3 4 --json r.json DATASET_DIR...
     python -m edsr_jax.evaluate --checkpoint WORKDIR --bicubic DATASET_DIR...
 
 The protocol itself (pairs, scoring, panels) is ``edsr_jax.evaluator``, which the trainer
@@ -19,12 +21,30 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from edsr_jax import SCALES, cli
-from edsr_jax.evaluator import UpscaleFn, bicubic_upscale, evaluate_folder, panel_path
+from edsr_jax.evaluator import (BASELINES, UpscaleFn, benchmark_layout, evaluate_folder, lr_folder,
+                                panel_path, sr_path)
+from edsr_jax.images import ImageError
+
+LAYOUTS = """\
+test-set folders (DATASET_DIR):
+  Set5/                  HR images only: LR made by MATLAB bicubic imresize(HR, 1/s)
+                         (or by --spec)
+  Set5/HR/ + Set5/LR_bicubic/X2/babyx2.png
+                         a benchmark as distributed (EDSR-PyTorch, BasicSR; prepare's
+                         output too): the pre-made LR files are scored (--make-lr: made
+                         from HR instead)
+  DIV2K_valid_HR/ --lr-dir DIV2K_valid_LR_bicubic
+                         HR and LR in separate folders (LR in X2/0801x2.png ...); one
+                         --lr-dir per DATASET_DIR, in order
+
+scores: PSNR and SSIM on Y (MATLAB rgb2ycbcr luma, as EDSR, RCAN and most SR papers;
+--rgb: on R, G and B), scale pixels of border removed, HR cut to a multiple of the scale.
+"""
 
 
 def _positive_int(text: str) -> int:
@@ -38,28 +58,50 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edsr_jax.degrade import SPEC_HELP
+
     p = cli.ArgumentParser(
         prog="python -m edsr_jax.evaluate",
-        description="Score super-resolution on benchmark folders of HR images (PSNR/SSIM on Y, "
-                    "border = scale, LR by MATLAB bicubic downscaling).")
-    p.add_argument("datasets", nargs="*", metavar="DATASET_DIR", help="folders of HR images (e.g. Set5)")
-    p.add_argument("--bicubic", action="store_true", help="score the bicubic upscaling baseline")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score super-resolution on benchmark test sets (PSNR/SSIM on Y by default, "
+                    "border = scale, LR by MATLAB bicubic downscaling or as distributed).",
+        epilog=LAYOUTS + "\n" + SPEC_HELP)
+    p.add_argument("datasets", nargs="*", metavar="DATASET_DIR",
+                   help="test-set folders: HR images, or HR/ and LR_bicubic/X<s>/ (below)")
+    p.add_argument("--baselines", nargs="+", metavar="NAME",
+                   help=f"score rule-based upsamplers side by side, from {' '.join(BASELINES)} "
+                        "(bilinear and bicubic are MATLAB's imresize; nearest repeats pixels)")
+    p.add_argument("--bicubic", action="store_true", help="shorthand for --baselines bicubic")
+    p.add_argument("--rgb", action="store_true",
+                   help="score on RGB instead of the Y channel (default: Y, as EDSR, RCAN and most "
+                        "SR papers; some report RGB PSNR)")
+    p.add_argument("--lr-dir", action="append", metavar="DIR",
+                   help="pre-made LR images of a DATASET_DIR (DIR/X<s>/<name>x<s>.png, DIV2K's layout); "
+                        "give one per DATASET_DIR, in order")
+    p.add_argument("--make-lr", action="store_true",
+                   help="make LR from HR (MATLAB bicubic, or --spec) even where the test set has "
+                        "pre-made LR files")
     p.add_argument("--checkpoint", metavar="DIR", help="score a trained model (a workdir or checkpoint dir)")
     p.add_argument("--scales", nargs="+", metavar="S",
                    help="scales to score, from 2 3 4 (default: all three for --bicubic alone; "
                         "the model's scale with --checkpoint)")
     p.add_argument("--spec", metavar="SPEC",
                    help="make LR with this degradation instead of MATLAB bicubic, e.g. "
-                        "'nearest > jpeg(30,60)' (resize factor filled per scale; seeded per image)")
+                        "'nearest > jpeg(30,60)' (resize factor filled per scale; seeded per image; "
+                        "grammar below)")
     p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble for the model (slower)")
     p.add_argument("--tile", type=_positive_int, metavar="N", help="run the model on N x N LR tiles")
     p.add_argument("--conv-backend", default="auto", metavar="{auto,xla,onednn}",
                    help="the model's convolutions: auto (oneDNN's on CPU where built, XLA's "
                         "elsewhere; default), xla, or onednn")
     p.add_argument("--max-images", type=_positive_int, metavar="N", help="score only the first N images of each folder")
-    p.add_argument("--save-images", metavar="DIR", help="write LR/bicubic/SR/HR comparison crops here (PNG)")
+    p.add_argument("--save-images", metavar="DIR",
+                   help="write every full SR output here: DIR/<set>/x<s>/<image>_<method>[_step<N>].png")
+    p.add_argument("--save-panels", metavar="DIR",
+                   help="write LR/bicubic/SR/HR comparison crops here: DIR/<set>/x<s>/<image>_<method>.png")
     p.add_argument("--json", metavar="FILE", help="write all scores, per image too, to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace existing --json and --save-images files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing --json, --save-images and --save-panels files")
     return p
 
 
@@ -81,18 +123,69 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"argument --scales: invalid choice: {s} (choose from "
                          f"{', '.join(map(str, SCALES))})")
     args.scales = scales or None
+    # "--baselines nearest bicubic Set5" : the same for the baseline names.
+    baselines = []
+    for i, token in enumerate(args.baselines or []):
+        if token not in BASELINES:
+            if i == 0 or extra:
+                parser.error(f"argument --baselines: invalid choice: {token!r} (choose from "
+                             f"{', '.join(BASELINES)})")
+            extra = list(args.baselines[i:])
+            break
+        baselines.append(token)
+    if args.bicubic and "bicubic" not in baselines:
+        baselines.append("bicubic")
+    args.baselines = list(dict.fromkeys(baselines))
     args.datasets = list(args.datasets) + extra
     if not args.datasets:
         parser.error("the following arguments are required: DATASET_DIR")
     return args
 
 
-def _check_datasets(folders: Sequence[str], max_images: int | None) -> list[tuple[Path, list[Path]]]:
+class TestSet(NamedTuple):
+    """One DATASET_DIR resolved: its ``name``, HR folder and images, and the pre-made LR
+    folder per scale (``{}`` when LR is made from HR)."""
+
+    name: str
+    hr_dir: Path
+    paths: list[Path]
+    lr_dirs: dict[int, Path]
+
+
+def _check_datasets(args, scales: Sequence[int]) -> list[TestSet]:
+    """Resolve every DATASET_DIR (``benchmark_layout``) and its LR folders before anything is
+    scored; a missing folder or an LR folder without the asked scale is a UsageError."""
+    lr_dirs = args.lr_dir or []
+    if lr_dirs and (args.make_lr or args.spec):
+        raise cli.UsageError(f"--lr-dir gives pre-made LR images; {'--make-lr' if args.make_lr else '--spec'} "
+                             "makes them from HR: choose one")
+    if lr_dirs and len(lr_dirs) != len(args.datasets):
+        raise cli.UsageError(f"--lr-dir given {len(lr_dirs)} time(s) for {len(args.datasets)} DATASET_DIR(s): "
+                             "give one per DATASET_DIR, in the same order")
     out = []
-    for folder in folders:
+    for k, folder in enumerate(args.datasets):
         folder = Path(folder)
-        paths = cli.image_folder(folder)
-        out.append((folder, paths[:max_images] if max_images else paths))
+        if not folder.exists():
+            raise cli.UsageError(f"{folder}: no such folder")
+        name, hr_dir, roots = benchmark_layout(folder)
+        if lr_dirs:
+            root = Path(lr_dirs[k])
+        elif roots and not (args.make_lr or args.spec):
+            if len(roots) > 1 and roots[0].name != "LR_bicubic":
+                raise cli.UsageError(f"{folder}: several LR folders ({', '.join(r.name for r in roots)}); "
+                                     "choose one with --lr-dir, or --make-lr")
+            root = roots[0]
+        else:
+            root = None
+        paths = cli.image_folder(hr_dir)
+        by_scale = {}
+        if root is not None:
+            for s in scales:
+                try:
+                    by_scale[s] = lr_folder(root, s)
+                except ImageError as e:
+                    raise cli.UsageError(f"{'--lr-dir ' if lr_dirs else ''}{e}") from None
+        out.append(TestSet(name, hr_dir, paths[:args.max_images] if args.max_images else paths, by_scale))
     return out
 
 
@@ -117,14 +210,16 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def format_table(results: list[dict]) -> str:
     """The results as a text table, one row per (dataset, scale, method), with the gain of a
-    model over bicubic on the same dataset and scale when both were scored."""
-    rows = [("dataset", "scale", "method", "PSNR (dB)", "SSIM", "images")]
+    model over bicubic on the same dataset and scale when both were scored; the PSNR/SSIM
+    headers say the channel (Y or RGB) and the LR column where the LR came from."""
+    channel = results[0].get("protocol", {}).get("channel", "Y") if results else "Y"
+    rows = [("dataset", "scale", "method", f"PSNR {channel} (dB)", f"SSIM {channel}", "images")]
     for r in results:
         rows.append((r["dataset"], f"x{r['scale']}", r["method"], _fmt(r["psnr"], 3),
                      _fmt(r["ssim"], 4), str(r["images"])))
         base = next((b for b in results if b["method"] == "bicubic" and b["dataset"] == r["dataset"]
                      and b["scale"] == r["scale"]), None)
-        if (r["method"] != "bicubic" and base is not None and None not in (r["psnr"], base["psnr"])):
+        if (r["method"] not in BASELINES and base is not None and None not in (r["psnr"], base["psnr"])):
             rows.append(("", "", "gain over bicubic", f"{r['psnr'] - base['psnr']:+.3f}",
                          f"{r['ssim'] - base['ssim']:+.4f}", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -146,11 +241,24 @@ def _write_json(path: Path, data: dict) -> None:
     outputs.atomic_write(path, json.dumps(data, indent=2) + "\n", overwrite=True)
 
 
+def _lr_sources(datasets: Sequence[TestSet], args) -> list[str]:
+    """One line per test set saying where its LR comes from."""
+    lines = []
+    for t in datasets:
+        if t.lr_dirs:
+            where = ", ".join(f"x{s}: {d}" for s, d in t.lr_dirs.items())
+            lines.append(f"note: {t.name}: LR images as distributed ({where})")
+        elif args.spec:
+            lines.append(f"note: {t.name}: LR made from HR by --spec {args.spec!r}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The evaluate CLI; returns 0, or 1 when some image could not be scored."""
     args = parse_args(argv)
-    if not args.bicubic and not args.checkpoint:
-        raise cli.UsageError("nothing to evaluate: pass --bicubic, --checkpoint DIR, or both")
+    if not args.baselines and not args.checkpoint:
+        raise cli.UsageError("nothing to evaluate: pass --baselines NAME..., --bicubic, --checkpoint DIR, "
+                             "or both")
     if not args.checkpoint:
         for flag, given in (("--ensemble", args.ensemble), ("--tile", args.tile is not None),
                             ("--conv-backend", args.conv_backend != "auto")):
@@ -171,16 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 degrade.parse(args.spec, scale=s)
             except degrade.SpecError as e:
                 raise cli.UsageError(f"--spec: {e}") from None
-    datasets = _check_datasets(args.datasets, args.max_images)
-    json_path = Path(args.json) if args.json else None
-    if json_path is not None:
-        from edsr_jax import outputs
+    for option in ("json", "save_images", "save_panels"):
+        value = getattr(args, option)
+        if value is not None and not value.strip():
+            raise cli.UsageError(f"--{option.replace('_', '-')}: empty path")
 
-        outputs.check_not_input(json_path, [p for _, paths in datasets for p in paths], option="--json")
-        if json_path.exists() and not args.overwrite:
-            raise cli.UsageError(f"{json_path}: exists (pass --overwrite to replace it)")
-
-    methods: list[tuple[str, UpscaleFn, list[int]]] = []
+    upscaler = None
     scales = list(dict.fromkeys(args.scales or []))
     if args.checkpoint:
         upscaler = _load_upscaler(args)
@@ -189,40 +293,61 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise cli.UsageError(f"the checkpoint is a x{model_scale} model but --scales asks for "
                                  f"{' '.join(map(str, scales))}")
         scales = scales or [model_scale]
+    scales = scales or list(SCALES)
+    datasets = _check_datasets(args, scales)
+    inputs = [p for t in datasets for p in t.paths] + [
+        p for t in datasets for d in t.lr_dirs.values() for p in (d.iterdir() if d.is_dir() else [])]
+    json_path = Path(args.json) if args.json else None
+    if json_path is not None:
+        from edsr_jax import outputs
+
+        outputs.check_not_input(json_path, inputs, option="--json")
+        if json_path.exists() and not args.overwrite:
+            raise cli.UsageError(f"{json_path}: exists (pass --overwrite to replace it)")
+
+    # (method, upscale_fn, scales, checkpoint step or None); baselines first, in the order given
+    methods: list[tuple[str, UpscaleFn, list[int], int | None]] = [
+        (name, BASELINES[name], scales, None) for name in args.baselines]
+    if upscaler is not None:
 
         def model_fn(lr: np.ndarray, scale: int) -> np.ndarray:
             return upscaler(lr)
 
-        methods.append((str(upscaler.name), model_fn, [model_scale]))
-    scales = scales or list(SCALES)
-    if args.bicubic:
-        methods.insert(0, ("bicubic", bicubic_upscale, scales))
+        methods.append((str(upscaler.name), model_fn, [int(upscaler.scale)],
+                        getattr(upscaler, "step", None)))
 
-    if args.save_images:
+    for option, folder, path_of in (("--save-images", args.save_images, sr_path),
+                                    ("--save-panels", args.save_panels, panel_path)):
+        if not folder:
+            continue
         from edsr_jax import outputs
 
-        inputs = [p for _, paths in datasets for p in paths]
-        for folder, paths in datasets:
-            for method, _, method_scales in methods:
+        for t in datasets:
+            for method, _, method_scales, step in methods:
                 for s in method_scales:
-                    for p in paths:
-                        target = panel_path(args.save_images, folder.name, s, p.name, method)
-                        outputs.inside(args.save_images, str(target.relative_to(args.save_images)),
-                                       option="--save-images")
-                        outputs.check_not_input(target, inputs, option="--save-images")
+                    for p in t.paths:
+                        target = (sr_path(folder, t.name, s, p.name, method, step) if path_of is sr_path
+                                  else panel_path(folder, t.name, s, p.name, method))
+                        outputs.inside(folder, str(target.relative_to(folder)), option=option)
+                        outputs.check_not_input(target, inputs, option=option)
                         if target.exists() and not args.overwrite:
                             raise cli.UsageError(f"{target}: exists (pass --overwrite to replace it)")
 
+    for line in _lr_sources(datasets, args):
+        print(line, file=sys.stderr)
     results, failed = [], {}
-    for folder, _ in datasets:
+    for t in datasets:
         first = True
         for s in scales:
-            for method, fn, method_scales in methods:
+            first = first or bool(t.lr_dirs)  # pre-made LR: each scale has its own files
+            for method, fn, method_scales, step in methods:
                 if s not in method_scales:
                     continue
-                r = evaluate_folder(folder, s, fn, method, max_images=args.max_images,
-                                    save_dir=args.save_images, overwrite=args.overwrite, warn=first,
-                                    spec=args.spec)
+                r = evaluate_folder(t.hr_dir, s, fn, method, max_images=args.max_images,
+                                    save_dir=args.save_panels, overwrite=args.overwrite, warn=first,
+                                    spec=None if t.lr_dirs else args.spec, lr_dir=t.lr_dirs.get(s),
+                                    y_channel=not args.rgb, dataset=t.name,
+                                    save_sr_dir=args.save_images, step=step)
                 first = False
                 for f in r.pop("failed"):
                     failed.setdefault(f["image"], f)

@@ -28,16 +28,27 @@ def cubic(x: np.ndarray) -> np.ndarray:
             + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1) & (ax <= 2)))
 
 
+def triangle(x: np.ndarray) -> np.ndarray:
+    """The linear interpolation kernel (MATLAB's ``triangle``, ``imresize(..., 'bilinear')``)."""
+    ax = np.abs(x)
+    return (1.0 - ax) * (ax <= 1)
+
+
+# method -> (kernel, kernel width in input pixels at scale 1), as MATLAB's imresize names them
+KERNELS = {"bicubic": (cubic, 4.0), "bilinear": (triangle, 2.0)}
+
+
 @functools.lru_cache(maxsize=256)
 def contributions(in_length: int, out_length: int, scale: float,
-                  antialiasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-pixel weights and 0-based source indices along one axis.
+                  antialiasing: bool = True, method: str = "bicubic") -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-pixel weights and 0-based source indices along one axis (``method``: a
+    key of ``KERNELS``).
 
     Returns ``(weights, indices)``, both ``(out_length, taps)``; weights float64
     summing to 1 per row, indices int64 in ``[0, in_length)`` after symmetric
     edge reflection. Cached: the same geometry is computed once per process.
     """
-    kernel_width = 4.0
+    kernel, kernel_width = KERNELS[method]
     widen = scale < 1 and antialiasing
     if widen:
         kernel_width /= scale
@@ -47,7 +58,7 @@ def contributions(in_length: int, out_length: int, scale: float,
     taps = int(math.ceil(kernel_width)) + 2
     indices = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]  # 1-based
     dist = u[:, None] - indices
-    weights = scale * cubic(scale * dist) if widen else cubic(dist)
+    weights = scale * kernel(scale * dist) if widen else kernel(dist)
     weights = weights / weights.sum(axis=1, keepdims=True)
     # Symmetric padding: ... 2 1 | 1 2 ... n | n n-1 ...
     mirror = np.concatenate([np.arange(in_length), np.arange(in_length - 1, -1, -1)])
@@ -154,21 +165,22 @@ def apply_taps(x: np.ndarray, axis: int, weights: np.ndarray, indices: np.ndarra
 
 @functools.lru_cache(maxsize=256)
 def _strided_geometry(in_length: int, out_length: int, scale: float,
-                      antialiasing: bool) -> StridedTaps | None:
-    return strided_taps(contributions(in_length, out_length, scale, antialiasing)[1], in_length)
+                      antialiasing: bool, method: str = "bicubic") -> StridedTaps | None:
+    return strided_taps(contributions(in_length, out_length, scale, antialiasing, method)[1], in_length)
 
 
 def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float,
-                 antialiasing: bool) -> np.ndarray:
-    key = (img.shape[axis], out_length, float(scale), antialiasing)
+                 antialiasing: bool, method: str = "bicubic") -> np.ndarray:
+    key = (img.shape[axis], out_length, float(scale), antialiasing, method)
     weights, indices = contributions(*key)
     return apply_taps(img, axis, weights, indices, _strided_geometry(*key))
 
 
 def imresize(img: np.ndarray, scale: float | None = None,
              output_shape: tuple[int, int] | None = None,
-             antialiasing: bool = True) -> np.ndarray:
-    """Resize ``(H, W)`` or ``(H, W, C)`` like MATLAB's ``imresize(img, scale, 'bicubic')``.
+             antialiasing: bool = True, method: str = "bicubic") -> np.ndarray:
+    """Resize ``(H, W)`` or ``(H, W, C)`` like MATLAB's ``imresize(img, scale, method)``,
+    ``method`` "bicubic" (default) or "bilinear".
 
     Give either ``scale`` (e.g. 1/4, 1/3, 1/2, 2, 3, 4; output ``ceil(H*scale)``)
     or ``output_shape=(H_out, W_out)``. uint8 input gives uint8 output, rounded
@@ -183,6 +195,8 @@ def imresize(img: np.ndarray, scale: float | None = None,
         raise ValueError(f"imresize got an empty image of shape {img.shape}")
     if (scale is None) == (output_shape is None):
         raise ValueError("imresize needs exactly one of scale or output_shape")
+    if method not in KERNELS:
+        raise ValueError(f"imresize method must be one of {', '.join(KERNELS)}, got {method!r}")
     if scale is not None:
         if not scale > 0:
             raise ValueError(f"imresize scale must be > 0, got {scale!r}")
@@ -199,7 +213,7 @@ def imresize(img: np.ndarray, scale: float | None = None,
     out = img if is_uint8 else img.astype(np.float64)  # uint8 * float64 weight: float64, exact
     for axis in sorted((0, 1), key=lambda a: scales[a]):  # stable: height first on ties
         if out_hw[axis] != out.shape[axis] or scales[axis] != 1.0:
-            out = _resize_axis(out, axis, out_hw[axis], scales[axis], antialiasing)
+            out = _resize_axis(out, axis, out_hw[axis], scales[axis], antialiasing, method)
             if is_uint8:
                 # MATLAB's per-axis pass (imresizemex) returns the input's class, so a
                 # uint8 image is rounded (half away from 0) and clipped after EACH pass.

@@ -188,17 +188,21 @@ class Upscaler:
             raise ValueError(f"tile must be an integer >= 8 LR pixels, got {tile!r}")
         self.tile = int(tile)
         self.name = name or model_name(config)
+        self.step: int | None = None  # the checkpoint's step when loaded by from_checkpoint
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), _inner(params))
         self.params = jax.device_put(_plain_dict(params))
         self._fn = jitted(self.config, self.dtype, self.conv_backend)
 
     @classmethod
     def from_checkpoint(cls, path, **kw) -> "Upscaler":
-        """Load the weights (EMA when kept) of a training workdir or checkpoint folder."""
+        """Load the weights (EMA when kept) of a training workdir or checkpoint folder;
+        ``self.step`` is the checkpoint's step (None for an Upscaler made from params)."""
         from edsr_jax import checkpoint
 
-        config, params = checkpoint.restore_for_inference(path)
-        return cls(config, params, **kw)
+        config, params, saved = checkpoint.restore_params(path, prefer_ema=True)
+        upscaler = cls(config, params, **kw)
+        upscaler.step = saved.get("step")
+        return upscaler
 
     @property
     def scale(self) -> int:

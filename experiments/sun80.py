@@ -74,13 +74,13 @@ def evaluate(runs: Path, out: Path, names: dict[str, str], suffix: str) -> None:
     target = out / f"standard{suffix}.json"
     if "bicubic" in names and not target.exists():
         run([PY, "-m", "edsr_jax.evaluate", "--bicubic", "--checkpoint", str(runs / names["bicubic"]),
-             "--scales", "2", *sets, "--json", str(target), "--save-images", str(out / f"crops{suffix}")])
+             "--scales", "2", *sets, "--json", str(target), "--save-panels", str(out / f"crops{suffix}")])
     for name in names.values():
         target = out / f"poster_{name}.json"
         if not target.exists():
             run([PY, "-m", "edsr_jax.evaluate", "--bicubic", "--checkpoint", str(runs / name),
                  "--scales", "2", "--spec", POSTER, str(DATASETS / "BSD68"), "--json", str(target),
-                 "--save-images", str(out / f"poster_crops_{name}")])
+                 "--save-panels", str(out / f"poster_crops_{name}")])
 
 
 def plot(runs: Path, out: Path) -> None:

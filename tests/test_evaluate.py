@@ -103,9 +103,9 @@ def test_refuses_to_overwrite_outputs(small_set, tmp_path):
     assert json.loads(out.read_text())["results"][0]["images"] == 3
 
 
-def test_save_images_writes_panels_and_never_overwrites(small_set, tmp_path, capsys):
+def test_save_panels_writes_panels_and_never_overwrites(small_set, tmp_path, capsys):
     save = tmp_path / "panels"
-    args = ["--bicubic", "--scales", "2", "--max-images", "2", "--save-images", str(save), str(small_set)]
+    args = ["--bicubic", "--scales", "2", "--max-images", "2", "--save-panels", str(save), str(small_set)]
     assert run(evaluate.main, args) == 0
     files = sorted(p.relative_to(save).as_posix() for p in save.rglob("*.png"))
     assert files == ["small/x2/a_bicubic.png", "small/x2/b_bicubic.png"]
@@ -216,3 +216,150 @@ def test_spec_degrades_the_lr_deterministically_per_image(small_set):
     assert a["per_image"] == b["per_image"]
     plain = evaluator.evaluate_folder(small_set, 2, evaluator.bicubic_upscale, "bicubic", progress=False)
     assert a["psnr"] < plain["psnr"] and plain["degradation"] == "bicubic(2)"
+
+
+def _smooth(shape, seed):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, size=(shape[0] // 4, shape[1] // 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(img).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def make_benchmark(root, sizes=((41, 37), (36, 44)), scales=(2,), lr_root=None, naming="{stem}x{s}"):
+    """``root/HR/imgK.png`` with pre-made LR ``LR_bicubic/X<s>/imgKx<s>.png`` (nearest
+    decimation, so it differs from the LR evaluate would make); ``lr_root`` puts the LR
+    folders elsewhere (DIV2K's layout). Returns ``{(name, s): (lr, hr_cropped)}``."""
+    from edsr_jax.images import write_image
+
+    hr_dir = root / "HR" if lr_root is None else root
+    lr_root = root / "LR_bicubic" if lr_root is None else lr_root
+    made = {}
+    for k, (h, w) in enumerate(sizes):
+        hr = _smooth((h, w), k)
+        write_image(hr_dir / f"img{k}.png", hr)
+        for s in scales:
+            lr = hr[: h // s * s: s, : w // s * s: s]
+            write_image(lr_root / f"X{s}" / (naming.format(stem=f"img{k}", s=s) + ".png"), lr)
+            made[(f"img{k}.png", s)] = (lr, hr[: h // s * s, : w // s * s])
+    return made
+
+
+def test_premade_lr_as_distributed_is_scored_as_given(tmp_path, capsys):
+    from edsr_jax.metrics import psnr, ssim
+
+    made = make_benchmark(tmp_path / "Bench", scales=(2, 3))
+    out = tmp_path / "r.json"
+    assert run(evaluate.main, ["--bicubic", "--scales", "2", "3", "--json", str(out),
+                               str(tmp_path / "Bench")]) == 0
+    err = capsys.readouterr().err
+    assert "Bench: LR images as distributed" in err and "LR_bicubic/X2" in err
+    data = json.loads(out.read_text())
+    for r in data["results"]:
+        s = r["scale"]
+        assert r["dataset"] == "Bench" and r["images"] == 2
+        assert r["protocol"]["lr_source"] == "files" and r["protocol"]["lr_dir"].endswith(f"LR_bicubic/X{s}")
+        assert r["protocol"]["channel"] == "Y" and r["protocol"]["crop_border"] == s
+        for p in r["per_image"]:
+            lr, hr = made[(p["image"], s)]
+            sr = evaluator.bicubic_upscale(lr, s)
+            assert p["psnr"] == psnr(sr, hr, crop_border=s) and p["ssim"] == ssim(sr, hr, crop_border=s)
+    # --make-lr ignores the files: MATLAB bicubic LR from HR, a different (higher) score.
+    assert run(evaluate.main, ["--bicubic", "--scales", "2", "--make-lr", "--json", str(out), "--overwrite",
+                               str(tmp_path / "Bench")]) == 0
+    made_lr = json.loads(out.read_text())["results"][0]
+    assert made_lr["protocol"]["lr_source"] == "matlab_bicubic" and made_lr["protocol"]["lr_dir"] is None
+    assert made_lr["psnr"] > data["results"][0]["psnr"]
+
+
+def test_div2k_layout_with_lr_dir_and_the_errors_of_pairs(tmp_path, capsys):
+    hr_dir, lr_root = tmp_path / "DIV2K_valid_HR", tmp_path / "DIV2K_valid_LR_bicubic"
+    made = make_benchmark(hr_dir, lr_root=lr_root, sizes=((40, 40), (44, 36), (30, 30)))
+    out = tmp_path / "r.json"
+    assert run(evaluate.main, ["--bicubic", "--scales", "2", "--lr-dir", str(lr_root), "--json", str(out),
+                               str(hr_dir)]) == 0
+    r = json.loads(out.read_text())["results"][0]
+    assert r["images"] == 3 and r["dataset"] == "DIV2K_valid_HR" and r["protocol"]["lr_source"] == "files"
+    # A missing LR file and one of the wrong size: that image is skipped naming both files (exit 1).
+    (lr_root / "X2" / "img0x2.png").unlink()
+    from edsr_jax.images import write_image
+    write_image(lr_root / "X2" / "img1x2.png", made[("img1.png", 2)][0][:10], overwrite=True)
+    capsys.readouterr()
+    assert run(evaluate.main, ["--bicubic", "--scales", "2", "--lr-dir", str(lr_root), str(hr_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "img0x2.png: no LR image for" in err and "img0.png" in err
+    assert "img1.png is 36x44 but its LR image" in err and "img1x2.png is 18x10" in err
+    # Usage errors: no X4 folder, --lr-dir count, --lr-dir with --make-lr, bad baseline.
+    cases = [
+        (["--bicubic", "--scales", "4", "--lr-dir", str(lr_root), str(hr_dir)], "no X4 folder"),
+        (["--bicubic", "--lr-dir", str(lr_root), "--lr-dir", str(lr_root), str(hr_dir)], "one per DATASET_DIR"),
+        (["--bicubic", "--make-lr", "--lr-dir", str(lr_root), str(hr_dir)], "choose one"),
+        (["--baselines", "lanczos", str(hr_dir)], "invalid choice: 'lanczos'"),
+    ]
+    for args, message in cases:
+        assert run(evaluate.main, args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("error:") == 1, (args, err)
+
+
+def test_baselines_side_by_side_and_rgb(small_set, tmp_path, capsys):
+    from edsr_jax.images import read_rgb
+    from edsr_jax.metrics import psnr
+
+    out = tmp_path / "r.json"
+    args = evaluate.parse_args(["--baselines", "nearest", "bilinear", str(small_set)])
+    assert args.baselines == ["nearest", "bilinear"] and args.datasets == [str(small_set)]
+    assert evaluate.parse_args(["--bicubic", "--baselines", "nearest", "x"]).baselines == ["nearest", "bicubic"]
+    assert run(evaluate.main, ["--baselines", "nearest", "bilinear", "bicubic", "--scales", "2",
+                               "--json", str(out), str(small_set)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in results] == ["nearest", "bilinear", "bicubic"]
+    assert results[0]["psnr"] < results[1]["psnr"] < results[2]["psnr"]  # smooth images
+    table = capsys.readouterr().out
+    assert "nearest" in table and "bilinear" in table and "gain" not in table
+    assert run(evaluate.main, ["--bicubic", "--rgb", "--scales", "2", "--json", str(out), "--overwrite",
+                               str(small_set)]) == 0
+    r = json.loads(out.read_text())["results"][0]
+    assert r["protocol"]["channel"] == "RGB" and "PSNR RGB" in capsys.readouterr().out
+    hr = evaluator.modcrop(read_rgb(small_set / "a.png"), 2)
+    sr = evaluator.bicubic_upscale(evaluator.imresize(hr, 0.5), 2)
+    assert r["per_image"][0]["psnr"] == psnr(sr, hr, crop_border=2, y_channel=False)
+    assert r["per_image"][0]["psnr"] != psnr(sr, hr, crop_border=2)
+
+
+def test_save_images_writes_full_sr_outputs_named_by_method_and_step(small_set, tmp_path, monkeypatch):
+    from edsr_jax import infer
+
+    class Stepped(FakeUpscaler):
+        step = 1234
+
+    monkeypatch.setitem(sys.modules, "edsr_jax.infer", types.SimpleNamespace(
+        Upscaler=Stepped, conv_backend_for=infer.conv_backend_for))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save = tmp_path / "sr"
+    assert run(evaluate.main, ["--checkpoint", str(ckpt), "--baselines", "nearest", "--max-images", "1",
+                               "--save-images", str(save), str(small_set)]) == 0
+    files = sorted(p.relative_to(save).as_posix() for p in save.rglob("*.png"))
+    assert files == ["small/x2/a_fake-x2_step1234.png", "small/x2/a_nearest.png"]
+    from edsr_jax.images import read_rgb
+    lr = evaluator.imresize(evaluator.modcrop(read_rgb(small_set / "a.png"), 2), 0.5)
+    np.testing.assert_array_equal(read_rgb(save / files[1]), evaluator.nearest_upscale(lr, 2))
+    assert read_rgb(save / files[0]).shape == (40, 36, 3)
+
+
+def test_premade_lr_of_set5_scores_like_our_resize(tmp_path):
+    """Set5 laid out as distributed (HR/ + LR_bicubic/X2 made by MATLAB-compatible imresize)
+    scores exactly what LR made on the fly scores: the two paths agree."""
+    from edsr_jax.images import list_images, read_rgb, write_image
+
+    set5 = shared_dataset("Set5")
+    bench = tmp_path / "Set5"
+    for p in list_images(set5):
+        hr = read_rgb(p)
+        write_image(bench / "HR" / p.name, hr)
+        write_image(bench / "LR_bicubic" / "X2" / f"{p.stem}x2.png", evaluator.imresize(evaluator.modcrop(hr, 2), 0.5))
+    a = evaluator.evaluate_folder(set5, 2, evaluator.bicubic_upscale, "bicubic", progress=False)
+    name, hr_dir, roots = evaluator.benchmark_layout(bench)
+    assert (name, hr_dir, roots) == ("Set5", bench / "HR", [bench / "LR_bicubic"])
+    b = evaluator.evaluate_folder(hr_dir, 2, evaluator.bicubic_upscale, "bicubic", progress=False,
+                                  lr_dir=evaluator.lr_folder(roots[0], 2), dataset=name)
+    assert a["per_image"] == b["per_image"] and b["protocol"]["lr_source"] == "files"
