@@ -4,12 +4,18 @@ Every program of the project reads images through ``read_rgb`` so that odd files
 (grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated) are converted the same way
 everywhere, and broken ones (empty, truncated, not an image, decompression bombs)
 raise ``ImageError`` naming the file.
+
+``read_image`` / ``write_kind`` are the kind-preserving pair ``upscale`` uses: the pixels
+the model sees plus what the output must give back (grayscale, alpha, 16-bit, ICC
+profile, EXIF with the orientation applied once), written in the closest form the
+output format allows (``OUTPUT_KINDS``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -60,6 +66,11 @@ def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndar
     EXIF orientation applied) append a sentence to ``notes`` when given.
     Raises ``ImageError`` for anything that is not a readable image.
     """
+    return _read(path, notes, _to_rgb)
+
+
+def _read(path: str | os.PathLike, notes: list[str] | None, convert):
+    """Open, check and decode ``path``, then ``convert(img, note)``; ImageError naming the file."""
     path = Path(path)
     note = (lambda s: notes.append(f"{path}: {s}")) if notes is not None else (lambda s: None)
     try:
@@ -77,7 +88,7 @@ def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndar
             if w * h > MAX_PIXELS:
                 raise ImageError(f"{path}: {w}x{h} pixels is {too_big}")
             img.load()
-            arr = _to_rgb(img, note)
+            out = convert(img, note)
     except ImageError:
         raise
     except Image.DecompressionBombError:
@@ -86,9 +97,162 @@ def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndar
         raise ImageError(f"{path}: not a readable image ({e.__class__.__name__})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: broken or truncated image ({e})") from None
+    arr = out.pixels if isinstance(out, Decoded) else out
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(f"{path}: image has no pixels")
-    return arr
+    return out
+
+
+class Decoded(NamedTuple):
+    """An image file as ``upscale`` sees it (``read_image``).
+
+    ``pixels``: ``(H, W, 3)`` what the model gets, uint8, or float32 in [0, 255] (value / 257)
+    for a 16-bit source; ``alpha``: ``(H, W)`` uint8 or None; ``kind``: what the output
+    gives back, one of ``OUTPUT_KINDS``; ``icc_profile`` / ``exif``: bytes to write back
+    or None (EXIF without its orientation tag once the pixels are upright).
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    kind: str
+    icc_profile: bytes | None
+    exif: bytes | None
+
+
+# What each kind of output is made of; write_kind maps it onto what the format can hold.
+OUTPUT_KINDS = {
+    "RGB": "8-bit colour",
+    "RGBA": "8-bit colour + alpha",
+    "L": "8-bit grayscale",
+    "LA": "8-bit grayscale + alpha",
+    "L16": "16-bit grayscale",
+}
+
+
+def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> Decoded:
+    """Decode an image file keeping its kind (``Decoded``): grayscale stays grayscale, alpha
+    is kept apart, 16-bit grayscale keeps its precision (float pixels), the ICC profile and
+    EXIF are kept, the EXIF orientation is applied to the pixels once. Kinds that cannot
+    come back (palette, CMYK, 16-bit colour that Pillow decodes to 8 bits) append a
+    sentence to ``notes``. Raises ``ImageError`` like ``read_rgb``."""
+    return _read(path, notes, _to_decoded)
+
+
+def _png_bit_depth(img: Image.Image) -> int:
+    """The bit depth in a PNG's header (8 for other formats or when unknown)."""
+    if img.format != "PNG" or not getattr(img, "filename", ""):
+        return 8
+    try:
+        with open(img.filename, "rb") as f:
+            head = f.read(26)
+        return head[24] if head[12:16] == b"IHDR" else 8
+    except (OSError, IndexError):
+        return 8
+
+
+def _to_decoded(img: Image.Image, note) -> Decoded:
+    bit_depth = _png_bit_depth(img)
+    orientation = _orientation(img)
+    if orientation not in (None, 1):
+        img = ImageOps.exif_transpose(img)
+        note(f"turned upright by its EXIF orientation {orientation} (the output is upright, "
+             "its EXIF orientation removed)")
+    icc = img.info.get("icc_profile") or None
+    try:
+        exif_data = img.getexif()
+        exif_data.pop(0x0112, None)
+        exif = exif_data.tobytes() if len(exif_data) else None
+    except Exception:  # noqa: BLE001 - a broken EXIF block is dropped, not our error
+        exif = None
+    mode, alpha = img.mode, None
+    if mode in ("I;16", "I;16B", "I;16L", "I") and (mode != "I" or np.asarray(img).max(initial=0) > 255):
+        a = np.clip(np.asarray(img).astype(np.float32), 0, 65535) / np.float32(257.0)
+        kind, pixels = "L16", np.repeat(a[..., None], 3, axis=2)
+    elif mode in ("L", "1", "I", "LA", "La"):
+        if mode == "1":
+            note("1-bit image: written as 8-bit grayscale")
+        if mode in ("LA", "La"):
+            la = np.asarray(img.convert("LA"), dtype=np.uint8)
+            gray, alpha, kind = la[..., 0], np.ascontiguousarray(la[..., 1]), "LA"
+        else:
+            gray, kind = np.asarray(img.convert("L"), dtype=np.uint8), "L"
+        pixels = np.repeat(gray[..., None], 3, axis=2)
+    else:
+        has_alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
+        if mode in ("P", "PA"):
+            note(f"palette image: written as {'RGBA' if has_alpha else 'RGB'} (upscaled colours do "
+                 "not fit its palette)")
+        elif mode not in ("RGB", "RGBA", "RGBa"):
+            note(f"{mode} converted to RGB")
+            if icc is not None and icc[16:20] != b"RGB ":
+                note(f"its {icc[16:20].decode('ascii', 'replace').strip()} ICC profile dropped "
+                     "(it does not describe RGB pixels)")
+                icc = None
+        if bit_depth == 16:
+            note("16-bit PNG with colour or alpha: decoded to 8 bits per channel (Pillow), "
+                 "written 8-bit")
+        if has_alpha:
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)
+            pixels, alpha, kind = np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), "RGBA"
+        else:
+            pixels, kind = np.asarray(img.convert("RGB"), dtype=np.uint8), "RGB"
+    if icc is not None and kind in ("L", "LA", "L16") and icc[16:20] != b"GRAY":
+        icc = None  # an RGB profile does not describe gray pixels
+    return Decoded(pixels, alpha, kind, icc, exif)
+
+
+# output format -> the kinds it can hold; write_kind falls back to the nearest one
+_FORMAT_KINDS = {
+    "PNG": {"RGB", "RGBA", "L", "LA", "L16"},
+    "TIFF": {"RGB", "RGBA", "L", "LA", "L16"},
+    "JPEG": {"RGB", "L"},
+    "WEBP": {"RGB", "RGBA"},
+    "BMP": {"RGB", "L"},
+    "PPM": {"RGB", "L", "L16"},
+}
+_FALLBACK = {"RGBA": "RGB", "LA": "L", "L16": "L", "L": "RGB", "RGB": "RGB"}
+QUALITY_FORMATS = ("JPEG", "WEBP")
+
+
+def image_format(path: str | os.PathLike) -> str | None:
+    """Pillow's format name for the file name's suffix (``"PNG"``, ``"JPEG"``...), or None."""
+    return Image.registered_extensions().get(Path(path).suffix.lower())
+
+
+def write_kind(path: str | os.PathLike, image: np.ndarray, kind: str, alpha: np.ndarray | None = None,
+               *, icc_profile: bytes | None = None, exif: bytes | None = None,
+               quality: int | None = None, overwrite: bool = False,
+               notes: list[str] | None = None) -> Path:
+    """Write an upscaled image as ``kind`` (``OUTPUT_KINDS``), or the nearest kind the
+    format holds (JPEG: no alpha, no 16-bit; WebP: no grayscale; ...), saying so in ``notes``.
+
+    ``image``: ``(H, W)`` uint8 for "L"/"LA", uint16 for "L16", ``(H, W, 3)`` uint8 for
+    "RGB"/"RGBA"; ``alpha``: ``(H, W)`` uint8 for the alpha kinds. ``quality`` (1..100) for
+    JPEG and WebP (default 95; lossless formats ignore it). ICC profile and EXIF are written
+    where the format keeps them. Atomic like ``write_image``.
+    """
+    fmt = image_format(path)
+    want = kind
+    while kind not in _FORMAT_KINDS.get(fmt, {"RGB"}):
+        kind = _FALLBACK[kind]
+    if kind != want and notes is not None:
+        notes.append(f"{path}: {fmt} holds no {OUTPUT_KINDS[want]}: written as {OUTPUT_KINDS[kind]}")
+    if want == "L16" and kind != "L16":
+        image = np.clip(np.floor(image.astype(np.float64) / 257.0 + 0.5), 0, 255).astype(np.uint8)
+    if want in ("L", "LA", "L16") and kind in ("RGB", "RGBA"):
+        image = np.repeat(image[..., None], 3, axis=2)
+    if kind in ("RGBA", "LA"):
+        array = np.concatenate([image if image.ndim == 3 else image[..., None], alpha[..., None]], axis=2)
+    else:
+        array = image
+    kw = {}
+    if fmt in QUALITY_FORMATS:
+        kw["quality"] = 95 if quality is None else int(quality)
+    if icc_profile and fmt in ("PNG", "TIFF", "JPEG", "WEBP"):
+        kw["icc_profile"] = icc_profile
+    if exif and fmt in ("PNG", "TIFF", "JPEG", "WEBP"):
+        kw["exif"] = exif
+    return write_image(path, np.ascontiguousarray(array), overwrite=overwrite, **kw)
 
 
 def _to_rgb(img: Image.Image, note) -> np.ndarray:
@@ -155,7 +319,8 @@ def _orientation(img: Image.Image):
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, overwrite: bool = False, **save_kw) -> Path:
-    """Write ``(H, W, 3)`` or ``(H, W)`` uint8 to ``path`` (format from the suffix).
+    """Write ``(H, W, 3)`` or ``(H, W)`` uint8 to ``path`` (format from the suffix); also
+    ``(H, W, 2)`` / ``(H, W, 4)`` uint8 (gray / colour + alpha) and ``(H, W)`` uint16.
 
     The file appears atomically (``outputs.save_with``: a temporary name, then renamed), with
     the usual permissions. Raises ``FileExistsError`` when ``path`` exists and ``overwrite``
@@ -164,8 +329,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray, overwrite: bool = Fa
     from edsr_jax import outputs
 
     path = Path(path)
-    if array.dtype != np.uint8:
-        raise TypeError(f"write_image expects uint8, got {array.dtype}")
+    if array.dtype != np.uint8 and not (array.dtype == np.uint16 and array.ndim == 2):
+        raise TypeError(f"write_image expects uint8 (or (H, W) uint16), got {array.dtype} {array.shape}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
     try:

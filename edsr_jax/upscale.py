@@ -7,6 +7,13 @@ output keeps its input's name (``<stem><suffix>.png`` by default) in ``--out``. 
 written over an input, and no existing output is replaced without ``--overwrite``. An
 input that cannot be read is reported and skipped; the rest are still done and the exit
 code is 1. Bad options, a missing checkpoint or no inputs: ``error: ...`` and exit 2.
+
+Each output keeps its input's kind (``upscale_decoded``; the README's table): grayscale
+stays grayscale (the model's three output channels averaged), an alpha channel is upscaled
+with MATLAB bicubic and re-attached, 16-bit grayscale stays 16-bit (the model runs on the
+float values, no 8-bit rounding), the ICC profile and EXIF are kept (the EXIF orientation
+applied once, to the pixels). Where the output format cannot hold the kind (JPEG: no
+alpha), the nearest it can is written and a note says so.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from edsr_jax import cli
-from edsr_jax.images import ImageError, is_image_file, read_rgb, write_image
+from edsr_jax.images import (QUALITY_FORMATS, Decoded, ImageError, image_format, is_image_file, read_image,
+                             write_kind)
 
 GLOB_CHARS = "*?["
 
@@ -113,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "elsewhere; default), xla, or onednn")
     p.add_argument("--suffix", default="", help="added to each output's stem, e.g. _x2 (default none)")
     p.add_argument("--ext", default=".png", help="output file type (default .png)")
+    p.add_argument("--quality", type=int, metavar="Q",
+                   help="JPEG / WebP quality 1..100 for --ext .jpg/.webp (default 95)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return p
 
@@ -129,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise cli.UsageError(f"--tile {args.tile}: must be at least 8 LR pixels")
     if not (args.memory_budget_mb > 0 and math.isfinite(args.memory_budget_mb)):
         raise cli.UsageError(f"--memory-budget-mb {args.memory_budget_mb}: must be a finite number > 0")
+    if args.quality is not None:
+        if not 1 <= args.quality <= 100:
+            raise cli.UsageError(f"--quality {args.quality}: must be 1..100")
+        if image_format(f"x{ext}") not in QUALITY_FORMATS:
+            raise cli.UsageError(f"--quality applies to JPEG and WebP outputs, not --ext {ext}")
     _check_conv_backend(args.conv_backend, args.dtype)
     inputs = collect_inputs(args.inputs)
     outputs = plan_outputs(inputs, Path(args.out), suffix=args.suffix, ext=ext, overwrite=args.overwrite)
@@ -142,21 +159,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.set_postfix_str(src.name)
         notes: list[str] = []
         try:
-            lr = read_rgb(src, notes)
+            decoded = read_image(src, notes)
         except ImageError as e:
             tqdm.write(f"skipped: {e}", file=sys.stderr)
             failed += 1
             continue
-        for note in notes:
-            tqdm.write(f"note: {note}", file=sys.stderr)
-        sr = upscaler(lr)
+        image, alpha = upscale_decoded(upscaler, decoded)
         try:
-            write_image(dst, sr, overwrite=args.overwrite)
+            write_kind(dst, image, decoded.kind, alpha, icc_profile=decoded.icc_profile,
+                       exif=decoded.exif, quality=args.quality, overwrite=args.overwrite, notes=notes)
         except FileExistsError as e:
             tqdm.write(f"not written: {dst}: {e}", file=sys.stderr)
             failed += 1
             continue
-        megapixels += sr.shape[0] * sr.shape[1] / 1e6
+        finally:
+            for note in notes:
+                tqdm.write(f"note: {note}", file=sys.stderr)
+        megapixels += image.shape[0] * image.shape[1] / 1e6
     bar.close()
     seconds = time.perf_counter() - start
     done = len(inputs) - failed
@@ -166,6 +185,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{failed} input(s) skipped (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def upscale_decoded(upscaler, decoded: Decoded) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(image, alpha)`` upscaled by ``upscaler`` (``infer.Upscaler``) in the input's kind.
+
+    RGB / RGBA: the model's uint8 output ``(H*s, W*s, 3)``. L / LA: ``(H*s, W*s)`` uint8, the
+    mean of the model's three float output channels, rounded (a gray input gives nearly
+    equal channels; averaging removes the tint of their small differences). L16:
+    ``(H*s, W*s)`` uint16 from the model run on the float values (value / 257), times 257.
+    ``alpha``: ``(H*s, W*s)`` uint8, MATLAB bicubic ``imresize(alpha, s)`` (the model is
+    trained on colour, not on alpha masks), or None.
+    """
+    from edsr_jax.imresize import imresize
+
+    s = upscaler.scale
+    if decoded.kind in ("RGB", "RGBA"):
+        image = upscaler(decoded.pixels)
+    else:
+        gray = np.mean(np.asarray(upscaler.predict(decoded.pixels), np.float64), axis=-1)
+        if decoded.kind == "L16":
+            image = np.clip(np.floor(gray * 257.0 + 0.5), 0, 65535).astype(np.uint16)
+        else:
+            image = np.clip(np.floor(gray + 0.5), 0, 255).astype(np.uint8)
+    alpha = None if decoded.alpha is None else imresize(decoded.alpha, s)
+    return image, alpha
 
 
 def _check_conv_backend(conv_backend: str, dtype: str) -> None:

@@ -81,13 +81,13 @@ CASES = {
                                                evaluate="skipped")),
     "text.png": ("text file named .png", dict(prepare="skipped", data="skipped", upscale="skipped",
                                               evaluate="skipped")),
-    "gray.png": ("8-bit grayscale", dict(prepare="converted", data="converted_silently", upscale="converted",
+    "gray.png": ("8-bit grayscale", dict(prepare="converted", data="converted_silently", upscale="kept",
                                          evaluate="converted")),
     "palette.png": ("palette (P mode)", dict(prepare="converted", data="converted_silently", upscale="converted",
                                              evaluate="converted")),
-    "rgba.png": ("RGBA (alpha dropped)", dict(prepare="converted", data="converted_silently", upscale="converted",
+    "rgba.png": ("RGBA", dict(prepare="converted", data="converted_silently", upscale="kept",
                                               evaluate="converted")),
-    "sixteen_bit.png": ("16-bit grayscale PNG", dict(prepare="converted", data="converted_silently", upscale="converted",
+    "sixteen_bit.png": ("16-bit grayscale PNG", dict(prepare="converted", data="converted_silently", upscale="kept",
                                                      evaluate="converted")),
     "cmyk.jpg": ("CMYK JPEG", dict(prepare="converted", data="converted_silently", upscale="converted", evaluate="converted")),
     "exif_rotated.jpg": ("JPEG with EXIF orientation 6", dict(prepare="converted", data="converted_silently",
@@ -430,6 +430,7 @@ WORDS = {
     "used": "used",
     "converted": "converted, `note:` naming the file",
     "converted_silently": "converted (no note)",
+    "kept": "kept: the output has the input's kind (README, upscale)",
     "skipped": "skipped, warning naming the file",
 }
 FOLDER_CASES = [
@@ -438,10 +439,11 @@ FOLDER_CASES = [
     ("path that does not exist", "stop: `error:` naming the path, exit 2", "stop: DatasetError naming the path",
      *(["stop: `error:` naming the path, exit 2"] * 2)),
     ("LR/HR pair whose sizes disagree (paired source)", "n/a", "stop: DatasetError naming both files",
-     "n/a", "n/a"),
+     "n/a", "pair skipped, warning naming both files, exit 1"),
     ("missing LR file (paired source)", "n/a", "stop: DatasetError naming the missing LR and its HR",
-     "n/a", "n/a"),
-    ("unreadable LR file (paired source)", "n/a", "pair skipped, warning naming the file", "n/a", "n/a"),
+     "n/a", "pair skipped, warning naming the missing LR and its HR, exit 1"),
+    ("unreadable LR file (paired source)", "n/a", "pair skipped, warning naming the file", "n/a",
+     "pair skipped, warning naming the file, exit 1"),
 ]
 
 

@@ -272,14 +272,15 @@ def test_premade_lr_as_distributed_is_scored_as_given(tmp_path, capsys):
 
 def test_div2k_layout_with_lr_dir_and_the_errors_of_pairs(tmp_path, capsys):
     hr_dir, lr_root = tmp_path / "DIV2K_valid_HR", tmp_path / "DIV2K_valid_LR_bicubic"
-    made = make_benchmark(hr_dir, lr_root=lr_root, sizes=((40, 40), (44, 36), (30, 30)))
+    made = make_benchmark(hr_dir, lr_root=lr_root, sizes=((40, 40), (44, 36), (30, 30), (32, 32)))
     out = tmp_path / "r.json"
     assert run(evaluate.main, ["--bicubic", "--scales", "2", "--lr-dir", str(lr_root), "--json", str(out),
                                str(hr_dir)]) == 0
     r = json.loads(out.read_text())["results"][0]
-    assert r["images"] == 3 and r["dataset"] == "DIV2K_valid_HR" and r["protocol"]["lr_source"] == "files"
-    # A missing LR file and one of the wrong size: that image is skipped naming both files (exit 1).
+    assert r["images"] == 4 and r["dataset"] == "DIV2K_valid_HR" and r["protocol"]["lr_source"] == "files"
+    # A missing, a wrong-size and an unreadable LR file: that image is skipped naming the files (exit 1).
     (lr_root / "X2" / "img0x2.png").unlink()
+    (lr_root / "X2" / "img3x2.png").write_bytes(b"not an image")
     from edsr_jax.images import write_image
     write_image(lr_root / "X2" / "img1x2.png", made[("img1.png", 2)][0][:10], overwrite=True)
     capsys.readouterr()
@@ -287,6 +288,7 @@ def test_div2k_layout_with_lr_dir_and_the_errors_of_pairs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "img0x2.png: no LR image for" in err and "img0.png" in err
     assert "img1.png is 36x44 but its LR image" in err and "img1x2.png is 18x10" in err
+    assert "skipped: " in err and "img3x2.png: not a readable image" in err
     # Usage errors: no X4 folder, --lr-dir count, --lr-dir with --make-lr, bad baseline.
     cases = [
         (["--bicubic", "--scales", "4", "--lr-dir", str(lr_root), str(hr_dir)], "no X4 folder"),

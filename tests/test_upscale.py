@@ -155,3 +155,87 @@ def test_evaluate_with_checkpoint(tmp_path, ckpt, capsys):
     up = infer.Upscaler(CONFIG, params)
     expected = np.mean([psnr(up(imresize(hr, 0.5)), hr, crop_border=2) for hr in hr_images.values()])
     assert result["psnr"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_outputs_keep_the_kind_of_their_input(tmp_path, ckpt, capsys):
+    """The README's table "input kind -> output", row by row."""
+    from PIL import Image, ImageCms
+
+    from edsr_jax.images import read_image
+
+    path, params = ckpt
+    ref = infer.Upscaler(CONFIG, params)
+    rng = np.random.default_rng(3)
+    h, w = 12, 16
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rgb).save(src / "rgb.png")
+    Image.fromarray(gray).save(src / "gray.png")
+    Image.fromarray(np.dstack([gray, alpha])).save(src / "gray_alpha.png")
+    Image.fromarray(np.dstack([rgb, alpha])).save(src / "rgba.png")
+    Image.fromarray(rgb).quantize(16).save(src / "palette.png")
+    Image.fromarray(rgb).quantize(16).save(src / "palette_t.png", transparency=0)
+    Image.fromarray(gray16).save(src / "gray16.png")
+    Image.fromarray(gray > 127).save(src / "bilevel.png")
+    Image.fromarray(rgb).convert("CMYK").save(src / "cmyk.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "TestCam"  # rotate 90 degrees clockwise to view; camera make
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(rgb[:8]).save(src / "rotated.jpg", exif=exif, icc_profile=srgb, quality=95)  # 16 x 8
+    out = tmp_path / "out"
+    code, err = run([src, "--checkpoint", path, "--out", out], capsys)
+    assert code == 0, err
+
+    def opened(name):
+        return Image.open(out / name)
+
+    # RGB -> RGB, exactly the model's output; RGBA -> RGBA, alpha by MATLAB bicubic.
+    assert opened("rgb.png").mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(opened("rgb.png")), ref(rgb))
+    rgba = np.asarray(opened("rgba.png"))
+    assert rgba.shape == (2 * h, 2 * w, 4)
+    np.testing.assert_array_equal(rgba[..., :3], ref(rgb))
+    np.testing.assert_array_equal(rgba[..., 3], imresize(alpha, 2))
+    # L -> L (no colour tint), the rounded mean of the model's channels; LA -> LA.
+    want_gray = np.floor(ref.predict(np.repeat(gray[..., None], 3, 2)).astype(np.float64).mean(-1) + 0.5)
+    assert opened("gray.png").mode == "L"
+    np.testing.assert_array_equal(np.asarray(opened("gray.png")), np.clip(want_gray, 0, 255))
+    la = np.asarray(opened("gray_alpha.png"))
+    assert opened("gray_alpha.png").mode == "LA" and la.shape == (2 * h, 2 * w, 2)
+    np.testing.assert_array_equal(la[..., 1], imresize(alpha, 2))
+    # 16-bit grayscale -> 16-bit grayscale, the model run on value / 257 (finer than 8-bit steps).
+    g16 = opened("gray16.png")
+    assert g16.mode == "I;16"
+    f = ref.predict(np.repeat((gray16 / 257.0).astype(np.float32)[..., None], 3, 2)).astype(np.float64)
+    np.testing.assert_array_equal(np.asarray(g16), np.clip(np.floor(f.mean(-1) * 257 + 0.5), 0, 65535))
+    assert len(np.unique(np.asarray(g16) % 257)) > 1  # not just 8-bit values scaled up
+    # palette -> RGB (RGBA with transparency); 1-bit -> L; CMYK -> RGB.
+    assert opened("palette.png").mode == "RGB" and opened("palette_t.png").mode == "RGBA"
+    assert opened("bilevel.png").mode == "L" and opened("cmyk.png").mode == "RGB"
+    # EXIF orientation applied once: upright pixels, the tag removed, other EXIF and ICC kept.
+    rot = opened("rotated.png")
+    assert rot.size == (2 * 8, 2 * 16) and rot.mode == "RGB"  # turned upright: 8 wide, 16 high
+    assert rot.getexif().get(0x0112) is None and rot.getexif().get(0x010F) == "TestCam"
+    assert rot.info.get("icc_profile") == srgb
+    assert "palette image: written as RGB" in err and "1-bit image" in err and "CMYK converted" in err
+    # JPEG output: no alpha, no 16-bit (said in a note); --quality sets the JPEG quality.
+    code, err = run([src / "rgba.png", src / "gray16.png", "--checkpoint", path, "--out", tmp_path / "jpg",
+                     "--ext", ".jpg", "--quality", "40"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "jpg" / "rgba.jpg").mode == "RGB"
+    assert Image.open(tmp_path / "jpg" / "gray16.jpg").mode == "L"
+    assert "JPEG holds no 8-bit colour + alpha: written as 8-bit colour" in err
+    code, _ = run([src / "rgb.png", "--checkpoint", path, "--out", tmp_path / "q95", "--ext", ".jpg"], capsys)
+    code40, _ = run([src / "rgb.png", "--checkpoint", path, "--out", tmp_path / "q40", "--ext", ".jpg",
+                     "--quality", "40"], capsys)
+    assert code == code40 == 0
+    assert (tmp_path / "q40" / "rgb.jpg").stat().st_size < (tmp_path / "q95" / "rgb.jpg").stat().st_size
+    assert read_image(tmp_path / "q95" / "rgb.jpg").kind == "RGB"
+    for bad, message in ((["--ext", ".png", "--quality", "90"], "--quality applies to JPEG and WebP"),
+                         (["--ext", ".jpg", "--quality", "0"], "--quality 0: must be 1..100")):
+        code, err = run([src / "rgb.png", "--checkpoint", path, "--out", tmp_path / "bad", *bad], capsys)
+        assert code == 2 and message in err and err.count("error:") == 1
