@@ -38,9 +38,12 @@ test-set folders (DATASET_DIR):
                          a benchmark as distributed (EDSR-PyTorch, BasicSR; prepare's
                          output too): the pre-made LR files are scored (--make-lr: made
                          from HR instead)
+  Set5/GTmod12/ + Set5/LRbicx2/baby.png
+                         BasicSR's layout: the same
   DIV2K_valid_HR/ --lr-dir DIV2K_valid_LR_bicubic
-                         HR and LR in separate folders (LR in X2/0801x2.png ...); one
-                         --lr-dir per DATASET_DIR, in order
+                         HR and LR in separate folders (LR in X2/0801x2.png ..., or
+                         --lr-dir 'LRbicx{s}' for one folder per scale); one --lr-dir
+                         per DATASET_DIR, in order
 
 scores: PSNR and SSIM on Y (MATLAB rgb2ycbcr luma, as EDSR, RCAN and most SR papers;
 --rgb: on R, G and B), scale pixels of border removed, HR cut to a multiple of the scale.
@@ -76,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score on RGB instead of the Y channel (default: Y, as EDSR, RCAN and most "
                         "SR papers; some report RGB PSNR)")
     p.add_argument("--lr-dir", action="append", metavar="DIR",
-                   help="pre-made LR images of a DATASET_DIR (DIR/X<s>/<name>x<s>.png, DIV2K's layout); "
-                        "give one per DATASET_DIR, in order")
+                   help="pre-made LR images of a DATASET_DIR (DIR/X<s>/<name>x<s>.png, DIV2K's layout; "
+                        "{s} in DIR stands for the scale); give one per DATASET_DIR, in order")
     p.add_argument("--make-lr", action="store_true",
                    help="make LR from HR (MATLAB bicubic, or --spec) even where the test set has "
                         "pre-made LR files")

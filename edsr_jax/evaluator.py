@@ -131,8 +131,9 @@ def read_hr(path: str | os.PathLike, scale: int, notes: list[str] | None = None)
 def lr_folder(lr_root: str | os.PathLike, scale: int) -> Path:
     """The folder of pre-made LR images for ``scale`` under ``lr_root``: its ``X<scale>``
     subfolder (``LR_bicubic/X2``, ``DIV2K_valid_LR_bicubic/X2``), or ``lr_root`` itself when it
-    has no ``X<n>`` subfolders. Raises ``ImageError`` naming what is missing."""
-    root = Path(lr_root)
+    has no ``X<n>`` subfolders; ``{s}`` in ``lr_root`` is replaced by the scale (BasicSR's
+    ``Set5/LRbicx{s}``). Raises ``ImageError`` naming what is missing."""
+    root = Path(str(lr_root).replace("{s}", str(scale)))
     if not root.is_dir():
         raise ImageError(f"{root}: no such folder of LR images")
     for name in (f"X{scale}", f"x{scale}"):
@@ -180,11 +181,17 @@ def read_pair(hr_path: str | os.PathLike, lr_path: str | os.PathLike, scale: int
 def benchmark_layout(folder: str | os.PathLike) -> tuple[str, Path, list[Path]]:
     """``(name, hr_dir, lr_roots)`` of a test-set folder given on the command line.
 
-    A folder with an ``HR`` subfolder is a benchmark as distributed (``Set5/HR``,
-    ``Set5/LR_bicubic/X2``; also ``prepare``'s output): HR images from ``HR``, ``lr_roots``
-    its ``LR_*`` folders (``LR_bicubic`` first). Any other folder holds the HR images
-    itself, with no pre-made LR (``lr_roots == []``). ``name`` is the folder's name."""
+    A folder with an ``HR`` subfolder is a benchmark as EDSR-PyTorch distributes it
+    (``Set5/HR``, ``Set5/LR_bicubic/X2/babyx2.png``; also ``prepare``'s output): HR images
+    from ``HR``, ``lr_roots`` its ``LR_*`` folders (``LR_bicubic`` first). One with a
+    ``GTmod12`` subfolder is BasicSR's (``Set5/GTmod12``, ``Set5/LRbicx2/baby.png``):
+    ``lr_roots == [folder / "LRbicx{s}"]`` (``lr_folder`` fills in the scale). Any other
+    folder holds the HR images itself, with no pre-made LR (``lr_roots == []``). ``name``
+    is the folder's name."""
     folder = Path(folder)
+    if (folder / "GTmod12").is_dir():
+        has_lr = any(p.is_dir() and re.fullmatch(r"LRbicx\d+", p.name) for p in folder.iterdir())
+        return folder.name, folder / "GTmod12", [folder / "LRbicx{s}"] if has_lr else []
     if (folder / "HR").is_dir():
         roots = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.startswith("LR_")),
                        key=lambda p: (p.name != "LR_bicubic", p.name))

@@ -365,3 +365,21 @@ def test_premade_lr_of_set5_scores_like_our_resize(tmp_path):
     b = evaluator.evaluate_folder(hr_dir, 2, evaluator.bicubic_upscale, "bicubic", progress=False,
                                   lr_dir=evaluator.lr_folder(roots[0], 2), dataset=name)
     assert a["per_image"] == b["per_image"] and b["protocol"]["lr_source"] == "files"
+
+
+def test_basicsr_layout_gtmod12_and_lrbicx(tmp_path):
+    """BasicSR's ``Set5/GTmod12/baby.png`` + ``Set5/LRbicx2/baby.png`` (LR named like its HR)."""
+    made = make_benchmark(tmp_path / "Bench", sizes=((40, 36),), scales=(2, 4), naming="{stem}")
+    (tmp_path / "Bench" / "HR").rename(tmp_path / "Bench" / "GTmod12")
+    for s in (2, 4):
+        (tmp_path / "Bench" / "LR_bicubic" / f"X{s}").rename(tmp_path / "Bench" / f"LRbicx{s}")
+    name, hr_dir, roots = evaluator.benchmark_layout(tmp_path / "Bench")
+    assert (name, hr_dir) == ("Bench", tmp_path / "Bench" / "GTmod12")
+    assert [evaluator.lr_folder(roots[0], s) for s in (2, 4)] == [tmp_path / "Bench" / "LRbicx2",
+                                                                 tmp_path / "Bench" / "LRbicx4"]
+    out = tmp_path / "r.json"
+    assert run(evaluate.main, ["--bicubic", "--scales", "2", "4", "--json", str(out), str(tmp_path / "Bench")]) == 0
+    for r in json.loads(out.read_text())["results"]:
+        lr, hr = made[("img0.png", r["scale"])]
+        assert r["protocol"]["lr_dir"].endswith(f"LRbicx{r['scale']}")
+        assert r["psnr"] == evaluator.score_image(hr, r["scale"], evaluator.bicubic_upscale, lr)[0]
