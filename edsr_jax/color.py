@@ -3,21 +3,14 @@
 Values live on the 0..255 scale: Y in [16, 235], Cb and Cr in [16, 240].
 Unlike MATLAB on uint8 input, results are float64 and not rounded, which is
 what the SR papers' evaluation scripts use (they convert ``im2double`` images).
+The conversions are scikit-image's ``rgb2ycbcr`` / ``ycbcr2rgb`` (the same matrix and
+offsets as MATLAB); this module only fixes the scale (RGB on 0..255) and the clipping.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-# MATLAB's matrix for RGB in [0, 1] -> YCbCr in [0, 255]; rows Y, Cb, Cr.
-RGB_TO_YCBCR = np.array([
-    [65.481, 128.553, 24.966],
-    [-37.797, -74.203, 112.0],
-    [112.0, -93.786, -18.214],
-])
-YCBCR_OFFSET = np.array([16.0, 128.0, 128.0])
-YCBCR_TO_RGB = np.linalg.inv(RGB_TO_YCBCR)
-
+from skimage.color import rgb2ycbcr, ycbcr2rgb
 
 def _as_float_rgb(img: np.ndarray, what: str) -> np.ndarray:
     img = np.asarray(img)
@@ -33,14 +26,12 @@ def rgb_to_ycbcr(img: np.ndarray) -> np.ndarray:
 
     Y in [16, 235], Cb and Cr in [16, 240] for inputs in [0, 255]; not rounded.
     """
-    rgb = _as_float_rgb(img, "rgb_to_ycbcr") / 255.0
-    return rgb @ RGB_TO_YCBCR.T + YCBCR_OFFSET
+    return rgb2ycbcr(_as_float_rgb(img, "rgb_to_ycbcr") / 255.0)
 
 
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
     """``(..., 3)`` RGB (uint8, or float on 0..255) -> ``(...)`` float64 luma Y in [16, 235]."""
-    rgb = _as_float_rgb(img, "rgb_to_y") / 255.0
-    return rgb @ RGB_TO_YCBCR[0] + YCBCR_OFFSET[0]
+    return rgb2ycbcr(_as_float_rgb(img, "rgb_to_y") / 255.0)[..., 0]
 
 
 def ycbcr_to_rgb(img: np.ndarray) -> np.ndarray:
@@ -49,6 +40,4 @@ def ycbcr_to_rgb(img: np.ndarray) -> np.ndarray:
     The exact inverse of ``rgb_to_ycbcr``; like MATLAB, results are clipped to
     [0, 255] (colours outside the RGB cube) but not rounded.
     """
-    ycc = _as_float_rgb(img, "ycbcr_to_rgb")
-    rgb = (ycc - YCBCR_OFFSET) @ YCBCR_TO_RGB.T * 255.0
-    return np.clip(rgb, 0.0, 255.0)
+    return np.clip(ycbcr2rgb(_as_float_rgb(img, "ycbcr_to_rgb")) * 255.0, 0.0, 255.0)
