@@ -229,6 +229,7 @@ def read_item(step_dir: str | Path, name: str, args=None):
     handler = _handler(args) if args is not None else ocp.StandardCheckpointHandler()
     try:
         with ocp.Checkpointer(handler) as ckptr:
+            path = path.absolute()  # Orbax refuses a relative path (`--checkpoint runs/x`)
             return ckptr.restore(path, args=args) if args is not None else ckptr.restore(path)
     except Exception as e:  # TensorStore, JSON and Orbax errors all mean: not usable
         raise ItemDamaged(name, _reason(e)) from None

@@ -239,3 +239,13 @@ def test_outputs_keep_the_kind_of_their_input(tmp_path, ckpt, capsys):
                          (["--ext", ".jpg", "--quality", "0"], "--quality 0: must be 1..100")):
         code, err = run([src / "rgb.png", "--checkpoint", path, "--out", tmp_path / "bad", *bad], capsys)
         assert code == 2 and message in err and err.count("error:") == 1
+
+
+def test_a_relative_checkpoint_path_works(tmp_path, ckpt, capsys, monkeypatch):
+    """`--checkpoint runs/x` as the README writes it (Orbax itself wants absolute paths)."""
+    path, _ = ckpt
+    make_images(tmp_path / "in", [(10, 12)])
+    monkeypatch.chdir(path.parent)
+    code, err = run(["--checkpoint", path.name, "--out", tmp_path / "out", tmp_path / "in"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / "img0.png").exists()
