@@ -249,3 +249,36 @@ def test_a_relative_checkpoint_path_works(tmp_path, ckpt, capsys, monkeypatch):
     code, err = run(["--checkpoint", path.name, "--out", tmp_path / "out", tmp_path / "in"], capsys)
     assert code == 0, err
     assert (tmp_path / "out" / "img0.png").exists()
+
+
+def test_every_file_the_clis_write_has_normal_permissions(tmp_path, ckpt, capsys):
+    """Under umask 022 every file upscale, evaluate (--json, --save-images, --save-panels),
+    prepare and export write is 0644 and every folder 0755, as `open()` and `mkdir` give
+    (temporary files renamed into place would otherwise keep mkstemp's 0600)."""
+    from edsr_jax import evaluate, export, outputs, prepare
+
+    path, _ = ckpt
+    make_images(tmp_path / "in", [(16, 16), (16, 16)])
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    outputs._UMASK = None
+    try:
+        assert cli.run(upscale.main, [str(tmp_path / "in"), "--checkpoint", str(path), "--out", str(out / "up")]) == 0
+        assert cli.run(upscale.main, [str(tmp_path / "in"), "--checkpoint", str(path), "--out", str(out / "jpg"),
+                                      "--ext", ".jpg", "--quality", "80"]) == 0
+        assert cli.run(evaluate.main, ["--bicubic", "--checkpoint", str(path), str(tmp_path / "in"),
+                                       "--json", str(out / "r.json"), "--save-images", str(out / "sr"),
+                                       "--save-panels", str(out / "panels")]) == 0
+        assert cli.run(prepare.main, [str(tmp_path / "in"), "--out", str(out / "prep"), "--scales", "2",
+                                      "--workers", "1", "--no-progress"]) == 0
+        assert cli.run(export.main, ["--checkpoint", str(path), "--format", "stablehlo",
+                                     "--out", str(out / "m.shlo")]) == 0
+    finally:
+        os.umask(old)
+        outputs._UMASK = None
+    capsys.readouterr()
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) >= 13  # 2 + 2 upscaled, json, 4 SR, 2 panels, prepared HR/LR + manifest, export
+    wrong = [(str(p.relative_to(out)), oct(p.stat().st_mode & 0o777)) for p in out.rglob("*")
+             if p.stat().st_mode & 0o777 != (0o755 if p.is_dir() else 0o644)]
+    assert wrong == []
