@@ -452,16 +452,20 @@ def report(summary: Summary, out: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The prepare command's options (a ``cli.ArgumentParser``: errors raise UsageError)."""
+    from edsr_jax.degrade import SPEC_HELP
+
     p = cli.ArgumentParser(prog="python -m edsr_jax.prepare",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Write a DIV2K-layout training set (HR, LR_<name>/X<s>, "
-                                       "manifest.json) from a folder of HR images.")
+                                       "manifest.json) from a folder of HR images.",
+                           epilog=SPEC_HELP)
     p.add_argument("hr_dir", metavar="HR_DIR", help="folder of HR images")
     p.add_argument("--out", required=True, help="output folder (created when missing)")
     p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4],
                    help="downscale factors among 2 3 4 (default: 2 3 4)")
     p.add_argument("--spec", default="bicubic",
                    help="degradation spec with the resize factor left open, e.g. "
-                        "'blur(0.5,1.5) > bicubic > jpeg(30,90)' (default: bicubic)")
+                        "'blur(0.5,1.5) > bicubic > jpeg(30,90)' (default: bicubic; grammar below)")
     p.add_argument("--name", default=None,
                    help="LR folder name LR_<name> (default: the spec's operator names joined by _)")
     p.add_argument("--tiles", default=None, metavar="RxC",
