@@ -64,6 +64,8 @@ def parse_tiles(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", text)
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
         raise ValueError(f"--tiles {text!r}: expected ROWSxCOLS with positive numbers, e.g. 2x2")
+    if max(len(m.group(1)), len(m.group(2))) > 4 or max(int(m.group(1)), int(m.group(2))) > 1024:
+        raise ValueError(f"--tiles {text[:40]!r}: at most 1024 rows and columns")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -141,8 +143,12 @@ def make_settings(spec: str, scales: Sequence[int], name: str | None, tiling: di
         name = "_".join(st.op for st in parse(spec, scale=scales[0]).steps)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise cli.UsageError(f"--name {name!r}: use letters, digits, '_', '-' or '.'")
+    if not 0 <= int(seed) < 2**63:
+        raise cli.UsageError(f"--seed {_short(seed)}: must be an integer in [0, 2**63)")
     if tiling is not None and "size" in tiling:
         n, k = tiling["size"], tiling["overlap"]
+        if n > MAX_SIDE:
+            raise cli.UsageError(f"--tile-size {_short(n)}: must be at most {MAX_SIDE} pixels")
         mult = math.lcm(*scales)
         if n < 1 or n % mult:
             raise cli.UsageError(f"--tile-size {n}: must be a positive multiple of every scale "
@@ -150,6 +156,15 @@ def make_settings(spec: str, scales: Sequence[int], name: str | None, tiling: di
         if not 0 <= k < n:
             raise cli.UsageError(f"--overlap {k}: must be at least 0 and less than --tile-size {n}")
     return Settings(spec, name, scales, tiling, int(seed), specs)
+
+
+MAX_SIDE = 1 << 16  # larger than any image this program reads (images.py refuses > 16384)
+
+
+def _short(value) -> str:
+    """A number for a message, its digits elided when there are thousands of them."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
 
 def output_seed(seed: int, index: int, tile: int, scale: int) -> list[int]:
@@ -172,8 +187,11 @@ def _stem(index: int, tile: int, n_tiles: int, width: int) -> str:
 
 def _put(out: Path, rel: str, arr: np.ndarray, finished: set[str], overwrite: bool,
          counts: dict[str, int], conflicts: list[str]) -> None:
-    """Write ``arr`` to ``out/rel`` unless finished; adopt an identical unrecorded file."""
-    path = out / rel
+    """Write ``arr`` to ``out/rel`` unless finished; adopt an identical unrecorded file.
+    The path must stay under ``out`` (a linked folder inside it pointing out is refused)."""
+    from edsr_jax import outputs
+
+    path = outputs.inside(out, rel, option="--out")
     if rel in finished and path.exists() and not overwrite:
         counts["done"] += 1
         return

@@ -292,6 +292,34 @@ def test_prepare_refuses_an_output_folder_that_is_the_input(tmp_path, capsys):
     assert code == 2 and "--name" in err and "longer than the file system allows" in err, err
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--seed", "-5", "--seed -5: must be an integer in [0, 2**63)"),
+    ("--seed", "7" * 1000, "--seed 777777777777...(1000 digits): must be an integer in [0, 2**63)"),
+    ("--tile-size", "2" * 1000, "--tile-size 222222222222...(1000 digits): must be at most 65536 pixels"),
+    ("--tiles", "99999999999x2", "at most 1024 rows and columns"),
+])
+def test_prepare_refuses_senseless_numbers(tmp_path, capsys, option, value, message):
+    hr = tmp_path / "hr"
+    _one_image(hr)
+    code, _, err = run_cli(prepare.main, [hr, "--out", tmp_path / "p", "--scales", 2, "--workers", 1,
+                                          option, value], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "p").exists()
+
+
+def test_prepare_does_not_write_through_a_linked_output_folder(tmp_path, capsys):
+    hr = tmp_path / "hr"
+    _one_image(hr, side=40)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "HR").symlink_to(elsewhere)
+    code, _, err = run_cli(prepare.main, [hr, "--out", tmp_path / "p", "--scales", 2, "--workers", 1,
+                                          "--no-progress"], capsys)
+    assert code == 2 and "would be written outside" in err, err
+    assert not any(elsewhere.iterdir())
+
+
 def test_evaluate_json_is_never_an_input(tmp_path, capsys):
     src = _one_image(tmp_path / "set")
     before = src.read_bytes()
