@@ -3,7 +3,8 @@
     python -m edsr_jax.upscale photos/ extra/*.jpg --checkpoint runs/x2 --out upscaled/
 
 Inputs are files, folders (their image files, not recursive) or glob patterns. Each
-output keeps its input's name (``<stem><suffix>.png`` by default) in ``--out``. Nothing is
+output keeps its input's name (``<stem><suffix>.png`` by default; ``--ext same``: the input's
+own file type) in ``--out``. Nothing is
 written over an input, and no existing output is replaced without ``--overwrite``. An
 input that cannot be read is reported and skipped; the rest are still done and the exit
 code is 1. Bad options, a missing checkpoint or no inputs: ``error: ...`` and exit 2.
@@ -67,9 +68,10 @@ def collect_inputs(items: Sequence[str]) -> list[Path]:
     return unique
 
 
-def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext: str = ".png",
+def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext: str | None = ".png",
                  overwrite: bool = False) -> list[Path]:
-    """Output path for each input: ``out_dir / (stem + suffix + ext)``.
+    """Output path for each input: ``out_dir / (stem + suffix + ext)`` (``ext=None``: the
+    input's own suffix, its file type kept).
 
     Raises UsageError when ``out_dir`` is an input's folder, an output name (``--suffix``,
     ``--ext``) would leave ``out_dir`` or is too long for the file system, two inputs map to
@@ -84,10 +86,11 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext
     if resolved_out in input_dirs:
         raise cli.UsageError(f"--out {out_dir} is a folder of the inputs; choose another folder "
                              "so no input can be overwritten")
-    for text, option in ((suffix, "--suffix"), (ext, "--ext")):
+    for text, option in ((suffix, "--suffix"), (ext or "", "--ext")):
         if "/" in text or "\\" in text or "\x00" in text:
             raise cli.UsageError(f"{option} {text!r}: must not contain a path separator")
-    outputs = [out_files.inside(out_dir, f"{p.stem}{suffix}{ext}", option="--suffix/--ext") for p in inputs]
+    outputs = [out_files.inside(out_dir, f"{p.stem}{suffix}{ext or p.suffix}", option="--suffix/--ext")
+               for p in inputs]
     by_output: dict[Path, Path] = {}
     for src, dst in zip(inputs, outputs):
         if dst in by_output:
@@ -122,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convolutions: auto (oneDNN's on CPU in float32 where built, XLA's "
                         "elsewhere; default), xla, or onednn")
     p.add_argument("--suffix", default="", help="added to each output's stem, e.g. _x2 (default none)")
-    p.add_argument("--ext", default=".png", help="output file type (default .png)")
+    p.add_argument("--ext", default=".png",
+                   help="output file type, e.g. .png .jpg .webp .tif, or 'same': each input's own "
+                        "(default .png, lossless)")
     p.add_argument("--quality", type=int, metavar="Q",
                    help="JPEG / WebP quality 1..100 for --ext .jpg/.webp (default 95)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -134,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    ext = args.ext if args.ext.startswith(".") else "." + args.ext
-    if not is_image_file(f"x{ext}"):
+    ext = None if args.ext == "same" else args.ext if args.ext.startswith(".") else "." + args.ext
+    if ext is not None and not is_image_file(f"x{ext}"):
         raise cli.UsageError(f"--ext {args.ext}: not an image type this program writes")
     if args.tile is not None and args.tile < 8:
         raise cli.UsageError(f"--tile {args.tile}: must be at least 8 LR pixels")
@@ -144,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quality is not None:
         if not 1 <= args.quality <= 100:
             raise cli.UsageError(f"--quality {args.quality}: must be 1..100")
-        if image_format(f"x{ext}") not in QUALITY_FORMATS:
+        if ext is not None and image_format(f"x{ext}") not in QUALITY_FORMATS:
             raise cli.UsageError(f"--quality applies to JPEG and WebP outputs, not --ext {ext}")
     _check_conv_backend(args.conv_backend, args.dtype)
     inputs = collect_inputs(args.inputs)

@@ -85,3 +85,20 @@ def test_pre_made_lr_pairs_are_scored_as_given():
     np.testing.assert_array_equal(seen[0], lr)
     with pytest.raises(ValueError, match="at least one pair"):
         evaluator.Evaluator([], 2)
+
+
+def test_from_images_with_premade_lr_files(tmp_path):
+    """The trainer's Evaluator takes pre-made LR files too (``lr_dir``): pairs as given, the
+    HR cut to LR * scale; a missing LR file is skipped like an unreadable image."""
+    hr_dir = make_hr(tmp_path / "HR", [(41, 46), (36, 37)])
+    lr_dir = tmp_path / "LR" / "X2"
+    for p in sorted(hr_dir.iterdir())[:1]:
+        hr = read_rgb(p)
+        write_image(lr_dir / f"{p.stem}x2.png", hr[:40:2, :46:2])
+    said = []
+    ev = evaluator.Evaluator.from_images(hr_dir, 2, lr_dir=evaluator.lr_folder(tmp_path / "LR", 2),
+                                         report=said.append, y_channel=False)
+    assert [p.name for p in ev.pairs] == ["img00.png"] and ev.y_channel is False
+    np.testing.assert_array_equal(ev.pairs[0].lr, read_rgb(hr_dir / "img00.png")[:40:2, :46:2])
+    assert ev.pairs[0].hr.shape == (40, 46, 3) and ev.degradation.startswith("files in")
+    assert len(said) == 1 and "img01x2.png: no LR image for" in said[0]

@@ -235,6 +235,13 @@ def test_outputs_keep_the_kind_of_their_input(tmp_path, ckpt, capsys):
     assert code == code40 == 0
     assert (tmp_path / "q40" / "rgb.jpg").stat().st_size < (tmp_path / "q95" / "rgb.jpg").stat().st_size
     assert read_image(tmp_path / "q95" / "rgb.jpg").kind == "RGB"
+    # --ext same: each output in its input's file type (and kind).
+    code, err = run([src / "rgba.png", src / "cmyk.jpg", src / "gray16.png", "--checkpoint", path,
+                     "--out", tmp_path / "same", "--ext", "same", "--quality", "90"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "same").iterdir()) == ["cmyk.jpg", "gray16.png", "rgba.png"]
+    assert Image.open(tmp_path / "same" / "cmyk.jpg").format == "JPEG"
+    assert Image.open(tmp_path / "same" / "gray16.png").mode == "I;16"
     for bad, message in ((["--ext", ".png", "--quality", "90"], "--quality applies to JPEG and WebP"),
                          (["--ext", ".jpg", "--quality", "0"], "--quality 0: must be 1..100")):
         code, err = run([src / "rgb.png", "--checkpoint", path, "--out", tmp_path / "bad", *bad], capsys)
