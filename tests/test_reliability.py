@@ -585,3 +585,18 @@ def test_full_disk_during_training_is_one_line_and_resumable(tmp_path):
         assert r.returncode == 0 and f"resuming from step {newest}" in r.stderr, r.stderr[-3000:]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("item", ["opt_state", "counters"])
+def test_trainer_falls_back_when_an_optimiser_item_is_gone(two_steps, tmp_path, item):
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(two_steps, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "6" / item)
+    r = run(workdir, "--config.train.steps=6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"checkpoint step 6 in {workdir / 'checkpoints'} is damaged: item '{item}' missing" in r.stderr
+    assert "resuming from step 3" in r.stderr and "Traceback" not in r.stderr
+    assert listing(workdir)[0][-1] == 6 and (workdir / "checkpoints" / "6.damaged").is_dir()
