@@ -600,3 +600,23 @@ def test_trainer_falls_back_when_an_optimiser_item_is_gone(two_steps, tmp_path, 
     assert f"checkpoint step 6 in {workdir / 'checkpoints'} is damaged: item '{item}' missing" in r.stderr
     assert "resuming from step 3" in r.stderr and "Traceback" not in r.stderr
     assert listing(workdir)[0][-1] == 6 and (workdir / "checkpoints" / "6.damaged").is_dir()
+
+
+def test_best_checkpoint_ranking_stays_within_one_protocol(tmp_path):
+    """A PSNR measured under an older validation protocol (higher, on easier images) never
+    evicts or outranks the best of the current protocol, for the trainer's keep policy and
+    for the tools (``ranked_steps``)."""
+    directory = tmp_path / "checkpoints"
+    current = {"protocol": 0}
+    manager = checkpoint.make_manager(directory, keep_last=1, keep_best=1, protocol=lambda: current["protocol"])
+    tree = {"w": np.zeros(3, np.float32)}
+    scores = {1: (0, 40.0), 2: (0, 41.0), 3: (1, 25.0), 4: (1, 27.0), 5: (1, 26.0), 6: (1, 24.0)}
+    for step, (protocol, psnr) in scores.items():
+        current["protocol"] = protocol
+        checkpoint.save(manager, step, {"params": tree}, config={"model": {}},
+                        metrics={"psnr": psnr, "protocol": protocol})
+        manager.wait_until_finished()
+    assert manager.best_step() == 4
+    manager.close()
+    assert checkpoint.step_numbers(directory) == [6, 4]  # the newest and this protocol's best
+    assert checkpoint.ranked_steps(directory) == [4, 6]
