@@ -58,6 +58,7 @@ class Instr:
     opcode: str
     operands: list[str]
     attrs: str
+    args: str = ""  # the text inside the opcode's parentheses (a parameter's index)
 
 
 def _split_shape(rest: str) -> tuple[str, str]:
@@ -73,8 +74,9 @@ def _split_shape(rest: str) -> tuple[str, str]:
     return shape, tail
 
 
-def _operands(text: str) -> tuple[list[str], str]:
-    """Operand names inside the opcode's parentheses, and the attribute text after them."""
+def _operands(text: str) -> tuple[list[str], str, str]:
+    """Operand names inside the opcode's parentheses, the attribute text after them, and the
+    text inside the parentheses."""
     depth, i = 0, 0
     for i, ch in enumerate(text):
         depth += ch in "({"
@@ -82,7 +84,7 @@ def _operands(text: str) -> tuple[list[str], str]:
         if depth == 0:
             break
     inner, attrs = text[1:i], text[i + 1:]
-    return re.findall(r"%([\w.\-]+)", inner), attrs
+    return re.findall(r"%([\w.\-]+)", inner), attrs, inner
 
 
 def parse(hlo_text: str) -> tuple[dict[str, list[Instr]], str]:
@@ -102,8 +104,8 @@ def parse(hlo_text: str) -> tuple[dict[str, list[Instr]], str]:
             continue
         shape, rest = _split_shape(m.group(2))
         opcode, _, tail = rest.partition("(")
-        operands, attrs = _operands("(" + tail)
-        comps[current].append(Instr(m.group(1), shape, opcode.strip(), operands, attrs))
+        operands, attrs, args = _operands("(" + tail)
+        comps[current].append(Instr(m.group(1), shape, opcode.strip(), operands, attrs, args))
     return comps, entry
 
 
@@ -231,15 +233,16 @@ def _instr_flops(comps, ins: Instr, shapes, memo) -> tuple[float, float]:
     if ins.opcode == "dot" or (ins.opcode == "custom-call" and "$gemm" in ins.attrs):
         return _dot_flops(ins, shapes), 0.0
     if ins.opcode == "fusion":
-        return sum_pair(_flops(comps, c, {}, memo) for c in _called(ins, "calls"))
-    if ins.opcode in ("reduce", "reduce-window"):
-        return 0.0, float(sum(_elements(shapes.get(o, "")) for o in ins.operands[: max(1, len(ins.operands) // 2)]))
+        return _sum_pair(_flops(comps, c, {}, memo) for c in _called(ins, "calls"))
+    if ins.opcode in ("reduce", "reduce-window"):  # one add per input element (inputs, then inits)
+        inputs = ins.operands[: max(1, len(ins.operands) // 2)]
+        return 0.0, float(sum(_elements(shapes.get(o, "")) for o in inputs))
     if ins.opcode in ELEMENTWISE_FREE or ins.opcode.endswith(("-start", "-done")):
         return 0.0, 0.0
     return 0.0, float(_elements(ins.shape))
 
 
-def sum_pair(pairs) -> tuple[float, float]:
+def _sum_pair(pairs) -> tuple[float, float]:
     a = b = 0.0
     for x, y in pairs:
         a, b = a + x, b + y
@@ -249,12 +252,7 @@ def sum_pair(pairs) -> tuple[float, float]:
 def _fusion_read_bytes(comps, ins: Instr, shapes: dict[str, str]) -> int:
     """Bytes a fusion reads: each operand in full, unless the fused body only slices it."""
     body = comps.get((_called(ins, "calls") or [""])[0], [])
-    params = {}
-    for i in body:
-        if i.opcode == "parameter":
-            m = re.match(r"(\d+)", i.attrs.strip()) or re.search(r"parameter\((\d+)\)", i.attrs)
-            idx = int(m.group(1)) if m else len(params)
-            params[i.name] = idx
+    params = {i.name: int(i.args) for i in body if i.opcode == "parameter" and i.args.strip().isdigit()}
     users: dict[str, list[Instr]] = {}
     for i in body:
         for o in i.operands:

@@ -212,3 +212,26 @@ def test_step_formulation_is_chosen_per_platform():
         assert xla_options.step_formulation(platform).guard == "select"
     assert xla_options.step_formulation("gpu").grads_in_param_layout
     assert not xla_options.step_formulation("tpu").grads_in_param_layout
+
+
+def test_reader_counts_what_a_fusion_reads_by_parameter_index():
+    """A fusion that only slices its big operand reads the slice; the operands are matched to
+    the fused parameters by their index, not their order in the body."""
+    text = """HloModule m
+
+%fused (param_1.7: f32[4], param_0.3: f32[1000]) -> f32[4] {
+  %param_1.7 = f32[4]{0} parameter(1)
+  %param_0.3 = f32[1000]{0} parameter(0)
+  %slice.1 = f32[4]{0} slice(%param_0.3), slice={[0:4]}
+  ROOT %add.1 = f32[4]{0} add(%slice.1, %param_1.7)
+}
+
+ENTRY %main (a: f32[1000], b: f32[4]) -> f32[4] {
+  %a = f32[1000]{0} parameter(0)
+  %b = f32[4]{0} parameter(1)
+  ROOT %fusion.1 = f32[4]{0} fusion(%a, %b), kind=kLoop, calls=%fused
+}
+"""
+    (kernel,) = hlo_stats.program_stats(text).kernels
+    assert kernel.bytes == 16 + 16 + 16  # the 4-element slice, b, and the output
+    assert kernel.vpu_flops == 4
