@@ -412,6 +412,10 @@ class Run:
         directory = self.workdir / checkpoint.CHECKPOINT_DIR
         if checkpoint.step_numbers(directory):
             state = self._resume(directory)
+        elif directory.is_dir() and any(p.name.endswith(".damaged") for p in directory.iterdir()):
+            raise cli.UsageError(f"--workdir {self.workdir}: holds only damaged checkpoints "
+                                 f"({directory}/*.damaged); nothing is started over them: move them away "
+                                 "to start afresh, or use another --workdir")
         else:
             params = None  # a fresh init, or the fine-tuning weights replicated over the mesh
             if self.config.train.init_from:

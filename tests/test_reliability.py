@@ -620,3 +620,17 @@ def test_best_checkpoint_ranking_stays_within_one_protocol(tmp_path):
     manager.close()
     assert checkpoint.step_numbers(directory) == [6, 4]  # the newest and this protocol's best
     assert checkpoint.ranked_steps(directory) == [4, 6]
+
+
+@pytest.mark.slow
+def test_only_damaged_checkpoints_left_is_no_fresh_start(two_steps, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(two_steps, workdir)
+    for step in (3, 6):
+        (workdir / "checkpoints" / str(step)).rename(workdir / "checkpoints" / f"{step}.damaged")
+    r = run(workdir, "--config.train.steps=9")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "holds only damaged checkpoints" in lines[-1], r.stderr[-3000:]
+    assert listing(workdir)[0] == []
