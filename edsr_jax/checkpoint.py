@@ -250,7 +250,8 @@ def _check_tree(name: str, restored, abstract) -> None:
 def graft(stored, abstract):
     """Carry the arrays of ``stored`` (a raw pytree) into the structure of ``abstract`` where
     the paths agree up to a leading prefix (e.g. Adam's state with and without a gradient
-    clipping stage in front of it); shapes and dtypes must agree.
+    clipping stage in front of it); shapes must agree, values take the expected dtype and
+    sharding.
 
     Returns the tree, or None when some leaf of ``abstract`` has no unique counterpart.
     """
