@@ -6,7 +6,8 @@
 Each HR image is degraded several times with a spec drawn at random from the project's
 operators, ``[blur(b) >] {nearest|bicubic|bilinear}(s) [> noise(n)] [> jpeg(q)]``
 (b ~ U(0.5, 2.5) HR px with probability 0.35; n ~ U(1, 15) with probability 0.35;
-q ~ U{20..95} with probability 0.5; s in 2, 2, 3, 4), saved as a file (a JPEG'd one as
+q ~ U{20..95} with probability 0.5; s in 2, 2, 3, 4), after a random crop keeping 40-100 %
+of each side (so that image sizes vary), saved as a file (a JPEG'd one as
 a .jpg file at that quality half the time, else as PNG), and diagnosed through
 ``diagnose_file`` with the true scale. One case in eight is then upscaled back by ``s``
 (nearest or bicubic, no JPEG) and diagnosed without a scale, to test the factor
@@ -51,12 +52,13 @@ def hr_images(names: list[str], split: str) -> list[Path]:
 
 
 def random_case(rng: np.random.Generator) -> dict:
-    """One random degradation: ``{"kind", "scale", "blur", "noise", "jpeg", "file", "up"}``."""
+    """One random degradation: ``{"crop", "kind", "scale", "blur", "noise", "jpeg", "file", "up"}``."""
     jpeg = int(rng.integers(20, 96)) if rng.random() < 0.5 else None
     up = None
     if jpeg is None and rng.random() < 0.25:
         up = str(rng.choice(["nearest", "bicubic"]))
     return {
+        "crop": round(float(rng.uniform(0.4, 1.0)), 3),  # share of each side kept (sizes vary)
         "kind": str(rng.choice(diagnose.KINDS)),
         "scale": int(rng.choice([2, 2, 3, 4])),
         "blur": round(float(rng.uniform(0.5, 2.5)), 2) if rng.random() < 0.35 else None,
@@ -81,8 +83,10 @@ def spec_of(case: dict) -> str:
 def make_lr(hr: np.ndarray, case: dict, seed: int, folder: Path, name: str) -> Path:
     """Degrade ``hr`` as ``case`` says and save it under ``folder``; returns the file."""
     s = case["scale"]
-    hr = hr[:hr.shape[0] // s * s, :hr.shape[1] // s * s]
     rng = np.random.default_rng(seed)
+    h, w = (max(int(n * case["crop"]), min(n, 48 * s)) for n in hr.shape[:2])
+    r0, c0 = int(rng.integers(0, hr.shape[0] - h + 1)), int(rng.integers(0, hr.shape[1] - w + 1))
+    hr = hr[r0:r0 + h // s * s, c0:c0 + w // s * s]
     lr = degrade.parse(spec_of(case))(hr, rng)
     if case["up"] == "nearest":
         lr = np.repeat(np.repeat(lr, s, axis=0), s, axis=1)

@@ -1,0 +1,217 @@
+"""Diagnosing a folder's degradation (edsr_jax.diagnose): JPEG quality, resampling kind,
+noise, upscaled-back factor, bad inputs and the CLI."""
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edsr_jax import cli, degrade, diagnose, images, sample_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A 240 x 240 crop of a built-in photograph (held out of the calibration), uint8 RGB."""
+    img = images.read_rgb(sample_data.builtin_images("val")[1])  # coffee.png, 400 x 600
+    return np.ascontiguousarray(img[80:320, 180:420])
+
+
+@pytest.fixture(scope="module")
+def cat():
+    img = images.read_rgb(sample_data.builtin_images("val")[0])  # chelsea.png, 300 x 451
+    return np.ascontiguousarray(img[30:270, 100:340])
+
+
+def run_cli(argv, capsys):
+    code = cli.run(diagnose.main, [str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def png16(path, rgb16):
+    """Write a 16-bit RGB PNG by hand (Pillow cannot write one)."""
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\x00" + rgb16[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+# ------------------------------------------------------------------ JPEG
+
+def test_libjpeg_tables_are_pillows(photo):
+    for q in (1, 10, 50, 75, 95, 100):
+        buf = io.BytesIO()
+        Image.fromarray(photo[:32, :32]).save(buf, format="JPEG", quality=q)
+        tables = Image.open(io.BytesIO(buf.getvalue())).quantization
+        assert list(tables[0]) == diagnose.libjpeg_table(q).tolist()
+        assert list(tables[1]) == diagnose.libjpeg_table(q, chroma=True).tolist()
+
+
+@pytest.mark.parametrize("quality", [7, 33, 50, 68, 91, 99])
+def test_jpeg_file_quality_is_exact(tmp_path, photo, quality):
+    path = tmp_path / "a.jpg"
+    Image.fromarray(photo[:64, :64]).save(path, quality=quality)
+    d = diagnose.diagnose_file(path, scale=2)
+    assert (d.jpeg_quality, d.jpeg_source, d.jpeg_confidence) == (quality, "tables", 1.0)
+    assert d.spec.endswith(f"jpeg({quality})")
+
+
+def test_foreign_tables_are_matched_to_the_nearest_quality(photo):
+    tables = {0: (diagnose.libjpeg_table(60) + 1).tolist(), 1: diagnose.libjpeg_table(60, True).tolist()}
+    q, exact = diagnose.quality_from_tables(tables)
+    assert not exact and abs(q - 60) <= 3
+
+
+@pytest.mark.parametrize("quality", [25, 60, 85])
+def test_jpeg_quality_of_a_resaved_png(cat, quality):
+    lr = degrade.jpeg(degrade.bicubic(cat, 2), quality)
+    found = diagnose.jpeg_lattice(diagnose.luma(lr))
+    assert found["quality"] is not None and abs(found["quality"] - quality) <= 2, found
+
+
+def test_no_jpeg_no_quality(cat):
+    assert diagnose.jpeg_lattice(diagnose.luma(degrade.bicubic(cat, 2)))["quality"] is None
+    # cropped after the JPEG: the block grid is found off the origin
+    lr = degrade.jpeg(degrade.bicubic(cat, 2), 40)[3:, 5:]
+    found = diagnose.jpeg_lattice(diagnose.luma(lr))
+    assert found["quality"] == 40 and found["offset"] == (5, 3), found
+
+
+# ------------------------------------------------------------------ resampling, noise, upscale
+
+@pytest.mark.parametrize("which", ["photo", "cat"])
+def test_nearest_and_bicubic_told_apart(request, which):
+    hr = request.getfixturevalue(which)
+    near = diagnose.diagnose_array(degrade.nearest(hr, 2), scale=2)
+    cubic = diagnose.diagnose_array(degrade.bicubic(hr, 2), scale=2)
+    assert near.kind == "nearest", near.kind_probabilities
+    assert cubic.kind in ("bicubic", "bilinear"), cubic.kind_probabilities
+    assert near.kind_probabilities["nearest"] > cubic.kind_probabilities["nearest"] + 0.3
+
+
+def smooth_picture(h=128, w=128):
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    base = 90 + 0.6 * x + 40 * ((x - 64) ** 2 + (y - 60) ** 2 < 900) + 20 * np.sin(y / 9)
+    return np.clip(base[..., None] + np.array([0, 15, -15]), 0, 255)
+
+
+@pytest.mark.parametrize("sigma", [2.0, 5.0, 12.0])
+def test_noise_sigma_within_tolerance(sigma):
+    rng = np.random.default_rng(int(sigma))
+    img = np.clip(np.round(smooth_picture() + rng.normal(0, sigma, (128, 128, 3))), 0, 255).astype(np.uint8)
+    est = diagnose.noise_sigma(img)
+    assert abs(est - sigma) <= 0.15 * sigma, est
+
+
+def test_clean_image_has_little_noise():
+    img = np.round(smooth_picture()).astype(np.uint8)
+    assert diagnose.noise_sigma(img) < 0.5
+
+
+def test_upscaled_back_factor(cat):
+    lr = degrade.bicubic(cat, 2)[:96, :96]
+    assert diagnose.upscaled_by(np.repeat(np.repeat(lr, 3, 0), 3, 1))[:2] == (3, "nearest")
+    from edsr_jax.imresize import imresize
+    assert diagnose.upscaled_by(imresize(lr, 2.0))[:2] == (2, "smooth")
+    assert diagnose.upscaled_by(lr)[0] == 1
+    d = diagnose.diagnose_array(np.repeat(np.repeat(lr, 2, 0), 2, 1))  # no --scale: the factor
+    assert (d.upscaled_by, d.scale) == (2, 2) and d.spec.startswith(("nearest(2)", "bicubic(2)", "bilinear(2)"))
+
+
+# ------------------------------------------------------------------ folder, bad inputs, CLI
+
+def test_folder_spec_parses_and_json(tmp_path, photo, cat, capsys):
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    for i, hr in enumerate((photo, cat)):
+        for j, q in enumerate((35, 55)):
+            Image.fromarray(degrade.nearest(hr[j * 8:], 2)).save(lr_dir / f"{i}{j}.jpg", quality=q)
+    code, out, err = run_cli([lr_dir, "--scale", "2", "--json", tmp_path / "d.json"], capsys)
+    assert code == 0, err
+    spec = next(line for line in out.splitlines() if line.startswith("spec: "))[6:]
+    assert degrade.parse(spec).scale == 2
+    assert spec == "nearest(2) > jpeg(35,55)", out
+    assert "warning" not in out and "confidence" in out
+    record = json.loads((tmp_path / "d.json").read_text())
+    assert record["spec"] == spec and len(record["images"]) == 4
+    assert {d["jpeg_quality"] for d in record["images"]} == {35, 55}
+    # the same --json again is refused, nothing changed
+    code, _, err = run_cli([lr_dir, "--json", tmp_path / "d.json"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "exists" in err
+
+
+def test_mixed_folder_gets_a_table_and_a_warning(tmp_path, photo, cat, capsys):
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    Image.fromarray(degrade.nearest(photo, 2)).save(lr_dir / "a.jpg", quality=30)
+    Image.fromarray(degrade.nearest(cat, 2)).save(lr_dir / "b.jpg", quality=40)
+    Image.fromarray(degrade.bicubic(photo, 2)).save(lr_dir / "c.png")
+    Image.fromarray(degrade.bicubic(cat, 2)).save(lr_dir / "d.png")
+    code, out, err = run_cli([lr_dir], capsys)
+    assert code == 0, err
+    assert "warning: mixed histories" in out and "one spec will not fit all" in out
+    for name in ("a.jpg", "b.jpg", "c.png", "d.png"):  # the per-image table
+        assert any(line.startswith(name) for line in out.splitlines()), out
+    degrade.parse(next(line for line in out.splitlines() if line.startswith("spec: "))[6:])
+
+
+def test_bad_inputs_named_and_skipped(tmp_path, photo, capsys):
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    Image.fromarray(degrade.bicubic(photo, 2)).save(lr_dir / "good.png")
+    (lr_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    Image.fromarray(photo[:20, :20]).save(lr_dir / "tiny.png")
+    Image.fromarray(photo[..., 1]).save(lr_dir / "gray.png")
+    png16(lr_dir / "deep.png", photo[:64, :64].astype(np.uint16) * 257)
+    code, out, err = run_cli([lr_dir], capsys)
+    assert code == 1, err
+    skipped = [line for line in out.splitlines() if line.startswith("skipped: ")]
+    assert len(skipped) == 4, out
+    for name, why in (("broken.png", "broken or truncated"), ("tiny.png", "too small"),
+                      ("gray.png", "grayscale"), ("deep.png", "16-bit")):
+        assert any(name in s and why in s for s in skipped), (name, skipped)
+    assert "1 images diagnosed" in err
+    # nothing usable: one error line, exit 2
+    (lr_dir / "good.png").unlink()
+    code, out, err = run_cli([lr_dir], capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "none of its 4 image files" in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{lr}", "--scale", "5"], "argument --scale: invalid choice: 5"),
+    (["{missing}"], "no such folder"),
+    (["{empty}"], "holds no image files"),
+    (["{lr}", "--json", "{missing}/out.json"], "does not exist"),
+    (["{lr}", "--json", "{lr}/a.png"], "is an input of this command"),
+    (["{lr}", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_options_exit_2(tmp_path, photo, argv, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "lr").mkdir()
+    Image.fromarray(photo[:48, :48]).save(tmp_path / "lr" / "a.png")
+    paths = {k: str(tmp_path / k) for k in ("missing", "empty", "lr")}
+    proc = subprocess.run([sys.executable, "-m", "edsr_jax.diagnose", *[a.format(**paths) for a in argv]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert proc.stdout == ""
+
+
+def test_help_exits_0():
+    proc = subprocess.run([sys.executable, "-m", "edsr_jax.diagnose", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "LR_DIR" in proc.stdout and "--scale" in proc.stdout
