@@ -125,13 +125,12 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     cfg = config_lib.base_config()
     cfg.data.batch_size = batch_per_device * count
     tx, _ = train.make_optimizer(cfg.optim)
-    shardings = train.make_shardings(mesh, jax.eval_shape(
-        lambda k: train.create_train_state(model, tx, k, use_ema=False), jax.random.key(0)))
+    abstract = jax.eval_shape(lambda k: train.create_train_state(model, tx, k, use_ema=False),
+                              jax.random.key(0))
+    shardings = train.make_shardings(mesh, abstract)
     replicated, batch_sharding, state_sharding = shardings
-    state = jax.eval_shape(lambda k: train.create_train_state(model, tx, k, use_ema=False),
-                           jax.random.key(0))
     state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                   state, state_sharding)
+                                   abstract, state_sharding)
     n = cfg.data.batch_size
     batch = {"lr": jax.ShapeDtypeStruct((n, PATCH, PATCH, 3), jnp.uint8, sharding=batch_sharding),
              "hr": jax.ShapeDtypeStruct((n, PATCH * scale, PATCH * scale, 3), jnp.uint8,
@@ -354,8 +353,15 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", nargs=2, metavar=("PRESET", "SCALE"),
                    help="only search the largest per-device batch that fits one device")
     p.add_argument("--json", help="also write the rows as JSON to this file ('-': stdout)")
+    p.add_argument("--from-json", nargs="+", metavar="FILE",
+                   help="print the table of rows written before by --json, compiling nothing")
     args = p.parse_args(argv)
     rows: list[dict] = []
+    if args.from_json:
+        for path in args.from_json:
+            rows += json.loads(Path(path).read_text())
+        print(table(rows))
+        return 0
     if args.max_batch:
         preset, scale = args.max_batch[0], int(args.max_batch[1])
         print("| target | model | dtype | pool | largest batch/device | GiB |")
