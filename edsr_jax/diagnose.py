@@ -143,11 +143,12 @@ def block_grid(y: np.ndarray) -> tuple[int, int]:
 
 
 def block_dct(y: np.ndarray, offset: tuple[int, int] = (0, 0),
-              max_blocks: int = _JPEG_MAX_BLOCKS) -> np.ndarray:
+              max_blocks: int = _JPEG_MAX_BLOCKS, skip: np.ndarray | None = None) -> np.ndarray:
     """Orthonormal 8 x 8 DCT (JPEG's scaling) of the level-shifted luma ``y - 128``.
 
     ``y (H, W) float`` -> ``(N, 64) float64`` coefficients of the complete blocks from
-    ``offset``, natural order; at most ``max_blocks`` blocks, evenly strided.
+    ``offset``, natural order; blocks holding a True pixel of ``skip (H, W) bool`` are left
+    out; at most ``max_blocks`` blocks, evenly strided.
     """
     dy, dx = offset
     h, w = (y.shape[0] - dy) // 8, (y.shape[1] - dx) // 8
@@ -155,31 +156,36 @@ def block_dct(y: np.ndarray, offset: tuple[int, int] = (0, 0),
         return np.zeros((0, 64))
     b = (y[dy:dy + 8 * h, dx:dx + 8 * w].astype(np.float64) - 128.0)
     b = b.reshape(h, 8, w, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
+    if skip is not None:
+        bad = skip[dy:dy + 8 * h, dx:dx + 8 * w].reshape(h, 8, w, 8).any(axis=(1, 3)).ravel()
+        b = b[~bad]
     if len(b) > max_blocks:
         b = b[np.linspace(0, len(b) - 1, max_blocks).astype(int)]
     return np.einsum("ij,njk,lk->nil", _DCT8, b, _DCT8, optimize=True).reshape(-1, 64)
 
 
-def jpeg_lattice(y: np.ndarray) -> dict[str, Any]:
+def jpeg_lattice(y: np.ndarray, clipped: np.ndarray | None = None) -> dict[str, Any]:
     """Estimate the JPEG quality an image was last saved at from its decoded luma alone.
 
-    ``y (H, W) float`` in [0, 255]. Returns ``{"quality": int 1..100 or None, "gain":
+    ``y (H, W) float`` in [0, 255]; ``clipped (H, W) bool``: pixels the decoder may have
+    clipped (a channel at 0 or 255), whose blocks leave the lattice and are not used.
+    Returns ``{"quality": int 1..100 or None, "gain":
     nats per coefficient of the best quality's lattice over no lattice, "offset": (dy, dx)}``;
     ``quality`` is None when no quality's lattice explains the coefficients (no JPEG, or one
     at quality >= ~97, which leaves steps of 1).
     """
-    found = _lattice_at(y, (0, 0))
+    found = _lattice_at(y, (0, 0), clipped)
     offset = block_grid(y)
     if found["quality"] is None and offset != (0, 0):  # cropped after the JPEG
-        other = _lattice_at(y, offset)
+        other = _lattice_at(y, offset, clipped)
         if other["gain"] > found["gain"]:
             found = other
     return found
 
 
-def _lattice_at(y: np.ndarray, offset: tuple[int, int]) -> dict[str, Any]:
+def _lattice_at(y: np.ndarray, offset: tuple[int, int], clipped: np.ndarray | None) -> dict[str, Any]:
     """``jpeg_lattice`` for the block grid at ``offset``."""
-    coef = block_dct(y, offset)[:, JPEG_FREQS]  # (N, K)
+    coef = block_dct(y, offset, skip=clipped)[:, JPEG_FREQS]  # (N, K)
     if len(coef) < 4:
         return {"quality": None, "gain": 0.0, "offset": offset}
     steps = LUMA_TABLES[:, JPEG_FREQS]  # (100, K)
@@ -487,7 +493,7 @@ def blur_from_edges(e2: float, kind: str, scale: int) -> float:
 # --------------------------------------------------------------------------- one image
 
 BLUR_MIN = 1.2   # HR pixels: a smaller estimated blur is not proposed (experiments/diagnose.py)
-NOISE_MIN = 1.0  # 0-255: a smaller estimated noise is not proposed
+NOISE_MIN = 2.0  # 0-255: a smaller estimated noise is not proposed (texture reads as ~1)
 
 
 @dataclass
@@ -535,7 +541,7 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
         q, exact = quality_from_tables(quantization)
         jq, jsrc, jconf = q, "tables" if exact else "tables (not libjpeg's)", 1.0 if exact else 0.7
     else:
-        lat = jpeg_lattice(luma(rgb))
+        lat = jpeg_lattice(luma(rgb), clipped=(rgb.min(axis=2) == 0) | (rgb.max(axis=2) == 255))
         jq = lat["quality"]
         jsrc = "pixels" if jq is not None else "none"
         g = lat["gain"]
@@ -678,8 +684,10 @@ def propose(diags: list[ImageDiagnosis], scale: int | None = None,
     mean_p = probs.mean(axis=0)
     kind = KINDS[int(np.argmax(mean_p))]
     votes = {k: sum(d.kind == k for d in diags) for k in KINDS}
-    others = n - votes[kind]
-    if others and others / n > 0.2:
+    # bicubic and bilinear are close (and often confused): only pixel dropping against
+    # filtering counts as a different history
+    others = votes["nearest"] if kind != "nearest" else n - votes["nearest"]
+    if others / n > 0.2:
         mixed.append("resampling differs: " + ", ".join(f"{v} {k}" for k, v in votes.items() if v))
     parts = [Part("resize", f"{kind}({scale})", _r(mean_p.max()),
                   f"{votes[kind]} of {n} images; mean probability "

@@ -233,7 +233,7 @@ def summarise(records: list[dict]) -> str:
     out.append(f"| no JPEG (false alarms) | {len(clean)} | {fa} | | | | |")
     # noise
     out.append("\nNoise sigma (relative error |est - true| / true; cases with noise):\n")
-    out.append("| subset | cases | median rel. error | within 20 % | false alarms (no noise, est >= 1) |")
+    out.append(f"| subset | cases | median rel. error | within 20 % | false alarms (no noise, est >= {diagnose.NOISE_MIN}) |")
     out.append("| --- | --- | --- | --- | --- |")
     for label, pred in (("sigma >= 2, no JPEG after", lambda r: r["jpeg"] is None),
                         ("sigma >= 2, JPEG q >= 70 after", lambda r: r["jpeg"] is not None and r["jpeg"] >= 70),
