@@ -17,18 +17,20 @@ Per image, from its pixels (and, for JPEG files, their header):
   edges spread over two pixels, ``bicubic`` with overshoot). A small logistic model on a
   few spectral and edge features, calibrated on Sun80 (``experiments/diagnose.py
   --calibrate``), decides; its probability is the confidence. An image that was upscaled
-  back (blocks of ``f x f`` equal pixels, or a spectrum empty above ``1/(2f)``) is
-  reported with that factor ``f`` and analysed at its real resolution.
+  back (blocks of ``f x f`` equal pixels, or an exact bicubic / bilinear x ``f``
+  interpolation of a smaller image, by a least-squares fit) is reported with that factor
+  ``f`` and analysed at its real resolution.
 - **blur**: the effective Gaussian sigma of strong edges (re-blur gradient ratio), in LR
   pixels; what the resampling itself explains is removed and the rest converted to a
   ``blur(sigma)`` before the resize, in HR pixels (``sigma_HR = scale * sqrt(e^2 - e0^2)``).
 - **noise**: the Gaussian sigma (0-255) from the smallest eigenvalues of the covariance
-  of 6 x 6 x 3 patches (Chen, Zhu & Heng, ICCV 2015), robust to texture.
+  of 5 x 5 x 3 patches (Chen, Zhu & Heng, ICCV 2015), robust to texture. A JPEG step
+  after the noise quantises it away: then the noise is not measured (said, not guessed).
 
 The folder's spec composes the majority resize, a blur and a noise range when most images
 show them, and the range of JPEG qualities, with a confidence per part; a folder whose
-images disagree (some JPEG'd and some not, different resampling, spread-out qualities)
-gets a per-image table and a warning that one spec will not fit them all. Files that
+images disagree (some JPEG'd and some not, pixel dropping against filtering, noisy and
+clean, qualities spread over more than 40) gets a per-image table and a warning that one spec will not fit them all. Files that
 cannot be read, are tiny (under ``MIN_SIDE`` pixels a side), grayscale or 16-bit are
 named and skipped. Exit codes: 0 done, 1 some files skipped, 2 a usage error.
 """
@@ -44,7 +46,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from edsr_jax import SCALES, cli, degrade, images, outputs
@@ -725,7 +726,7 @@ def propose(diags: list[ImageDiagnosis], scale: int | None = None,
     qs = [d.jpeg_quality for d in diags if d.jpeg_quality is not None]
     jpeg = None
     if len(qs) / n >= 0.5:
-        jpeg = (min(qs), max(qs)) if len(qs) > 2 else (min(qs), max(qs))
+        jpeg = (min(qs), max(qs))
         if len(qs) >= 10:
             jpeg = tuple(int(v) for v in _round_range(np.array(qs), 1, 1, 99))
         srcs = sorted({d.jpeg_source for d in diags if d.jpeg_quality is not None})
