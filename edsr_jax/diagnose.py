@@ -51,6 +51,7 @@ from scipy import ndimage
 from edsr_jax import SCALES, cli, degrade, images, outputs
 
 MIN_SIDE = 32  # images smaller than this on either side are skipped
+MAX_SIDE = 1024  # resampling, blur and noise are measured on a central crop at most this big
 KINDS = ("nearest", "bicubic", "bilinear")
 
 # --------------------------------------------------------------------------- JPEG tables
@@ -104,10 +105,12 @@ def quality_from_tables(tables: dict[int, Sequence[int]]) -> tuple[int, bool]:
 
 # --------------------------------------------------------------------------- pixels
 
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
 def luma(rgb: np.ndarray) -> np.ndarray:
     """JPEG's full-range luma ``0.299 R + 0.587 G + 0.114 B``: ``(H, W, 3) uint8 -> (H, W) float32`` in [0, 255]."""
-    x = rgb.astype(np.float32)
-    return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    return rgb.astype(np.float32) @ _LUMA_WEIGHTS
 
 
 def _dct_matrix() -> np.ndarray:
@@ -377,8 +380,9 @@ def smooth_upscale(y: np.ndarray) -> tuple[int, str, float]:
     return (1, "", best[2])
 
 
-def upscaled_by(rgb: np.ndarray) -> tuple[int, str, float]:
-    """Whether ``rgb (H, W, 3) uint8`` is an image upscaled by an integer factor.
+def upscaled_by(rgb: np.ndarray, y: np.ndarray | None = None) -> tuple[int, str, float]:
+    """Whether ``rgb (H, W, 3) uint8`` (luma ``y``, computed when not given) is an image
+    upscaled by an integer factor.
 
     Returns ``(factor, how, evidence)``: ``(f, "nearest", ratio)`` when pixels repeat in
     ``f x f`` blocks (every within-block difference under a third of those across blocks; JPEG
@@ -386,7 +390,7 @@ def upscaled_by(rgb: np.ndarray) -> tuple[int, str, float]:
     interpolating upscale (``smooth_upscale``; exact files only, a JPEG on top hides it),
     ``(1, "", 0.0)`` otherwise. Factors 4, 3, 2 are tried in that order.
     """
-    y = luma(rgb)
+    y = luma(rgb) if y is None else y
     for f in (4, 3, 2):
         ratios = []
         for axis in (0, 1):
@@ -537,21 +541,22 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
     else 2).
     """
     t0 = time.process_time()
+    y = luma(rgb)
     # JPEG: the last thing that happened to the stored pixels.
     if quantization:
         q, exact = quality_from_tables(quantization)
         jq, jsrc, jconf = q, "tables" if exact else "tables (not libjpeg's)", 1.0 if exact else 0.7
     else:
-        lat = jpeg_lattice(luma(rgb), clipped=(rgb.min(axis=2) == 0) | (rgb.max(axis=2) == 255))
+        lat = jpeg_lattice(y, clipped=(rgb.min(axis=2) == 0) | (rgb.max(axis=2) == 255))
         jq = lat["quality"]
         jsrc = "pixels" if jq is not None else "none"
         g = lat["gain"]
         jconf = min(0.99, 0.5 + g) if jq is not None else (0.9 if g < 0 else 0.6)
     # Upscaled back? Analyse the image at its real resolution.
-    f, how, _ = upscaled_by(rgb)
+    f, how, _ = upscaled_by(rgb, y)
     work = rgb
     if f > 1 and how == "nearest":
-        d = [np.abs(np.diff(luma(rgb), axis=a)).mean(axis=1 - a) for a in (0, 1)]
+        d = [np.abs(np.diff(y, axis=a)).mean(axis=1 - a) for a in (0, 1)]
         ph = [int((np.argmax(dd[:len(dd) // f * f].reshape(-1, f).mean(axis=0)) + 1) % f) for dd in d]
         work = np.ascontiguousarray(rgb[ph[0]::f, ph[1]::f])
     elif f > 1:
@@ -559,6 +564,10 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
         h, w = rgb.shape[0] // f * f, rgb.shape[1] // f * f
         work = imresize(rgb[:h, :w], 1.0 / f)
     s = scale if scale is not None else (f if f in SCALES else 2)
+    h, w = work.shape[:2]
+    if max(h, w) > MAX_SIDE:  # a central crop holds the statistics; keeps large files fast
+        r0, c0 = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
+        work = work[r0:r0 + MAX_SIDE, c0:c0 + MAX_SIDE]
     nz = noise_sigma(work)
     feats = features(work, nz, jq)
     probs = kind_probabilities(feats)[0]
