@@ -1,9 +1,9 @@
 """Export a trained EDSR: serialized StableHLO, or the official PyTorch ``state_dict``;
 and import official PyTorch weights as an ordinary checkpoint.
 
-    python -m edsr_jax.export --checkpoint DIR --format stablehlo --out MODEL.stablehlo
-    python -m edsr_jax.export --checkpoint DIR --format torch --out MODEL.pt
-    python -m edsr_jax.export --from-torch edsr_baseline_x2.pt --scale 2 --preset edsr_baseline --out DIR
+    python -m edsr_jax.export --checkpoint DIR --out MODEL.stablehlo      (--format from the suffix)
+    python -m edsr_jax.export --checkpoint DIR --out MODEL.pt
+    python -m edsr_jax.export --from-torch edsr_baseline_x2.pt --out DIR  (scale, preset read from the weights)
 
 The StableHLO artifact runs with ``edsr_jax.stablehlo_runner`` (JAX and NumPy only).
 The checkpoint stays the lasting artifact: serialized exports are tied to a window of
@@ -27,6 +27,20 @@ from edsr_jax.model import PRESETS, ModelConfig, preset
 
 TORCH_HINT = 'PyTorch is not installed; install it with: pip install "edsr-jax[torch]"'
 PLATFORMS = ("cpu", "cuda")
+# output suffix -> --format
+FORMAT_SUFFIXES = {".stablehlo": "stablehlo", ".shlo": "stablehlo", ".pt": "torch", ".pth": "torch"}
+
+
+def format_for(out: str | Path, given: str | None) -> str:
+    """``--format`` as given, else read from ``out``'s suffix (``FORMAT_SUFFIXES``);
+    UsageError naming the suffix when it says nothing."""
+    if given is not None:
+        return given
+    fmt = FORMAT_SUFFIXES.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise cli.UsageError(f"--out {out}: cannot tell the format from {Path(out).suffix or 'no suffix'!r} "
+                             f"({', '.join(FORMAT_SUFFIXES)}); pass --format stablehlo or --format torch")
+    return fmt
 
 
 def stablehlo_artifact(config: ModelConfig, params, *, dtype: str = "float32",
@@ -77,14 +91,18 @@ def load_torch_state_dict(path: str | Path) -> dict:
     return obj
 
 
-def import_torch(path: str | Path, out: str | Path, *, scale: int, preset_name: str | None = None,
-                 res_scale: float | None = None) -> Path:
+def import_torch(path: str | Path, out: str | Path, *, scale: int | None = None,
+                 preset_name: str | None = None, res_scale: float | None = None) -> Path:
     """Convert an official-layout PyTorch ``.pt`` to a params-only checkpoint in ``out``
-    (usable by train fine-tuning, upscale, evaluate). Returns the checkpoint step folder."""
+    (usable by train fine-tuning, upscale, evaluate). ``scale`` None: read from the
+    upsampler's shapes; ``preset_name`` None: the preset whose blocks and features match.
+    Returns the checkpoint step folder."""
     from edsr_jax import checkpoint
 
     sd = load_torch_state_dict(path)
     try:
+        if scale is None:
+            scale = torch_convert.infer_config(sd).scale
         if preset_name is None:
             guess = torch_convert.infer_config(sd)
             preset_name = next((n for n, (b, f, _) in PRESETS.items()
@@ -144,14 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="training workdir or checkpoint folder to export")
     src.add_argument("--from-torch", metavar="FILE",
                      help="official-layout PyTorch EDSR weights (.pt) to import as a checkpoint")
-    p.add_argument("--format", choices=("stablehlo", "torch"), help="export format (with --checkpoint)")
+    p.add_argument("--format", choices=("stablehlo", "torch"),
+                   help="export format (with --checkpoint; default: from --out's suffix, "
+                        ".stablehlo/.shlo or .pt/.pth)")
     p.add_argument("--out", required=True,
                    help="output file (export) or new checkpoint folder (--from-torch)")
     p.add_argument("--dtype", choices=sorted(infer.DTYPES), default="float32",
                    help="compute dtype baked into a StableHLO export (default float32)")
     p.add_argument("--platforms", default=",".join(PLATFORMS),
                    help="comma-separated platforms of a StableHLO export (default cpu,cuda)")
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscaling factor of --from-torch weights")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4),
+                   help="upscaling factor of --from-torch weights (default: read from their upsampler; "
+                        "given, it is checked against them)")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="architecture of --from-torch weights (checked against them; default: guessed)")
     p.add_argument("--res-scale", type=float,
@@ -167,8 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_torch:
         if args.format is not None:
             raise cli.UsageError("--format is for --checkpoint exports; --from-torch writes a checkpoint")
-        if args.scale is None:
-            raise cli.UsageError("--from-torch needs --scale (2, 3 or 4)")
         from edsr_jax import outputs
 
         outputs.check_not_input(out, [args.from_torch], option="--out")
@@ -176,8 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             res_scale=args.res_scale)
         print(f"wrote checkpoint {step}")
         return 0
-    if args.format is None:
-        raise cli.UsageError("--checkpoint needs --format stablehlo or --format torch")
+    args.format = format_for(out, args.format)
     if out.exists() and not args.overwrite:
         raise cli.UsageError(f"{out}: exists (pass --overwrite to replace it)")
     _check_out_not_in_checkpoint(out, Path(args.checkpoint))

@@ -12,10 +12,17 @@ Serialized artifacts are tied to a window of JAX versions; re-export from the ch
 (the lasting artifact) when a newer JAX refuses one.
 
 Usage: ``python -m edsr_jax.stablehlo_runner MODEL.stablehlo INPUT.png OUTPUT.png``
+
+This file also works copied alone next to an artifact, with JAX and NumPy only:
+``python stablehlo_runner.py MODEL.stablehlo INPUT.npy OUTPUT.npy`` (``.npy``: an
+``(H, W, 3)`` or ``(N, H, W, 3)`` array in [0, 255]; image files need Pillow). Inside the
+package it uses the package's image reading, CLI conventions and XLA:CPU options; alone,
+small stand-ins with the same behaviour and XLA's default options.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,7 +31,37 @@ import jax
 import numpy as np
 from jax import export
 
-from edsr_jax import cli, xla_options
+try:  # inside the package
+    from edsr_jax.cli import ArgumentParser, UsageError
+    from edsr_jax.cli import run as _run_cli
+    from edsr_jax.xla_options import compiler_options as _compiler_options
+    _PROG = "python -m edsr_jax.stablehlo_runner"
+except ImportError:  # copied alone: the same conventions, XLA's default compiler options
+    _PROG = f"python {Path(__file__).name}"
+
+    class UsageError(Exception):
+        """A bad option, path or file: one ``error:`` line and exit 2."""
+
+    class ArgumentParser(argparse.ArgumentParser):
+        """argparse whose errors raise UsageError (one line) instead of printing usage."""
+
+        def error(self, message):
+            raise UsageError(message)
+
+    def _run_cli(main, argv=None) -> int:
+        try:
+            return int(main(argv) or 0)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 0
+
+    def _compiler_options():
+        return None
 
 MAGIC = b"EDSRJAX-STABLEHLO 1\n"
 
@@ -51,7 +88,7 @@ class StableHLOModel:
         self.exported = exported
         self.scale = int(header["scale"])
         self.name = str(header.get("name", "edsr"))
-        self._call = jax.jit(exported.call, compiler_options=xla_options.compiler_options())
+        self._call = jax.jit(exported.call, compiler_options=_compiler_options())
 
     def predict(self, lr) -> np.ndarray:
         """``(H, W, 3)`` or ``(N, H, W, 3)`` uint8 or float in [0, 255] -> float32
@@ -74,25 +111,90 @@ def load(path: str | Path) -> StableHLOModel:
     return StableHLOModel(header, export.deserialize(bytearray(blob)))
 
 
-def main(argv=None) -> int:
-    """Upscale one image file with an artifact: returns 0 (usage errors, an unreadable artifact
-    or image: ``cli.UsageError``, one ``error:`` line and exit 2 under ``cli.run``)."""
-    from edsr_jax.images import ImageError, read_rgb, write_image
+def read_input(path: str | Path) -> np.ndarray:
+    """``.npy``: the array as saved (``(H, W, 3)`` or ``(N, H, W, 3)``, [0, 255]); another
+    file: ``(H, W, 3)`` uint8 through the package's ``images.read_rgb`` or, copied alone,
+    Pillow. Raises UsageError naming the file."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        try:
+            from edsr_jax.images import ImageError, read_rgb
+        except ImportError:
+            return np.asarray(_pillow(path).open(path).convert("RGB"), dtype=np.uint8)
+        try:
+            return read_rgb(path)
+        except ImageError as e:
+            raise UsageError(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot read ({e})") from None
 
-    p = cli.ArgumentParser(prog="python -m edsr_jax.stablehlo_runner",
-                           description="Upscale an image with an exported StableHLO artifact "
-                                       "(JAX and NumPy only).")
+
+def write_output(path: str | Path, array: np.ndarray) -> None:
+    """``.npy``: float32 as predicted; another file: rounded to uint8 RGB (atomically through
+    the package's ``outputs`` / ``images.write_image``, or NumPy / Pillow when copied alone).
+    An existing ``path`` is never replaced (UsageError)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise UsageError(f"{path}: exists; choose another output name")
+    try:
+        from edsr_jax import outputs
+        from edsr_jax.images import write_image
+    except ImportError:
+        outputs = write_image = None
+    try:
+        if path.suffix.lower() == ".npy":
+            if outputs is None:
+                np.save(path, array)
+            else:
+                outputs.atomic_write(path, lambda f: np.save(f, array), binary=True)
+            return
+        u8 = np.clip(np.round(array), 0, 255).astype(np.uint8)
+        if write_image is None:
+            _pillow(path).fromarray(u8).save(path)
+        else:
+            write_image(path, u8)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot write ({e})") from None
+
+
+def _pillow(path: Path):
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError(f"{path}: image files need Pillow (pip install pillow); or use .npy") from None
+    return Image
+
+
+def main(argv=None) -> int:
+    """Upscale one image (or ``.npy`` array) with an artifact: returns 0 (a bad option, an
+    unreadable artifact or input: ``UsageError``, one ``error:`` line and exit 2 under
+    ``run``)."""
+    p = ArgumentParser(prog=_PROG,
+                       description="Upscale an image with an exported StableHLO artifact "
+                                   "(JAX and NumPy only; image files need Pillow, .npy does not).")
     p.add_argument("model", metavar="MODEL", help="artifact written by export --format stablehlo")
-    p.add_argument("input", metavar="INPUT", help="image file to upscale")
-    p.add_argument("output", metavar="OUTPUT", help="image file to write")
+    p.add_argument("input", metavar="INPUT", help="image file, or .npy array (H, W, 3) / (N, H, W, 3)")
+    p.add_argument("output", metavar="OUTPUT", help="image file (uint8) or .npy (float32) to write")
     args = p.parse_args(argv)
     try:
         model = load(args.model)
-        write_image(args.output, model(read_rgb(args.input)))
-    except (OSError, ValueError, ImageError) as e:
-        raise cli.UsageError(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{args.model}: {e}") from None
+    lr = read_input(args.input)
+    try:
+        sr = model.predict(lr)
+    except ValueError as e:
+        raise UsageError(f"{args.input}: {e}") from None
+    write_output(args.output, sr)
     return 0
 
 
+def run(argv=None) -> int:
+    """``main`` under the CLI convention: 0, or 2 with one ``error:`` line."""
+    return _run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(run())

@@ -144,23 +144,23 @@ def test_cli_import_export_round_trip(tmp_path, capsys):
     pt = tmp_path / "w.pt"
     torch.save({"state_dict": model.state_dict(), "epoch": 3}, pt)
     ckpt = tmp_path / "ckpt"
-    assert cli.run(export.main, ["--from-torch", str(pt), "--scale", "2", "--out", str(ckpt)]) == 0
+    # scale and preset read from the state_dict's shapes (x2: one upsampler conv of 4 x features)
+    assert cli.run(export.main, ["--from-torch", str(pt), "--out", str(ckpt)]) == 0
 
     up = infer.Upscaler.from_checkpoint(ckpt)
     lr = np.random.default_rng(5).integers(0, 256, (12, 15, 3), dtype=np.uint8)
     ref = run_torch(model, lr[None].astype(np.float32))[0]
     assert np.abs(up.predict(lr) - ref).max() <= 1e-4 * np.abs(ref).max()
 
-    out_pt = tmp_path / "back.pt"
-    assert cli.run(export.main, ["--checkpoint", str(ckpt), "--format", "torch", "--out", str(out_pt)]) == 0
+    out_pt = tmp_path / "back.pt"  # --format torch from the suffix
+    assert cli.run(export.main, ["--checkpoint", str(ckpt), "--out", str(out_pt)]) == 0
     back = torch.load(out_pt, weights_only=True)
     assert list(back) == list(model.state_dict())
     for k, v in model.state_dict().items():
         assert torch.equal(back[k], v), k
 
-    art = tmp_path / "m.stablehlo"
-    assert cli.run(export.main, ["--checkpoint", str(ckpt), "--format", "stablehlo", "--out", str(art),
-                                 "--platforms", "cpu"]) == 0
+    art = tmp_path / "m.shlo"  # --format stablehlo from the suffix
+    assert cli.run(export.main, ["--checkpoint", str(ckpt), "--out", str(art), "--platforms", "cpu"]) == 0
     np.testing.assert_allclose(stablehlo_runner.load(art).predict(lr), ref, atol=1e-3)
 
     capsys.readouterr()
@@ -181,10 +181,11 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
         (["--from-torch", str(pt), "--scale", "3", "--out", str(tmp_path / "c")], "scale: state_dict=2"),
         (["--from-torch", str(tmp_path / "nope.pt"), "--scale", "2", "--out", str(tmp_path / "c")],
          "nope.pt: no such file"),
-        (["--from-torch", str(pt), "--out", str(tmp_path / "c")], "needs --scale"),
+        (["--from-torch", str(pt), "--scale", "4", "--out", str(tmp_path / "c")], "scale: state_dict=2, --scale 4"),
         (["--checkpoint", str(tmp_path / "none"), "--format", "torch", "--out", str(tmp_path / "x.pt")],
          "none"),
-        (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")], "needs --format"),
+        (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")], "cannot tell the format from 'no suffix'"),
+        (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.onnx")], "pass --format stablehlo or"),
     ]
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
     cases.append((["--from-torch", str(tmp_path / "junk.pt"), "--scale", "2", "--out", str(tmp_path / "c")],
@@ -206,3 +207,63 @@ def test_header_is_plain_json(tmp_path):
     header, rest = stablehlo_runner.unpack(blob)
     assert header == {"scale": 2, "name": "x"} and rest == b"\x00\x01\n\x02"
     assert json.loads(blob.splitlines()[1]) == header
+
+
+ALONE = ("import sys, runpy; sys.modules['edsr_jax'] = None; {block_pil}"
+         "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def test_stablehlo_runner_copied_alone_runs_with_jax_and_numpy_only(tmp_path):
+    """The runner file copied into an empty folder, run in a fresh process that cannot import
+    edsr_jax (nor, in the first runs, Pillow): .npy in, .npy out, the model's numbers; the
+    CLI convention kept (one error: line, exit 2)."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    config = ModelConfig(2, 2, 8)
+    params = config.build().init(jax.random.key(2), jnp.zeros((1, 8, 8, 3)))["params"]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(ROOT / "edsr_jax" / "stablehlo_runner.py", alone / "stablehlo_runner.py")
+    (alone / "m.stablehlo").write_bytes(export.stablehlo_artifact(config, params, platforms=["cpu"]))
+    lr = np.round(lr_batch(1, 10, 13, seed=3))[0]
+    np.save(alone / "in.npy", lr)
+    Image.fromarray(lr.astype(np.uint8)).save(alone / "in.png")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def runner(*args, pil=False):
+        code = ALONE.format(block_pil="" if pil else "sys.modules['PIL'] = None; ")
+        return subprocess.run([sys.executable, "-c", code, "stablehlo_runner.py", *args], cwd=alone, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    proc = runner("m.stablehlo", "in.npy", "out.npy")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(alone / "out.npy"), np.asarray(infer.apply(params, lr[None], config))[0],
+                               atol=1e-3)
+    for args, message in ((("m.stablehlo", "in.npy", "out.npy"), "out.npy: exists"),
+                          (("m.stablehlo", "in.png", "out.png"), "image files need Pillow"),
+                          (("in.npy", "in.npy", "x.npy"), "not an edsr-jax StableHLO artifact"),
+                          (("m.stablehlo",), "the following arguments are required")):
+        proc = runner(*args)
+        assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    proc = runner("m.stablehlo", "in.png", "out.png", pil=True)  # with Pillow: image files
+    assert proc.returncode == 0, proc.stderr
+    assert np.asarray(Image.open(alone / "out.png")).shape == (20, 26, 3)
+    assert sorted(p.name for p in alone.iterdir()) == ["in.npy", "in.png", "m.stablehlo", "out.npy", "out.png",
+                                                       "stablehlo_runner.py"]
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_from_torch_reads_scale_and_preset_from_the_shapes(scale, tmp_path):
+    """x2: one upsampler conv with 4 x features outputs, x3: 9 x, x4: two 4 x convs."""
+    from edsr_jax import checkpoint
+
+    torch = pytest.importorskip("torch")
+    pt = tmp_path / "w.pt"
+    torch.save(torch_model(scale).state_dict(), pt)
+    step = export.import_torch(pt, tmp_path / "ckpt")
+    config, _ = checkpoint.restore_for_inference(tmp_path / "ckpt")
+    assert config == ModelConfig(scale, 2, 8) and step.name == "0"
