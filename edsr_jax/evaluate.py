@@ -187,7 +187,8 @@ def _check_datasets(args, scales: Sequence[int]) -> list[TestSet]:
                 try:
                     by_scale[s] = lr_folder(root, s)
                 except ImageError as e:
-                    raise cli.UsageError(f"{'--lr-dir ' if lr_dirs else ''}{e}") from None
+                    raise cli.UsageError(f"{'--lr-dir ' if lr_dirs else ''}{e}; choose --scales, or "
+                                         "--make-lr to make LR from HR") from None
         out.append(TestSet(name, hr_dir, paths[:args.max_images] if args.max_images else paths, by_scale))
     return out
 
