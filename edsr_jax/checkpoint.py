@@ -488,20 +488,19 @@ def not_a_run_folder(path: str | Path) -> str | None:
 
     a run's ``checkpoints`` folder, one checkpoint step, one item of a step, an Orbax
     temporary folder, a dataset or image folder, or a params-only checkpoint
-    (``export --from-torch``, ``save_params_checkpoint``: no optimiser state to resume)."""
+    (``export --from-torch``, ``save_params_checkpoint``: no optimiser state to resume);
+    or a new folder inside one of the checkpoint kinds."""
     path = Path(path)
+    what = _checkpoint_kind(path)
+    if what:
+        return what
+    for parent in list(path.absolute().parents)[:4]:
+        what = _checkpoint_kind(parent)
+        if what:
+            return f"inside {parent}, {what}"
     if not path.is_dir():
         return None
     names = {p.name for p in path.iterdir()}
-    if "_CHECKPOINT_METADATA" in names or (path.name.isdigit() and names & {"params", "config", "meta"}):
-        return f"a checkpoint step folder (of {path.parent})"
-    if names & {"_METADATA", "manifest.ocdbt", "_sharding"} or "metadata" in names and "commit_success.txt" in names:
-        return f"one item of a checkpoint step ({path.parent})"
-    if ".orbax-checkpoint-tmp" in path.name:
-        return "an unfinished (temporary) checkpoint folder"
-    steps = step_numbers(path)
-    if steps and not (path / CHECKPOINT_DIR).exists():
-        return "a run's checkpoints folder; pass the run's workdir (its parent) instead"
     if "HR" in names and any(n.startswith("LR_") for n in names):
         return "a dataset folder (DIV2K layout, e.g. made by prepare), not a run"
     from edsr_jax.images import is_image_file
@@ -515,6 +514,36 @@ def not_a_run_folder(path: str | Path) -> str | None:
         return ("a params-only checkpoint (an imported or exported model, no optimiser state); "
                 f"fine-tune from it with --config.train.init_from={path} and a new --workdir")
     return None
+
+
+def _checkpoint_kind(path: Path) -> str | None:
+    """``path`` as a piece of a checkpoint (a checkpoints folder, a step, an item, a
+    temporary folder), or None."""
+    try:
+        names = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    except OSError:
+        return None
+    if not names:
+        return None
+    if _is_step(path, names):
+        return f"a checkpoint step folder (of {path.parent})"
+    if names & {"_METADATA", "manifest.ocdbt", "_sharding"} or "metadata" in names and "commit_success.txt" in names:
+        return f"one item of a checkpoint step ({path.parent})"
+    if ".orbax-checkpoint-tmp" in path.name:
+        return "an unfinished (temporary) checkpoint folder"
+    if any(_is_step(path / str(s)) for s in step_numbers(path)[:3]):
+        return "a run's checkpoints folder; pass the run's workdir (its parent) instead"
+    return None
+
+
+def _is_step(path: Path, names: set[str] | None = None) -> bool:
+    """A folder Orbax wrote as one checkpoint step (by its metadata file or its items)."""
+    if names is None:
+        try:
+            names = {p.name for p in path.iterdir()}
+        except OSError:
+            return False
+    return "_CHECKPOINT_METADATA" in names or (path.name.isdigit() and len(names & {"params", "config", "meta"}) >= 2)
 
 
 def locate(path: str | Path) -> tuple[Path, int]:

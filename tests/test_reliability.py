@@ -497,7 +497,7 @@ def test_resume_turning_on_ema_and_clipping(two_steps, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["checkpoints", "step", "item", "imported"])
+@pytest.mark.parametrize("which", ["checkpoints", "step", "item", "imported", "new_inside_checkpoints"])
 def test_a_workdir_is_a_run_not_any_folder(two_steps, tmp_path, which):
     if which == "imported":
         from edsr_jax.model import ModelConfig
@@ -507,12 +507,14 @@ def test_a_workdir_is_a_run_not_any_folder(two_steps, tmp_path, which):
         checkpoint.save_params_checkpoint(path, cfg, cfg.build().init(jax.random.key(0), np.zeros((1, 8, 8, 3))))
     else:
         path = {"checkpoints": two_steps / "checkpoints", "step": two_steps / "checkpoints" / "6",
-                "item": two_steps / "checkpoints" / "6" / "params"}[which]
+                "item": two_steps / "checkpoints" / "6" / "params",
+                "new_inside_checkpoints": two_steps / "checkpoints" / "newrun"}[which]
     before = sorted(str(p) for p in path.rglob("*"))
     r = run(path, "--config.train.steps=9")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: --workdir {path}: is "), r.stderr
     assert sorted(str(p) for p in path.rglob("*")) == before
+    assert which != "new_inside_checkpoints" or not path.exists()
 
 
 @pytest.mark.slow
