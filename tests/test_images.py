@@ -180,3 +180,63 @@ def test_list_images(tmp_path):
         list_images(tmp_path / "missing")
     with pytest.raises(ImageError, match="not a folder"):
         list_images(tmp_path / "b.png")
+
+
+def png16(path, arr):
+    """A 16-bit PNG of ``arr`` (H, W, C) uint16, C = 2 (gray + alpha), 3 or 4, written by hand
+    (Pillow writes no 16-bit colour PNG)."""
+    h, w, c = arr.shape
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(raw))
+                     + png_chunk(b"IEND", b""))
+
+
+def test_read_image_kinds_and_what_cannot_come_back(tmp_path):
+    """The README's kinds table, at the file level: what read_image keeps, and the notes for
+    what it cannot (16-bit colour PNG decoded to 8 bits, a CMYK ICC profile on RGB pixels)."""
+    from edsr_jax.images import read_image
+
+    a16 = np.random.default_rng(0).integers(0, 65536, (6, 5, 3)).astype(np.uint16)
+    png16(tmp_path / "rgb16.png", a16)
+    notes = []
+    d = read_image(tmp_path / "rgb16.png", notes)
+    assert d.kind == "RGB" and d.pixels.dtype == np.uint8 and d.alpha is None
+    np.testing.assert_array_equal(d.pixels, (a16 >> 8).astype(np.uint8))  # Pillow keeps the high byte
+    assert len(notes) == 1 and "16-bit PNG with colour or alpha: decoded to 8 bits" in notes[0]
+    g16 = np.random.default_rng(1).integers(0, 65536, (6, 5)).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    d = read_image(tmp_path / "g16.png")
+    assert d.kind == "L16" and d.pixels.dtype == np.float32
+    np.testing.assert_allclose(d.pixels[..., 1], g16 / 257.0, rtol=1e-6)
+    cmyk_icc = bytes(16) + b"CMYK" + bytes(108)  # only the header's colour space matters here
+    Image.fromarray(rgb()).convert("CMYK").save(tmp_path / "cmyk.jpg", icc_profile=cmyk_icc)
+    notes = []
+    d = read_image(tmp_path / "cmyk.jpg", notes)
+    assert d.kind == "RGB" and d.icc_profile is None
+    assert any("CMYK converted to RGB" in n for n in notes) and any("ICC profile dropped" in n for n in notes)
+
+
+@pytest.mark.parametrize("suffix, kind, mode, said", [
+    (".jpg", "LA", "L", "JPEG holds no 8-bit grayscale + alpha: written as 8-bit grayscale"),
+    (".jpg", "L16", "L", "JPEG holds no 16-bit grayscale: written as 8-bit grayscale"),
+    (".webp", "L", "RGB", "WEBP holds no 8-bit grayscale: written as 8-bit colour"),
+    (".bmp", "RGBA", "RGB", "BMP holds no 8-bit colour + alpha: written as 8-bit colour"),
+    (".ppm", "L16", "I", None),  # 16-bit PGM
+    (".tif", "LA", "LA", None),
+    (".png", "L16", "I;16", None),
+])
+def test_write_kind_falls_back_to_what_the_format_holds(tmp_path, suffix, kind, mode, said):
+    from edsr_jax.images import write_kind
+
+    rng = np.random.default_rng(2)
+    image = {"L16": rng.integers(0, 65536, (6, 5)).astype(np.uint16),
+             "L": rng.integers(0, 256, (6, 5), dtype=np.uint8),
+             "LA": rng.integers(0, 256, (6, 5), dtype=np.uint8),
+             "RGBA": rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)}[kind]
+    alpha = rng.integers(0, 256, (6, 5), dtype=np.uint8) if kind in ("LA", "RGBA") else None
+    notes = []
+    path = write_kind(tmp_path / f"x{suffix}", image, kind, alpha, notes=notes)
+    with Image.open(path) as im:
+        assert im.mode == mode and im.size == (5, 6)
+    assert notes == ([] if said is None else [f"{path}: {said}"])
