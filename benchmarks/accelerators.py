@@ -109,9 +109,17 @@ def _model(preset: str, scale: int, dtype: str):
     return config, config.build(dtype=DTYPES[dtype])
 
 
+# --formulations: the train step written each way xla_options.step_formulation chooses among,
+# and plain optax Adam with and without the gradient layout constraint.
+FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
+                "select+layout": ("select", True)}
+
+
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
-                   batch_per_device: int) -> dict:
-    """Lowered train step of the trainer and the plain-Adam baseline: ``{name: lowered}``."""
+                   batch_per_device: int, formulations: bool = False) -> dict:
+    """Lowered train step of the trainer and the plain-Adam baseline: ``{name: lowered}``;
+    with ``formulations``, the step in each of ``FORMULATIONS`` and plain Adam with its
+    gradients constrained to the parameters' layout too."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -135,10 +143,9 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     batch = {"lr": jax.ShapeDtypeStruct((n, PATCH, PATCH, 3), jnp.uint8, sharding=batch_sharding),
              "hr": jax.ShapeDtypeStruct((n, PATCH * scale, PATCH * scale, 3), jnp.uint8,
                                         sharding=batch_sharding)}
-    step = train.compile_train_step(model, tx, cfg, mesh, state, shardings=shardings)
     adam = optax.adam(cfg.optim.lr)
 
-    def plain_adam(params_opt, batch):
+    def plain_adam(params_opt, batch, layout=False):
         params, opt_state = params_opt
 
         def loss_of(p):
@@ -146,16 +153,32 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
             return jnp.mean(jnp.abs(sr.astype(jnp.float32) - batch["hr"].astype(jnp.float32)))
 
         loss, grads = jax.value_and_grad(loss_of)(params)
+        if layout:
+            grads = jax.tree_util.tree_map(train._row_major, grads)
         updates, opt_state = adam.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
     params_opt = (state.params, jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
         jax.eval_shape(adam.init, state.params)))
-    baseline = jax.jit(plain_adam, in_shardings=(replicated, batch_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=(0,))
-    return {"train_step": _lower(step, (state, batch), platform),
-            "plain_adam": _lower(baseline, (params_opt, batch), platform)}
+
+    def baseline(layout):
+        return _lower(jax.jit(functools.partial(plain_adam, layout=layout),
+                              in_shardings=(replicated, batch_sharding),
+                              out_shardings=(replicated, replicated), donate_argnums=(0,)),
+                      (params_opt, batch), platform)
+
+    def step(formulation=None):
+        jitted = train.compile_train_step(model, tx, cfg, mesh, state, shardings=shardings,
+                                          formulation=formulation)
+        return _lower(jitted, (state, batch), platform)
+
+    if not formulations:
+        return {"train_step": step(), "plain_adam": baseline(False)}
+    from edsr_jax.xla_options import StepFormulation
+
+    out = {f"train_step {name}": step(StepFormulation(*form)) for name, form in FORMULATIONS.items()}
+    return {**out, "plain_adam": baseline(False), "plain_adam +layout": baseline(True)}
 
 
 def forward_programs(target: str, preset: str, scale: int, dtype: str) -> dict:
@@ -258,9 +281,10 @@ class Case:
     batch: int
 
 
-def run_train_case(case: Case) -> list[dict]:
-    """Rows for the train step and its plain-Adam baseline."""
-    lowered = train_programs(case.target, case.devices, case.preset, case.scale, case.dtype, case.batch)
+def run_train_case(case: Case, formulations: bool = False) -> list[dict]:
+    """Rows for the train step and its plain-Adam baseline (``train_programs``)."""
+    lowered = train_programs(case.target, case.devices, case.preset, case.scale, case.dtype,
+                             case.batch, formulations)
     rows = []
     for name, low in lowered.items():
         row = {"program": name, **dataclasses.asdict(case), **describe(low, case.target, case.devices)}
@@ -350,6 +374,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
     p.add_argument("--batches", nargs="+", type=int, default=[16, 64, 256], help="per-device batch")
     p.add_argument("--programs", nargs="+", default=["train", "forward"], choices=["train", "forward"])
+    p.add_argument("--formulations", action="store_true",
+                   help="the train step in each formulation of xla_options.step_formulation "
+                        "and plain Adam with and without the gradient layout constraint")
     p.add_argument("--max-batch", nargs=2, metavar=("PRESET", "SCALE"),
                    help="only search the largest per-device batch that fits one device")
     p.add_argument("--json", help="also write the rows as JSON to this file ('-': stdout)")
@@ -383,9 +410,10 @@ def main(argv=None) -> int:
                         continue
                     for count in args.devices:
                         for batch in args.batches:
-                            new = run_train_case(Case(target, count, preset, scale, dtype, batch))
+                            new = run_train_case(Case(target, count, preset, scale, dtype, batch),
+                                                 args.formulations)
                             rows += new
-                            print(table(new).splitlines()[-2], file=sys.stderr, flush=True)
+                            print("\n".join(table(new).splitlines()[2:]), file=sys.stderr, flush=True)
     if args.json:
         text = json.dumps(rows, indent=1)
         if args.json == "-":

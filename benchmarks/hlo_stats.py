@@ -1,8 +1,8 @@
 """What a compiled XLA program does, read from its optimised HLO text.
 
-``program_stats(compiled.as_text())`` walks the computations the device executes (the entry,
-and the branches of conditionals and bodies of loops and calls; the bodies of fusions are
-kernels, not separate launches) and counts, per program:
+``program_stats(compiled.as_text())`` walks the computations the device executes in a step
+(the entry; of a conditional the branch launching the most kernels; the bodies of loops, once,
+and of calls; the bodies of fusions are kernels, not separate launches) and counts:
 
 - kernels (one per launched op: fusions, library calls, copies, collectives, unfused ops),
   split into cuDNN / cuBLAS / Triton / other custom calls and plain fusions;
@@ -160,9 +160,15 @@ def _called(instr: Instr, key: str) -> list[str]:
     return re.findall(r"%([\w.\-]+)", m.group(1)) if m else []
 
 
+def _launched(comps: dict[str, list[Instr]], name: str) -> int:
+    return sum(i.opcode not in FREE for i in comps.get(name, []))
+
+
 def executed_computations(comps: dict[str, list[Instr]], entry: str) -> list[str]:
-    """The entry and every computation it runs as control flow (branches, loop bodies and
-    conditions, calls, async wrappers), not fusion bodies or reducers."""
+    """The entry and every computation it runs as control flow, once per step: of a
+    conditional's branches the one launching the most kernels (a train step's update, not its
+    skip), loop bodies and conditions (once: trip counts are not read), calls and async
+    wrappers; not fusion bodies or reducers."""
     seen, todo = [], [entry]
     while todo:
         name = todo.pop()
@@ -171,8 +177,10 @@ def executed_computations(comps: dict[str, list[Instr]], entry: str) -> list[str
         seen.append(name)
         for ins in comps[name]:
             if ins.opcode == "conditional":
-                todo += _called(ins, "branch_computations") + _called(ins, "true_computation") \
+                branches = _called(ins, "branch_computations") + _called(ins, "true_computation") \
                     + _called(ins, "false_computation")
+                if branches:
+                    todo.append(max(branches, key=lambda b: _launched(comps, b)))
             elif ins.opcode == "while":
                 todo += _called(ins, "body") + _called(ins, "condition")
             elif ins.opcode in ("call", "async-start"):

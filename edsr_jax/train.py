@@ -187,15 +187,17 @@ def make_shardings(mesh: jax.sharding.Mesh, state_shape) -> Shardings:
 
 def compile_train_step(model: EDSR, tx, config, mesh: jax.sharding.Mesh, state_shape,
                        compiler_options: dict | None = None,
-                       shardings: Shardings | None = None) -> Callable:
+                       shardings: Shardings | None = None,
+                       formulation: xla_options.StepFormulation | None = None) -> Callable:
     """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated.
 
-    ``compiler_options`` default to ``xla_options.compiler_options`` of the mesh's platform
-    (pass ``{}`` for XLA's own defaults); ``shardings`` default to ``make_shardings``."""
+    ``compiler_options`` and ``formulation`` default to ``xla_options.compiler_options`` and
+    ``xla_options.step_formulation`` of the mesh's platform (pass ``{}`` for XLA's own default
+    options); ``shardings`` default to ``make_shardings``."""
     shardings = shardings or make_shardings(mesh, state_shape)
     replicated, batch_sharding, state_sharding = shardings
     platform = mesh.devices.flat[0].platform
-    form = xla_options.step_formulation(platform)
+    form = formulation or xla_options.step_formulation(platform)
     step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
                              charbonnier_eps=config.optim.charbonnier_eps,
                              ema_decay=float(config.train.ema), guard=form.guard,
