@@ -58,8 +58,11 @@ class RunLock:
                                    f"({e.strerror}); this file system may not support locks") from None
         self.previous = _read_record(fd) or None
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, only the message loses detail
+            pass
         self._fd = fd
         return self
 
