@@ -428,4 +428,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    if os.environ["JAX_PLATFORMS"] == "cpu":  # compiling only: libtpu's one-process lock not needed
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     sys.exit(main())
