@@ -131,12 +131,14 @@ def train_step(state: TrainState, batch: dict, *, model: EDSR, tx: optax.Gradien
             ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
         return params, opt_state, ema
 
-    keep = (state.params, state.opt_state, state.ema)
+    def keep(state):
+        return state.params, state.opt_state, state.ema
+
     if guard == "cond":
-        params, opt_state, ema = jax.lax.cond(finite, update, lambda state: keep, state)
+        params, opt_state, ema = jax.lax.cond(finite, update, keep, state)
     elif guard == "select":
         params, opt_state, ema = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(finite, new, old), update(state), keep)
+            lambda new, old: jnp.where(finite, new, old), update(state), keep(state))
     else:
         raise ValueError(f"guard must be 'cond' or 'select', got {guard!r}")
     step = state.step + 1
