@@ -62,12 +62,13 @@ def torch_bias_init(fan_in: int):
 CONV_BACKENDS = ("xla", "onednn")
 
 
-class Conv3x3(nn.Module):
-    """3x3 'SAME' convolution plus bias, initialised as PyTorch's ``nn.Conv2d`` (the official
-    release); parameters ``kernel`` (3, 3, C_in, features) and ``bias`` (features,), the same
+class Conv(nn.Module):
+    """k x k 'SAME' convolution plus bias (``kernel_size`` k odd: 3 everywhere in EDSR, 5 in
+    MDSR's pre-processing blocks), initialised as PyTorch's ``nn.Conv2d`` (the official
+    release); parameters ``kernel`` (k, k, C_in, features) and ``bias`` (features,), the same
     tree as ``flax.linen.Conv``.
 
-    Kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = 9 * in_features, i.e.
+    Kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = k * k * in_features, i.e.
     a third of the variance of Flax's default LeCun-normal kernel. With LeCun init each
     residual block multiplies the signal variance by about 1.5 (1.5**16 ~ 650 for
     EDSR-baseline), so an untrained network outputs loud noise and the first hundreds of
@@ -83,21 +84,30 @@ class Conv3x3(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     backend: str = "xla"
+    kernel_size: int = 3
 
     @nn.compact
     def __call__(self, x):
-        fan_in = 9 * self.in_features
+        k = self.kernel_size
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {k!r}")
+        fan_in = k * k * self.in_features
         kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-                            (3, 3, self.in_features, self.features), self.param_dtype)
+                            (k, k, self.in_features, self.features), self.param_dtype)
         bias = self.param("bias", torch_bias_init(fan_in), (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if self.backend == "onednn":
             from edsr_jax import onednn_conv
 
             return onednn_conv.conv(x, kernel, bias)
-        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+        pad = (k // 2, k // 2)
+        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), (pad, pad),
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias
+
+
+# The 3x3 case by its historical name (``infer.apply_masked`` and the docs refer to it).
+Conv3x3 = Conv
 
 
 def conv3x3(features: int, in_features: int, name: str, dtype: Any, param_dtype: Any,
@@ -107,18 +117,22 @@ def conv3x3(features: int, in_features: int, name: str, dtype: Any, param_dtype:
 
 
 class ResBlock(nn.Module):
-    """conv3x3 -> ReLU -> conv3x3, branch scaled by ``res_scale``, plus identity."""
+    """conv -> ReLU -> conv (``kernel_size`` x ``kernel_size``, 3 in EDSR, 5 in MDSR's
+    pre-processing), branch scaled by ``res_scale``, plus identity. (N, H, W, features) in
+    and out."""
 
     features: int
     res_scale: float = 1.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     conv_backend: str = "xla"
+    kernel_size: int = 3
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda name, c_in: conv3x3(  # noqa: E731
-            self.features, c_in, name, self.dtype, self.param_dtype, self.conv_backend)
+        conv = lambda name, c_in: Conv(  # noqa: E731
+            self.features, c_in, self.dtype, self.param_dtype, self.conv_backend,
+            self.kernel_size, name=name)
         y = conv("conv0", x.shape[-1])(x)
         y = nn.relu(y)
         y = conv("conv1", self.features)(y)
