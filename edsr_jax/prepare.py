@@ -23,6 +23,11 @@ scale fills it in. ``--name`` defaults to the operator names joined by ``_``
 (``bicubic``, ``blur_bicubic_jpeg``). Random parameters use a generator seeded from
 ``(seed, image number, tile number, scale)``: outputs do not depend on ``--workers``.
 
+A second LR variant (another ``--spec`` / ``--name``, or other scales) is added to an existing
+OUT by running again with another ``--name`` and the same tiling: the HR files are shared,
+not written again, and the variant's LR folder and records are kept in the manifest under
+``variants`` (its scales must divide the HR crop: a multiple of the first variant's scales).
+
 Re-running resumes: finished outputs (file present and recorded in the manifest) are
 skipped; a file present but not recorded (an interrupted run) is kept when it holds
 exactly what would be written and reported as a conflict otherwise. Nothing is
@@ -41,7 +46,7 @@ import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -115,10 +120,12 @@ class Settings:
     tiling: dict | None
     seed: int
     specs: dict[str, str] = field(default_factory=dict)  # canonical spec per scale
+    hr_multiple: int | None = None  # an added LR variant: the HR crop of the folder's first
 
     @property
     def multiple(self) -> int:
-        return math.lcm(*self.scales)
+        """HR tiles are cropped to a multiple of this: lcm of the scales (of the first variant)."""
+        return self.hr_multiple or math.lcm(*self.scales)
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec, "specs": self.specs, "name": self.name,
@@ -293,6 +300,8 @@ def _load_manifest(out: Path, settings: Settings, sources: list[Path], overwrite
                              "pass --overwrite to start again") from None
     new = settings.to_dict()
     diff = [k for k in COMPARED if old.get(k) != new[k]]
+    if diff and old.get("name") != new["name"] and old.get("tiling") == new["tiling"]:
+        diff = []  # another LR variant of the same HR tiles (_variant checks it)
     if diff:
         k = diff[0]
         raise cli.UsageError(f"{out} was prepared with other settings ({k}: {old.get(k)!r}, now "
@@ -303,8 +312,38 @@ def _load_manifest(out: Path, settings: Settings, sources: list[Path], overwrite
             raise cli.UsageError(f"the files of the HR folder changed since {path} was written "
                                  f"({name} was image {info.get('index')}, now {index[name]}); "
                                  "use another --out or pass --overwrite")
-    manifest["settings"] = new
+    if old.get("name") == new["name"]:
+        manifest["settings"] = new
     return manifest
+
+
+def _variant(manifest: dict, settings: Settings) -> tuple[dict, Settings]:
+    """``(view, settings)``: the part of the manifest that records ``settings.name``'s LR
+    (``sources``, ``outputs``) and the settings to run with. The folder's first variant is
+    the manifest itself; another is ``manifest["variants"][name]``, made on first use, with
+    the first variant's HR crop. UsageError when its scales do not divide that crop or it
+    was made with other settings."""
+    first = manifest["settings"]
+    if first["name"] == settings.name:
+        return manifest, settings
+    multiple = math.lcm(*first["scales"])
+    if multiple % settings.multiple:
+        raise cli.UsageError(f"--scales {' '.join(map(str, settings.scales))}: the HR images of this folder "
+                             f"are cropped to a multiple of {multiple} (scales "
+                             f"{' '.join(map(str, first['scales']))} of LR_{first['name']}); add LR "
+                             "variants whose scales divide it, or use another --out")
+    variants = manifest.setdefault("variants", {})
+    new = settings.to_dict()
+    if settings.name in variants:
+        old = variants[settings.name]["settings"]
+        diff = [k for k in COMPARED if old.get(k) != new[k]]
+        if diff:
+            k = diff[0]
+            raise cli.UsageError(f"LR_{settings.name} was prepared with other settings ({k}: {old.get(k)!r}, "
+                                 f"now {new[k]!r}); use another --name or pass --overwrite")
+    else:
+        variants[settings.name] = {"settings": new, "sources": {}, "outputs": {}}
+    return variants[settings.name], replace(settings, hr_multiple=multiple)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -381,19 +420,22 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
     if workers < 1:
         raise cli.UsageError(f"--workers {workers}: must be at least 1")
     manifest = _load_manifest(out, settings, sources, overwrite)
+    view, settings = _variant(manifest, settings)
     _save_manifest(out, manifest)
 
     summary = Summary(images=len(sources))
     width = max(4, len(str(len(sources))))
     tasks = []
     for i, src in enumerate(sources, start=1):
-        if _source_finished(manifest, out, src.name, overwrite):
+        if _source_finished(view, out, src.name, overwrite):
             summary.skipped_done += 1
-            if manifest["sources"][src.name].get("status") == "small":
-                summary.small.append(manifest["sources"][src.name].get("message", src.name))
+            if view["sources"][src.name].get("status") == "small":
+                summary.small.append(view["sources"][src.name].get("message", src.name))
             continue
-        tasks.append((str(src), i, str(out), settings, width,
-                      frozenset() if overwrite else _finished_paths(manifest, out, src.name), overwrite))
+        # an added variant's HR tiles are the first variant's: finished, never written again
+        finished = (frozenset() if overwrite else
+                    _finished_paths(view, out, src.name) | _finished_paths(manifest, out, src.name))
+        tasks.append((str(src), i, str(out), settings, width, finished, overwrite))
 
     bar = tqdm(total=len(tasks), desc=f"prepare x{'/'.join(map(str, settings.scales))}",
                unit="img", file=sys.stderr, disable=not progress)
@@ -416,13 +458,13 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
         for k in ("written", "done", "adopted"):
             setattr(summary, k, getattr(summary, k) + res["counts"][k])
         if res["status"] != "unreadable":
-            manifest["sources"][res["source"]] = {
+            view["sources"][res["source"]] = {
                 "index": res["index"], "status": res["status"], "size": res["size"],
                 "notes": res["notes"], "message": res["message"], "outputs": sorted(res["records"])}
             if res["conflicts"]:  # not finished: try again next time
-                manifest["sources"][res["source"]]["outputs"] = []
+                view["sources"][res["source"]]["outputs"] = []
             else:
-                manifest["outputs"].update(res["records"])
+                view["outputs"].update(res["records"])
         bar.update(1)
         bar.set_postfix(written=summary.written)
         if time.monotonic() - last_save > 2.0:

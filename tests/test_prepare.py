@@ -201,3 +201,50 @@ def test_bad_options_exit_2(tmp_path, argv, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not (tmp_path / "out" / "HR").exists()
+
+
+def test_a_second_lr_variant_shares_the_hr_files(tmp_path, capsys):
+    """`prepare` again with another --name adds LR_<name> next to the first LR folder: the HR
+    tiles are not written again, the variant is recorded under manifest["variants"], resumes
+    like the first, and trains (PairedFolderSource) like any prepared folder."""
+    from edsr_jax import cli, data
+
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 256, (50, 45, 3), dtype=np.uint8)).save(hr_dir / f"p{k}.png")
+    out = tmp_path / "data"
+    base = [str(hr_dir), "--out", str(out), "--workers", "1", "--no-progress", "--tiles", "1x2"]
+    assert cli.run(prepare.main, base + ["--scales", "2", "4"]) == 0
+    hr_files = sorted((out / "HR").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in hr_files]
+    capsys.readouterr()
+    variant = base + ["--scales", "2", "--spec", "nearest > jpeg(30,60)", "--name", "poster"]
+    assert cli.run(prepare.main, variant) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("4 written, 4 already present")  # 4 LR written, the 4 HR tiles shared
+    assert sorted((out / "HR").iterdir()) == hr_files and [p.stat().st_mtime_ns for p in hr_files] == stamps
+    assert sorted(p.name for p in (out / "LR_poster" / "X2").iterdir()) == [
+        "0001_01x2.png", "0001_02x2.png", "0002_01x2.png", "0002_02x2.png"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["name"] == "bicubic"
+    v = manifest["variants"]["poster"]
+    assert v["settings"]["specs"] == {"2": "nearest(2) > jpeg(30,60)"} and len(v["outputs"]) == 4
+    assert v["outputs"]["0001_01"]["hr"] == "HR/0001_01.png"
+    assert v["outputs"]["0001_01"]["lr"]["2"]["path"] == "LR_poster/X2/0001_01x2.png"
+    # Again: nothing to do; the first variant is untouched and still resumes.
+    assert cli.run(prepare.main, variant) == 0 and cli.run(prepare.main, base + ["--scales", "2", "4"]) == 0
+    assert "0 written" in capsys.readouterr().out
+    src = data.PairedFolderSource(out, 2, "poster", progress=False, cache_dir=tmp_path / "cache")
+    lr, hr = src.image(0)
+    assert hr.shape == (2 * lr.shape[0], 2 * lr.shape[1], 3)
+    np.testing.assert_array_equal(hr, np.asarray(Image.open(out / "HR" / "0001_01.png"))[: hr.shape[0], : hr.shape[1]])
+    # A variant whose scales do not divide the HR crop (a multiple of 4), or changed settings: refused.
+    for extra, message in ((["--scales", "3", "--name", "x3"], "cropped to a multiple of 4"),
+                           (["--scales", "2", "--spec", "bicubic", "--name", "poster"],
+                            "LR_poster was prepared with other settings")):
+        assert cli.run(prepare.main, base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("error:") == 1, err
+    assert not (out / "LR_x3").exists()
