@@ -130,10 +130,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     baselines = []
     for i, token in enumerate(args.baselines or []):
         if token not in BASELINES:
-            if i == 0 or extra:
+            if i == 0:
                 parser.error(f"argument --baselines: invalid choice: {token!r} (choose from "
                              f"{', '.join(BASELINES)})")
-            extra = list(args.baselines[i:])
+            extra = list(args.baselines[i:]) + extra
             break
         baselines.append(token)
     if args.bicubic and "bicubic" not in baselines:

@@ -310,6 +310,8 @@ def test_baselines_side_by_side_and_rgb(small_set, tmp_path, capsys):
     args = evaluate.parse_args(["--baselines", "nearest", "bilinear", str(small_set)])
     assert args.baselines == ["nearest", "bilinear"] and args.datasets == [str(small_set)]
     assert evaluate.parse_args(["--bicubic", "--baselines", "nearest", "x"]).baselines == ["nearest", "bicubic"]
+    both = evaluate.parse_args(["--baselines", "nearest", "A", "--scales", "2", "B"])
+    assert (both.baselines, both.scales, sorted(both.datasets)) == (["nearest"], [2], ["A", "B"])
     assert run(evaluate.main, ["--baselines", "nearest", "bilinear", "bicubic", "--scales", "2",
                                "--json", str(out), str(small_set)]) == 0
     results = json.loads(out.read_text())["results"]
