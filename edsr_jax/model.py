@@ -106,7 +106,8 @@ class Conv(nn.Module):
         return y + bias
 
 
-# The 3x3 case by its historical name (``infer.apply_masked`` and the docs refer to it).
+# ``Conv`` under its earlier name, the same class (``infer.apply_masked`` matches it by
+# ``isinstance``; the docs cite it); ``kernel_size`` defaults to 3.
 Conv3x3 = Conv
 
 
