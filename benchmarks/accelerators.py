@@ -181,9 +181,10 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     return {**out, "plain_adam": baseline(False), "plain_adam +layout": baseline(True)}
 
 
-def forward_programs(target: str, preset: str, scale: int, dtype: str) -> dict:
-    """Lowered inference forward passes on one device: an Upscaler tile and an evaluation
-    image (Set14-sized LR at x``scale``, bucketed): ``{name: (lowered, LR pixels)}``."""
+def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int | None = None) -> dict:
+    """Lowered inference forward passes on one device: an Upscaler tile (``tile`` LR pixels
+    plus the receptive radius each side; default: the Upscaler's, from its 1 GiB budget) and an
+    evaluation image (Set14-sized LR at x``scale``, bucketed): ``{name: (lowered, LR pixels)}``."""
     import jax
     import jax.numpy as jnp
 
@@ -200,7 +201,8 @@ def forward_programs(target: str, preset: str, scale: int, dtype: str) -> dict:
     fn = jax.jit(functools.partial(infer.apply_masked, config=model_config, dtype=dtype,
                                    conv_backend="xla"),
                  compiler_options=xla_options.compiler_options(device.platform))
-    side = infer.tile_for_budget(model_config, 1024, dtype) + 2 * receptive_radius(model_config)
+    tile = tile or infer.tile_for_budget(model_config, 1024, dtype)
+    side = tile + 2 * receptive_radius(model_config)
     eval_h, eval_w = infer.bucket(512 // scale), infer.bucket(384 // scale)
     out = {}
     for name, (h, w) in {"upscale_tile": (side, side), "evaluate_image": (eval_h, eval_w)}.items():
@@ -300,10 +302,11 @@ def run_train_case(case: Case, formulations: bool = False) -> list[dict]:
     return rows
 
 
-def run_forward_cases(target: str, preset: str, scale: int, dtype: str) -> list[dict]:
+def run_forward_cases(target: str, preset: str, scale: int, dtype: str,
+                      tile: int | None = None) -> list[dict]:
     """Rows for the inference forward passes."""
     rows = []
-    for name, (low, pixels) in forward_programs(target, preset, scale, dtype).items():
+    for name, (low, pixels) in forward_programs(target, preset, scale, dtype, tile).items():
         row = {"program": name, "target": target, "devices": 1, "preset": preset, "scale": scale,
                "dtype": dtype, "batch": 1, **describe(low, target, 1)}
         row["mpix_s"] = pixels * scale * scale / row["est_s"] / 1e6
@@ -374,6 +377,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
     p.add_argument("--batches", nargs="+", type=int, default=[16, 64, 256], help="per-device batch")
     p.add_argument("--programs", nargs="+", default=["train", "forward"], choices=["train", "forward"])
+    p.add_argument("--tile", type=int, default=None,
+                   help="Upscaler tile side in LR pixels (default: the Upscaler's own)")
     p.add_argument("--formulations", action="store_true",
                    help="the train step in each formulation of xla_options.step_formulation "
                         "and plain Adam with and without the gradient layout constraint")
@@ -405,7 +410,7 @@ def main(argv=None) -> int:
             for scale in args.scales:
                 for dtype in args.dtypes:
                     if "forward" in args.programs:
-                        rows += run_forward_cases(target, preset, scale, dtype)
+                        rows += run_forward_cases(target, preset, scale, dtype, args.tile)
                     if "train" not in args.programs:
                         continue
                     for count in args.devices:

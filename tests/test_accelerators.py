@@ -47,7 +47,7 @@ def _dry_run(kind: str, *args: str) -> list[dict]:
            "PYTHONPATH": str(ROOT), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
     env.pop("XLA_FLAGS", None)
     out = subprocess.run([str(_python(kind)), str(SCRIPT), "--presets", "tiny", "--scales", "2",
-                          "--batches", str(BATCH), "--json", "-", *args],
+                          "--batches", str(BATCH), "--tile", "64", "--json", "-", *args],
                          capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
