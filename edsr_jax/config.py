@@ -35,7 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = "hr"  # "hr": HR images, LR made on the fly; "paired": DIV2K-layout folder
     c.data.train = "builtin"  # folder, or "builtin" for the sample photographs
     c.data.spec = ""  # degradation spec for source "hr"; "" means bicubic(scale)
-    c.data.lr_name = "bicubic"  # LR_<lr_name> subfolder for source "paired"
+    # LR_<lr_name> subfolder for source "paired"; "" (default): the only LR variant a prepared
+    # folder's manifest records, "bicubic" for a folder without one (DIV2K as distributed)
+    c.data.lr_name = ""
     c.data.val = "builtin"  # folder of HR images, or "builtin"
     c.data.val_spec = ""  # degradation of validation LR; "" means MATLAB bicubic
     c.data.val_max_images = 10

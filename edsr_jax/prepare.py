@@ -278,6 +278,20 @@ def _save_manifest(out: Path, manifest: dict) -> None:
                          overwrite=True)
 
 
+def lr_variants(root: str | os.PathLike) -> list[str] | None:
+    """The LR variants (``LR_<name>`` folders) a prepared folder's manifest records, the first
+    prepared first; None when ``root`` has no manifest (e.g. DIV2K as distributed).
+    Raises ValueError naming the manifest when it cannot be read."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        return [manifest["settings"]["name"], *manifest.get("variants", {})]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable manifest ({e.__class__.__name__})") from None
+
+
 def _load_manifest(out: Path, settings: Settings, sources: list[Path], overwrite: bool) -> dict:
     """The manifest to continue from; refuses foreign or differently made folders."""
     fresh = {"format": FORMAT, "settings": settings.to_dict(), "sources": {}, "outputs": {}}

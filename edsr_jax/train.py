@@ -281,6 +281,35 @@ def _check_finite(state: TrainState, policy: str) -> int:
     return count
 
 
+def resolve_lr_name(config) -> str | None:
+    """Fill in ``config.data.lr_name`` when it is "" and the source is "paired": the only LR
+    variant recorded in the training folder's ``manifest.json`` (``prepare``), or "bicubic"
+    for a folder without a manifest (DIV2K as distributed). The run stores the resolved name,
+    so a variant added to the folder later never changes what a resumed run reads.
+    Returns a line saying what was chosen (None when nothing was); UsageError when the
+    manifest records several variants (naming them) or cannot be read."""
+    from edsr_jax import prepare
+
+    d = config.data
+    if d.lr_name:
+        return None
+    if d.source != "paired" or not isinstance(d.train, str) or not Path(d.train).is_dir():
+        d.lr_name = "bicubic"  # unused by these sources; stored as runs always stored it
+        return None
+    try:
+        names = prepare.lr_variants(d.train)
+    except ValueError as e:
+        raise cli.UsageError(f"config.data.train: {e}") from None
+    if names is None:
+        d.lr_name = "bicubic"
+        return None
+    if len(names) != 1:
+        raise cli.UsageError(f"config.data.lr_name: {d.train} holds {len(names)} LR variants "
+                             f"({', '.join(names)}); choose one, e.g. --config.data.lr_name={names[0]}")
+    d.lr_name = names[0]
+    return f"data.lr_name={names[0]!r}: the only LR variant of {d.train} (its manifest.json)"
+
+
 def train_dataset(config, process_index: int, process_count: int):
     """This process's training batches (a Grain IterDataset) from ``config.data``.
 
@@ -360,6 +389,7 @@ class Run:
             except (run_lock.WorkdirBusy, OSError) as e:
                 raise cli.UsageError(str(e)) from None
             outputs.check_appendable(self.workdir / "metrics.jsonl")
+        note = resolve_lr_name(config)
         self._check_resumable()
         from edsr_jax.feed import DeviceFeed
 
@@ -401,6 +431,8 @@ class Run:
                         f"{config.model.dtype}, convolutions by "
                         f"{'oneDNN' if self.conv_backend == 'onednn' else 'XLA'} "
                         f"(train.conv_backend={config.train.conv_backend})")
+        if note:
+            self.logger.say(note)
         if self.previous_holder:
             self.logger.say(f"note: the previous trainer ({run_lock.describe(self.previous_holder)}) ended "
                             "without releasing the workdir lock (killed?); taking it over")

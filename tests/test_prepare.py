@@ -248,3 +248,39 @@ def test_a_second_lr_variant_shares_the_hr_files(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("error:") == 1, err
     assert not (out / "LR_x3").exists()
+
+
+def test_training_reads_the_lr_name_from_the_manifest_when_there_is_one(tmp_path):
+    """data.lr_name "" (default) on a prepared folder: its only LR variant; several variants:
+    one error naming them; a folder without a manifest (DIV2K as distributed): "bicubic"; an
+    explicit name is kept. The run stores the resolved name (train.resolve_lr_name)."""
+    from edsr_jax import cli
+    from edsr_jax import config as config_lib
+    from edsr_jax import train
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(picture(48, 48)).save(hr / "a.png")
+    out = tmp_path / "data"
+    base = [str(hr), "--out", str(out), "--workers", "1", "--no-progress", "--scales", "2"]
+    assert cli.run(prepare.main, base + ["--spec", "nearest > jpeg(30,60)"]) == 0
+
+    def resolved(folder, lr_name=""):
+        c = config_lib.base_config()
+        c.data.source, c.data.train, c.data.lr_name = "paired", str(folder), lr_name
+        note = train.resolve_lr_name(c)
+        return c.data.lr_name, note
+
+    name, note = resolved(out)
+    assert name == "nearest_jpeg" and "only LR variant" in note
+    assert resolved(out, "other") == ("other", None)
+    plain = tmp_path / "div2k"
+    (plain / "HR").mkdir(parents=True)
+    assert resolved(plain) == ("bicubic", None)
+    assert cli.run(prepare.main, base + ["--spec", "bicubic", "--name", "bic"]) == 0
+    with pytest.raises(cli.UsageError, match=r"2 LR variants \(nearest_jpeg, bic\)"):
+        resolved(out)
+    assert resolved(out, "bic") == ("bic", None)
+    hr_run = config_lib.base_config()  # LR made on the fly: the name is unused, stored as before
+    train.resolve_lr_name(hr_run)
+    assert hr_run.data.lr_name == "bicubic"
