@@ -71,21 +71,33 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO], Non
     (one line naming ``path``) on a full disk or any other OS error, leaving no temporary
     file and the old ``path`` (if any) untouched. Returns ``path``.
     """
-    path = Path(path)
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
     if binary is None:
         binary = not isinstance(data, str)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             if callable(data):
                 data(f)
             else:
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+    return _replace(path, fill, overwrite)
+
+
+def _replace(path: str | os.PathLike, fill: Callable[[str], None], overwrite: bool) -> Path:
+    """Fill a temporary file beside ``path`` (``fill(tmp_name)``), give it a normal file's
+    permissions and rename it onto ``path``: the one write path of ``atomic_write`` and
+    ``save_with`` (FileExistsError / WriteError as they say)."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        fill(tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
         tmp = None
@@ -135,26 +147,7 @@ def check_appendable(path: str | os.PathLike) -> None:
 
 def save_with(path: str | os.PathLike, save: Callable[[str], None], *, overwrite: bool = False) -> Path:
     """``atomic_write`` for libraries that save to a file name (``save(tmp_name)``, e.g. PIL)."""
-    path = Path(path)
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-        os.close(fd)
-        save(tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        raise write_error(path, e) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    return path
+    return _replace(path, save, overwrite)
 
 
 @contextmanager
