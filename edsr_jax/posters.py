@@ -251,7 +251,7 @@ class _Painter:
     def paragraph(self, x0, y0, x1, y1) -> None:
         """A heading, then body text lines or a bullet list, until the box is full."""
         size = float(self.rng.uniform(20, 30))
-        hb = self.text((x0, y0), self.phrase(2, 4), size * 1.35, self.ink(), bold=True)
+        hb = self.text((x0, y0), self.phrase(2, 4), size * 1.35, self.ink(), bold=True, max_width=x1 - x0)
         y = hb[3] + self.px(size * 0.6)
         bullets = self.rng.random() < 0.4
         lead = self.px(size * 1.35)
@@ -294,7 +294,7 @@ class _Painter:
 
     def chart(self, x0, y0, x1, y1) -> None:
         """A bar chart: title, axes, light grid, 4-8 bars in red and grey with value labels."""
-        tb = self.text((x0, y0), self.phrase(2, 4), 24, self.black, bold=True)
+        tb = self.text((x0, y0), self.phrase(2, 4), 24, self.black, bold=True, max_width=x1 - x0)
         n = int(self.rng.integers(4, 9))
         values = self.rng.integers(5, 100, size=n)
         lab = self.px(18)
@@ -448,8 +448,8 @@ class _Painter:
         m = self.px(float(self.rng.uniform(40, 70)))
         top = self.header(m)
         bottom = self.footer(m)
-        cols = int(self.rng.integers(2, 5))
-        rows = 2 if bottom - top > self.px(500) else 1
+        cols = int(self.rng.integers(2, 5 if self.w >= self.h else 3))
+        rows = int(np.clip((bottom - top) // self.px(350), 1, 3))
         cols = max(cols, math.ceil(4 / rows))  # room for each of the four kinds below
         kinds = ["photo", "chart", "table", "diagram"]
         extra = ["paragraph", "paragraph", "photo", "callout", "paragraph", "diagram"]
