@@ -572,11 +572,41 @@ def _restore_checked(directory: Path, steps: list[int], explicit: bool, abstract
     return restore_newest(directory, abstract_state, steps=steps, relist=lambda: ranked_steps(directory), **kw)
 
 
-def _abstract_params(config: ModelConfig):
+MDSR_ARCH = "mdsr"  # config["model"]["arch"] of an MDSR checkpoint (EDSR's has no "arch")
+
+
+def model_config_to_dict(config) -> dict:
+    """The ``config["model"]`` record of a ``ModelConfig`` (EDSR: its fields, unchanged) or an
+    ``MDSRConfig`` (its fields plus ``"arch": "mdsr"``)."""
+    from edsr_jax import mdsr
+
+    if isinstance(config, mdsr.MDSRConfig):
+        return {"arch": MDSR_ARCH, **config.to_dict()}
+    return config.to_dict()
+
+
+def model_config_from_dict(d: dict):
+    """Inverse of ``model_config_to_dict``: ``MDSRConfig`` when ``d["arch"] == "mdsr"``, else
+    ``ModelConfig(**d)`` (TypeError/ValueError for an unknown field or architecture)."""
+    from edsr_jax import mdsr
+
+    arch = d.get("arch")
+    if arch is None:
+        return ModelConfig(**d)
+    if arch != MDSR_ARCH:
+        raise ValueError(f"unknown model architecture {arch!r} (this program builds EDSR and MDSR)")
+    fields = {k: v for k, v in d.items() if k != "arch"}
+    return mdsr.MDSRConfig(**{**fields, "scales": tuple(fields.get("scales", ()))}).validate()
+
+
+def _abstract_params(config):
     import jax.numpy as jnp
 
+    from edsr_jax import mdsr
+
     model = config.build()
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+    extra = (config.scales[0],) if isinstance(config, mdsr.MDSRConfig) else ()
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), *extra))
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
@@ -585,7 +615,9 @@ def _abstract_params(config: ModelConfig):
 def restore_params(path: str | Path, *, prefer_ema: bool = True,
                    say: Callable[[str], None] | None = None) -> tuple[ModelConfig, Any, dict]:
     """Load weights from a workdir or checkpoint: ``(ModelConfig, params, config)``; ``config``
-    is the saved one with the ``step`` read added (``config["step"]``).
+    is the saved one with the ``step`` read added (``config["step"]``). An MDSR checkpoint
+    (``config["model"]["arch"] == "mdsr"``, e.g. imported by ``export --from-torch``) gives an
+    ``mdsr.MDSRConfig`` in place of the ``ModelConfig`` (``model_config_from_dict``).
 
     The EMA weights are returned when the run kept them and ``prefer_ema``; params are
     NumPy-backed jax arrays on the first local device, float32. The step read is the best
@@ -596,18 +628,19 @@ def restore_params(path: str | Path, *, prefer_ema: bool = True,
     directory, steps, explicit = candidates(path)
 
     def abstract(config, present):
-        model_config = ModelConfig(**config["model"])
+        model_config = model_config_from_dict(config["model"])
         name = "ema" if prefer_ema and "ema" in present else "params"
         return {name: _abstract_params(model_config)}
 
     step, state, config, _ = _restore_checked(directory, steps, explicit, abstract, say=say)
-    model_config = ModelConfig(**config["model"])
+    model_config = model_config_from_dict(config["model"])
     params = state["ema"] if state.get("ema") is not None else state["params"]
     return model_config, params, {**config, "step": int(step)}
 
 
 def restore_for_inference(path: str | Path) -> tuple[ModelConfig, Any]:
-    """``(ModelConfig, params)`` for inference from a workdir or checkpoint (EMA when kept)."""
+    """``(ModelConfig, params)`` for inference from a workdir or checkpoint (EMA when kept);
+    ``(MDSRConfig, params)`` for an MDSR checkpoint (``restore_params``)."""
     model_config, params, _ = restore_params(path, prefer_ema=True)
     return model_config, params
 
@@ -617,6 +650,8 @@ def save_params_checkpoint(path: str | Path, model_config: ModelConfig, params, 
     """Write ``params`` as an ordinary checkpoint (step 0) under ``path/checkpoints``.
 
     ``params`` is the variables dict of ``model.init`` (``{"params": {...}}``), float32.
+    ``model_config``: a ``ModelConfig`` (EDSR) or an ``mdsr.MDSRConfig`` (stored with
+    ``"arch": "mdsr"``, see ``model_config_to_dict``).
     Usable by fine-tuning, upscale, evaluate and export. Refuses (FileExistsError) when
     ``path`` exists and is not an empty folder. The folder is written under a temporary name
     and renamed when complete (``outputs.atomic_dir``), so a failure (e.g. a full disk,
@@ -635,7 +670,7 @@ def save_params_checkpoint(path: str | Path, model_config: ModelConfig, params, 
     except OSError as e:
         raise outputs.write_error(path.parent, e) from None
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-    config = {"model": model_config.to_dict(), "experiment": experiment or {}, "note": note}
+    config = {"model": model_config_to_dict(model_config), "experiment": experiment or {}, "note": note}
     with outputs.atomic_dir(path) as tmp:
         manager = make_manager(tmp / CHECKPOINT_DIR)
         try:

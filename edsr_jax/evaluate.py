@@ -8,6 +8,7 @@ method's upscaling of LR, then PSNR and SSIM on the Y channel (``--rgb``: on RGB
 
     python -m edsr_jax.evaluate --baselines nearest bilinear bicubic --scales 2 3 4 --json r.json DATASET_DIR...
     python -m edsr_jax.evaluate --checkpoint WORKDIR --bicubic DATASET_DIR...
+    python -m edsr_jax.evaluate --checkpoint MDSR_DIR --scales 2 3 4 DATASET_DIR...   (one MDSR, each scale)
 
 The protocol itself (pairs, scoring, panels) is ``edsr_jax.evaluator``, which the trainer
 uses too; ``evaluator.evaluate_folder`` is this CLI's scoring as a function, for research code.
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="DIR", help="score a trained model (a workdir or checkpoint dir)")
     p.add_argument("--scales", nargs="+", metavar="S",
                    help="scales to score, from 2 3 4 (default: all three for --bicubic alone; "
-                        "the model's scale with --checkpoint)")
+                        "the model's scale with --checkpoint, every scale of an MDSR)")
     p.add_argument("--spec", metavar="SPEC",
                    help="make LR with this degradation instead of MATLAB bicubic, e.g. "
                         "'nearest > jpeg(30,60)' (resize factor filled per scale; seeded per image; "
@@ -194,6 +195,8 @@ def _check_datasets(args, scales: Sequence[int]) -> list[TestSet]:
 
 
 def _load_upscaler(args):
+    """The ``infer.Upscaler`` of ``--checkpoint`` (an MDSR at its first scale: the caller
+    takes the others with ``at_scale``); a bad checkpoint is a UsageError naming it."""
     from edsr_jax.infer import Upscaler  # lazily: only --checkpoint needs JAX and the model
 
     path = Path(args.checkpoint)
@@ -201,7 +204,7 @@ def _load_upscaler(args):
         raise cli.UsageError(f"{path}: no such checkpoint folder")
     try:
         return Upscaler.from_checkpoint(path, ensemble=args.ensemble, tile=args.tile,
-                                        conv_backend=args.conv_backend)
+                                        conv_backend=args.conv_backend, any_scale=True)
     except (OSError, ValueError) as e:
         raise cli.UsageError(f"--checkpoint {path}: {e}") from None
 
@@ -290,13 +293,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     upscaler = None
     scales = list(dict.fromkeys(args.scales or []))
+    model_scales: list[int] = []
     if args.checkpoint:
         upscaler = _load_upscaler(args)
-        model_scale = int(upscaler.scale)
-        if scales and model_scale not in scales:
-            raise cli.UsageError(f"the checkpoint is a x{model_scale} model but --scales asks for "
-                                 f"{' '.join(map(str, scales))}")
-        scales = scales or [model_scale]
+        if upscaler.mdsr_scale is not None:  # an MDSR: every scale asked, from the one checkpoint
+            served = list(upscaler.config.scales)
+            if any(s not in served for s in scales):
+                raise cli.UsageError(f"--scales {' '.join(map(str, scales))}: the checkpoint is an MDSR "
+                                     f"for scales {' '.join(map(str, served))}")
+            scales = scales or served
+            model_scales = list(scales)
+        else:
+            model_scale = int(upscaler.scale)
+            if scales and model_scale not in scales:
+                raise cli.UsageError(f"the checkpoint is a x{model_scale} model but --scales asks for "
+                                     f"{' '.join(map(str, scales))}")
+            scales = scales or [model_scale]
+            model_scales = [model_scale]
     scales = scales or list(SCALES)
     datasets = _check_datasets(args, scales)
     inputs = [p for t in datasets for p in t.paths] + [
@@ -313,12 +326,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods: list[tuple[str, UpscaleFn, list[int], int | None]] = [
         (name, BASELINES[name], scales, None) for name in args.baselines]
     if upscaler is not None:
+        from edsr_jax import infer
+
+        # MDSR: one Upscaler per scale on the shared weights; EDSR: the one
+        by_scale = ({s: upscaler.at_scale(s) for s in model_scales} if upscaler.mdsr_scale is not None
+                    else {model_scales[0]: upscaler})
 
         def model_fn(lr: np.ndarray, scale: int) -> np.ndarray:
-            return upscaler(lr)
+            return by_scale[scale](lr)
 
-        methods.append((str(upscaler.name), model_fn, [int(upscaler.scale)],
-                        getattr(upscaler, "step", None)))
+        # EDSR: its name (edsr_baseline_x2); MDSR: one method over its scales (mdsr_baseline)
+        name = infer.model_name(upscaler.config) if upscaler.mdsr_scale is not None else upscaler.name
+        methods.append((str(name), model_fn, model_scales, getattr(upscaler, "step", None)))
 
     for option, folder, path_of in (("--save-images", args.save_images, sr_path),
                                     ("--save-panels", args.save_panels, panel_path)):

@@ -5,6 +5,11 @@ and import official PyTorch weights as an ordinary checkpoint.
     python -m edsr_jax.export --checkpoint DIR --out MODEL.pt
     python -m edsr_jax.export --from-torch edsr_baseline_x2.pt --out DIR  (scale, preset read from the weights)
 
+MDSR (``edsr_jax.mdsr``) too: ``--from-torch mdsr_baseline.pt`` imports the official MDSR
+layout (every scale in one checkpoint); a StableHLO export holds one scale (``--scale N``
+required, the artifact's ``name`` and ``scale`` say which); ``--format torch`` writes the
+official MDSR key layout with every scale.
+
 The StableHLO artifact runs with ``edsr_jax.stablehlo_runner`` (JAX and NumPy only).
 The checkpoint stays the lasting artifact: serialized exports are tied to a window of
 JAX versions, so re-export when needed. PyTorch is optional (``pip install "edsr-jax[torch]"``).
@@ -22,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from edsr_jax import cli, infer, stablehlo_runner, torch_convert
+from edsr_jax import cli, infer, mdsr, stablehlo_runner, torch_convert
 from edsr_jax.model import PRESETS, ModelConfig, preset
 
 TORCH_HINT = 'PyTorch is not installed; install it with: pip install "edsr-jax[torch]"'
@@ -44,18 +49,28 @@ def format_for(out: str | Path, given: str | None) -> str:
 
 
 def stablehlo_artifact(config: ModelConfig, params, *, dtype: str = "float32",
-                       platforms: Sequence[str] = PLATFORMS, name: str | None = None) -> bytes:
+                       platforms: Sequence[str] = PLATFORMS, name: str | None = None,
+                       scale: int | None = None) -> bytes:
     """Bytes of a StableHLO artifact (see ``stablehlo_runner``): ``(b, h, w, 3)`` float32 in
-    [0, 255] -> ``(b, h*s, w*s, 3)`` float32, batch/height/width symbolic, weights baked in."""
+    [0, 255] -> ``(b, h*s, w*s, 3)`` float32, batch/height/width symbolic, weights baked in.
+    An ``mdsr.MDSRConfig`` needs ``scale`` (one of its scales): the artifact runs that scale
+    only (its branches' weights alone are baked in), and its header's ``scale`` and ``name``
+    (``mdsr_baseline_x3``) say so, ``model`` holds ``"arch": "mdsr"``. EDSR: ``scale`` None or
+    its own (``infer.resolve_scale``; ValueError otherwise)."""
+    from edsr_jax import checkpoint
+
+    mdsr_scale = infer.resolve_scale(config, scale)
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), infer._inner(params))
-    fn = jax.jit(lambda x: infer.apply(params, x, config, infer.DTYPES[infer._dtype_name(dtype)]))
+    fn = jax.jit(lambda x: infer.apply(params, x, config, infer.DTYPES[infer._dtype_name(dtype)],
+                                       mdsr_scale))
     b, h, w = jax_export.symbolic_shape("b, h, w")
     exported = jax_export.export(fn, platforms=list(platforms))(
         jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32))
-    s = config.scale
+    s = infer.output_scale(config, mdsr_scale)
     header = {
         "format": "edsr-jax-stablehlo", "version": 1,
-        "name": name or infer.model_name(config), "scale": s, "model": config.to_dict(),
+        "name": name or infer.model_name(config, mdsr_scale), "scale": s,
+        "model": checkpoint.model_config_to_dict(config),
         "compute_dtype": infer._dtype_name(dtype), "platforms": list(platforms),
         "input": {"shape": ["b", "h", "w", 3], "dtype": "float32", "range": [0, 255], "layout": "NHWC"},
         "output": {"shape": ["b", f"{s}*h", f"{s}*w", 3], "dtype": "float32",
@@ -66,9 +81,14 @@ def stablehlo_artifact(config: ModelConfig, params, *, dtype: str = "float32",
 
 
 def torch_state_dict(config: ModelConfig, params):
-    """Our params -> official EDSR ``state_dict`` of torch tensors (needs torch)."""
+    """Our params -> official EDSR ``state_dict`` of torch tensors (needs torch); an
+    ``mdsr.MDSRConfig`` gives the official MDSR layout (every scale's branches)."""
     torch = _torch()
-    return {k: torch.from_numpy(v) for k, v in torch_convert.to_state_dict(params, config).items()}
+    if infer.is_mdsr(config):
+        sd = torch_convert.mdsr_to_state_dict(infer._inner(params), config)
+    else:
+        sd = torch_convert.to_state_dict(params, config)
+    return {k: torch.from_numpy(v) for k, v in sd.items()}
 
 
 def load_torch_state_dict(path: str | Path) -> dict:
@@ -96,10 +116,17 @@ def import_torch(path: str | Path, out: str | Path, *, scale: int | None = None,
     """Convert an official-layout PyTorch ``.pt`` to a params-only checkpoint in ``out``
     (usable by train fine-tuning, upscale, evaluate). ``scale`` None: read from the
     upsampler's shapes; ``preset_name`` None: the preset whose blocks and features match.
-    Returns the checkpoint step folder."""
+    An MDSR state_dict (``pre_process.*`` keys) is imported whole, every scale
+    (``import_torch_mdsr``). Returns the checkpoint step folder."""
     from edsr_jax import checkpoint
 
     sd = load_torch_state_dict(path)
+    if any(str(k).removeprefix("module.").startswith("pre_process.") for k in sd):
+        return import_torch_mdsr(path, out, sd, scale=scale, preset_name=preset_name,
+                                 res_scale=res_scale)
+    if preset_name is not None and preset_name not in PRESETS:
+        raise cli.UsageError(f"--preset {preset_name}: {Path(path).name} holds EDSR weights; "
+                             f"choose from {', '.join(sorted(PRESETS))}")
     try:
         if scale is None:
             scale = torch_convert.infer_config(sd).scale
@@ -119,6 +146,34 @@ def import_torch(path: str | Path, out: str | Path, *, scale: int | None = None,
     try:
         return checkpoint.save_params_checkpoint(
             out, config, {"params": params}, note=f"imported from PyTorch weights {Path(path).name}")
+    except FileExistsError as e:
+        raise cli.UsageError(str(e)) from None
+
+
+def import_torch_mdsr(path: str | Path, out: str | Path, sd: dict, *, scale: int | None = None,
+                      preset_name: str | None = None, res_scale: float | None = None) -> Path:
+    """Write the official-layout MDSR ``state_dict`` ``sd`` (read from ``path``) as a
+    params-only checkpoint in ``out`` whose config says MDSR and its scales. ``preset_name``
+    (an ``mdsr.PRESETS`` name) is checked against the weights; ``scale`` and ``res_scale``
+    do not apply (UsageError naming the option). Returns the checkpoint step folder."""
+    from edsr_jax import checkpoint
+
+    if scale is not None:
+        raise cli.UsageError(f"--scale {scale}: {Path(path).name} holds MDSR weights, which serve "
+                             "every scale; the checkpoint keeps them all (choose the scale when "
+                             "upscaling, evaluating or exporting StableHLO)")
+    if res_scale is not None:
+        raise cli.UsageError("--res-scale applies to EDSR weights; MDSR has no residual scaling")
+    if preset_name is not None and preset_name not in mdsr.PRESETS:
+        raise cli.UsageError(f"--preset {preset_name}: {Path(path).name} holds MDSR weights; "
+                             f"choose from {', '.join(sorted(mdsr.PRESETS))}")
+    try:
+        config, params = torch_convert.mdsr_from_state_dict(sd, preset_name=preset_name)
+    except torch_convert.ConversionError as e:
+        raise cli.UsageError(f"{path}: {e}") from None
+    try:
+        return checkpoint.save_params_checkpoint(
+            out, config, {"params": params}, note=f"imported from PyTorch MDSR weights {Path(path).name}")
     except FileExistsError as e:
         raise cli.UsageError(str(e)) from None
 
@@ -172,9 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platforms", default=",".join(PLATFORMS),
                    help="comma-separated platforms of a StableHLO export (default cpu,cuda)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4),
-                   help="upscaling factor of --from-torch weights (default: read from their upsampler; "
-                        "given, it is checked against them)")
-    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="upscaling factor of --from-torch EDSR weights (default: read from their "
+                        "upsampler; given, it is checked against them); with --checkpoint, the "
+                        "scale of an MDSR's StableHLO export (required there)")
+    p.add_argument("--preset", choices=sorted(PRESETS) + sorted(mdsr.PRESETS),
                    help="architecture of --from-torch weights (checked against them; default: guessed)")
     p.add_argument("--res-scale", type=float,
                    help="residual scaling of --from-torch weights when they match no preset (default 1.0)")
@@ -202,21 +258,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_out_not_in_checkpoint(out, Path(args.checkpoint))
     if args.format == "torch":
         torch = _torch()  # fail before the (slow) restore when torch is missing
+
     platforms = [s.strip() for s in args.platforms.split(",") if s.strip()]
     bad = [s for s in platforms if s not in ("cpu", "cuda", "rocm", "tpu")]
     if bad or not platforms:
         raise cli.UsageError(f"--platforms: unknown platform(s) {bad or platforms}; use cpu, cuda, rocm, tpu")
     config, params = _restore(args.checkpoint)
+    if infer.is_mdsr(config) and args.format == "torch" and args.scale is not None:
+        raise cli.UsageError(f"--scale {args.scale}: a torch export of an MDSR holds every scale "
+                             f"({' '.join(map(str, config.scales))}); --scale is for --format stablehlo")
+    mdsr_scale = None  # an MDSR's torch export holds every scale
+    if args.format == "stablehlo" or not infer.is_mdsr(config):
+        try:
+            mdsr_scale = infer.resolve_scale(config, args.scale, option="--scale")
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
     if args.format == "stablehlo":
-        write_bytes(out, stablehlo_artifact(config, params, dtype=args.dtype, platforms=platforms),
-                    args.overwrite)
+        write_bytes(out, stablehlo_artifact(config, params, dtype=args.dtype, platforms=platforms,
+                                            scale=mdsr_scale), args.overwrite)
     else:
         import io
 
         buf = io.BytesIO()
         torch.save(torch_state_dict(config, params), buf)
         write_bytes(out, buf.getvalue(), args.overwrite)
-    print(f"wrote {out} ({infer.model_name(config)}, x{config.scale})")
+    if infer.is_mdsr(config) and mdsr_scale is None:
+        print(f"wrote {out} ({infer.model_name(config)}, scales {' '.join(map(str, config.scales))})")
+    else:
+        print(f"wrote {out} ({infer.model_name(config, mdsr_scale)}, x{infer.output_scale(config, mdsr_scale)})")
     return 0
 
 

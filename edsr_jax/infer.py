@@ -18,11 +18,15 @@
   averaged in float32 (a whole non-square image also compiles its transposed bucket).
 - **Batches** ``(N, H, W, 3)`` of small images run as many per call as fit in one tile's
   memory; larger ones go through tiles one image at a time.
+- **MDSR** (``mdsr.MDSRConfig``): everything above for one of its scales, chosen when the
+  Upscaler is made (``Upscaler(config, params, scale=3)``; ``at_scale`` shares the weights);
+  the mask covers its 5x5 pre-processing convolutions too (``model.Conv`` of any size).
 """
 
 from __future__ import annotations
 
 import collections
+import copy
 import math
 from typing import Any
 
@@ -31,15 +35,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edsr_jax import onednn_conv, xla_options
-from edsr_jax.model import DTYPES, PRESETS, Conv3x3, ModelConfig, receptive_radius
+from edsr_jax import mdsr, onednn_conv, xla_options
+from edsr_jax.model import DTYPES, PRESETS, Conv, ModelConfig, receptive_radius
 
 MIN_BUCKET = 16
 
-# Traces of the jitted forward pass per (config, dtype name, conv backend "xla"/"onednn"):
-# one per compiled shape.
+# Traces of the jitted forward pass per (config, dtype name, conv backend "xla"/"onednn",
+# MDSR scale or None): one per compiled shape.
 _TRACES: collections.Counter = collections.Counter()
-_JITTED: dict[tuple[ModelConfig, str, str], Any] = {}
+_JITTED: dict[tuple[Any, str, str, int | None], Any] = {}
+
+
+def is_mdsr(config) -> bool:
+    """Whether ``config`` describes an MDSR (``mdsr.MDSRConfig``) rather than an EDSR."""
+    return isinstance(config, mdsr.MDSRConfig)
+
+
+def resolve_scale(config, scale: int | None = None, *, option: str = "scale") -> int | None:
+    """The MDSR scale to run, or None for an EDSR (its scale is fixed by the weights).
+
+    MDSR: ``scale`` must be one of ``config.scales``; EDSR: ``scale`` must be None or the
+    model's own scale. Otherwise ValueError naming ``option`` (the CLIs pass "--scale")."""
+    if is_mdsr(config):
+        if scale is None:
+            raise ValueError(f"an MDSR model serves scales {' '.join(map(str, config.scales))}: "
+                             f"choose one with {option}")
+        if scale not in config.scales:
+            raise ValueError(f"{option} {scale}: this MDSR model serves scales "
+                             f"{' '.join(map(str, config.scales))}")
+        return int(scale)
+    if scale is not None and scale != config.scale:
+        raise ValueError(f"{option} {scale}: this EDSR model upscales x{config.scale} only "
+                         f"({option} chooses the scale of an MDSR model)")
+    return None
+
+
+def output_scale(config, scale: int | None = None) -> int:
+    """The upscaling factor of a forward pass: ``scale`` for MDSR (checked by
+    ``resolve_scale``), ``config.scale`` for EDSR."""
+    return resolve_scale(config, scale) if is_mdsr(config) else int(config.scale)
+
+
+def model_radius(config, scale: int | None = None) -> int:
+    """LR pixels of context each output pixel needs (``model.receptive_radius`` for EDSR,
+    ``mdsr.receptive_radius(config, scale)`` for MDSR, its 5x5 convolutions counted)."""
+    if is_mdsr(config):
+        return mdsr.receptive_radius(config, resolve_scale(config, scale))
+    return receptive_radius(config)
 
 
 def bucket(n: int) -> int:
@@ -52,27 +94,34 @@ def bucket(n: int) -> int:
     return step * max(4, -(-n // step))
 
 
-def apply(params, lr, config: ModelConfig, dtype=jnp.float32) -> jnp.ndarray:
+def apply(params, lr, config: ModelConfig, dtype=jnp.float32, scale: int | None = None) -> jnp.ndarray:
     """EDSR forward pass: ``(N, H, W, 3)`` float in [0, 255] -> ``(N, H*s, W*s, 3)`` float32,
-    not clipped. Pure and jit-friendly (``config`` and ``dtype`` static). ``params`` is the
-    parameter tree ``{head, block_i, ...}`` or the variables dict ``{"params": ...}``."""
+    not clipped. Pure and jit-friendly (``config``, ``dtype`` and ``scale`` static). ``params``
+    is the parameter tree ``{head, block_i, ...}`` or the variables dict ``{"params": ...}``.
+    An ``mdsr.MDSRConfig`` needs ``scale`` (one of its scales; ``resolve_scale``)."""
+    scale = resolve_scale(config, scale)
     model = config.build(dtype=_dtype(dtype))
-    return model.apply({"params": _inner(params)}, jnp.asarray(lr, jnp.float32))
+    extra = () if scale is None else (scale,)
+    return model.apply({"params": _inner(params)}, jnp.asarray(lr, jnp.float32), *extra)
 
 
 def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32,
-                 conv_backend: str = "xla") -> jnp.ndarray:
+                 conv_backend: str = "xla", scale: int | None = None) -> jnp.ndarray:
     """``apply`` on a padded batch: only ``x[n, y0:y1, x0:x1]`` with ``bounds[n] = (y0, y1,
     x0, x1)`` (int, LR pixels) counts as image; everything outside is treated as the
     convolutions' zero padding. ``(N, h, w, 3)`` float [0, 255] -> ``(N, h*s, w*s, 3)``
     float32 whose region ``bounds * s`` equals ``apply`` on the cropped image.
-    ``conv_backend``: "xla" or "onednn" (``model.Conv3x3``; float32 on CPU)."""
+    ``conv_backend``: "xla" or "onednn" (``model.Conv``; float32 on CPU). ``scale``: the
+    MDSR scale (``resolve_scale``; None for EDSR). Every ``model.Conv`` (3x3, and MDSR's 5x5)
+    sees its input masked, so its own zero padding is the image border."""
+    scale = resolve_scale(config, scale)
+    extra = () if scale is None else (scale,)
     model = config.build(dtype=_dtype(dtype), conv_backend=conv_backend)
     lr_h = x.shape[1]
     bounds = jnp.asarray(bounds, jnp.int32)
 
     def mask_conv_inputs(next_fun, args, kwargs, context):
-        if isinstance(context.module, Conv3x3) and context.method_name == "__call__":
+        if isinstance(context.module, Conv) and context.method_name == "__call__":
             (y,) = args
             f = y.shape[1] // lr_h  # 1 before the upsampler, then 2, 3 or 4
             b = bounds[:, :, None, None, None] * f
@@ -83,7 +132,7 @@ def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32,
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(mask_conv_inputs):
-        return model.apply({"params": _inner(params)}, jnp.asarray(x, jnp.float32))
+        return model.apply({"params": _inner(params)}, jnp.asarray(x, jnp.float32), *extra)
 
 
 def conv_backend_for(conv_backend: str = "auto", dtype="float32", *, option: str = "conv_backend",
@@ -98,17 +147,17 @@ def conv_backend_for(conv_backend: str = "auto", dtype="float32", *, option: str
                                       option=option, dtype_option=dtype_option)
 
 
-def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto"):
+def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto", scale: int | None = None):
     """The module-level jitted ``apply_masked(params, x, bounds)`` for one architecture,
-    compute dtype and convolution backend (``conv_backend_for``); compiles once per input
-    shape, whatever the params' values. Runs on JAX's default device."""
-    key = (config, _dtype_name(dtype), conv_backend_for(conv_backend, dtype))
+    compute dtype, convolution backend (``conv_backend_for``) and MDSR scale (None for EDSR);
+    compiles once per input shape, whatever the params' values. Runs on JAX's default device."""
+    key = (config, _dtype_name(dtype), conv_backend_for(conv_backend, dtype), resolve_scale(config, scale))
     fn = _JITTED.get(key)
     if fn is None:
 
         def forward(params, x, bounds):
             _TRACES[key] += 1  # runs at trace time only: one count per compilation
-            return apply_masked(params, x, bounds, config, DTYPES[key[1]], key[2])
+            return apply_masked(params, x, bounds, config, DTYPES[key[1]], key[2], key[3])
         fn = _JITTED[key] = jax.jit(forward, compiler_options=xla_options.compiler_options())
     return fn
 
@@ -116,7 +165,7 @@ def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto"):
 def compile_count(config: ModelConfig | None = None, dtype: str | None = None) -> int:
     """How many times the jitted forward pass was traced (= compiled), for all cached
     functions or only those of ``config`` (and ``dtype``)."""
-    return sum(n for (c, d, _), n in _TRACES.items()
+    return sum(n for (c, d, *_), n in _TRACES.items()
                if (config is None or c == config) and (dtype is None or d == _dtype_name(dtype)))
 
 
@@ -127,7 +176,7 @@ def clear_cache(config: ModelConfig | None = None) -> None:
         del _JITTED[key]
 
 
-def bytes_per_lr_pixel(config: ModelConfig, dtype="float32") -> int:
+def bytes_per_lr_pixel(config: ModelConfig, dtype="float32", scale: int | None = None) -> int:
     """Estimated peak activation memory per LR pixel of one forward pass, in bytes.
 
     The estimate: the body keeps about 4 feature maps alive (long skip, residual stream,
@@ -136,24 +185,35 @@ def bytes_per_lr_pixel(config: ModelConfig, dtype="float32") -> int:
     masks and the float32 output add ``~3 (1 + s^2)`` float32 values. Multiplied by
     the compute dtype's size, plus 50% slack for XLA's temporaries. Measured on CPU
     (benchmarks/inference.py, EDSR-baseline): about 2.5 KB per LR pixel at x2 and 10 KB at
-    x4 against estimates of 4.7 and 14 KB, so the budget is an upper bound.
+    x4 against estimates of 4.7 and 14 KB, so the budget is an upper bound. MDSR: the same
+    estimate at ``scale`` (its pre-processing holds no more feature maps than the body).
     """
     item = jnp.dtype(_dtype(dtype)).itemsize
-    f, s = config.num_features, config.scale
+    f, s = config.num_features, output_scale(config, scale)
     values = (4 * f + 2 * f * s * s) * item + 3 * (1 + s * s) * 4
     return int(values * 1.5)
 
 
-def tile_for_budget(config: ModelConfig, memory_budget_mb: float, dtype="float32") -> int:
+def tile_for_budget(config: ModelConfig, memory_budget_mb: float, dtype="float32",
+                    scale: int | None = None) -> int:
     """Largest tile side (LR pixels, a multiple of 8, at least 16) whose processed square,
-    ``tile + 2 * receptive_radius``, fits in ``memory_budget_mb`` by ``bytes_per_lr_pixel``."""
-    side = math.isqrt(int(memory_budget_mb * 2**20 / bytes_per_lr_pixel(config, dtype)))
-    core = side - 2 * receptive_radius(config)
+    ``tile + 2 * receptive_radius``, fits in ``memory_budget_mb`` by ``bytes_per_lr_pixel``
+    (MDSR: at ``scale``)."""
+    side = math.isqrt(int(memory_budget_mb * 2**20 / bytes_per_lr_pixel(config, dtype, scale)))
+    core = side - 2 * model_radius(config, scale)
     return max(16, core // 8 * 8)
 
 
-def model_name(config: ModelConfig) -> str:
-    """``edsr_baseline_x2`` when the architecture is a preset, else ``edsr_b{B}_f{F}_x{s}``."""
+def model_name(config: ModelConfig, scale: int | None = None) -> str:
+    """``edsr_baseline_x2`` when the architecture is a preset, else ``edsr_b{B}_f{F}_x{s}``.
+    MDSR: ``mdsr_baseline`` / ``mdsr_b{B}_f{F}`` (preset or not), ``_x{scale}`` appended when
+    ``scale`` is given."""
+    if is_mdsr(config):
+        name = next((n for n, (b, f) in mdsr.PRESETS.items()
+                     if (config.num_blocks, config.num_features) == (b, f)
+                     and tuple(config.scales) == mdsr.preset(n).scales),
+                    f"mdsr_b{config.num_blocks}_f{config.num_features}")
+        return name if scale is None else f"{name}_x{scale}"
     for name, (blocks, features, res_scale) in PRESETS.items():
         if (config.num_blocks, config.num_features, config.res_scale) == (blocks, features, res_scale):
             return f"{name}_x{config.scale}"
@@ -172,42 +232,73 @@ class Upscaler:
     extension is built, XLA's elsewhere), "xla" (opt out) or "onednn" (ValueError where it
     cannot run); the same choices and messages as the trainer's ``train.conv_backend``. The
     resolved choice is ``self.conv_backend``.
+
+    ``config`` may be an ``mdsr.MDSRConfig``: then ``scale`` (one of its scales) is required
+    and picks the branches this Upscaler runs (``at_scale`` gives another scale on the same
+    weights). For an EDSR ``scale`` is None or its own scale; another is a ValueError
+    (``resolve_scale``).
     """
 
     def __init__(self, config: ModelConfig, params, *, tile: int | None = None,
                  ensemble: bool = False, dtype: str = "float32", memory_budget_mb: float = 1024,
-                 name: str | None = None, conv_backend: str = "auto"):
+                 name: str | None = None, conv_backend: str = "auto", scale: int | None = None):
         self.config = config.validate()
+        self.mdsr_scale = resolve_scale(self.config, scale)
         self.dtype = _dtype_name(dtype)
         self.conv_backend = conv_backend_for(conv_backend, self.dtype)
         self.ensemble = bool(ensemble)
-        self.overlap = receptive_radius(config)
+        self.overlap = model_radius(config, self.mdsr_scale)
+        self._tile_given = tile
+        self._memory_budget_mb = memory_budget_mb
         if tile is None:
-            tile = tile_for_budget(config, memory_budget_mb, self.dtype)
+            tile = tile_for_budget(config, memory_budget_mb, self.dtype, self.mdsr_scale)
         if int(tile) != tile or tile < 8:
             raise ValueError(f"tile must be an integer >= 8 LR pixels, got {tile!r}")
         self.tile = int(tile)
-        self.name = name or model_name(config)
+        self.name = name or model_name(config, self.mdsr_scale)
         self.step: int | None = None  # the checkpoint's step when loaded by from_checkpoint
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), _inner(params))
         self.params = jax.device_put(_plain_dict(params))
-        self._fn = jitted(self.config, self.dtype, self.conv_backend)
+        self._fn = jitted(self.config, self.dtype, self.conv_backend, self.mdsr_scale)
+
+    def at_scale(self, scale: int) -> "Upscaler":
+        """This MDSR Upscaler at another of its scales, sharing the weights on the device (no
+        copy); the same tile rule, ensemble, dtype, backend and step. ValueError for an EDSR
+        (unless ``scale`` is its own) or a scale the MDSR does not serve."""
+        resolve_scale(self.config, scale)
+        if not is_mdsr(self.config):
+            return self
+        other = copy.copy(self)  # shallow: the same params arrays
+        other.mdsr_scale = int(scale)
+        other.overlap = model_radius(self.config, other.mdsr_scale)
+        other.tile = int(self._tile_given) if self._tile_given is not None else tile_for_budget(
+            self.config, self._memory_budget_mb, self.dtype, other.mdsr_scale)
+        other.name = model_name(self.config, other.mdsr_scale)
+        other._fn = jitted(self.config, self.dtype, self.conv_backend, other.mdsr_scale)
+        return other
 
     @classmethod
-    def from_checkpoint(cls, path, **kw) -> "Upscaler":
+    def from_checkpoint(cls, path, *, scale: int | None = None, scale_option: str = "scale",
+                        any_scale: bool = False, **kw) -> "Upscaler":
         """Load the weights (EMA when kept) of a training workdir or checkpoint folder;
-        ``self.step`` is the checkpoint's step (None for an Upscaler made from params)."""
+        ``self.step`` is the checkpoint's step (None for an Upscaler made from params). An
+        MDSR checkpoint needs ``scale`` (see the class), unless ``any_scale``: then its first
+        scale is taken (for callers that go on with ``at_scale``). A missing or wrong scale is
+        a ValueError naming ``scale_option`` (the CLIs pass "--scale")."""
         from edsr_jax import checkpoint
 
         config, params, saved = checkpoint.restore_params(path, prefer_ema=True)
-        upscaler = cls(config, params, **kw)
+        if any_scale and scale is None and is_mdsr(config):
+            scale = config.scales[0]
+        resolve_scale(config, scale, option=scale_option)
+        upscaler = cls(config, params, scale=scale, **kw)
         upscaler.step = saved.get("step")
         return upscaler
 
     @property
     def scale(self) -> int:
-        """The upscaling factor (2, 3 or 4)."""
-        return self.config.scale
+        """The upscaling factor (2, 3 or 4): the EDSR's, or the MDSR scale chosen."""
+        return output_scale(self.config, self.mdsr_scale)
 
     def __call__(self, lr) -> np.ndarray:
         """``(H, W, 3)`` or ``(N, H, W, 3)`` uint8 -> same rank, ``H*s, W*s``, uint8
@@ -345,5 +436,6 @@ def _dtype(dtype):
 
 
 __all__ = ["apply", "apply_masked", "Upscaler", "bucket", "jitted", "conv_backend_for",
+           "is_mdsr", "resolve_scale", "output_scale", "model_radius",
            "compile_count", "clear_cache",
            "bytes_per_lr_pixel", "tile_for_budget", "model_name"]

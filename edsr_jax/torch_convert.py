@@ -104,8 +104,8 @@ def infer_config(state_dict: Mapping[str, Any], res_scale: float = 1.0) -> Model
                               f"(first keys: {', '.join(list(sd)[:5]) or 'none'})")
     if any(k.startswith("pre_process.") for k in sd):
         raise ConversionError("this is an MDSR state_dict (it has pre_process.* keys), not an EDSR "
-                              "one: load it with torch_convert.mdsr_from_state_dict (the "
-                              "command-line tools do not take MDSR yet)")
+                              "one: load it with torch_convert.mdsr_from_state_dict (or "
+                              "python -m edsr_jax.export --from-torch)")
     features = int(sd["head.0.weight"].shape[0])
     blocks = _count_blocks(sd)
     if "tail.0.2.weight" in sd:

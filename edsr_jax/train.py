@@ -652,6 +652,9 @@ def _finetune_params(config, model: EDSR, model_config: ModelConfig, logger: Log
         loaded_config, loaded, _ = checkpoint.restore_params(source, prefer_ema=True)
     except checkpoint.CheckpointNotFound as e:
         raise cli.UsageError(f"config.train.init_from: {e}") from None
+    if not isinstance(loaded_config, ModelConfig):  # an MDSR checkpoint (issue 19: not trained yet)
+        raise cli.UsageError(f"config.train.init_from {source}: an MDSR checkpoint; the trainer "
+                             "fine-tunes EDSR from EDSR weights only")
     fresh = model.init(jax.random.key(config.train.seed), jnp.zeros((1, 8, 8, 3)))
     # A different scale means a different upsampler: re-initialise it and the tail (the paper).
     skip = ("upsample_", "tail") if loaded_config.scale != model_config.scale else ()

@@ -9,6 +9,9 @@ written over an input, and no existing output is replaced without ``--overwrite`
 input that cannot be read is reported and skipped; the rest are still done and the exit
 code is 1. Bad options, a missing checkpoint or no inputs: ``error: ...`` and exit 2.
 
+An MDSR checkpoint (e.g. ``export --from-torch mdsr_baseline.pt``) serves several scales:
+``--scale N`` chooses one (required there; with an EDSR it may only repeat the model's scale).
+
 Each output keeps its input's kind (``upscale_decoded``; the README's table): grayscale
 stays grayscale (the model's three output channels averaged), an alpha channel is upscaled
 with MATLAB bicubic and re-attached, 16-bit grayscale stays 16-bit (the model runs on the
@@ -114,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", required=True, help="training workdir or checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (created when missing)")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4),
+                   help="upscaling factor of an MDSR checkpoint (required there; an EDSR's is fixed)")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in LR pixels (default: chosen from --memory-budget-mb)")
     p.add_argument("--memory-budget-mb", type=float, default=1024,
@@ -233,8 +238,9 @@ def _load(args):
     try:
         return Upscaler.from_checkpoint(args.checkpoint, tile=args.tile, ensemble=args.ensemble,
                                         dtype=args.dtype, memory_budget_mb=args.memory_budget_mb,
-                                        conv_backend=args.conv_backend)
-    except (OSError, ValueError) as e:  # CheckpointNotFound, CheckpointMismatch, bad --tile
+                                        conv_backend=args.conv_backend, scale=args.scale,
+                                        scale_option="--scale")
+    except (OSError, ValueError) as e:  # CheckpointNotFound, CheckpointMismatch, bad --tile or --scale
         raise cli.UsageError(f"--checkpoint {args.checkpoint}: {e}") from None
 
 

@@ -124,13 +124,14 @@ class FakeUpscaler:
 
     scale = 2
     name = "fake-x2"
+    mdsr_scale = None  # an EDSR (infer.Upscaler: the MDSR scale chosen, or None)
     loaded = []
 
     def __init__(self, ensemble, tile):
         self.ensemble, self.tile = ensemble, tile
 
     @classmethod
-    def from_checkpoint(cls, path, ensemble=False, tile=None, conv_backend="auto"):
+    def from_checkpoint(cls, path, ensemble=False, tile=None, conv_backend="auto", any_scale=False):
         if "bad" in str(path):
             raise ValueError("no model config in this folder")
         cls.loaded.append((str(path), ensemble, tile, conv_backend))
