@@ -36,6 +36,22 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers ``>= minimum``; other text gets one error line
+    ("expected a whole number, got 'x'" / "must be at least 1, got 0")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)`` and return its exit code (see the module docstring).
 

@@ -51,16 +51,6 @@ scores: PSNR and SSIM on Y (MATLAB rgb2ycbcr luma, as EDSR, RCAN and most SR pap
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from edsr_jax.degrade import SPEC_HELP
 
@@ -94,11 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "'nearest > jpeg(30,60)' (resize factor filled per scale; seeded per image; "
                         "grammar below)")
     p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble for the model (slower)")
-    p.add_argument("--tile", type=_positive_int, metavar="N", help="run the model on N x N LR tiles")
+    p.add_argument("--tile", type=cli.whole_number(1), metavar="N", help="run the model on N x N LR tiles")
     p.add_argument("--conv-backend", default="auto", metavar="{auto,xla,onednn}",
                    help="the model's convolutions: auto (oneDNN's on CPU where built, XLA's "
                         "elsewhere; default), xla, or onednn")
-    p.add_argument("--max-images", type=_positive_int, metavar="N", help="score only the first N images of each folder")
+    p.add_argument("--max-images", type=cli.whole_number(1), metavar="N", help="score only the first N images of each folder")
     p.add_argument("--save-images", metavar="DIR",
                    help="write every full SR output here: DIR/<set>/x<s>/<image>_<method>[_step<N>].png")
     p.add_argument("--save-panels", metavar="DIR",

@@ -597,30 +597,6 @@ def _size_arg(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _count_arg(text: str) -> int:
-    import argparse
-
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
-
-
-def _seed_arg(text: str) -> int:
-    import argparse
-
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
-
-
 def build_parser():
     """The CLI's ``cli.ArgumentParser``."""
     from edsr_jax import cli
@@ -630,9 +606,9 @@ def build_parser():
                                        "arrows, a bar chart, a table, framed photographs on a light "
                                        "background) as PNG training images; deterministic per seed.")
     p.add_argument("--out", help="folder to write poster-s<SEED>-<i>.png and posters-s<SEED>.json into (created)")
-    p.add_argument("--count", type=_count_arg, default=10, help="how many posters (default 10)")
+    p.add_argument("--count", type=cli.whole_number(1), default=10, help="how many posters (default 10)")
     p.add_argument("--size", type=_size_arg, default=(2048, 1152), help="WIDTHxHEIGHT in pixels (default 2048x1152)")
-    p.add_argument("--seed", type=_seed_arg, default=0, help="random seed, 0 or more (default 0)")
+    p.add_argument("--seed", type=cli.whole_number(0), default=0, help="random seed, 0 or more (default 0)")
     p.add_argument("--photos", default=None,
                    help="folder of photographs to place in frames (default: the built-in sample photographs)")
     p.add_argument("--fonts", default=None,
