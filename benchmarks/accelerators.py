@@ -183,8 +183,9 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
 
 def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int | None = None) -> dict:
     """Lowered inference forward passes on one device: an Upscaler tile (``tile`` LR pixels
-    plus the receptive radius each side; default: the Upscaler's, from its 1 GiB budget) and an
-    evaluation image (Set14-sized LR at x``scale``, bucketed): ``{name: (lowered, LR pixels)}``."""
+    plus the receptive radius each side; default: the Upscaler's, from its 1 GiB budget), masked
+    (a border tile) and as a tile inside the image runs, and an evaluation image (Set14-sized LR
+    at x``scale``, bucketed): ``{name: (lowered, LR pixels)}``."""
     import jax
     import jax.numpy as jnp
 
@@ -198,17 +199,24 @@ def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int
     params = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3))), jax.random.key(0))
     params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one),
                                     infer._plain_dict(infer._inner(params)))
-    fn = jax.jit(functools.partial(infer.apply_masked, config=model_config, dtype=dtype,
-                                   conv_backend="xla"),
-                 compiler_options=xla_options.compiler_options(device.platform))
+    def fn(masked: bool):
+        return jax.jit(functools.partial(infer.apply_masked, config=model_config, dtype=dtype,
+                                         conv_backend="xla", masked=masked),
+                       compiler_options=xla_options.compiler_options(device.platform))
+
     tile = tile or infer.tile_for_budget(model_config, 1024, dtype)
     side = tile + 2 * receptive_radius(model_config)
     eval_h, eval_w = infer.bucket(512 // scale), infer.bucket(384 // scale)
     out = {}
-    for name, (h, w) in {"upscale_tile": (side, side), "evaluate_image": (eval_h, eval_w)}.items():
+    # A tile inside the image runs unmasked where xla_options.unmask_full_batches says so.
+    inside = not xla_options.unmask_full_batches(device.platform)
+    programs = {"upscale_tile": (side, True), "upscale_tile_inside": (side, inside),
+                "evaluate_image": ((eval_h, eval_w), True)}
+    for name, (size, masked) in programs.items():
+        h, w = size if isinstance(size, tuple) else (size, size)
         x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32, sharding=one)
         bounds = jax.ShapeDtypeStruct((1, 4), jnp.int32, sharding=one)
-        out[f"{name} {h}x{w}"] = (_lower(fn, (params, x, bounds), platform), h * w)
+        out[f"{name} {h}x{w}"] = (_lower(fn(masked), (params, x, bounds), platform), h * w)
     return out
 
 

@@ -106,17 +106,22 @@ def apply(params, lr, config: ModelConfig, dtype=jnp.float32, scale: int | None 
 
 
 def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32,
-                 conv_backend: str = "xla", scale: int | None = None) -> jnp.ndarray:
+                 conv_backend: str = "xla", scale: int | None = None,
+                 masked: bool = True) -> jnp.ndarray:
     """``apply`` on a padded batch: only ``x[n, y0:y1, x0:x1]`` with ``bounds[n] = (y0, y1,
     x0, x1)`` (int, LR pixels) counts as image; everything outside is treated as the
     convolutions' zero padding. ``(N, h, w, 3)`` float [0, 255] -> ``(N, h*s, w*s, 3)``
     float32 whose region ``bounds * s`` equals ``apply`` on the cropped image.
     ``conv_backend``: "xla" or "onednn" (``model.Conv``; float32 on CPU). ``scale``: the
     MDSR scale (``resolve_scale``; None for EDSR). Every ``model.Conv`` (3x3, and MDSR's 5x5)
-    sees its input masked, so its own zero padding is the image border."""
+    sees its input masked, so its own zero padding is the image border. ``masked=False``
+    skips the mask (``bounds`` unused): the same result where every ``bounds`` row covers the
+    whole padded input, as for a tile inside the image."""
     scale = resolve_scale(config, scale)
     extra = () if scale is None else (scale,)
     model = config.build(dtype=_dtype(dtype), conv_backend=conv_backend)
+    if not masked:
+        return model.apply({"params": _inner(params)}, jnp.asarray(x, jnp.float32), *extra)
     lr_h = x.shape[1]
     bounds = jnp.asarray(bounds, jnp.int32)
 
@@ -147,17 +152,20 @@ def conv_backend_for(conv_backend: str = "auto", dtype="float32", *, option: str
                                       option=option, dtype_option=dtype_option)
 
 
-def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto", scale: int | None = None):
+def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto", scale: int | None = None,
+           masked: bool = True):
     """The module-level jitted ``apply_masked(params, x, bounds)`` for one architecture,
-    compute dtype, convolution backend (``conv_backend_for``) and MDSR scale (None for EDSR);
+    compute dtype, convolution backend (``conv_backend_for``), MDSR scale (None for EDSR) and
+    ``masked`` (False: the forward pass for batches whose bounds cover them whole);
     compiles once per input shape, whatever the params' values. Runs on JAX's default device."""
-    key = (config, _dtype_name(dtype), conv_backend_for(conv_backend, dtype), resolve_scale(config, scale))
+    key = (config, _dtype_name(dtype), conv_backend_for(conv_backend, dtype), resolve_scale(config, scale),
+           bool(masked))
     fn = _JITTED.get(key)
     if fn is None:
 
         def forward(params, x, bounds):
             _TRACES[key] += 1  # runs at trace time only: one count per compilation
-            return apply_masked(params, x, bounds, config, DTYPES[key[1]], key[2], key[3])
+            return apply_masked(params, x, bounds, config, DTYPES[key[1]], key[2], key[3], key[4])
         fn = _JITTED[key] = jax.jit(forward, compiler_options=xla_options.compiler_options())
     return fn
 
@@ -260,6 +268,9 @@ class Upscaler:
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), _inner(params))
         self.params = jax.device_put(_plain_dict(params))
         self._fn = jitted(self.config, self.dtype, self.conv_backend, self.mdsr_scale)
+        # batches whose bounds cover them whole skip the mask where that pays (xla_options)
+        self._full_fn = (jitted(self.config, self.dtype, self.conv_backend, self.mdsr_scale, masked=False)
+                         if xla_options.unmask_full_batches() else None)
 
     def at_scale(self, scale: int) -> "Upscaler":
         """This MDSR Upscaler at another of its scales, sharing the weights on the device (no
@@ -275,6 +286,8 @@ class Upscaler:
             self.config, self._memory_budget_mb, self.dtype, other.mdsr_scale)
         other.name = model_name(self.config, other.mdsr_scale)
         other._fn = jitted(self.config, self.dtype, self.conv_backend, other.mdsr_scale)
+        if self._full_fn is not None:
+            other._full_fn = jitted(self.config, self.dtype, self.conv_backend, other.mdsr_scale, masked=False)
         return other
 
     @classmethod
@@ -361,17 +374,24 @@ class Upscaler:
                 out[y0 * s:(y0 + ch) * s, x0 * s:(x0 + cw) * s] = _cast(
                     y[r * s:(r + ch) * s, r * s:(r + cw) * s], out.dtype)
 
+    def _forward(self, x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        """One jitted forward pass: unmasked where the bounds cover the whole batch and the
+        platform gains by it (``xla_options.unmask_full_batches``), masked otherwise."""
+        h, w = x.shape[1:3]
+        full = self._full_fn is not None and bool(np.all(bounds == np.array([0, h, 0, w])))
+        return np.asarray((self._full_fn if full else self._fn)(self.params, x, bounds))
+
     def _run(self, x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
         """Jitted forward (x8 ensemble when asked) of a padded batch with its bounds."""
         if not self.ensemble:
-            return np.asarray(self._fn(self.params, x, bounds))
+            return self._forward(x, bounds)
         total = None
         for transpose in (False, True):
             for flip_h in (False, True):
                 for flip_w in (False, True):
                     op = (transpose, flip_h, flip_w)
                     xt, bt = _transform(x, bounds, op)
-                    y = _untransform(np.asarray(self._fn(self.params, xt, bt)), op)
+                    y = _untransform(self._forward(xt, bt), op)
                     total = y if total is None else total + y
         return total / np.float32(8)
 

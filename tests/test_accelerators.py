@@ -65,10 +65,12 @@ def _check_train_step(rows: list[dict], dtype: str) -> dict:
     assert step["host_transfers"] == [], step
     assert step["copy_bytes"] <= plain["copy_bytes"], (step["copy_bytes"], plain["copy_bytes"])
     assert step["all_reduces"] >= 1, step  # the gradient (and loss) reduction over the mesh
-    for name in ("upscale_tile", "evaluate_image"):
+    for name in ("upscale_tile", "upscale_tile_inside", "evaluate_image"):
         fwd = progs[name]
         assert fwd["conditionals"] == 0 and fwd["host_transfers"] == [] and fwd["collectives"] == 0
         assert fwd["kernels"] > 0 and fwd["est_s"] > 0
+    # a tile inside the image skips the padding mask's kernels on GPU and TPU
+    assert progs["upscale_tile_inside"]["kernels"] < progs["upscale_tile"]["kernels"]
     return step
 
 

@@ -213,3 +213,26 @@ def test_batches_are_split_into_groups_that_fit_one_tile():
     assert infer.compile_count(TINY) - before == 1
     for i in range(5):
         np.testing.assert_allclose(out[i], reference(params, lrs[i], TINY), atol=1e-3)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_tiles_inside_the_image_skip_the_mask_where_the_platform_gains(monkeypatch, ensemble):
+    """GPU and TPU run tiles whose context lies inside the image without the padding mask
+    (``xla_options.unmask_full_batches``; off on CPU, forced on here): the same bits as the
+    masked pass everywhere (the mask is all ones there), and the unmasked program really runs:
+    a 100 x 100 image in 16-pixel tiles has interior tiles, the border ones stay masked."""
+    from edsr_jax import xla_options
+
+    params = init(TINY, seed=2)
+    lr = image(100, 100, seed=2)
+    masked = infer.Upscaler(TINY, params, tile=16, ensemble=ensemble)
+    assert masked._full_fn is None  # CPU: one program
+    monkeypatch.setattr(xla_options, "unmask_full_batches", lambda platform=None: True)
+    split = infer.Upscaler(TINY, params, tile=16, ensemble=ensemble)
+    key = next(k for k in infer._JITTED if k[0] == TINY and k[-1] is False)
+    before = infer._TRACES[key]
+    calls = []
+    full_fn = split._full_fn
+    split._full_fn = lambda *a: calls.append(1) or full_fn(*a)
+    np.testing.assert_array_equal(split.predict(lr), masked.predict(lr))
+    assert calls and infer._TRACES[key] - before <= 1  # used, one compile for all interior tiles
