@@ -13,7 +13,9 @@
   Bucketed, tiled and plain ``apply`` results therefore agree to float rounding.
 - **Tiles.** Large images are cut into square tiles of ``tile`` LR pixels, each processed
   with ``receptive_radius(config)`` LR pixels of context on every side (masked where
-  the context falls outside the image). All tiles share one padded shape: one compile.
+  the context falls outside the image). All tiles share one padded shape: one compile (two
+  on GPU and TPU, where tiles whose context lies inside the image skip the mask: the same
+  bits, fewer kernels; ``xla_options.unmask_full_batches``).
 - **Self-ensemble** (EDSR+): the 8 flips/rotations of each tile are run, undone and
   averaged in float32 (a whole non-square image also compiles its transposed bucket).
 - **Batches** ``(N, H, W, 3)`` of small images run as many per call as fit in one tile's
