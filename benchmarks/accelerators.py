@@ -150,7 +150,7 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
 
         def loss_of(p):
             sr = model.apply(p, batch["lr"].astype(jnp.float32))
-            return jnp.mean(jnp.abs(sr.astype(jnp.float32) - batch["hr"].astype(jnp.float32)))
+            return train.pixel_loss(sr, batch["hr"], "l1")
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         if layout:
@@ -209,8 +209,8 @@ def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int
     eval_h, eval_w = infer.bucket(512 // scale), infer.bucket(384 // scale)
     out = {}
     # A tile inside the image runs unmasked where xla_options.unmask_full_batches says so.
-    inside = not xla_options.unmask_full_batches(device.platform)
-    programs = {"upscale_tile": (side, True), "upscale_tile_inside": (side, inside),
+    inside_masked = not xla_options.unmask_full_batches(device.platform)
+    programs = {"upscale_tile": (side, True), "upscale_tile_inside": (side, inside_masked),
                 "evaluate_image": ((eval_h, eval_w), True)}
     for name, (size, masked) in programs.items():
         h, w = size if isinstance(size, tuple) else (size, size)

@@ -44,6 +44,15 @@ TRAIN_OPTIONS = {YNN_FUSIONS: "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_R
 INFERENCE_OPTIONS = {YNN_FUSIONS: ""}
 
 
+def _platform(platform: str | None) -> str:
+    """``platform``, or JAX's default backend ("cpu", "gpu", "tpu") when None."""
+    if platform is None:
+        import jax
+
+        return jax.default_backend()
+    return platform
+
+
 def compiler_options(platform: str | None = None,
                      train_batch_per_device: int | None = None) -> dict[str, str] | None:
     """Options for ``jax.jit(..., compiler_options=...)`` on ``platform`` ("cpu", "gpu", ...;
@@ -51,10 +60,7 @@ def compiler_options(platform: str | None = None,
 
     ``train_batch_per_device``: samples per device of a train step (None for functions
     without weight gradients, e.g. inference)."""
-    if platform is None:
-        import jax
-
-        platform = jax.default_backend()
+    platform = _platform(platform)
     if platform != "cpu" or YNN_FUSIONS in os.environ.get("XLA_FLAGS", ""):
         return None
     if train_batch_per_device is None:
@@ -81,10 +87,7 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     """The train-step formulation for ``platform`` ("cpu", "gpu", "tpu"; default: JAX's default
     backend). Measured in ``benchmarks/accelerators.py`` (GPU, TPU: compiled without a device)
     and ``benchmarks/train_step.py`` (CPU); numbers in BENCHMARKS.md."""
-    if platform is None:
-        import jax
-
-        platform = jax.default_backend()
+    platform = _platform(platform)
     if platform == "cpu":
         # A branch: the update runs fused once and nothing is copied when it applies, and the
         # CPU runtime reads the predicate in-process (EDSR's Adam + guard 248 -> 70 ms on 2
@@ -115,8 +118,5 @@ def unmask_full_batches(platform: str | None = None) -> bool:
     unmasked on an H100, 62 and 30 ms on a TPU v5e (``benchmarks/accelerators.py``). CPU: no;
     with oneDNN's convolutions the mask costs nothing measurable (200-px tile: 690 ms masked,
     708 unmasked) and a second program would only add a compile."""
-    if platform is None:
-        import jax
-
-        platform = jax.default_backend()
+    platform = _platform(platform)
     return platform != "cpu"
