@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--make-lr", action="store_true",
                    help="make LR from HR (MATLAB bicubic, or --spec) even where the test set has "
                         "pre-made LR files")
-    p.add_argument("--checkpoint", metavar="DIR", help="score a trained model (a workdir or checkpoint dir)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", metavar="DIR", help="score a trained model (a workdir or checkpoint dir)")
+    model.add_argument("--model", metavar="NAME",
+                       help="score a built-in trained model (python -m edsr_jax.pretrained lists them)")
     p.add_argument("--scales", nargs="+", metavar="S",
                    help="scales to score, from 2 3 4 (default: all three for --bicubic alone; "
                         "the model's scale with --checkpoint, every scale of an MDSR)")
@@ -186,8 +189,16 @@ def _check_datasets(args, scales: Sequence[int]) -> list[TestSet]:
 
 def _load_upscaler(args):
     """The ``infer.Upscaler`` of ``--checkpoint`` (an MDSR at its first scale: the caller
-    takes the others with ``at_scale``); a bad checkpoint is a UsageError naming it."""
-    from edsr_jax.infer import Upscaler  # lazily: only --checkpoint needs JAX and the model
+    takes the others with ``at_scale``) or of the built-in ``--model``; a bad checkpoint or
+    name is a UsageError naming it."""
+    from edsr_jax.infer import Upscaler  # lazily: only a model needs JAX
+
+    if args.model:
+        try:
+            return Upscaler.from_pretrained(args.model, ensemble=args.ensemble, tile=args.tile,
+                                            conv_backend=args.conv_backend)
+        except ValueError as e:
+            raise cli.UsageError(f"--model {args.model}: {e}") from None
 
     path = Path(args.checkpoint)
     if not path.exists():
@@ -253,14 +264,15 @@ def _lr_sources(datasets: Sequence[TestSet], args) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """The evaluate CLI; returns 0, or 1 when some image could not be scored."""
     args = parse_args(argv)
-    if not args.baselines and not args.checkpoint:
-        raise cli.UsageError("nothing to evaluate: pass --baselines NAME..., --bicubic, --checkpoint DIR, "
-                             "or both")
-    if not args.checkpoint:
+    has_model = bool(args.checkpoint or args.model)
+    if not args.baselines and not has_model:
+        raise cli.UsageError("nothing to evaluate: pass --baselines NAME..., --bicubic, --checkpoint DIR "
+                             "or --model NAME, or both")
+    if not has_model:
         for flag, given in (("--ensemble", args.ensemble), ("--tile", args.tile is not None),
                             ("--conv-backend", args.conv_backend != "auto")):
             if given:
-                raise cli.UsageError(f"{flag} applies to a model: give --checkpoint DIR too")
+                raise cli.UsageError(f"{flag} applies to a model: give --checkpoint DIR or --model NAME too")
     else:
         from edsr_jax import infer
 
@@ -284,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     upscaler = None
     scales = list(dict.fromkeys(args.scales or []))
     model_scales: list[int] = []
-    if args.checkpoint:
+    if has_model:
         upscaler = _load_upscaler(args)
         if upscaler.mdsr_scale is not None:  # an MDSR: every scale asked, from the one checkpoint
             served = list(upscaler.config.scales)
@@ -296,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             model_scale = int(upscaler.scale)
             if scales and model_scale not in scales:
-                raise cli.UsageError(f"the checkpoint is a x{model_scale} model but --scales asks for "
+                raise cli.UsageError(f"the {'checkpoint' if args.checkpoint else 'model'} is a x{model_scale} "
+                                     f"model but --scales asks for "
                                      f"{' '.join(map(str, scales))}")
             scales = scales or [model_scale]
             model_scales = [model_scale]

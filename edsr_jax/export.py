@@ -3,6 +3,7 @@ and import official PyTorch weights as an ordinary checkpoint.
 
     python -m edsr_jax.export --checkpoint DIR --out MODEL.stablehlo      (--format from the suffix)
     python -m edsr_jax.export --checkpoint DIR --out MODEL.pt
+    python -m edsr_jax.export --model poster-x2 --out poster-x2.stablehlo   (a built-in model)
     python -m edsr_jax.export --from-torch edsr_baseline_x2.pt --out DIR  (scale, preset read from the weights)
 
 MDSR (``edsr_jax.mdsr``) too: ``--from-torch mdsr_baseline.pt`` imports the official MDSR
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a checkpoint as StableHLO or a PyTorch state_dict, or import PyTorch weights.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="training workdir or checkpoint folder to export")
+    src.add_argument("--model", metavar="NAME",
+                     help="a built-in trained model to export (python -m edsr_jax.pretrained lists them)")
     src.add_argument("--from-torch", metavar="FILE",
                      help="official-layout PyTorch EDSR weights (.pt) to import as a checkpoint")
     p.add_argument("--format", choices=("stablehlo", "torch"),
@@ -255,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.format = format_for(out, args.format)
     if out.exists() and not args.overwrite:
         raise cli.UsageError(f"{out}: exists (pass --overwrite to replace it)")
-    _check_out_not_in_checkpoint(out, Path(args.checkpoint))
+    if args.checkpoint:
+        _check_out_not_in_checkpoint(out, Path(args.checkpoint))
     if args.format == "torch":
         torch = _torch()  # fail before the (slow) restore when torch is missing
 
@@ -263,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [s for s in platforms if s not in ("cpu", "cuda", "rocm", "tpu")]
     if bad or not platforms:
         raise cli.UsageError(f"--platforms: unknown platform(s) {bad or platforms}; use cpu, cuda, rocm, tpu")
-    config, params = _restore(args.checkpoint)
+    config, params = _restore(args.checkpoint) if args.checkpoint else _builtin(args.model)
     if infer.is_mdsr(config) and args.format == "torch" and args.scale is not None:
         raise cli.UsageError(f"--scale {args.scale}: a torch export of an MDSR holds every scale "
                              f"({' '.join(map(str, config.scales))}); --scale is for --format stablehlo")
@@ -298,6 +302,15 @@ def _check_out_not_in_checkpoint(out: Path, source: Path) -> None:
     if target == src or src in target.parents:
         raise cli.UsageError(f"--out {out}: lies inside the checkpoint being exported ({source}); "
                              "write the export elsewhere")
+
+
+def _builtin(name: str):
+    from edsr_jax import pretrained
+
+    try:
+        return pretrained.load(name)
+    except ValueError as e:
+        raise cli.UsageError(f"--model {name}: {e}") from None
 
 
 def _restore(path):

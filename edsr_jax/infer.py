@@ -310,6 +310,15 @@ class Upscaler:
         upscaler.step = saved.get("step")
         return upscaler
 
+    @classmethod
+    def from_pretrained(cls, name: str, **kw) -> "Upscaler":
+        """An Upscaler of the built-in model ``name`` (``pretrained.names()``, e.g.
+        ``"photo-x2"``); ValueError naming the known models for another name."""
+        from edsr_jax import pretrained
+
+        config, params = pretrained.load(name)
+        return cls(config, params, name=kw.pop("name", name), **kw)
+
     @property
     def scale(self) -> int:
         """The upscaling factor (2, 3 or 4): the EDSR's, or the MDSR scale chosen."""

@@ -1,6 +1,12 @@
-"""Upscale image files with a trained EDSR checkpoint.
+"""Upscale image files with a trained EDSR checkpoint or a built-in model.
 
+    python -m edsr_jax.upscale photo.png          # built-in photo-x2 -> upscaled/photo.png
+    python -m edsr_jax.upscale poster.png --model poster-x2
     python -m edsr_jax.upscale photos/ extra/*.jpg --checkpoint runs/x2 --out upscaled/
+
+Without ``--checkpoint`` the built-in model ``--model NAME`` runs (``python -m
+edsr_jax.pretrained`` lists them; default ``photo-x2``, announced on stderr). Outputs go to
+``--out`` (default ``upscaled`` in the current folder).
 
 Inputs are files, folders (their image files, not recursive) or glob patterns. Each
 output keeps its input's name (``<stem><suffix>.png`` by default; ``--ext same``: the input's
@@ -115,8 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m edsr_jax.upscale",
                            description="Upscale images with a trained EDSR checkpoint.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("--checkpoint", required=True, help="training workdir or checkpoint folder")
-    p.add_argument("--out", required=True, help="output folder (created when missing)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="training workdir or checkpoint folder")
+    source.add_argument("--model", metavar="NAME",
+                        help="a built-in trained model (python -m edsr_jax.pretrained lists them: "
+                             "photo-x2, poster-x2); with neither option the built-in photo-x2 is used")
+    p.add_argument("--out", default="upscaled", help="output folder (created when missing; default upscaled)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4),
                    help="upscaling factor of an MDSR checkpoint (required there; an EDSR's is fixed)")
     p.add_argument("--tile", type=int, default=None,
@@ -233,13 +243,26 @@ def _check_conv_backend(conv_backend: str, dtype: str) -> None:
 
 
 def _load(args):
+    from edsr_jax import pretrained
     from edsr_jax.infer import Upscaler
 
+    options = dict(tile=args.tile, ensemble=args.ensemble, dtype=args.dtype,
+                   memory_budget_mb=args.memory_budget_mb, conv_backend=args.conv_backend)
+    if args.checkpoint is None:
+        name = args.model or pretrained.DEFAULT
+        if args.model is None:
+            print(f"note: no --checkpoint or --model: using the built-in model {pretrained.describe(name)}",
+                  file=sys.stderr)
+        if args.scale is not None:
+            raise cli.UsageError(f"--scale {args.scale}: is for MDSR checkpoints; the built-in model "
+                                 f"{name} upscales x{pretrained.card(name)['model']['scale']}")
+        try:
+            return Upscaler.from_pretrained(name, **options)
+        except ValueError as e:
+            raise cli.UsageError(f"--model {name}: {e}") from None
     try:
-        return Upscaler.from_checkpoint(args.checkpoint, tile=args.tile, ensemble=args.ensemble,
-                                        dtype=args.dtype, memory_budget_mb=args.memory_budget_mb,
-                                        conv_backend=args.conv_backend, scale=args.scale,
-                                        scale_option="--scale")
+        return Upscaler.from_checkpoint(args.checkpoint, scale=args.scale, scale_option="--scale",
+                                        **options)
     except (OSError, ValueError) as e:  # CheckpointNotFound, CheckpointMismatch, bad --tile or --scale
         raise cli.UsageError(f"--checkpoint {args.checkpoint}: {e}") from None
 
