@@ -453,9 +453,11 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
             for k in keys if saved.get(k) != wanted.get(k)]
 
 
-def check_model_config(saved: dict, wanted: ModelConfig, where: str) -> None:
-    """Raise CheckpointMismatch listing the fields where ``saved`` differs from ``wanted``."""
-    diffs = config_differences(saved, wanted.to_dict())
+def check_model_config(saved: dict, wanted, where: str) -> None:
+    """Raise CheckpointMismatch listing the fields where ``saved`` (a checkpoint's
+    ``config["model"]``) differs from ``wanted`` (a ``ModelConfig`` or an ``mdsr.MDSRConfig``;
+    an MDSR checkpoint differs from an EDSR config in ``arch``)."""
+    diffs = config_differences(saved, model_config_to_dict(wanted))
     if diffs:
         raise CheckpointMismatch(
             f"checkpoint {where} was made for another model:\n  " + "\n  ".join(diffs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from edsr_jax import SCALES, model
+from edsr_jax import SCALES, mdsr, model
 from edsr_jax.model import ModelConfig, preset
 from edsr_jax.onednn_conv import CONV_BACKENDS  # train.conv_backend: "auto", "xla", "onednn"
 
@@ -17,6 +17,8 @@ DTYPES = tuple(model.DTYPES)  # names of the compute dtypes
 NAN_POLICIES = ("stop", "skip")
 SCHEDULES = ("step", "cosine")
 SOURCES = ("hr", "paired")
+ARCHS = ("edsr", "mdsr")  # model.arch: EDSR (one scale, model.scale) or MDSR (model.scales)
+SCALE_ORDERS = ("random", "cycle")  # train.scale_order (data.ScaleOrder): how an MDSR run picks each step's scale
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,7 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "edsr_baseline_x2"
 
     c.model = ml_collections.ConfigDict()
-    c.model.scale = 2
+    c.model.arch = "edsr"  # "edsr", or "mdsr": the multi-scale network (edsr_jax/mdsr.py)
+    c.model.scale = 2  # EDSR's scale; 0 for MDSR, whose scales are model.scales
+    c.model.scales = ()  # MDSR only: the scales it serves and trains, e.g. (2, 3, 4)
     c.model.num_blocks = 16
     c.model.num_features = 64
     c.model.res_scale = 1.0
@@ -78,6 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
     # How the train step computes convolutions: "auto" (oneDNN on one CPU device in float32
     # where built, else XLA), "xla", or "onednn" (edsr_jax/onednn_conv.py).
     c.train.conv_backend = "auto"
+    # MDSR: every step trains one scale on a batch of that scale only (the paper's scheme):
+    # "random" draws it uniformly, seeded by (train.seed, step); "cycle" takes model.scales in
+    # turn. Either is a function of the step, so a resumed run continues the same sequence.
+    c.train.scale_order = "random"
     # Resuming with another validation protocol (data.val, data.val_spec, data.val_max_images)
     # or other training data (data.source, data.train, data.spec, data.lr_name) is refused
     # unless this is True: then the run starts a new protocol (metrics.jsonl records and the
@@ -104,9 +112,46 @@ def paper_config(preset_name: str, scale: int) -> ml_collections.ConfigDict:
     return c
 
 
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-    """The architecture part of an experiment config."""
+def mdsr_paper_config(preset_name: str) -> ml_collections.ConfigDict:
+    """The official recipe for MDSR (``mdsr_baseline`` or ``mdsr``, scales 2, 3 and 4):
+    DIV2K-layout training data in ``data/DIV2K`` (prepared X2, X3 and X4 pairs), Set5
+    validation at each scale, LR patch 48 at every scale (HR 96 / 144 / 192), batch 16 of
+    one scale per step drawn at random, Adam (0.9, 0.999, 1e-8), lr 1e-4 halved every 200k
+    steps, 650k steps (EDSR-PyTorch's MDSR template: 650 epochs of 1000 updates), L1 loss."""
+    c = base_config()
+    m = mdsr.preset(preset_name)
+    c.name = preset_name
+    c.model.arch = "mdsr"
+    c.model.scale = 0
+    c.model.scales = tuple(m.scales)
+    c.model.num_blocks, c.model.num_features = m.num_blocks, m.num_features
+    c.data.source = "paired"
+    c.data.train = "data/DIV2K"
+    c.data.val = "data/Set5"
+    c.train.steps = 650_000
+    c.train.scale_order = "random"
+    return c
+
+
+def is_mdsr(config: ml_collections.ConfigDict) -> bool:
+    """Whether the experiment trains an MDSR (``model.arch == "mdsr"``)."""
+    return config.model.get("arch", "edsr") == "mdsr"
+
+
+def train_scales(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The scales a run trains and validates: ``(model.scale,)`` for EDSR, ``model.scales``
+    for MDSR."""
+    if is_mdsr(config):
+        return tuple(int(s) for s in config.model.scales)
+    return (int(config.model.scale),)
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig | mdsr.MDSRConfig:
+    """The architecture part of an experiment config: a ``ModelConfig`` (EDSR) or an
+    ``mdsr.MDSRConfig`` (``model.arch == "mdsr"``)."""
     m = config.model
+    if is_mdsr(config):
+        return mdsr.MDSRConfig(train_scales(config), int(m.num_blocks), int(m.num_features))
     return ModelConfig(int(m.scale), int(m.num_blocks), int(m.num_features), float(m.res_scale))
 
 
@@ -121,7 +166,20 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
             raise ValueError(f"config.{field} = {value!r}: {what}")
 
     m, d, o, t = config.model, config.data, config.optim, config.train
-    need(m.scale in SCALES, "model.scale", f"must be one of {SCALES}")
+    need(m.get("arch", "edsr") in ARCHS, "model.arch", f"must be one of {ARCHS}")
+    if is_mdsr(config):
+        scales = m.scales
+        need(isinstance(scales, (tuple, list)) and len(scales) > 0
+             and all(isinstance(s, int) and not isinstance(s, bool) and s in SCALES for s in scales)
+             and len(set(scales)) == len(scales), "model.scales",
+             f"must be distinct values from {SCALES} for an MDSR, e.g. (2, 3, 4)")
+        need(m.scale == 0, "model.scale", "must be 0 for an MDSR (model.arch='mdsr'): it trains "
+             "every scale of model.scales")
+        need(m.res_scale == 1.0, "model.res_scale", "must be 1.0 for an MDSR (it has no residual scaling)")
+    else:
+        need(m.scale in SCALES, "model.scale", f"must be one of {SCALES}")
+        need(not m.get("scales", ()), "model.scales", "is for an MDSR only (model.arch='mdsr'); "
+             "an EDSR trains model.scale")
     model_config(config).validate()
     need(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}")
     need(d.source in SOURCES, "data.source", f"must be one of {SOURCES}")
@@ -153,6 +211,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     need(0 <= t.ema < 1, "train.ema", "must be in [0, 1) (0 disables EMA)")
     need(t.nan_policy in NAN_POLICIES, "train.nan_policy", f"must be one of {NAN_POLICIES}")
     need(t.conv_backend in CONV_BACKENDS, "train.conv_backend", f"must be one of {CONV_BACKENDS}")
+    need(t.get("scale_order", "random") in SCALE_ORDERS, "train.scale_order", f"must be one of {SCALE_ORDERS}")
     _validate_ranges(config, need)
 
 
@@ -207,10 +266,12 @@ def _validate_ranges(config: ml_collections.ConfigDict, need) -> None:
         if spec.strip():
             from edsr_jax.degrade import parse
 
-            try:
-                parse(spec, scale=int(m.scale))
-            except ValueError as e:
-                need(False, field, f"not a valid degradation spec ({e})")
+            for scale in train_scales(config):  # MDSR: the spec must fit every scale
+                try:
+                    parse(spec, scale=scale)
+                except ValueError as e:
+                    need(False, field, "not a valid degradation spec" + (
+                        f" at x{scale}" if is_mdsr(config) else "") + f" ({e})")
     if d.cache_dir:
         cache = Path(d.cache_dir)
         need(not cache.exists() or cache.is_dir(), "data.cache_dir", "exists and is not a folder")
@@ -224,13 +285,14 @@ NOT_COMPARED = ("train.new_protocol",)  # a request, not a property of the run
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; tuples become lists (as a stored JSON config
+    holds them, so ``model.scales`` (2, 3, 4) equals its stored [2, 3, 4])."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict):
             out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
 
 

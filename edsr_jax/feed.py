@@ -7,6 +7,10 @@ ahead, so host-to-device copies overlap with compute. Its ``get_state`` is the p
 of the underlying iterator *after the last batch handed out* (not after the prefetched
 ones), so a checkpoint taken at step N resumes exactly at batch N+1. It speaks the
 protocol of ``grain.checkpoint.CheckpointSave`` (``get_state() -> bytes``).
+
+``MultiScaleFeed`` serves a multi-scale (MDSR) run: one ``DeviceFeed`` per scale and a rule
+giving the scale of each batch; its state holds the number of batches handed out and every
+scale's position, so a resumed run continues both the scale sequence and each stream.
 """
 
 from __future__ import annotations
@@ -98,3 +102,58 @@ class DeviceFeed:
         close = getattr(self._it, "close", None)
         if close is not None:
             close()
+
+
+class MultiScaleFeed:
+    """Batches of one scale at a time from per-scale feeds: ``{"lr", "hr", "scale"}``.
+
+    ``feeds``: scale -> iterator of ``{"lr": (B, p, p, 3), "hr": (B, p*s, p*s, 3)}`` batches
+    with ``get_state``/``set_state`` (``DeviceFeed``s); ``order(n)`` the scale of the ``n``-th
+    batch (``data.ScaleOrder``). Batch ``n`` is the next batch of feed ``order(n)``, with
+    ``"scale"`` (a Python int) added. A scale's stream advances only when it is drawn, so
+    each stream is the one an EDSR run at that scale would read. ``get_state`` (JSON bytes)
+    is ``{"batches": n, "scales": {"2": state of feed 2, ...}}``.
+    """
+
+    def __init__(self, feeds: dict[int, Any], order):
+        if not feeds:
+            raise ValueError("MultiScaleFeed needs at least one feed")
+        self._feeds = {int(s): f for s, f in feeds.items()}
+        self._order = order
+        self._batches = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        scale = int(self._order(self._batches))
+        if scale not in self._feeds:
+            raise ValueError(f"the scale order drew x{scale}, which has no feed ({sorted(self._feeds)})")
+        batch = next(self._feeds[scale])
+        self._batches += 1
+        return {**batch, "scale": scale}
+
+    def get_state(self) -> bytes:
+        """Batches handed out and each scale's position after its last batch (JSON bytes)."""
+        return json.dumps({"batches": self._batches,
+                           "scales": {str(s): json.loads(f.get_state()) for s, f in self._feeds.items()}}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        """Continue from ``get_state``'s output; only before the first batch. ValueError when
+        the saved scales differ from this feed's."""
+        saved = json.loads(state)
+        scales = saved.get("scales", {}) if isinstance(saved, dict) else {}
+        if sorted(int(s) for s in scales) != sorted(self._feeds):
+            raise ValueError(f"the saved data position is of scales {sorted(int(s) for s in scales)}, "
+                             f"this run's are {sorted(self._feeds)}")
+        for s, f in self._feeds.items():
+            f.set_state(json.dumps(scales[str(s)]).encode())
+        self._batches = int(saved["batches"])
+
+    def start_prefetch(self) -> None:
+        """Part of Grain's checkpoint protocol; each feed prefetches from its first batch."""
+
+    def close(self) -> None:
+        """Close every feed (``DeviceFeed.close``). Safe to call twice."""
+        for f in self._feeds.values():
+            f.close()

@@ -7,6 +7,12 @@ model, optimiser, compiled step, batch feed, checkpoint manager, validation set)
 ``loop`` steps it, with logging (``run_log``), evaluation (``evaluator``) and Orbax
 checkpoints at their intervals. ``train`` is the two, closed through one ``ExitStack``.
 Re-running the same command resumes.
+
+MDSR (``model.arch = "mdsr"``, issue 19) runs through the same pieces: every step trains one
+scale (``data.ScaleOrder``: drawn at random or in turn, a function of the step), on a batch
+of that scale from its own Grain stream (``feed.MultiScaleFeed``); the step is one ``jax.jit``
+with the scale static (one executable per scale, compiled at its first use); validation
+scores every scale and ranks checkpoints by the mean PSNR over the scales.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from edsr_jax import checkpoint, cli, onednn_conv, outputs, run_lock, xla_option
 from edsr_jax import config as config_lib
 from edsr_jax.evaluator import Evaluator
 from edsr_jax.images import ImageError
+from edsr_jax.mdsr import MDSR, MDSRConfig
 from edsr_jax.model import DTYPES, EDSR, ModelConfig, count_params
 from edsr_jax.run_log import Logger, StopRequest
 
@@ -91,21 +98,34 @@ def pixel_loss(sr: jax.Array, hr: jax.Array, kind: str, charbonnier_eps: float =
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def create_train_state(model: EDSR, tx: optax.GradientTransformation, key: jax.Array,
+def init_variables(model: EDSR | MDSR, key: jax.Array):
+    """Freshly initialised variables ``{"params": ...}`` of an EDSR or an MDSR (every scale's
+    branches), float32."""
+    extra = (model.scales[0],) if isinstance(model, MDSR) else ()
+    return model.init(key, jnp.zeros((1, 8, 8, 3), jnp.float32), *extra)
+
+
+def create_train_state(model: EDSR | MDSR, tx: optax.GradientTransformation, key: jax.Array,
                        use_ema: bool, params=None) -> TrainState:
     """Fresh state; ``params`` (e.g. fine-tuning weights) replace the random init when given."""
     if params is None:
-        params = model.init(key, jnp.zeros((1, 8, 8, 3), jnp.float32))
+        params = init_variables(model, key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       ema=params if use_ema else None, nonfinite=jnp.zeros((), jnp.int32),
                       first_nonfinite=jnp.full((), -1, jnp.int32))
 
 
-def train_step(state: TrainState, batch: dict, *, model: EDSR, tx: optax.GradientTransformation,
-               loss: str = "l1", charbonnier_eps: float = 1e-3, ema_decay: float = 0.0,
-               guard: str = "cond", grads_in_param_layout: bool = False) -> tuple[TrainState, dict]:
-    """One optimiser step on ``batch = {"lr": (B,p,p,3) uint8, "hr": (B,p*s,p*s,3) uint8}``.
+def train_step(state: TrainState, batch: dict, scale: int | None = None, *, model: EDSR | MDSR,
+               tx: optax.GradientTransformation, loss: str = "l1", charbonnier_eps: float = 1e-3,
+               ema_decay: float = 0.0, guard: str = "cond",
+               grads_in_param_layout: bool = False) -> tuple[TrainState, dict]:
+    """One optimiser step on ``batch = {"lr": (B,p,p,3) uint8, "hr": (B,p*s,p*s,3) uint8}``
+    (values in [0, 255]).
 
+    ``scale``: None for an EDSR; for an MDSR the batch's scale (a Python int, static under
+    ``jax.jit``), which picks the branches the step runs and updates (the other scales'
+    branches get zero gradients: Adam's moments of them decay and their momentum still moves
+    them a little, as PyTorch's Adam does with the zeroed gradients of the official code).
     A non-finite loss or gradient leaves params, optimizer state and EMA unchanged and
     is counted in ``state.nonfinite``. Returns ``(state, {"loss", "grad_norm"})``.
     ``guard`` ("cond" or "select") and ``grads_in_param_layout`` choose how that is compiled,
@@ -113,9 +133,10 @@ def train_step(state: TrainState, batch: dict, *, model: EDSR, tx: optax.Gradien
     """
     lr = batch["lr"].astype(jnp.float32)
     hr = batch["hr"].astype(jnp.float32)
+    extra = () if scale is None else (scale,)
 
     def loss_of(params):
-        return pixel_loss(model.apply(params, lr), hr, loss, charbonnier_eps)
+        return pixel_loss(model.apply(params, lr, *extra), hr, loss, charbonnier_eps)
 
     value, grads = jax.value_and_grad(loss_of)(state.params)
     if grads_in_param_layout:
@@ -187,11 +208,13 @@ def make_shardings(mesh: jax.sharding.Mesh, state_shape) -> Shardings:
                      jax.tree_util.tree_map(lambda _: replicated, state_shape))
 
 
-def compile_train_step(model: EDSR, tx, config, mesh: jax.sharding.Mesh, state_shape,
+def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, state_shape,
                        compiler_options: dict | None = None,
                        shardings: Shardings | None = None,
                        formulation: xla_options.StepFormulation | None = None) -> Callable:
-    """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated.
+    """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated:
+    ``step(state, batch)`` for an EDSR, ``step(state, batch, scale)`` for an MDSR (``scale``
+    static: one executable per scale in the one jit cache, compiled at its first call).
 
     ``compiler_options`` and ``formulation`` default to ``xla_options.compiler_options`` and
     ``xla_options.step_formulation`` of the mesh's platform (pass ``{}`` for XLA's own default
@@ -209,6 +232,7 @@ def compile_train_step(model: EDSR, tx, config, mesh: jax.sharding.Mesh, state_s
             platform, int(config.data.batch_size) // mesh.size)
     return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+                   static_argnums=(2,) if isinstance(model, MDSR) else (),
                    compiler_options=compiler_options)
 
 
@@ -310,14 +334,23 @@ def resolve_lr_name(config) -> str | None:
     return f"data.lr_name={names[0]!r}: the only LR variant of {d.train} (its manifest.json)"
 
 
-def train_dataset(config, process_index: int, process_count: int):
-    """This process's training batches (a Grain IterDataset) from ``config.data``.
+def train_dataset(config, process_index: int, process_count: int, scale: int | None = None):
+    """This process's training batches (a Grain IterDataset) from ``config.data``:
+    ``{"lr": (B, p, p, 3), "hr": (B, p*s, p*s, 3)}`` uint8 in [0, 255], ``p =
+    data.patch_size`` LR pixels at every scale (as EDSR-PyTorch's multi-scale loader).
 
+    ``scale``: the EDSR's own scale when None; for an MDSR one of ``model.scales`` (its pairs:
+    the ``X<scale>`` folder of a prepared set, or HR degraded on the fly at that scale), with
+    a data seed of its own (``data.scale_seed``).
     Raises ``cli.UsageError`` for a missing folder or a source that does not fit the data."""
     from edsr_jax import data, sample_data
 
     d = config.data
-    scale = int(config.model.scale)
+    seed = int(config.train.seed)
+    if scale is None:
+        scale = int(config.model.scale)
+    elif config_lib.is_mdsr(config):
+        seed = data.scale_seed(seed, scale)
     cache = d.cache_dir or None
     train_src = sample_data.resolve(d.train, "train")
     if isinstance(train_src, str) and not Path(train_src).is_dir():
@@ -329,13 +362,15 @@ def train_dataset(config, process_index: int, process_count: int):
     else:
         source = data.HROnlySource(train_src, scale, spec=d.spec or None, cache_dir=cache)
     return data.make_train_dataset(
-        source, patch_size=int(d.patch_size), batch_size=int(d.batch_size), seed=int(config.train.seed),
+        source, patch_size=int(d.patch_size), batch_size=int(d.batch_size), seed=seed,
         patches_per_image=int(d.patches_per_image), num_workers=int(d.num_workers),
         process_index=process_index, process_count=process_count)
 
 
-def validation_set(config, report: Callable[[str], None] | None = None) -> Evaluator:
-    """The validation images of ``config.data`` loaded once (``evaluator.Evaluator``).
+def validation_set(config, report: Callable[[str], None] | None = None,
+                   scale: int | None = None) -> Evaluator:
+    """The validation images of ``config.data`` loaded once (``evaluator.Evaluator``) at
+    ``scale`` (default: the EDSR's ``model.scale``; an MDSR run makes one per scale).
 
     Images that cannot be scored go to ``report`` (``"skipped: ..."``); raises
     ``cli.UsageError`` when the folder is missing, the spec is bad or no image is usable."""
@@ -346,7 +381,8 @@ def validation_set(config, report: Callable[[str], None] | None = None) -> Evalu
     if isinstance(val_src, str) and not Path(val_src).is_dir():
         raise cli.UsageError(f"config.data.val = {val_src!r}: no such folder")
     try:
-        return Evaluator.from_images(val_src, int(config.model.scale), spec=d.val_spec or None,
+        return Evaluator.from_images(val_src, int(config.model.scale if scale is None else scale),
+                                     spec=d.val_spec or None,
                                      max_images=int(d.val_max_images) or None, report=report)
     except degrade.SpecError as e:
         raise cli.UsageError(f"config.data.val_spec: {e}") from None
@@ -373,11 +409,16 @@ class Run:
         except ValueError as e:
             raise cli.UsageError(str(e)) from None
         self.model_config = config_lib.model_config(config)
+        self.mdsr = isinstance(self.model_config, MDSRConfig)
+        self.scales = config_lib.train_scales(config)
         self.process_count = jax.process_count()
         self.main_process = jax.process_index() == 0
-        self.evaluator = validation_set(config, report=None if self.main_process else (lambda m: None))
+        quiet = None if self.main_process else (lambda m: None)
+        # One validation set per scale (an EDSR has one); ``evaluator`` is the first.
+        self.evaluators = {s: validation_set(config, report=quiet, scale=s) for s in self.scales}
+        self.evaluator = self.evaluators[self.scales[0]]
         n_params = count_params(jax.eval_shape(
-            lambda: self.model_config.build().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))))
+            lambda: init_variables(self.model_config.build(), jax.random.key(0))))
         what = checkpoint.not_a_run_folder(self.workdir)
         if what:
             raise cli.UsageError(f"--workdir {self.workdir}: is {what}")
@@ -394,7 +435,8 @@ class Run:
         from edsr_jax.feed import DeviceFeed
 
         try:
-            dataset = train_dataset(config, jax.process_index(), self.process_count)
+            datasets = {s: train_dataset(config, jax.process_index(), self.process_count,
+                                         s if self.mdsr else None) for s in self.scales}
         except (ValueError, FileNotFoundError, ImageError) as e:
             raise cli.UsageError(str(e)) from None
         dtype = DTYPES[config.model.dtype]
@@ -410,12 +452,24 @@ class Run:
         self.init = functools.partial(create_train_state, self.model, self.tx, use_ema=self.use_ema)
         state_shape = jax.eval_shape(self.init, jax.random.key(config.train.seed))
         self.shardings = make_shardings(self.mesh, state_shape)
-        self.train_step = compile_train_step(self.model, self.tx, config, self.mesh, state_shape,
-                                             shardings=self.shardings)
+        self.compiled_step = compile_train_step(self.model, self.tx, config, self.mesh, state_shape,
+                                                shardings=self.shardings)
+        self.train_step = self._scaled_step if self.mdsr else self.compiled_step
         self.abstract_state = jax.tree_util.tree_map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             state_shape, self.shardings.state)
-        self.feed = DeviceFeed(iter(dataset), self.shardings.batch)
+        if self.mdsr:  # batch n has scale order(n); each scale reads its own stream
+            from edsr_jax.data import ScaleOrder
+            from edsr_jax.feed import MultiScaleFeed
+
+            feeds = {}
+            stack.callback(lambda: [f.close() for f in feeds.values()])
+            for s, ds in datasets.items():
+                feeds[s] = DeviceFeed(iter(ds), self.shardings.batch)
+            self.scale_order = ScaleOrder(self.scales, config.train.scale_order, int(config.train.seed))
+            self.feed = MultiScaleFeed(feeds, self.scale_order)
+        else:
+            self.feed = DeviceFeed(iter(datasets[self.scales[0]]), self.shardings.batch)
         stack.callback(self.feed.close)
         self.protocol = 0  # the validation protocol (restore_or_init: the stored one, or a new one)
         self.manager = checkpoint.make_manager(self.workdir / checkpoint.CHECKPOINT_DIR,
@@ -423,8 +477,8 @@ class Run:
                                                keep_best=config.train.keep_best,
                                                protocol=lambda: self.protocol)
         stack.callback(_close_manager, self.manager)
-        self.saved_config = {"model": self.model_config.to_dict(), "experiment": config.to_dict(),
-                             "protocol": self.protocol}
+        self.saved_config = {"model": checkpoint.model_config_to_dict(self.model_config),
+                             "experiment": config.to_dict(), "protocol": self.protocol}
         self.logger = stack.enter_context(
             Logger(self.workdir, int(config.train.steps), 0, self.main_process))
         self.logger.say(f"{self.mesh.size} {self.mesh.devices.flat[0].platform} device(s), "
@@ -433,6 +487,11 @@ class Run:
                         f"(train.conv_backend={config.train.conv_backend})")
         if note:
             self.logger.say(note)
+        if self.mdsr:
+            self.logger.say(f"MDSR, scales {' '.join(f'x{s}' for s in self.scales)}: one scale per step "
+                            f"({config.train.scale_order}, train.scale_order); LR patch "
+                            f"{config.data.patch_size} at every scale; checkpoints ranked by the mean "
+                            "validation PSNR over the scales")
         if self.previous_holder:
             self.logger.say(f"note: the previous trainer ({run_lock.describe(self.previous_holder)}) ended "
                             "without releasing the workdir lock (killed?); taking it over")
@@ -548,16 +607,49 @@ class Run:
 
     def evaluate(self, step: int, state: TrainState) -> dict:
         """PSNR / SSIM of the weights (EMA when on) on the validation set, logged; the result
-        of ``Evaluator`` with the bicubic baseline (``bicubic_psnr``, ``bicubic_ssim``)."""
+        of ``Evaluator`` with the bicubic baseline (``bicubic_psnr``, ``bicubic_ssim``).
+
+        MDSR: every scale is scored on its own validation pairs; the result holds each
+        scale's scores under ``x{s}/psnr``, ``x{s}/ssim``, ``x{s}/bicubic_psnr``,
+        ``x{s}/bicubic_ssim``, ``x{s}/images``, and as ``psnr``, ``ssim``, ``bicubic_psnr``,
+        ``bicubic_ssim`` their means over the scales (``psnr`` ranks the checkpoints); ``images``
+        is the total, ``panel`` the largest scale's."""
         from edsr_jax.infer import Upscaler
 
         _check_finite(state, self.config.train.nan_policy)
         weights = local_copy(state.ema if self.use_ema else state.params)
-        upscaler = Upscaler(self.model_config, weights, dtype=self.config.model.dtype)
-        result = {**self.evaluator(lambda lr, _: upscaler(lr)), **self.evaluator.baseline,
-                  "protocol": self.protocol}
+        if not self.mdsr:
+            upscaler = Upscaler(self.model_config, weights, dtype=self.config.model.dtype)
+            result = {**self.evaluator(lambda lr, _: upscaler(lr)), **self.evaluator.baseline,
+                      "protocol": self.protocol}
+            self.logger.eval(step, result)
+            return result
+        upscaler = Upscaler(self.model_config, weights, dtype=self.config.model.dtype, scale=self.scales[0])
+        per_scale = {}
+        for s, evaluator in self.evaluators.items():
+            at = upscaler.at_scale(s)
+            per_scale[s] = {**evaluator(lambda lr, _, at=at: at(lr)), **evaluator.baseline}
+        result = {k: float(np.mean([r[k] for r in per_scale.values()]))
+                  for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+        result["images"] = sum(r["images"] for r in per_scale.values())
+        for s, r in per_scale.items():
+            result.update({f"x{s}/{k}": r[k] for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images")})
+        result["panel"] = per_scale[max(per_scale)]["panel"]
+        result["protocol"] = self.protocol
         self.logger.eval(step, result)
+        if self.logger.tb is not None:  # per-scale curves next to the means Logger.eval writes
+            for s in per_scale:
+                for k in ("psnr", "ssim", "bicubic_psnr"):
+                    self.logger.tb.add_scalar(f"eval/x{s}/{k}", result[f"x{s}/{k}"], step)
+        self.logger.say("  " + ", ".join(f"x{s} {r['psnr']:.2f} dB (bicubic {r['bicubic_psnr']:.2f})"
+                                         for s, r in per_scale.items())
+                        + "; the PSNR above is their mean, which ranks the checkpoints")
         return result
+
+    def _scaled_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """An MDSR step: ``batch`` of ``MultiScaleFeed`` (``"scale"`` a Python int) through the
+        compiled step of that scale."""
+        return self.compiled_step(state, {"lr": batch["lr"], "hr": batch["hr"]}, batch["scale"])
 
     def save(self, step: int, state: TrainState, result: dict | None = None) -> None:
         """Start an async checkpoint of ``state`` and the data position (ranked by ``result``'s PSNR)."""
@@ -645,23 +737,48 @@ def _from_items(items: dict) -> TrainState:
                       ema=items["ema"], nonfinite=c["nonfinite"], first_nonfinite=c["first_nonfinite"])
 
 
-def _finetune_params(config, model: EDSR, model_config: ModelConfig, logger: Logger):
-    """Fresh init with every matching parameter taken from ``config.train.init_from``."""
+def _finetune_params(config, model: EDSR | MDSR, model_config: ModelConfig | MDSRConfig, logger: Logger):
+    """Fresh init with every matching parameter taken from ``config.train.init_from`` (an EDSR
+    or an MDSR checkpoint, for an EDSR or an MDSR run; ``upsamplers_as``)."""
     source = config.train.init_from
     try:
         loaded_config, loaded, _ = checkpoint.restore_params(source, prefer_ema=True)
     except checkpoint.CheckpointNotFound as e:
         raise cli.UsageError(f"config.train.init_from: {e}") from None
-    if not isinstance(loaded_config, ModelConfig):  # an MDSR checkpoint (issue 19: not trained yet)
-        raise cli.UsageError(f"config.train.init_from {source}: an MDSR checkpoint; the trainer "
-                             "fine-tunes EDSR from EDSR weights only")
-    fresh = model.init(jax.random.key(config.train.seed), jnp.zeros((1, 8, 8, 3)))
-    # A different scale means a different upsampler: re-initialise it and the tail (the paper).
-    skip = ("upsample_", "tail") if loaded_config.scale != model_config.scale else ()
-    merged, took, kept = merge_params(jax.device_get(fresh), jax.device_get(loaded), skip)
+    fresh = init_variables(model, jax.random.key(config.train.seed))
+    loaded = upsamplers_as(jax.device_get(loaded), loaded_config, model_config)
+    skip = ()
+    if not isinstance(loaded_config, MDSRConfig) and not isinstance(model_config, MDSRConfig) \
+            and loaded_config.scale != model_config.scale:
+        # A different scale means a different upsampler: re-initialise it and the tail (the paper).
+        skip = ("upsample_", "tail")
+    merged, took, kept = merge_params(jax.device_get(fresh), loaded, skip)
     logger.say(f"fine-tuning from {source} ({loaded_config}): loaded {len(took)} arrays; "
                f"freshly initialised {len(kept)}: {', '.join(kept) if kept else 'none'}")
     return merged
+
+
+def upsamplers_as(params, source: ModelConfig | MDSRConfig, target: ModelConfig | MDSRConfig):
+    """``params`` of a ``source`` model with its upsampler renamed to where ``target`` keeps the
+    same scale's, so that ``merge_params`` carries it over: EDSR ``upsample_{k}`` <-> MDSR
+    ``upsample_x{s}/stage_{k}`` (EDSR -> MDSR: the EDSR's scale's branch; MDSR -> EDSR: the
+    branch of the EDSR's scale, when the MDSR has it). Everything else (head, body, tail) has
+    the same names in both; MDSR's pre-processing has no EDSR counterpart. Same-architecture
+    pairs come back unchanged. ``params``: ``{"params": {...}}`` of NumPy arrays."""
+    src_mdsr, dst_mdsr = isinstance(source, MDSRConfig), isinstance(target, MDSRConfig)
+    if src_mdsr == dst_mdsr:
+        return params
+    inner = dict(params["params"])
+    if dst_mdsr:  # EDSR -> MDSR
+        stages = {k: inner.pop(k) for k in [k for k in inner if k.startswith("upsample_")]}
+        if source.scale in target.scales:
+            inner[f"upsample_x{source.scale}"] = {f"stage_{k.split('_', 1)[1]}": v for k, v in stages.items()}
+    else:  # MDSR -> EDSR
+        branch = inner.get(f"upsample_x{target.scale}")
+        inner = {k: v for k, v in inner.items() if not k.startswith("upsample_x")}
+        if branch is not None:
+            inner.update({f"upsample_{k.split('_', 1)[1]}": v for k, v in branch.items()})
+    return {**params, "params": inner}
 
 
 # --------------------------------------------------------------------------- CLI
