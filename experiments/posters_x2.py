@@ -10,7 +10,7 @@ This config trains on the poster variant; ``--config.data.lr_name=bicubic
 
 The recipe is experiments/sun80_x2.py's (L1, Adam, LR patch 32, batch 16, lr 1e-3 warmed up
 over 100 steps, cosine to 0) with the step count that fits three models into one CPU session:
-1,600 steps (25,600 patches) each, the same for every model of the experiment, so the budget
+2,400 steps (38,400 patches) each, the same for every model of the experiment, so the budget
 is equal in work whatever else shares the machine.
 
   python -m edsr_jax.train --config experiments/posters_x2.py --workdir runs/posters_x2
@@ -37,8 +37,8 @@ def get_config():
     c.optim.lr = 1e-3
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 100
-    c.train.steps = 1_600
-    c.train.max_minutes = 120.0
+    c.train.steps = 2_400
+    c.train.max_minutes = 150.0
     c.train.log_every = 25
     c.train.eval_every = 400
     c.train.checkpoint_every = 200
