@@ -399,6 +399,10 @@ class Run:
     (feed thread, checkpoint manager, logger) is registered on ``stack``, so it is closed
     on every way out. ``restore_or_init`` gives the first state; ``train_step``,
     ``log_train``, ``evaluate`` and ``save`` are what the loop calls.
+
+    For an MDSR (``mdsr`` True) ``scales`` are its scales, ``evaluators`` one validation set
+    per scale, ``feed`` a ``feed.MultiScaleFeed`` (batches carry their ``"scale"``) and
+    ``train_step`` runs ``compiled_step`` at the batch's scale; the loop is the same.
     """
 
     def __init__(self, config, workdir: Path, stack: contextlib.ExitStack):

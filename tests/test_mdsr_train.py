@@ -136,6 +136,34 @@ def test_upsamplers_carry_over_between_edsr_and_mdsr():
     assert all(k.split("/")[1].startswith(("pre_process_", "upsample_x2", "upsample_x3")) for k in kept)
 
 
+@pytest.mark.parametrize("name, blocks", [("mdsr_baseline", 16), ("mdsr", 80)])
+def test_paper_experiments_are_the_released_models(name, blocks):
+    config = train.load_config(str(ROOT / "experiments" / f"{name}.py"))
+    config_lib.validate(config)
+    assert config_lib.model_config(config) == MDSRConfig(SCALES, blocks, 64)
+    assert (config.data.patch_size, config.data.batch_size, config.optim.lr) == (48, 16, 1e-4)
+    assert (config.optim.decay_every, config.train.steps, config.train.scale_order) == (200_000, 650_000, "random")
+    assert (config.data.source, config.data.train, config.optim.loss) == ("paired", "data/DIV2K", "l1")
+
+
+def test_prepared_x2_x3_x4_folders_feed_each_scale(tmp_path):
+    """``prepare --scales 2 3 4`` output as ``data.source = "paired"``: each scale reads its
+    X<s> pairs, LR patch ``patch_size`` and HR ``patch_size * s``, with a seed of its own."""
+    from edsr_jax import prepare, sample_data
+
+    sample_data.main([str(tmp_path / "samples")])
+    assert prepare.main([str(tmp_path / "samples" / "train"), "--out", str(tmp_path / "div2k"),
+                         "--scales", "2", "3", "4", "--workers", "1", "--no-progress"]) == 0
+    config = tiny_config(**{"data.source": "paired", "data.train": str(tmp_path / "div2k")})
+    train.resolve_lr_name(config)
+    firsts = {}
+    for s in SCALES:
+        batch = next(iter(train.train_dataset(config, 0, 1, s)))
+        assert batch["lr"].shape == (8, 12, 12, 3) and batch["hr"].shape == (8, 12 * s, 12 * s, 3)
+        firsts[s] = batch["lr"]
+    assert not np.array_equal(firsts[2][:, :4, :4], firsts[3][:, :4, :4])
+
+
 # ---------------------------------------------------------------- the CLI, end to end
 
 
