@@ -560,7 +560,8 @@ def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0(
     ("evaluate", ["--scales", "x", "Set5"], "argument --scales: expected scales from 2 3 4, got 'x'"),
     ("evaluate", ["--bicubic"], "the following arguments are required: DATASET_DIR"),
     ("evaluate", ["--tile", "0", "Set5"], "argument --tile: must be at least 1, got 0"),
-    ("upscale", ["a.png", "--out", "o"], "the following arguments are required: --checkpoint"),
+    ("upscale", ["a.png", "--model", "photo-x2", "--checkpoint", "c"],
+     "argument --checkpoint: not allowed with argument --model"),
     ("upscale", ["a.png", "--checkpoint", "c", "--out", "o", "--dtype", "float16"],
      "argument --dtype: invalid choice: 'float16'"),
     ("prepare", ["hr", "--out", "o", "--scales", "two"], "argument --scales: invalid int value: 'two'"),
@@ -570,7 +571,7 @@ def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0(
      "--conv-backend 'onednn' cannot be used: it computes in float32, --dtype is bfloat16"),
     ("evaluate", ["--bicubic", "--conv-backend", "xla", "Set5"], "--conv-backend applies to a model"),
     ("evaluate", ["--checkpoint", "c", "--conv-backend", "cudnn", "Set5"], "--conv-backend must be one of"),
-    ("export", ["--out", "x"], "one of the arguments --checkpoint --from-torch is required"),
+    ("export", ["--out", "x"], "one of the arguments --checkpoint --model --from-torch is required"),
     ("export", ["--checkpoint", "c", "--from-torch", "w.pt", "--out", "x"], "not allowed with argument"),
 ])
 def test_option_errors_are_one_error_line_exit_2(tool, argv, message, capsys):
