@@ -231,6 +231,18 @@ def test_init_from_an_mdsr_checkpoint_finetunes(straight, tmp_path, capsys):
     assert np.isfinite(result["psnr"]) and all(f"x{s}/psnr" in result for s in SCALES)
 
 
+def test_each_scale_compiles_its_step_once(tmp_path):
+    """One jit, the scale static: three executables however often each scale comes round,
+    across epochs and an evaluation (test_compile.py's listener)."""
+    from test_compile import CompileLog
+
+    config = tiny_config(**{"train.steps": 8, "train.scale_order": "cycle", "train.eval_every": 4,
+                            "train.checkpoint_every": 1000, "train.log_every": 4})
+    with CompileLog() as log:
+        train.train(config, tmp_path / "run")
+    assert log.count("train_step") == 3, log.names
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"model.scales": (2, 5)}, "config.model.scales = (2, 5): must be distinct values from"),
     ({"model.scales": (2, 2)}, "config.model.scales = (2, 2): must be distinct values from"),
