@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 5_000
     c.train.checkpoint_every = 5_000
     c.train.keep_last = 2
-    c.train.keep_best = 1
+    c.train.keep_best = 1  # best by validation PSNR (MDSR: the mean over model.scales)
     c.train.ema = 0.0  # EMA decay of the weights; 0 disables it
     c.train.nan_policy = "stop"  # "stop" or "skip" on a non-finite loss or gradient
     c.train.init_from = ""  # checkpoint to fine-tune from (e.g. the x2 model for x3/x4)
