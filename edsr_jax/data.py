@@ -140,12 +140,18 @@ class PairedFolderSource:
     both files, checked from the image headers before anything is decoded; unreadable
     images are skipped with a warning. ``image(i) -> (lr (h, w, 3), hr (h*s, w*s, 3))``
     uint8 read-only views.
+
+    ``spec``: the degradation that made the LR files, when known (``prepare.lr_variant_spec``
+    reads it from a prepared folder's manifest); it decides ``symmetries``, the flips and
+    turns that keep a pair a pair (``degrade.Pipeline.symmetries``: e.g. two of eight for
+    ``nearest``). None: all eight (LR assumed centred on its HR blocks, as bicubic's).
     """
 
     def __init__(self, root: str | os.PathLike, scale: int, lr_name: str = "bicubic", *,
                  cache_dir: str | os.PathLike | None = None, num_threads: int | None = None,
-                 progress: bool = True):
+                 progress: bool = True, spec: str | None = None):
         self.scale = s = _check_scale(scale)
+        self.symmetries = _pipeline(spec, s).symmetries if spec else ALL_SYMMETRIES
         self.root = root = Path(root)
         hr_dir, lr_dir = root / "HR", root / f"LR_{lr_name}" / f"X{s}"
         for d in (root, hr_dir, lr_dir):
@@ -245,6 +251,8 @@ class HROnlySource:
     artefacts, far cheaper than aligning crops to the whole image's grid).
     Unreadable images are skipped with a warning.
     ``image(i) -> hr (H, W, 3)`` uint8 read-only, H and W cropped to multiples of scale.
+    ``symmetries``: the flips and turns under which the spec's pairs stay pairs
+    (``degrade.Pipeline.symmetries``), the ones augmentation may use.
     """
 
     def __init__(self, paths_or_folder, scale: int, spec: str | None = None, *,
@@ -252,6 +260,7 @@ class HROnlySource:
                  num_threads: int | None = None, progress: bool = True):
         self.scale = s = _check_scale(scale)
         self.pipeline = _pipeline(spec, s)
+        self.symmetries = self.pipeline.symmetries
         paths = _image_paths(paths_or_folder)
         decoded = _decode_all(cache_lib.DecodeCache(cache_dir), paths, num_threads, progress)
         problems = [str(e) for e in decoded if isinstance(e, ImageError)]
@@ -309,6 +318,8 @@ def _pipeline(spec: str | None, scale: int):
 
 # ----------------------------------------------------------------------------- transforms
 
+ALL_SYMMETRIES = tuple(range(8))  # every k of ``symmetry`` (also degrade.ALL_SYMMETRIES)
+
 def symmetry(img: np.ndarray, k: int) -> np.ndarray:
     """One of the 8 symmetries of the square on ``(H, W, C)``: ``k & 4`` flips left-right,
     then ``k & 3`` quarter turns counter-clockwise. Returns a view."""
@@ -321,7 +332,9 @@ class PatchSampler(grain.transforms.RandomMap):
     """Record ``r`` -> ``{"lr": (p, p, 3), "hr": (p*s, p*s, 3)}`` uint8 for image ``images[r // ppi]``.
 
     Draws the crop position, any degradation noise and (when ``augment``) one of the
-    8 symmetries from Grain's per-element generator, in that order.
+    source's ``symmetries`` (all 8 flips and quarter turns unless its degradation has a
+    phase or an orientation: ``degrade.Pipeline.symmetries``) from Grain's per-element
+    generator, in that order.
     """
 
     def __init__(self, source, images: Sequence[int], patch_size: int,
@@ -331,12 +344,13 @@ class PatchSampler(grain.transforms.RandomMap):
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
         self.augment = augment
+        self.symmetries = tuple(getattr(source, "symmetries", ALL_SYMMETRIES))
 
     def random_map(self, record, rng: np.random.Generator) -> dict[str, np.ndarray]:
         i = int(self.images[int(record) // self.patches_per_image])
         lr, hr = self.source.patch(i, self.patch_size, rng)
         if self.augment:
-            k = int(rng.integers(8))
+            k = self.symmetries[int(rng.integers(len(self.symmetries)))]
             lr, hr = symmetry(lr, k), symmetry(hr, k)
         return {"lr": lr, "hr": hr}
 

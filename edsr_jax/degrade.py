@@ -379,6 +379,19 @@ class Pipeline:
     def spec(self) -> str:
         return " > ".join(st.text for st in self.steps)
 
+    @property
+    def symmetries(self) -> tuple[int, ...]:
+        """The flips and quarter turns ``k`` (numbered as ``data.symmetry``: ``k & 4`` flips
+        left-right, then ``k & 3`` quarter turns) that commute with this chain, so that
+        ``(symmetry(lr, k), symmetry(hr, k))`` is again a pair this chain makes: all eight
+        for centred operators (bicubic, bilinear, blur, noise; jpeg in distribution, its
+        block grid lying anywhere relative to a patch), fewer where an operator has an
+        orientation or a phase (``symmetries_of``). Training augmentation draws from these."""
+        keep = set(range(8))
+        for st in self.steps:
+            keep &= set(symmetries_of(st))
+        return tuple(sorted(keep))
+
     def sample(self, rng: np.random.Generator) -> list[dict[str, Any]]:
         """Concrete parameters for every step, e.g. ``[{"op": "blur", "sigma": 0.8}, ...]``."""
         return [st.sample(rng) for st in self.steps]
@@ -410,6 +423,30 @@ class Pipeline:
         params = self.sample(rng)
         lr = self.apply(hr, params, rng)
         return (lr, params) if return_params else lr
+
+
+ALL_SYMMETRIES = tuple(range(8))
+TRANSPOSE = 5  # data.symmetry(x, 5): flip left-right, then a quarter turn = the transpose
+HALF_TURN = 2
+
+
+def symmetries_of(step: Step) -> tuple[int, ...]:
+    """The symmetries (``Pipeline.symmetries``) one operator commutes with.
+
+    ``nearest(s)`` keeps the top-left pixel of each block: a flip or a quarter turn moves
+    that pixel to another corner of the block (an HR shift of ``s - 1`` pixels against the
+    LR), so only the identity and the transpose, which keep the top-left corner, commute.
+    ``aniso_blur`` with a kernel angle that does not range over a half turn has an
+    orientation: the identity and the half turn (which maps every Gaussian to itself).
+    Everything else: all eight."""
+    if step.op == "nearest":
+        return (0, TRANSPOSE)
+    if step.op == "aniso_blur":
+        (sx_lo, sx_hi), (sy_lo, sy_hi), (t_lo, t_hi) = step.ranges
+        round_kernel = sx_lo == sx_hi == sy_lo == sy_hi
+        if not round_kernel and t_hi - t_lo < 180:
+            return (0, HALF_TURN)
+    return ALL_SYMMETRIES
 
 
 # --------------------------------------------------------------------------- parser

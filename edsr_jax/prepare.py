@@ -278,6 +278,25 @@ def _save_manifest(out: Path, manifest: dict) -> None:
                          overwrite=True)
 
 
+def lr_variant_spec(root: str | os.PathLike, name: str, scale: int) -> str | None:
+    """The degradation spec that made ``root/LR_<name>/X<scale>`` (e.g. ``"nearest(2) >
+    jpeg(30,60)"``), from the prepared folder's manifest; None when ``root`` has no manifest
+    or it does not record that variant. ValueError naming an unreadable manifest."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        variants = {manifest["settings"]["name"]: manifest["settings"],
+                    **{k: v["settings"] for k, v in manifest.get("variants", {}).items()}}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable manifest ({e.__class__.__name__})") from None
+    settings = variants.get(name)
+    if settings is None:
+        return None
+    return settings.get("specs", {}).get(str(scale)) or settings.get("spec")
+
+
 def lr_variants(root: str | os.PathLike) -> list[str] | None:
     """The LR variants (``LR_<name>`` folders) a prepared folder's manifest records, the first
     prepared first; None when ``root`` has no manifest (e.g. DIV2K as distributed).

@@ -358,13 +358,43 @@ def train_dataset(config, process_index: int, process_count: int, scale: int | N
     if d.source == "paired":
         if not isinstance(train_src, str):
             raise cli.UsageError("config.data.source = 'paired' needs config.data.train to be a folder")
-        source = data.PairedFolderSource(train_src, scale, lr_name=d.lr_name, cache_dir=cache)
+        source = data.PairedFolderSource(train_src, scale, lr_name=d.lr_name, cache_dir=cache,
+                                         spec=training_spec(config, scale))
     else:
         source = data.HROnlySource(train_src, scale, spec=d.spec or None, cache_dir=cache)
     return data.make_train_dataset(
         source, patch_size=int(d.patch_size), batch_size=int(d.batch_size), seed=seed,
         patches_per_image=int(d.patches_per_image), num_workers=int(d.num_workers),
         process_index=process_index, process_count=process_count)
+
+
+def training_spec(config, scale: int) -> str | None:
+    """The degradation that makes the training LR at ``scale``: ``data.spec`` (bicubic when
+    empty) for HR-only data; for prepared pairs the spec their manifest records for
+    ``data.lr_name`` (None when there is no manifest, e.g. DIV2K as distributed)."""
+    d = config.data
+    if d.source != "paired":
+        return d.spec or f"bicubic({scale})"
+    from edsr_jax import prepare
+
+    return prepare.lr_variant_spec(d.train, d.lr_name, scale)
+
+
+def augmentation_note(config, scale: int) -> str | None:
+    """A line for the log when the training degradation allows fewer than the 8 flips and
+    quarter turns as augmentation (``degrade.Pipeline.symmetries``), else None."""
+    from edsr_jax import degrade
+
+    spec = training_spec(config, scale)
+    if not spec:
+        return None
+    pipe = degrade.parse(spec, scale=scale)
+    kept = pipe.symmetries
+    if len(kept) == 8:
+        return None
+    names = {0: "identity", 2: "half turn", 5: "transpose"}
+    return (f"augmentation: LR made by '{pipe.spec}' stays aligned with its HR under {len(kept)} of the 8 "
+            f"flips and quarter turns ({', '.join(names.get(k, str(k)) for k in kept)}); only those are used")
 
 
 def validation_set(config, report: Callable[[str], None] | None = None,
@@ -491,6 +521,9 @@ class Run:
                         f"(train.conv_backend={config.train.conv_backend})")
         if note:
             self.logger.say(note)
+        for line in dict.fromkeys(augmentation_note(config, s) for s in self.scales):
+            if line:
+                self.logger.say(line)
         if self.mdsr:
             self.logger.say(f"MDSR, scales {' '.join(f'x{s}' for s in self.scales)}: one scale per step "
                             f"({config.train.scale_order}, train.scale_order); LR patch "

@@ -137,6 +137,36 @@ def test_symmetries_applied_identically(tmp_path):
     assert seen == set(range(8))
 
 
+@pytest.mark.parametrize("kind", ["paired", "hr_only"])
+def test_decimated_pairs_stay_aligned_under_augmentation(tmp_path, kind):
+    """``nearest`` keeps the top-left pixel of each block: a flip would pair LR pixel j with
+    HR pixel s*j + s-1 instead of s*j. Augmented pairs must still satisfy LR == HR[::s, ::s]
+    exactly, and both symmetries that keep the phase (identity, transpose) must occur."""
+    s, p = 2, 6
+    rng = np.random.default_rng(3)
+    hr_img = rng.integers(0, 256, (20 * s, 22 * s, 3), dtype=np.uint8)
+    if kind == "paired":
+        write_image(tmp_path / "ds" / "HR" / "0000.png", hr_img)
+        write_image(tmp_path / "ds" / "LR_poster" / "X2" / "0000x2.png", hr_img[::s, ::s])
+        src = data.PairedFolderSource(tmp_path / "ds", s, "poster", cache_dir=tmp_path / "cache",
+                                      progress=False, spec="nearest(2)")
+    else:
+        write_image(tmp_path / "hr" / "0000.png", hr_img)
+        src = data.HROnlySource(tmp_path / "hr", s, spec="nearest", cache_dir=tmp_path / "cache",
+                                progress=False)
+    assert src.symmetries == (0, 5)
+    transposed = plain = 0
+    for batch in take(train(src, patch_size=p, batch_size=8), 8):
+        for lr, hr in zip(batch["lr"], batch["hr"]):
+            np.testing.assert_array_equal(lr, hr[::s, ::s])
+            found = [k for k in (0, 5) if any(
+                np.array_equal(data.symmetry(hr_img[y:y + p * s, x:x + p * s], k), hr)
+                for y in range(0, 20 * s - p * s + 1, s) for x in range(0, 22 * s - p * s + 1, s))]
+            assert found
+            plain, transposed = plain + (0 in found), transposed + (5 in found)
+    assert plain and transposed
+
+
 def test_symmetry_group():
     img = np.arange(2 * 3 * 1).reshape(2, 3, 1)
     outs = [data.symmetry(img, k) for k in range(8)]

@@ -284,3 +284,22 @@ def test_training_reads_the_lr_name_from_the_manifest_when_there_is_one(tmp_path
     hr_run = config_lib.base_config()  # LR made on the fly: the name is unused, stored as before
     train.resolve_lr_name(hr_run)
     assert hr_run.data.lr_name == "bicubic"
+
+
+def test_lr_variant_spec_reads_each_variant_from_the_manifest(tmp_path):
+    """Training asks the manifest which degradation made an LR folder (it decides the
+    augmentation that keeps pairs aligned: train.training_spec)."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "hr").mkdir()
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "hr" / "a.png")
+    out = tmp_path / "out"
+    base = [str(tmp_path / "hr"), "--out", str(out), "--scales", "2", "4", "--workers", "1", "--no-progress"]
+    assert prepare.main(base) == 0
+    assert prepare.main(base + ["--spec", "nearest > jpeg(30,60)", "--name", "poster"]) == 0
+    assert prepare.lr_variant_spec(out, "bicubic", 2) == "bicubic(2)"
+    assert prepare.lr_variant_spec(out, "poster", 4) == "nearest(4) > jpeg(30,60)"
+    assert prepare.lr_variant_spec(out, "other", 2) is None
+    assert prepare.lr_variant_spec(tmp_path / "hr", "bicubic", 2) is None  # no manifest
+    (out / "manifest.json").write_text("{")
+    with pytest.raises(ValueError, match="manifest.json: unreadable manifest"):
+        prepare.lr_variant_spec(out, "poster", 2)

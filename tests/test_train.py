@@ -338,3 +338,19 @@ def test_a_validation_image_too_small_to_score_is_skipped_or_refused_at_set_up(t
     result = train.train(config, tmp_path / "run")
     assert result["images"] == 1 and np.isfinite(result["psnr"])
     assert "skipped: " in capsys.readouterr().err
+
+
+def test_augmentation_note_names_the_symmetries_a_phase_keeps():
+    """Decimated LR keeps its alignment only under the identity and the transpose: the run
+    says so (and the data pipeline draws only those, tests/test_data.py); centred
+    degradations use all 8 and say nothing."""
+    from edsr_jax.config import base_config
+
+    c = base_config()
+    c.data.source = "hr"
+    c.data.spec = "nearest > jpeg(30,60)"
+    note = train.augmentation_note(c, 2)
+    assert "'nearest(2) > jpeg(30,60)'" in note and "2 of the 8" in note and "identity, transpose" in note
+    assert train.training_spec(c, 3) == "nearest > jpeg(30,60)"
+    c.data.spec = ""
+    assert train.augmentation_note(c, 2) is None and train.training_spec(c, 2) == "bicubic(2)"
