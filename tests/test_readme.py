@@ -46,6 +46,7 @@ def test_fresh_clone_block_runs_as_written(tmp_path):
         assert "Traceback" not in proc.stderr
     assert len(list((tmp_path / "samples" / "val").iterdir())) == 2
     assert sorted(p.name for p in (tmp_path / "upscaled").iterdir()) == ["chelsea.png", "coffee.png"]
+    assert [p.name for p in (tmp_path / "builtin").iterdir()] == ["coffee.png"]  # the built-in photo-x2
     assert (tmp_path / "scores.json").is_file() and (tmp_path / "quickstart.shlo").is_file()
     assert (tmp_path / "data" / "poster" / "manifest.json").is_file()
 
