@@ -239,16 +239,18 @@ def figures(runs: Path, data: Path, out: Path, scores: dict) -> None:
     print(f"wrote {out / 'story.png'}")
 
 
-def pack(runs: Path, data: Path, out: Path) -> None:
-    """Ship the matched poster model as ``poster-x2`` and the Sun80 model as ``photo-x2``:
-    pack float16 weights, score them (Set5, Set14, BSD68 bicubic; held-out posters with the
-    poster degradation), and write the scores into the cards."""
+def pack(runs: Path, data: Path, out: Path, only: tuple[str, ...] = ("photo-x2", "poster-x2")) -> None:
+    """Ship the matched poster model as ``poster-x2`` and the Sun80 model as ``photo-x2``
+    (those of ``only``): pack float16 weights, score them (Set5, Set14, BSD68 bicubic;
+    held-out posters with the poster degradation), and write the scores into the cards."""
     from edsr_jax import checkpoint, pretrained
 
     ships = {"photo-x2": ("sun80_x2", "EDSR-baseline x2 for photographs (Sun80, bicubic LR)"),
              "poster-x2": ("posters_x2", "EDSR-baseline x2 for posters shrunk by dropping pixels "
                                          "and JPEG-compressed (nearest > jpeg(30,60))")}
     for name, (run_name, summary) in ships.items():
+        if name not in only:
+            continue
         config, params, saved = checkpoint.restore_params(runs / run_name, prefer_ema=True)
         label, train_data, lr_name, _ = RUNS[run_name]
         info = {"summary": summary,
@@ -256,16 +258,19 @@ def pack(runs: Path, data: Path, out: Path) -> None:
                                       "100 generated posters 2048x1152 (python -m edsr_jax.posters --seed 1 "
                                       "--words train) cut into 2x2 tiles"),
                              "degradation": POSTER if lr_name == "poster" else "bicubic (MATLAB imresize)",
-                             "steps": int(saved["step"]), "batch": 16, "lr_patch": 32,
+                             "steps": STEPS, "batch": 16, "lr_patch": 32,
                              "recipe": "L1, Adam, lr 1e-3 warm-up 100 steps then cosine to 0; "
                                        "experiments/posters.py",
-                             "checkpoint_step": int(saved["step"])},
+                             "checkpoint_step": int(saved["step"]),
+                             "validation": "Set5 (bicubic LR)" if train_data == "Sun80" else
+                                           "2 tiles of one more poster (seed 2), poster LR"},
                 "scores": {}}
         pretrained.pack(jax_numpy(params), config, name, info, overwrite=True)
         scores = {}
-        for sets, spec, key in (([DATASETS / "Set5", DATASETS / "Set14", DATASETS / "BSD68"], "", ""),
-                                ([data / HELDOUT], POSTER, " poster LR")):
-            target = out / f"card_{name}{key.strip().replace(' ', '_')}.json"
+        for sets, spec, key, file in (([DATASETS / "Set5", DATASETS / "Set14", DATASETS / "BSD68"], "", "",
+                                       f"card_{name}.json"),
+                                      ([data / HELDOUT], POSTER, " poster LR", f"card_{name}_posters.json")):
+            target = out / file
             if not target.exists():
                 run([PY, "-m", "edsr_jax.evaluate", "--model", name, *(["--spec", spec] if spec else []),
                      *map(str, sets), "--json", str(target)])
