@@ -119,7 +119,7 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext
 def build_parser() -> argparse.ArgumentParser:
     """The upscale command's options."""
     p = cli.ArgumentParser(prog="python -m edsr_jax.upscale",
-                           description="Upscale images with a trained EDSR checkpoint.")
+                           description="Upscale images with a trained EDSR checkpoint or a built-in model.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="training workdir or checkpoint folder")
@@ -253,13 +253,13 @@ def _load(args):
         if args.model is None:
             print(f"note: no --checkpoint or --model: using the built-in model {pretrained.describe(name)}",
                   file=sys.stderr)
-        if args.scale is not None:
-            raise cli.UsageError(f"--scale {args.scale}: is for MDSR checkpoints; the built-in model "
-                                 f"{name} upscales x{pretrained.card(name)['model']['scale']}")
         try:
-            return Upscaler.from_pretrained(name, **options)
+            upscaler = Upscaler.from_pretrained(name, **options)
         except ValueError as e:
             raise cli.UsageError(f"--model {name}: {e}") from None
+        if args.scale is not None and args.scale != upscaler.scale:
+            raise cli.UsageError(f"--scale {args.scale}: the built-in model {name} upscales x{upscaler.scale}")
+        return upscaler
     try:
         return Upscaler.from_checkpoint(args.checkpoint, scale=args.scale, scale_option="--scale",
                                         **options)

@@ -87,7 +87,9 @@ def test_upscale_without_checkpoint_uses_the_default_and_says_so(models_dir, tmp
     assert cli.run(upscale.main, ["in.png", "--model", "nope", "--out", "o3"]) == 2
     assert "--model nope: unknown built-in model 'nope'; choose from tiny-x2" in capsys.readouterr().err
     assert cli.run(upscale.main, ["in.png", "--model", "tiny-x2", "--scale", "3", "--out", "o4"]) == 2
-    assert "--scale 3" in capsys.readouterr().err
+    assert "--scale 3: the built-in model tiny-x2 upscales x2" in capsys.readouterr().err
+    assert cli.run(upscale.main, ["in.png", "--model", "nope", "--scale", "3", "--out", "o4"]) == 2
+    assert "--model nope: unknown built-in model" in capsys.readouterr().err
     assert cli.run(upscale.main, ["in.png", "--model", "tiny-x2", "--checkpoint", "x", "--out", "o5"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in ("o3", "o4", "o5"))
