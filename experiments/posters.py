@@ -20,8 +20,9 @@
 4. figures: ``results/posters/small_text.png`` (crops of the smallest text of held-out posters:
    HR, the damaged LR, bicubic, the matched model, the two mismatched models) and
    ``results/posters/story.png`` (a region of one held-out tile the same way, for the README).
-5. pack: the matched model as the built-in ``poster-x2`` and the Sun80 model as ``photo-x2``
-   (``edsr_jax.pretrained.pack``: float16 weights and a card with the scores of those weights).
+5. pack: the matched model as the built-in ``poster-x2`` and the Sun80 model as ``photo-x2``,
+   plus ``photo-x3`` / ``photo-x4`` fine-tuned from it on Sun80 x3 / x4 pairs (1,000 steps each;
+   ``edsr_jax.pretrained.pack``: float16 weights and a card with the scores of those weights).
 
 Every step is a plain call of the project's CLIs (printed) or of its library functions.
 """
@@ -239,37 +240,63 @@ def figures(runs: Path, data: Path, out: Path, scores: dict) -> None:
     print(f"wrote {out / 'story.png'}")
 
 
-def pack(runs: Path, data: Path, out: Path, only: tuple[str, ...] = ("photo-x2", "poster-x2")) -> None:
-    """Ship the matched poster model as ``poster-x2`` and the Sun80 model as ``photo-x2``
-    (those of ``only``): pack float16 weights, score them (Set5, Set14, BSD68 bicubic;
-    held-out posters with the poster degradation), and write the scores into the cards."""
+SUN80 = "Sun80 (80 photographs) cut into 2x2 tiles"
+RECIPE = "L1, Adam, lr 1e-3 warm-up 100 steps then cosine to 0; experiments/posters.py"
+FINETUNE_STEPS = 1_000
+FINETUNE = "fine-tuned from photo-x2 (head and body; new upsampler and tail): L1, Adam, lr 5e-4 " \
+           "warm-up 50 steps then cosine to 0; experiments/posters.py"
+# built-in model -> (run, summary, training record, also scored on the held-out posters)
+SHIPS = {
+    "photo-x2": ("sun80_x2", "EDSR-baseline x2 for photographs (Sun80, bicubic LR)",
+                 {"data": SUN80, "degradation": "bicubic (MATLAB imresize)", "steps": STEPS,
+                  "recipe": RECIPE, "validation": "Set5 (bicubic LR)"}, True),
+    "poster-x2": ("posters_x2", "EDSR-baseline x2 for posters shrunk by dropping pixels and "
+                                "JPEG-compressed (nearest > jpeg(30,60))",
+                  {"data": "100 generated posters 2048x1152 (python -m edsr_jax.posters --seed 1 --words "
+                           "train) cut into 2x2 tiles", "degradation": POSTER, "steps": STEPS,
+                   "recipe": RECIPE, "validation": "2 tiles of one more poster (seed 2), poster LR"}, True),
+    **{f"photo-x{s}": (f"sun80_x{s}", f"EDSR-baseline x{s} for photographs (Sun80, bicubic LR; from photo-x2)",
+                       {"data": SUN80, "degradation": "bicubic (MATLAB imresize)", "steps": FINETUNE_STEPS,
+                        "recipe": FINETUNE, "validation": "Set5 (bicubic LR)"}, False)
+       for s in (3, 4)},
+}
+
+
+def finetune(runs: Path) -> None:
+    """photo-x3 and photo-x4: the Sun80 x2 model fine-tuned at x3 and x4 (both at once)."""
+    if not (ROOT / "data" / "sun80_bicubic_x34").exists():
+        run([PY, "-m", "edsr_jax.prepare", str(DATASETS / "Sun80"), "--out", "data/sun80_bicubic_x34",
+             "--scales", "3", "4", "--tiles", "2x2", "--no-progress"])
+    procs = [run([PY, "-m", "edsr_jax.train", "--config", "experiments/sun80_x2.py",
+                  "--workdir", str(runs / f"sun80_x{s}"), f"--config.name=sun80_x{s}",
+                  f"--config.model.scale={s}", "--config.data.train=data/sun80_bicubic_x34",
+                  f"--config.train.init_from={runs / 'sun80_x2'}", f"--config.train.steps={FINETUNE_STEPS}",
+                  "--config.optim.warmup_steps=50", "--config.optim.lr=5e-4", "--config.train.eval_every=500",
+                  "--config.train.checkpoint_every=250", "--config.train.max_minutes=30"], background=True)
+             for s in (3, 4)]
+    if any(p.wait() for p in procs):
+        raise SystemExit("fine-tuning failed")
+
+
+def pack(runs: Path, data: Path, out: Path, only: tuple[str, ...] = tuple(SHIPS)) -> None:
+    """Ship the models of ``SHIPS`` (those of ``only``): pack float16 weights, score them
+    (Set5, Set14, BSD68 with bicubic LR at the model's scale; the x2 models also on the held-out
+    posters with the poster degradation), and write the scores into the cards."""
     from edsr_jax import checkpoint, pretrained
 
-    ships = {"photo-x2": ("sun80_x2", "EDSR-baseline x2 for photographs (Sun80, bicubic LR)"),
-             "poster-x2": ("posters_x2", "EDSR-baseline x2 for posters shrunk by dropping pixels "
-                                         "and JPEG-compressed (nearest > jpeg(30,60))")}
-    for name, (run_name, summary) in ships.items():
+    for name, (run_name, summary, training, posters) in SHIPS.items():
         if name not in only:
             continue
         config, params, saved = checkpoint.restore_params(runs / run_name, prefer_ema=True)
-        label, train_data, lr_name, _ = RUNS[run_name]
         info = {"summary": summary,
-                "training": {"data": ("Sun80 (80 photographs) cut into 2x2 tiles" if train_data == "Sun80" else
-                                      "100 generated posters 2048x1152 (python -m edsr_jax.posters --seed 1 "
-                                      "--words train) cut into 2x2 tiles"),
-                             "degradation": POSTER if lr_name == "poster" else "bicubic (MATLAB imresize)",
-                             "steps": STEPS, "batch": 16, "lr_patch": 32,
-                             "recipe": "L1, Adam, lr 1e-3 warm-up 100 steps then cosine to 0; "
-                                       "experiments/posters.py",
-                             "checkpoint_step": int(saved["step"]),
-                             "validation": "Set5 (bicubic LR)" if train_data == "Sun80" else
-                                           "2 tiles of one more poster (seed 2), poster LR"},
+                "training": {**training, "batch": 16, "lr_patch": 32, "checkpoint_step": int(saved["step"])},
                 "scores": {}}
         pretrained.pack(jax_numpy(params), config, name, info, overwrite=True)
         scores = {}
-        for sets, spec, key, file in (([DATASETS / "Set5", DATASETS / "Set14", DATASETS / "BSD68"], "", "",
-                                       f"card_{name}.json"),
-                                      ([data / HELDOUT], POSTER, " poster LR", f"card_{name}_posters.json")):
+        evals = [([DATASETS / "Set5", DATASETS / "Set14", DATASETS / "BSD68"], "", "", f"card_{name}.json")]
+        if posters:
+            evals.append(([data / HELDOUT], POSTER, " poster LR", f"card_{name}_posters.json"))
+        for sets, spec, key, file in evals:
             target = out / file
             if not target.exists():
                 run([PY, "-m", "edsr_jax.evaluate", "--model", name, *(["--spec", spec] if spec else []),
@@ -305,6 +332,7 @@ def main() -> int:
     make_data(data)
     if not args.skip_train:
         train(runs)
+        finetune(runs)
     score(runs, data, out)
     scores = load_scores(out)
     table(out)
