@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="training workdir or checkpoint folder")
     source.add_argument("--model", metavar="NAME",
                         help="a built-in trained model (python -m edsr_jax.pretrained lists them: "
-                             "photo-x2, poster-x2); with neither option the built-in photo-x2 is used")
+                             "photo-x2, poster-x2, photo-x3, photo-x4); with neither option the built-in photo-x2 is used")
     p.add_argument("--out", default="upscaled", help="output folder (created when missing; default upscaled)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4),
                    help="upscaling factor of an MDSR checkpoint (required there; an EDSR's is fixed)")

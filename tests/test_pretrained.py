@@ -16,7 +16,7 @@ from edsr_jax.model import ModelConfig
 ROOT = Path(__file__).resolve().parents[1]
 SET5 = ROOT.parent / "shared" / "datasets" / "Set5"
 CONFIG = ModelConfig(scale=2, num_blocks=2, num_features=8)
-SHIPPED = ("photo-x2", "poster-x2")
+SHIPPED = ("photo-x2", "poster-x2", "photo-x3", "photo-x4")
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_shipped_models_are_listed_with_cards():
     assert pretrained.DEFAULT in pretrained.names()
     for name in SHIPPED:
         info = pretrained.card(name)
-        assert info["model"]["scale"] == 2 and info["training"]["steps"] > 0
+        assert info["model"]["scale"] == int(name[-1]) and info["training"]["steps"] > 0
         assert {"Set5", "Set14", "BSD68"} <= set(info["scores"]), name
         assert (pretrained.MODELS_DIR / f"{name}.npz").stat().st_size < 4_000_000
 
