@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from flax import traverse_util
 
 MODELS_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT = "photo-x2"  # what upscale runs when given neither --checkpoint nor --model
@@ -53,15 +54,9 @@ def load(name: str) -> tuple[Any, dict]:
     if digest != info["weights"]["sha256"]:
         raise ValueError(f"{MODELS_DIR / (name + '.npz')}: checksum {digest[:12]}... does not match its "
                          f"card ({info['weights']['sha256'][:12]}...); the file is damaged, reinstall the package")
-    variables: dict = {}
     with np.load(io.BytesIO(data)) as arrays:
-        for key in arrays.files:
-            node = variables
-            *parents, leaf = key.split("/")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = np.asarray(arrays[key], np.float32)
-    return checkpoint.model_config_from_dict(info["model"]), variables
+        flat = {key: np.asarray(arrays[key], np.float32) for key in arrays.files}
+    return checkpoint.model_config_from_dict(info["model"]), traverse_util.unflatten_dict(flat, sep="/")
 
 
 def describe(name: str) -> str:
@@ -84,16 +79,8 @@ def pack(variables: dict, model_config, name: str, info: dict, out_dir: Path = M
 
     if not name or not all(c.islower() or c.isdigit() or c == "-" for c in name):
         raise ValueError(f"model name {name!r}: use lower-case letters, digits and '-', e.g. poster-x2")
-    flat: dict[str, np.ndarray] = {}
-
-    def walk(node, prefix):
-        for key, value in sorted(node.items()):
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}/")
-            else:
-                flat[f"{prefix}{key}"] = np.asarray(value, np.float32)
-
-    walk(variables, "")
+    flat = {k: np.asarray(v, np.float32)
+            for k, v in sorted(traverse_util.flatten_dict(variables, sep="/").items())}
     for key, value in flat.items():
         if not np.all(np.abs(value) <= np.finfo(WEIGHTS_DTYPE).max):
             raise ValueError(f"{name}: weight {key} does not fit float16 (max |w| {np.abs(value).max():.3g})")

@@ -291,7 +291,7 @@ def pack(runs: Path, data: Path, out: Path, only: tuple[str, ...] = tuple(SHIPS)
         info = {"summary": summary,
                 "training": {**training, "batch": 16, "lr_patch": 32, "checkpoint_step": int(saved["step"])},
                 "scores": {}}
-        pretrained.pack(jax_numpy(params), config, name, info, overwrite=True)
+        pretrained.pack(params, config, name, info, overwrite=True)
         scores = {}
         evals = [([DATASETS / "Set5", DATASETS / "Set14", DATASETS / "BSD68"], "", "", f"card_{name}.json")]
         if posters:
@@ -304,15 +304,8 @@ def pack(runs: Path, data: Path, out: Path, only: tuple[str, ...] = tuple(SHIPS)
             for r in json.loads(target.read_text())["results"]:
                 scores[r["dataset"] + key] = {"psnr": round(r["psnr"], 4), "ssim": round(r["ssim"], 5),
                                              "images": r["images"], "degradation": r["degradation"]}
-        pretrained.pack(jax_numpy(params), config, name, {**info, "scores": scores}, overwrite=True)
+        pretrained.pack(params, config, name, {**info, "scores": scores}, overwrite=True)
         print(pretrained.describe(name))
-
-
-def jax_numpy(tree):
-    import jax
-    import numpy as np
-
-    return jax.tree_util.tree_map(np.asarray, tree)
 
 
 def main() -> int:
