@@ -392,7 +392,7 @@ def augmentation_note(config, scale: int) -> str | None:
     kept = pipe.symmetries
     if len(kept) == 8:
         return None
-    names = {0: "identity", 2: "half turn", 5: "transpose"}
+    names = {0: "identity", degrade.HALF_TURN: "half turn", degrade.TRANSPOSE: "transpose"}
     return (f"augmentation: LR made by '{pipe.spec}' stays aligned with its HR under {len(kept)} of the 8 "
             f"flips and quarter turns ({', '.join(names.get(k, str(k)) for k in kept)}); only those are used")
 
