@@ -1,4 +1,4 @@
-"""Builds the optional oneDNN convolution for XLA:CPU (``edsr_jax/onednn_conv.py``).
+"""Builds the optional oneDNN convolution for XLA:CPU (``edsr_jax/nets/onednn_conv.py``).
 
 ``edsr_jax/csrc/onednn_conv.cc`` becomes the shared library ``edsr_jax._onednn_conv``, compiled
 against XLA's FFI headers (``jax.ffi.include_dir()``, shipped in jaxlib) and oneDNN (the

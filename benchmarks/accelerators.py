@@ -99,7 +99,7 @@ def _lower(jitted, args, platform: str):
 
 
 def _model(preset: str, scale: int, dtype: str):
-    from edsr_jax.model import DTYPES, PRESETS, ModelConfig
+    from edsr_jax.nets.edsr import DTYPES, PRESETS, ModelConfig
 
     if preset == "tiny":
         config = ModelConfig(scale, 2, 8, 1.0)
@@ -124,7 +124,7 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     import jax.numpy as jnp
     import optax
 
-    from edsr_jax import config as config_lib
+    from edsr_jax.training import config as config_lib
     from edsr_jax import train
 
     platform = platform_of(target)
@@ -175,7 +175,7 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
 
     if not formulations:
         return {"train_step": step(), "plain_adam": baseline(False)}
-    from edsr_jax.xla_options import StepFormulation
+    from edsr_jax.nets.xla_options import StepFormulation
 
     out = {f"train_step {name}": step(StepFormulation(*form)) for name, form in FORMULATIONS.items()}
     return {**out, "plain_adam": baseline(False), "plain_adam +layout": baseline(True)}
@@ -189,8 +189,9 @@ def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int
     import jax
     import jax.numpy as jnp
 
-    from edsr_jax import infer, xla_options
-    from edsr_jax.model import receptive_radius
+    from edsr_jax.inference import infer
+    from edsr_jax.nets import xla_options
+    from edsr_jax.nets.edsr import receptive_radius
 
     platform = platform_of(target)
     device = devices(target, 1)[0]

@@ -1,5 +1,5 @@
 """Single 3x3 convolutions on CPU: XLA with YNNPACK fusions (jaxlib's default) against XLA's
-Eigen convolutions (what ``edsr_jax.xla_options`` selects), forward, input gradient (dgrad) and
+Eigen convolutions (what ``edsr_jax.nets.xla_options`` selects), forward, input gradient (dgrad) and
 weight gradient (wgrad), GFLOP/s, median of 5; PyTorch beside them when installed.
 
     python benchmarks/conv_ops.py                      # the shapes of BENCHMARKS.md's table

@@ -58,8 +58,8 @@ def child(case: dict) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from edsr_jax import infer
-    from edsr_jax.model import preset, receptive_radius
+    from edsr_jax.inference import infer
+    from edsr_jax.nets.edsr import preset, receptive_radius
 
     config = preset(case["preset"], case["scale"])
     h, w = case["height"], case["width"]

@@ -1,4 +1,4 @@
-"""Input-pipeline throughput: training patches per second from edsr_jax.data.
+"""Input-pipeline throughput: training patches per second from edsr_jax.data.sources.
 
 Configurations (HR patch 96 unless --hr-patch says otherwise; LR patch = HR / scale):
 
@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from edsr_jax import data  # noqa: E402
-from edsr_jax.images import list_images, read_rgb, write_image  # noqa: E402
-from edsr_jax.imresize import imresize  # noqa: E402
+from edsr_jax.data import sources as data  # noqa: E402
+from edsr_jax.io.images import list_images, read_rgb, write_image  # noqa: E402
+from edsr_jax.degradation.imresize import imresize  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/datasets/Sun80")
 CHAIN_X4 = "blur(0.2,1.5) > bicubic(4) > noise(0,8) > jpeg(30,90)"

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEPT = ("tried", "dryrun", "gpu")  # marked sections a CPU run keeps as they are
 
 # The train step is timed four ways, alternating: the project; its step with XLA's convolutions
-# instead of oneDNN's (edsr_jax/onednn_conv.py); with XLA's convolutions and XLA's default
+# instead of oneDNN's (edsr_jax/nets/onednn_conv.py); with XLA's convolutions and XLA's default
 # options (what a plain Flax EDSR gets); and PyTorch.
 SIDES = ["--frameworks", "jax", "jax-xla-conv", "jax-xla-default", "torch"]
 # name -> (script, quick arguments, full arguments); the EDSR train step gets its own short run.

@@ -39,7 +39,7 @@ GPU_BATCH = [16, 64, 256]
 
 def conv_macs(num_blocks: int, num_features: int, scale: int, patch: int) -> int:
     """Multiply-accumulates of one forward pass on one ``patch x patch`` LR input (3x3 convs)."""
-    from edsr_jax.model import upsample_stages
+    from edsr_jax.nets.edsr import upsample_stages
 
     f, hw, k = num_features, patch * patch, 9
     macs = hw * k * 3 * f  # head
@@ -89,7 +89,7 @@ def make_batch(batch: int, patch: int, scale: int, seed: int = 0) -> dict:
 
 
 # The project's step built another way: side name -> (column label, compiler options (None:
-# the project's, edsr_jax.xla_options), convolution backend ("auto": the trainer's choice)).
+# the project's, edsr_jax.nets.xla_options), convolution backend ("auto": the trainer's choice)).
 JAX_VARIANTS = {
     "jax-xla-conv": ("XLA convolutions", None, "xla"),
     "jax-no-ynnpack": ("no YNNPACK", {"xla_cpu_experimental_ynn_fusion_type": ""}, "auto"),
@@ -104,9 +104,10 @@ class JaxSide:
                  conv_backend: str = "auto"):
         import jax
 
-        from edsr_jax import config as config_lib
-        from edsr_jax import onednn_conv, train
-        from edsr_jax.model import DTYPES
+        from edsr_jax.training import config as config_lib
+        from edsr_jax import train
+        from edsr_jax.nets import onednn_conv
+        from edsr_jax.nets.edsr import DTYPES
 
         config = config_lib.base_config()
         config.optim.lr = ADAM["lr"]
@@ -142,8 +143,9 @@ class LoaderSide(JaxSide):
     def __init__(self, model_config, dtype: str, batch: dict, num_workers: int = 2):
         import jax
 
-        from edsr_jax import data, sample_data
-        from edsr_jax.feed import DeviceFeed
+        from edsr_jax import sample_data
+        from edsr_jax.data import sources as data
+        from edsr_jax.data.feed import DeviceFeed
 
         n, patch = batch["lr"].shape[:2]
         source = data.HROnlySource(sample_data.resolve("builtin", "train"), model_config.scale)
@@ -230,7 +232,7 @@ def run_case(name: str, scale: int, batch: int, patch: int, dtype: str, device: 
              frameworks: list[str], rounds: int, steps: int, warmup: int) -> dict:
     import gc
 
-    from edsr_jax.model import preset
+    from edsr_jax.nets.edsr import preset
 
     config = preset(name, scale)
     data = make_batch(batch, patch, scale)
@@ -358,7 +360,8 @@ def main(argv=None) -> int:
     for dtype in args.dtype:
         refs[dtype] = (args.peak_tflops * 1e3 if args.peak_tflops
                        else matmul_gflops(dtype, args.device))
-    from edsr_jax import onednn_conv, xla_options
+    from edsr_jax.nets import onednn_conv
+    from edsr_jax.nets import xla_options
 
     device = jax.devices()[0]
     conv = {d: onednn_conv.choose_backend("auto", device.platform, 1, d) for d in args.dtype}
@@ -366,7 +369,7 @@ def main(argv=None) -> int:
     print(f"\nTrain step, {device.platform} ({device.device_kind}), {os.cpu_count()} CPU(s), "
           f"{rounds} alternating rounds of {steps} steps, median; scale x{args.scale}; "
           f"load average at the end {load}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
-          f"project compiler options (edsr_jax.xla_options) at batch 16: "
+          f"project compiler options (edsr_jax.nets.xla_options) at batch 16: "
           f"{xla_options.compiler_options(device.platform, 16)}, at batch 1: "
           f"{xla_options.compiler_options(device.platform, 1)} (None: XLA's defaults); "
           f"project convolutions (train.conv_backend auto): {conv}.")

@@ -1,5 +1,5 @@
 """Diagnose the damage: estimate how a folder of low-resolution images was degraded and
-propose the degradation spec (``edsr_jax.degrade`` language) to train with.
+propose the degradation spec (``edsr_jax.degradation.degrade`` language) to train with.
 
 ``python -m edsr_jax.diagnose LR_DIR [--scale 2] [--json out.json]``
 
@@ -48,7 +48,11 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from edsr_jax import SCALES, cli, degrade, images, outputs
+from edsr_jax import SCALES
+from edsr_jax.io import cli
+from edsr_jax.degradation import degrade
+from edsr_jax.io import images
+from edsr_jax.io import outputs
 
 MIN_SIDE = 32  # images smaller than this on either side are skipped
 MAX_SIDE = 1024  # resampling, blur and noise are measured on a central crop at most this big
@@ -325,7 +329,7 @@ def _band(freqs: np.ndarray, power: np.ndarray, lo: float, hi: float) -> float:
 def _upscale_rows(n_in: int, f: int, method: str, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``start:start+count`` of MATLAB's ``imresize`` x``f`` matrix along an axis of
     ``n_in`` pixels, restricted to the input columns they use: ``(count, m)`` and ``(m,)``."""
-    from edsr_jax.imresize import contributions
+    from edsr_jax.degradation.imresize import contributions
 
     w, idx = contributions(n_in, n_in * f, float(f), True, method)
     w, idx = w[start:start + count], idx[start:start + count]
@@ -560,7 +564,7 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
         ph = [int((np.argmax(dd[:len(dd) // f * f].reshape(-1, f).mean(axis=0)) + 1) % f) for dd in d]
         work = np.ascontiguousarray(rgb[ph[0]::f, ph[1]::f])
     elif f > 1:
-        from edsr_jax.imresize import imresize
+        from edsr_jax.degradation.imresize import imresize
         h, w = rgb.shape[0] // f * f, rgb.shape[1] // f * f
         work = imresize(rgb[:h, :w], 1.0 / f)
     s = scale if scale is not None else (f if f in SCALES else 2)
@@ -836,7 +840,7 @@ def build_parser() -> cli.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 done, 1 some files skipped, 2 usage error)."""
     args = build_parser().parse_args(argv)
-    paths = cli.image_folder(args.lr_dir)
+    paths = images.image_folder(args.lr_dir)
     out = None
     if args.json:
         out = Path(args.json)

@@ -10,7 +10,7 @@ method's upscaling of LR, then PSNR and SSIM on the Y channel (``--rgb``: on RGB
     python -m edsr_jax.evaluate --checkpoint WORKDIR --bicubic DATASET_DIR...
     python -m edsr_jax.evaluate --checkpoint MDSR_DIR --scales 2 3 4 DATASET_DIR...   (one MDSR, each scale)
 
-The protocol itself (pairs, scoring, panels) is ``edsr_jax.evaluator``, which the trainer
+The protocol itself (pairs, scoring, panels) is ``edsr_jax.evaluation.evaluator``, which the trainer
 uses too; ``evaluator.evaluate_folder`` is this CLI's scoring as a function, for research code.
 """
 
@@ -26,10 +26,11 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from edsr_jax import SCALES, cli
-from edsr_jax.evaluator import (BASELINES, UpscaleFn, benchmark_layout, evaluate_folder, lr_folder,
+from edsr_jax import SCALES
+from edsr_jax.io import cli
+from edsr_jax.evaluation.evaluator import (BASELINES, UpscaleFn, benchmark_layout, evaluate_folder, lr_folder,
                                 panel_path, sr_path)
-from edsr_jax.images import ImageError
+from edsr_jax.io.images import ImageError, image_folder
 
 LAYOUTS = """\
 test-set folders (DATASET_DIR):
@@ -52,7 +53,7 @@ scores: PSNR and SSIM on Y (MATLAB rgb2ycbcr luma, as EDSR, RCAN and most SR pap
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edsr_jax.degrade import SPEC_HELP
+    from edsr_jax.degradation.degrade import SPEC_HELP
 
     p = cli.ArgumentParser(
         prog="python -m edsr_jax.evaluate",
@@ -174,7 +175,7 @@ def _check_datasets(args, scales: Sequence[int]) -> list[TestSet]:
             root = roots[0]
         else:
             root = None
-        paths = cli.image_folder(hr_dir)
+        paths = image_folder(hr_dir)
         by_scale = {}
         if root is not None:
             for s in scales:
@@ -191,7 +192,7 @@ def _load_upscaler(args):
     """The ``infer.Upscaler`` of ``--checkpoint`` (an MDSR at its first scale: the caller
     takes the others with ``at_scale``) or of the built-in ``--model``; a bad checkpoint or
     name is a UsageError naming it."""
-    from edsr_jax.infer import Upscaler  # lazily: only a model needs JAX
+    from edsr_jax.inference.infer import Upscaler  # lazily: only a model needs JAX
 
     if args.model:
         try:
@@ -240,7 +241,7 @@ def format_table(results: list[dict]) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     """``--json``: written atomically (``outputs.atomic_write``); a full disk is one line."""
-    from edsr_jax import outputs
+    from edsr_jax.io import outputs
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,14 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if given:
                 raise cli.UsageError(f"{flag} applies to a model: give --checkpoint DIR or --model NAME too")
     else:
-        from edsr_jax import infer
+        from edsr_jax.inference import infer
 
         try:
             infer.conv_backend_for(args.conv_backend, option="--conv-backend")
         except ValueError as e:
             raise cli.UsageError(str(e)) from None
     if args.spec:
-        from edsr_jax import degrade
+        from edsr_jax.degradation import degrade
 
         for s in args.scales or list(SCALES):
             try:
@@ -319,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p for t in datasets for d in t.lr_dirs.values() for p in (d.iterdir() if d.is_dir() else [])]
     json_path = Path(args.json) if args.json else None
     if json_path is not None:
-        from edsr_jax import outputs
+        from edsr_jax.io import outputs
 
         outputs.check_not_input(json_path, inputs, option="--json")
         if json_path.exists() and not args.overwrite:
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods: list[tuple[str, UpscaleFn, list[int], int | None]] = [
         (name, BASELINES[name], scales, None) for name in args.baselines]
     if upscaler is not None:
-        from edsr_jax import infer
+        from edsr_jax.inference import infer
 
         # MDSR: one Upscaler per scale on the shared weights; EDSR: the one
         by_scale = ({s: upscaler.at_scale(s) for s in model_scales} if upscaler.mdsr_scale is not None
@@ -346,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     ("--save-panels", args.save_panels, panel_path)):
         if not folder:
             continue
-        from edsr_jax import outputs
+        from edsr_jax.io import outputs
 
         for t in datasets:
             for method, _, method_scales, step in methods:

@@ -6,12 +6,12 @@ and import official PyTorch weights as an ordinary checkpoint.
     python -m edsr_jax.export --model poster-x2 --out poster-x2.stablehlo   (a built-in model)
     python -m edsr_jax.export --from-torch edsr_baseline_x2.pt --out DIR  (scale, preset read from the weights)
 
-MDSR (``edsr_jax.mdsr``) too: ``--from-torch mdsr_baseline.pt`` imports the official MDSR
+MDSR (``edsr_jax.nets.mdsr``) too: ``--from-torch mdsr_baseline.pt`` imports the official MDSR
 layout (every scale in one checkpoint); a StableHLO export holds one scale (``--scale N``
 required, the artifact's ``name`` and ``scale`` say which); ``--format torch`` writes the
 official MDSR key layout with every scale.
 
-The StableHLO artifact runs with ``edsr_jax.stablehlo_runner`` (JAX and NumPy only).
+The StableHLO artifact runs with ``edsr_jax.inference.stablehlo_runner`` (JAX and NumPy only).
 The checkpoint stays the lasting artifact: serialized exports are tied to a window of
 JAX versions, so re-export when needed. PyTorch is optional (``pip install "edsr-jax[torch]"``).
 """
@@ -28,8 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from edsr_jax import cli, infer, mdsr, stablehlo_runner, torch_convert
-from edsr_jax.model import PRESETS, ModelConfig, preset
+from edsr_jax.io import cli
+from edsr_jax.inference import infer
+from edsr_jax.nets import mdsr
+from edsr_jax.inference import stablehlo_runner
+from edsr_jax.inference import torch_convert
+from edsr_jax.nets.edsr import PRESETS, ModelConfig, preset
 
 TORCH_HINT = 'PyTorch is not installed; install it with: pip install "edsr-jax[torch]"'
 PLATFORMS = ("cpu", "cuda")
@@ -58,7 +62,7 @@ def stablehlo_artifact(config: ModelConfig, params, *, dtype: str = "float32",
     only (its branches' weights alone are baked in), and its header's ``scale`` and ``name``
     (``mdsr_baseline_x3``) say so, ``model`` holds ``"arch": "mdsr"``. EDSR: ``scale`` None or
     its own (``infer.resolve_scale``; ValueError otherwise)."""
-    from edsr_jax import checkpoint
+    from edsr_jax.training import checkpoint
 
     mdsr_scale = infer.resolve_scale(config, scale)
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), infer._inner(params))
@@ -119,7 +123,7 @@ def import_torch(path: str | Path, out: str | Path, *, scale: int | None = None,
     upsampler's shapes; ``preset_name`` None: the preset whose blocks and features match.
     An MDSR state_dict (``pre_process.*`` keys) is imported whole, every scale
     (``import_torch_mdsr``). Returns the checkpoint step folder."""
-    from edsr_jax import checkpoint
+    from edsr_jax.training import checkpoint
 
     sd = load_torch_state_dict(path)
     if any(str(k).removeprefix("module.").startswith("pre_process.") for k in sd):
@@ -157,7 +161,7 @@ def import_torch_mdsr(path: str | Path, out: str | Path, sd: dict, *, scale: int
     params-only checkpoint in ``out`` whose config says MDSR and its scales. ``preset_name``
     (an ``mdsr.PRESETS`` name) is checked against the weights; ``scale`` and ``res_scale``
     do not apply (UsageError naming the option). Returns the checkpoint step folder."""
-    from edsr_jax import checkpoint
+    from edsr_jax.training import checkpoint
 
     if scale is not None:
         raise cli.UsageError(f"--scale {scale}: {Path(path).name} holds MDSR weights, which serve "
@@ -190,7 +194,7 @@ def _check_preset(config: ModelConfig, preset_name: str) -> None:
 def write_bytes(path: Path, data: bytes, overwrite: bool) -> Path:
     """Write ``data`` to ``path`` atomically (``outputs.atomic_write``); refuse (UsageError) an
     existing file unless ``overwrite``; a full disk is one ``WriteError`` line naming ``path``."""
-    from edsr_jax import outputs
+    from edsr_jax.io import outputs
 
     if path.exists() and not overwrite:
         raise cli.UsageError(f"{path}: exists (pass --overwrite to replace it)")
@@ -248,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_torch:
         if args.format is not None:
             raise cli.UsageError("--format is for --checkpoint exports; --from-torch writes a checkpoint")
-        from edsr_jax import outputs
+        from edsr_jax.io import outputs
 
         outputs.check_not_input(out, [args.from_torch], option="--out")
         step = import_torch(args.from_torch, out, scale=args.scale, preset_name=args.preset,
@@ -314,7 +318,7 @@ def _builtin(name: str):
 
 
 def _restore(path):
-    from edsr_jax import checkpoint
+    from edsr_jax.training import checkpoint
 
     try:
         config, params = checkpoint.restore_for_inference(path)

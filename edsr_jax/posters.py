@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from edsr_jax.cli import UsageError
+from edsr_jax.io.cli import UsageError
 
 PILLOW_DEFAULT = "pillow-default"
 MIN_SIZE = 64
@@ -493,10 +493,11 @@ def load_photos(folder: str | os.PathLike | None, size: tuple[int, int]) -> list
     """The photographs to frame, each ``(h, w, 3) uint8`` no larger than half the poster's
     long side: read from ``folder`` (``images.read_rgb``; UsageError naming a bad folder or
     file) or, when None, scikit-image's built-in photographs (``sample_data``)."""
-    from edsr_jax import cli, sample_data
-    from edsr_jax.images import ImageError, read_rgb
+    from edsr_jax import sample_data
+    from edsr_jax.io import cli
+    from edsr_jax.io.images import ImageError, image_folder, read_rgb
 
-    paths = (cli.image_folder(folder) if folder is not None
+    paths = (image_folder(folder) if folder is not None
              else sample_data.builtin_images("train") + sample_data.builtin_images("val"))
     limit = max(32, max(size) // 2)
     photos = []
@@ -553,8 +554,8 @@ def generate(out: str | os.PathLike, count: int, size: tuple[int, int], seed: in
     Every target is checked first: an existing one is a UsageError unless ``overwrite``, a
     photograph of ``photos_dir`` is never a target; files appear atomically (``outputs``).
     """
-    from edsr_jax import outputs
-    from edsr_jax.images import write_image
+    from edsr_jax.io import outputs
+    from edsr_jax.io.images import write_image
 
     faces = select_fonts(fonts)
     photos = load_photos(photos_dir, size)
@@ -599,7 +600,7 @@ def _size_arg(text: str) -> tuple[int, int]:
 
 def build_parser():
     """The CLI's ``cli.ArgumentParser``."""
-    from edsr_jax import cli
+    from edsr_jax.io import cli
 
     p = cli.ArgumentParser(prog="python -m edsr_jax.posters",
                            description="Draw synthetic posters (red, black and grey text, rules, boxes, "
@@ -637,6 +638,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from edsr_jax import cli as _cli
+    from edsr_jax.io import cli as _cli
 
     sys.exit(_cli.run(main))

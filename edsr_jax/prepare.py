@@ -17,7 +17,7 @@ With tiling each tile is its own pair, ``0001_01.png``, ``0001_02.png`` ... (row
 column of tiles flush with the image's edges. Every HR tile is cropped (bottom and right)
 to a multiple of every requested scale.
 
-The spec (see ``edsr_jax.degrade``) is written once for all scales with its resize
+The spec (see ``edsr_jax.degradation.degrade``) is written once for all scales with its resize
 factor left open, ``"blur(0.5,1.5) > bicubic > jpeg(30,90)"`` (or ``bicubic(S)``); each
 scale fills it in. ``--name`` defaults to the operator names joined by ``_``
 (``bicubic``, ``blur_bicubic_jpeg``). Random parameters use a generator seeded from
@@ -53,9 +53,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edsr_jax import cli
-from edsr_jax.degrade import SCALES, SpecError, parse
-from edsr_jax.images import IMAGE_SUFFIXES, ImageError, read_rgb, write_image
+from edsr_jax.io import cli
+from edsr_jax.degradation.degrade import SCALES, SpecError, parse
+from edsr_jax.io.images import IMAGE_SUFFIXES, ImageError, image_folder, read_rgb, write_image
 
 MANIFEST = "manifest.json"
 FORMAT = "edsr-jax-prepare/1"
@@ -196,7 +196,7 @@ def _put(out: Path, rel: str, arr: np.ndarray, finished: set[str], overwrite: bo
          counts: dict[str, int], conflicts: list[str]) -> None:
     """Write ``arr`` to ``out/rel`` unless finished; adopt an identical unrecorded file.
     The path must stay under ``out`` (a linked folder inside it pointing out is refused)."""
-    from edsr_jax import outputs
+    from edsr_jax.io import outputs
 
     path = outputs.inside(out, rel, option="--out")
     if rel in finished and path.exists() and not overwrite:
@@ -268,7 +268,7 @@ def process_source(path: str, index: int, out: str, settings: Settings, width: i
 def _save_manifest(out: Path, manifest: dict) -> None:
     """Write ``out/manifest.json`` atomically (``outputs.atomic_write``; a full disk is one
     ``error:`` line and leaves the previous manifest)."""
-    from edsr_jax import outputs
+    from edsr_jax.io import outputs
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -442,8 +442,8 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
 
     settings = make_settings(spec, scales, name, tiling, seed)
     hr_dir, out = Path(hr_dir), Path(out)
-    sources = cli.image_folder(hr_dir)
-    from edsr_jax import outputs
+    sources = image_folder(hr_dir)
+    from edsr_jax.io import outputs
 
     outputs.inside(out, f"LR_{settings.name}", option="--name")  # also: not longer than NAME_MAX
     for folder in [out / "HR"] + [out / f"LR_{settings.name}" / f"X{s}" for s in settings.scales]:
@@ -545,7 +545,7 @@ def report(summary: Summary, out: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The prepare command's options (a ``cli.ArgumentParser``: errors raise UsageError)."""
-    from edsr_jax.degrade import SPEC_HELP
+    from edsr_jax.degradation.degrade import SPEC_HELP
 
     p = cli.ArgumentParser(prog="python -m edsr_jax.prepare",
                            formatter_class=argparse.RawDescriptionHelpFormatter,

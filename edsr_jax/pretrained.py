@@ -46,7 +46,7 @@ def load(name: str) -> tuple[Any, dict]:
     ``{"params": {...}}`` of float32 NumPy arrays (the float16 weights widened exactly), usable
     as ``model.apply(variables, x)`` with ``x`` ``(N, H, W, 3)`` float32 in [0, 255].
     ValueError for an unknown name or weights that do not match the card's checksum."""
-    from edsr_jax import checkpoint
+    from edsr_jax.training import checkpoint
 
     info = card(name)
     data = (MODELS_DIR / f"{name}.npz").read_bytes()
@@ -75,7 +75,8 @@ def pack(variables: dict, model_config, name: str, info: dict, out_dir: Path = M
     Existing files of that name are replaced only with ``overwrite`` (else FileExistsError).
     Refuses (ValueError) a name that is not lower-case letters, digits and dashes, and weights
     that do not fit float16 (an overflow would change the model)."""
-    from edsr_jax import checkpoint, outputs
+    from edsr_jax.training import checkpoint
+    from edsr_jax.io import outputs
 
     if not name or not all(c.islower() or c.isdigit() or c == "-" for c in name):
         raise ValueError(f"model name {name!r}: use lower-case letters, digits and '-', e.g. poster-x2")
@@ -101,7 +102,7 @@ def pack(variables: dict, model_config, name: str, info: dict, out_dir: Path = M
 
 def main(argv: Sequence[str] | None = None) -> int:
     """List the built-in models (name, summary, Set5 PSNR)."""
-    from edsr_jax import cli
+    from edsr_jax.io import cli
 
     p = cli.ArgumentParser(prog="python -m edsr_jax.pretrained",
                            description="List the trained models shipped with edsr-jax "
@@ -120,6 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from edsr_jax import cli
+    from edsr_jax.io import cli
 
     sys.exit(cli.run(main))

@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A file already there with the same bytes is left as it is (running twice is fine); a
     different one is a UsageError unless ``--overwrite``."""
-    from edsr_jax import cli, outputs
+    from edsr_jax.io import cli
+    from edsr_jax.io import outputs
 
     p = cli.ArgumentParser(prog="python -m edsr_jax.sample_data",
                            description="Copy the built-in sample photographs (scikit-image's) to "
@@ -78,6 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from edsr_jax import cli as _cli
+    from edsr_jax.io import cli as _cli
 
     sys.exit(_cli.run(main))

@@ -32,13 +32,18 @@ import numpy as np
 import optax
 from flax import struct
 
-from edsr_jax import checkpoint, cli, onednn_conv, outputs, run_lock, xla_options
-from edsr_jax import config as config_lib
-from edsr_jax.evaluator import Evaluator
-from edsr_jax.images import ImageError
-from edsr_jax.mdsr import MDSR, MDSRConfig
-from edsr_jax.model import DTYPES, EDSR, ModelConfig, count_params
-from edsr_jax.run_log import Logger, StopRequest
+from edsr_jax.training import checkpoint
+from edsr_jax.io import cli
+from edsr_jax.nets import onednn_conv
+from edsr_jax.io import outputs
+from edsr_jax.training import run_lock
+from edsr_jax.nets import xla_options
+from edsr_jax.training import config as config_lib
+from edsr_jax.evaluation.evaluator import Evaluator
+from edsr_jax.io.images import ImageError
+from edsr_jax.nets.mdsr import MDSR, MDSRConfig
+from edsr_jax.nets.edsr import DTYPES, EDSR, ModelConfig, count_params
+from edsr_jax.training.run_log import Logger, StopRequest
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -343,7 +348,8 @@ def train_dataset(config, process_index: int, process_count: int, scale: int | N
     the ``X<scale>`` folder of a prepared set, or HR degraded on the fly at that scale), with
     a data seed of its own (``data.scale_seed``).
     Raises ``cli.UsageError`` for a missing folder or a source that does not fit the data."""
-    from edsr_jax import data, sample_data
+    from edsr_jax import sample_data
+    from edsr_jax.data import sources as data
 
     d = config.data
     seed = int(config.train.seed)
@@ -383,7 +389,7 @@ def training_spec(config, scale: int) -> str | None:
 def augmentation_note(config, scale: int) -> str | None:
     """A line for the log when the training degradation allows fewer than the 8 flips and
     quarter turns as augmentation (``degrade.Pipeline.symmetries``), else None."""
-    from edsr_jax import degrade
+    from edsr_jax.degradation import degrade
 
     spec = training_spec(config, scale)
     if not spec:
@@ -404,7 +410,8 @@ def validation_set(config, report: Callable[[str], None] | None = None,
 
     Images that cannot be scored go to ``report`` (``"skipped: ..."``); raises
     ``cli.UsageError`` when the folder is missing, the spec is bad or no image is usable."""
-    from edsr_jax import degrade, sample_data
+    from edsr_jax import sample_data
+    from edsr_jax.degradation import degrade
 
     d = config.data
     val_src = sample_data.resolve(d.val, "val")
@@ -466,7 +473,7 @@ class Run:
             outputs.check_appendable(self.workdir / "metrics.jsonl")
         note = resolve_lr_name(config)
         self._check_resumable()
-        from edsr_jax.feed import DeviceFeed
+        from edsr_jax.data.feed import DeviceFeed
 
         try:
             datasets = {s: train_dataset(config, jax.process_index(), self.process_count,
@@ -493,8 +500,8 @@ class Run:
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             state_shape, self.shardings.state)
         if self.mdsr:  # batch n has scale order(n); each scale reads its own stream
-            from edsr_jax.data import ScaleOrder
-            from edsr_jax.feed import MultiScaleFeed
+            from edsr_jax.data.sources import ScaleOrder
+            from edsr_jax.data.feed import MultiScaleFeed
 
             feeds = {}
             stack.callback(lambda: [f.close() for f in feeds.values()])
@@ -651,7 +658,7 @@ class Run:
         ``x{s}/bicubic_ssim``, ``x{s}/images``, and as ``psnr``, ``ssim``, ``bicubic_psnr``,
         ``bicubic_ssim`` their means over the scales (``psnr`` ranks the checkpoints); ``images``
         is the total, ``panel`` the largest scale's."""
-        from edsr_jax.infer import Upscaler
+        from edsr_jax.inference.infer import Upscaler
 
         _check_finite(state, self.config.train.nan_policy)
         weights = local_copy(state.ema if self.use_ema else state.params)

@@ -38,9 +38,10 @@ from typing import Sequence
 
 import numpy as np
 
-from edsr_jax import cli
-from edsr_jax.images import (QUALITY_FORMATS, Decoded, ImageError, image_format, is_image_file, read_image,
-                             write_kind)
+from edsr_jax.io import cli
+from edsr_jax.io.images import (QUALITY_FORMATS, Decoded, ImageError, image_folder, image_format, is_image_file,
+                                read_image,
+                                write_kind)
 
 GLOB_CHARS = "*?["
 
@@ -55,7 +56,7 @@ def collect_inputs(items: Sequence[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            files = cli.image_folder(path)
+            files = image_folder(path)
         elif path.exists():
             if not is_image_file(path):
                 raise cli.UsageError(f"{path}: not an image file name (expected a suffix like .png, .jpg)")
@@ -87,7 +88,7 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext
     one output, an output would replace an input (even through a link), or outputs exist
     and ``overwrite`` is False.
     """
-    from edsr_jax import outputs as out_files
+    from edsr_jax.io import outputs as out_files
 
     out_dir = Path(out_dir)
     resolved_out = out_dir.resolve()
@@ -217,7 +218,7 @@ def upscale_decoded(upscaler, decoded: Decoded) -> tuple[np.ndarray, np.ndarray 
     ``alpha``: ``(H*s, W*s)`` uint8, MATLAB bicubic ``imresize(alpha, s)`` (the model is
     trained on colour, not on alpha masks), or None.
     """
-    from edsr_jax.imresize import imresize
+    from edsr_jax.degradation.imresize import imresize
 
     s = upscaler.scale
     if decoded.kind in ("RGB", "RGBA"):
@@ -234,7 +235,7 @@ def upscale_decoded(upscaler, decoded: Decoded) -> tuple[np.ndarray, np.ndarray 
 
 def _check_conv_backend(conv_backend: str, dtype: str) -> None:
     """Raise UsageError when ``--conv-backend`` is unknown or cannot run here (with ``--dtype``)."""
-    from edsr_jax import infer
+    from edsr_jax.inference import infer
 
     try:
         infer.conv_backend_for(conv_backend, dtype, option="--conv-backend", dtype_option="--dtype")
@@ -244,7 +245,7 @@ def _check_conv_backend(conv_backend: str, dtype: str) -> None:
 
 def _load(args):
     from edsr_jax import pretrained
-    from edsr_jax.infer import Upscaler
+    from edsr_jax.inference.infer import Upscaler
 
     options = dict(tile=args.tile, ensemble=args.ensemble, dtype=args.dtype,
                    memory_budget_mb=args.memory_budget_mb, conv_backend=args.conv_backend)

@@ -39,8 +39,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edsr_jax import degrade, diagnose, images, sample_data  # noqa: E402
-from edsr_jax.imresize import imresize  # noqa: E402
+from edsr_jax import diagnose, sample_data
+from edsr_jax.degradation import degrade
+from edsr_jax.io import images  # noqa: E402
+from edsr_jax.degradation.imresize import imresize  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 

@@ -6,7 +6,7 @@ Train data: a DIV2K-layout folder (`python -m edsr_jax.prepare`), e.g.
       --config.data.train=data/DIV2K --config.data.val=data/Set5
 """
 
-from edsr_jax.config import paper_config
+from edsr_jax.training.config import paper_config
 
 
 def get_config():

@@ -5,7 +5,7 @@ batch 16, Adam (0.9, 0.999, 1e-8), lr 1e-4 halved every 200k steps, 300k steps, 
       --config.data.train=data/DIV2K --config.data.val=data/Set5
 """
 
-from edsr_jax.config import paper_config
+from edsr_jax.training.config import paper_config
 
 
 def get_config():

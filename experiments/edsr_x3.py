@@ -6,7 +6,7 @@ Starts from the trained x2 model (upsampler and tail re-initialised).
       --config.data.train=data/DIV2K --config.data.val=data/Set5
 """
 
-from edsr_jax.config import paper_config
+from edsr_jax.training.config import paper_config
 
 
 def get_config():

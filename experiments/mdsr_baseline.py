@@ -11,7 +11,7 @@ Train data: a DIV2K-layout folder with X2, X3 and X4 pairs
       --config.data.train=data/DIV2K --config.data.val=data/Set5
 """
 
-from edsr_jax.config import mdsr_paper_config
+from edsr_jax.training.config import mdsr_paper_config
 
 
 def get_config():

@@ -12,7 +12,7 @@ Adam at 7e-4 with a short warm-up and a cosine decay to 0 (a short run ends best
 learning rate); train.max_minutes stops it at 11.5 minutes on a slower machine.
 """
 
-from edsr_jax.config import base_config
+from edsr_jax.training.config import base_config
 
 
 def get_config():

@@ -153,7 +153,7 @@ def table(out: Path) -> str:
 
 
 def _models(runs: Path) -> dict:
-    from edsr_jax.infer import Upscaler
+    from edsr_jax.inference.infer import Upscaler
 
     return {label: Upscaler.from_checkpoint(runs / name) for name, (label, *_) in RUNS.items()}
 
@@ -201,8 +201,8 @@ def figures(runs: Path, data: Path, out: Path, scores: dict) -> None:
     import numpy as np
     from PIL import Image
 
-    from edsr_jax.evaluator import bicubic_upscale, lr_maker
-    from edsr_jax.images import read_rgb
+    from edsr_jax.evaluation.evaluator import bicubic_upscale, lr_maker
+    from edsr_jax.io.images import read_rgb
 
     models = _models(runs)
     make_lr = lr_maker(2, POSTER)
@@ -282,7 +282,8 @@ def pack(runs: Path, data: Path, out: Path, only: tuple[str, ...] = tuple(SHIPS)
     """Ship the models of ``SHIPS`` (those of ``only``): pack float16 weights, score them
     (Set5, Set14, BSD68 with bicubic LR at the model's scale; the x2 models also on the held-out
     posters with the poster degradation), and write the scores into the cards."""
-    from edsr_jax import checkpoint, pretrained
+    from edsr_jax import pretrained
+    from edsr_jax.training import checkpoint
 
     for name, (run_name, summary, training, posters) in SHIPS.items():
         if name not in only:

@@ -16,7 +16,7 @@ is equal in work whatever else shares the machine.
   python -m edsr_jax.train --config experiments/posters_x2.py --workdir runs/posters_x2
 """
 
-from edsr_jax.config import base_config
+from edsr_jax.training.config import base_config
 
 POSTER = "nearest > jpeg(30,60)"
 

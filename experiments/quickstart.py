@@ -6,7 +6,7 @@ Trains on six of scikit-image's bundled colour photographs, validates on two oth
 (chelsea, coffee) with the papers' protocol, and beats bicubic PSNR on them.
 """
 
-from edsr_jax.config import base_config
+from edsr_jax.training.config import base_config
 
 
 def get_config():

@@ -14,7 +14,7 @@ Prepare the data first (experiments/sun80.py does all):
   python -m edsr_jax.train --config experiments/sun80_x2.py --workdir runs/sun80_x2
 """
 
-from edsr_jax.config import base_config
+from edsr_jax.training.config import base_config
 
 
 def get_config():

@@ -158,7 +158,7 @@ def _tiny_step_inputs():
     import optax
 
     from edsr_jax import train
-    from edsr_jax.model import ModelConfig
+    from edsr_jax.nets.edsr import ModelConfig
 
     model = ModelConfig(2, 1, 8, 1.0).build()
     tx = optax.adam(1e-3)
@@ -199,7 +199,7 @@ def test_select_guard_keeps_the_state_after_a_non_finite_step():
 
 
 def test_step_formulation_is_chosen_per_platform():
-    from edsr_jax import xla_options
+    from edsr_jax.nets import xla_options
 
     assert xla_options.step_formulation("cpu").guard == "cond"
     for platform in ("gpu", "tpu"):

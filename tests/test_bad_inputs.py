@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edsr_jax import cli, data, evaluate, prepare, upscale
+from edsr_jax import evaluate, prepare, upscale
+from edsr_jax.io import cli
+from edsr_jax.data import sources as data
 
 SCALE = 2
 PATCH = 8  # LR patch side in the data tests; HR patch 16
@@ -111,8 +113,8 @@ def tiny_checkpoint(tmp_path_factory):
     import jax
     import jax.numpy as jnp
 
-    from edsr_jax import checkpoint
-    from edsr_jax.model import ModelConfig
+    from edsr_jax.training import checkpoint
+    from edsr_jax.nets.edsr import ModelConfig
 
     cfg = ModelConfig(SCALE, 2, 8)
     params = cfg.build().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
@@ -347,7 +349,7 @@ def test_export_never_writes_into_what_it_reads(tmp_path, tiny_checkpoint, capsy
 def test_written_files_have_the_usual_permissions(tmp_path):
     import os
 
-    from edsr_jax import outputs
+    from edsr_jax.io import outputs
 
     old = os.umask(0o022)
     try:
@@ -510,7 +512,7 @@ def test_prepare_corpus_in_a_real_process_finishes_without_traceback(corpus, tmp
 
 # ---------------------------------------------------------------- one CLI convention
 
-CLIS = ("train", "evaluate", "upscale", "prepare", "export", "stablehlo_runner")
+CLIS = ("train", "evaluate", "upscale", "prepare", "export", "inference.stablehlo_runner")
 
 
 def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0():
@@ -528,7 +530,7 @@ def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0(
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     required = {"train": ["--config", "experiments/quickstart.py", "--workdir", "w"], "evaluate": ["Set5"],
                 "upscale": ["a.png", "--checkpoint", "c", "--out", "o"], "prepare": ["hr", "--out", "o"],
-                "export": ["--checkpoint", "c", "--out", "o"], "stablehlo_runner": ["m", "i", "o"]}
+                "export": ["--checkpoint", "c", "--out", "o"], "inference.stablehlo_runner": ["m", "i", "o"]}
     runs = {(tool, case): subprocess.Popen(
         [sys.executable, "-m", f"edsr_jax.{tool}", *args], cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -1,9 +1,9 @@
-"""edsr_jax.color against MATLAB's documented rgb2ycbcr matrix and known outputs."""
+"""edsr_jax.evaluation.color against MATLAB's documented rgb2ycbcr matrix and known outputs."""
 
 import numpy as np
 import pytest
 
-from edsr_jax.color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
+from edsr_jax.evaluation.color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
 
 
 def reference_ycbcr(r, g, b):

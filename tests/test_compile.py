@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from edsr_jax import config as config_lib
-from edsr_jax import onednn_conv, train
-from edsr_jax.model import ModelConfig
+from edsr_jax.training import config as config_lib
+from edsr_jax import train
+from edsr_jax.nets import onednn_conv
+from edsr_jax.nets.edsr import ModelConfig
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 TINY = ROOT / "tests" / "configs" / "tiny.py"
@@ -98,7 +99,7 @@ def test_step_cache_holds_one_entry_after_steps_on_new_batches():
 
 
 def test_cpu_compiler_options_keep_convolutions_out_of_lone_ynnpack_fusions(monkeypatch):
-    from edsr_jax import xla_options
+    from edsr_jax.nets import xla_options
 
     chosen = {"xla_cpu_experimental_ynn_fusion_type":
               "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
@@ -137,7 +138,7 @@ def test_train_step_and_inference_compile_with_the_project_options(monkeypatch):
     import jax.numpy as jnp
     import optax
 
-    from edsr_jax import infer
+    from edsr_jax.inference import infer
 
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     config = ModelConfig(scale=2, num_blocks=1, num_features=8)
@@ -173,4 +174,4 @@ def test_train_step_and_inference_compile_with_the_project_options(monkeypatch):
         assert len(convolutions(text)) == 6
     if not any(in_ynn for _, in_ynn in default):
         pytest.skip("XLA's defaults give no weight gradient to YNNPACK here (another jaxlib or "
-                    "CPU): the checks above could not fail; revisit edsr_jax/xla_options.py")
+                    "CPU): the checks above could not fail; revisit edsr_jax/nets/xla_options.py")

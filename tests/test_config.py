@@ -5,8 +5,8 @@ import importlib.util
 import pytest
 
 from conftest import ROOT
-from edsr_jax import config as config_lib
-from edsr_jax.model import preset
+from edsr_jax.training import config as config_lib
+from edsr_jax.nets.edsr import preset
 
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.py"))
 

@@ -1,4 +1,4 @@
-"""Tests for the Grain input pipeline (edsr_jax.data) and the decode cache (edsr_jax.cache).
+"""Tests for the Grain input pipeline (edsr_jax.data.sources) and the decode cache (edsr_jax.data.cache).
 
 Images are tiny, generated in tmp_path; the cache lives in tmp_path too.
 """
@@ -12,10 +12,10 @@ import grain
 import numpy as np
 import pytest
 
-from edsr_jax import cache as cache_lib
-from edsr_jax import data
-from edsr_jax.images import write_image
-from edsr_jax.imresize import imresize
+from edsr_jax.data import cache as cache_lib
+from edsr_jax.data import sources as data
+from edsr_jax.io.images import write_image
+from edsr_jax.degradation.imresize import imresize
 
 
 def _noise(rng, h, w):

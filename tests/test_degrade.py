@@ -1,4 +1,4 @@
-"""Degradation operators and the spec language (edsr_jax.degrade)."""
+"""Degradation operators and the spec language (edsr_jax.degradation.degrade)."""
 
 import math
 import pickle
@@ -6,9 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-from edsr_jax import degrade
-from edsr_jax.degrade import SpecError, parse
-from edsr_jax.imresize import imresize
+from edsr_jax.degradation import degrade
+from edsr_jax.degradation.degrade import SpecError, parse
+from edsr_jax.degradation.imresize import imresize
 
 
 def smooth_image(h, w, seed=0):
@@ -292,7 +292,7 @@ def test_symmetries_are_exactly_those_that_commute(spec):
     resize rounds to uint8 after each axis pass, and a quarter turn swaps the passes); for an unlisted k it
     does not, for a fixed-parameter chain (the aniso ranged chain: its parameters are random,
     so only the listed set is checked)."""
-    from edsr_jax.data import symmetry
+    from edsr_jax.data.sources import symmetry
 
     pipe = degrade.parse(spec)
     hr = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edsr_jax import cli, degrade, diagnose, images, sample_data
+from edsr_jax import diagnose, sample_data
+from edsr_jax.io import cli
+from edsr_jax.degradation import degrade
+from edsr_jax.io import images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +127,7 @@ def test_clean_image_has_little_noise():
 def test_upscaled_back_factor(cat):
     lr = degrade.bicubic(cat, 2)[:96, :96]
     assert diagnose.upscaled_by(np.repeat(np.repeat(lr, 3, 0), 3, 1))[:2] == (3, "nearest")
-    from edsr_jax.imresize import imresize
+    from edsr_jax.degradation.imresize import imresize
     assert diagnose.upscaled_by(imresize(lr, 2.0))[:2] == (2, "smooth")
     assert diagnose.upscaled_by(lr)[0] == 1
     d = diagnose.diagnose_array(np.repeat(np.repeat(lr, 2, 0), 2, 1))  # no --scale: the factor

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, shared_dataset
-from edsr_jax import evaluate, evaluator
-from edsr_jax.cli import run
+from edsr_jax import evaluate
+from edsr_jax.evaluation import evaluator
+from edsr_jax.io.cli import run
 
 
 def write_png(path, shape=(40, 36, 3), seed=0):
@@ -70,8 +71,8 @@ def test_evaluate_folder_with_a_custom_upscaler(small_set):
 
 
 def test_score_image_is_the_papers_protocol():
-    from edsr_jax.imresize import imresize
-    from edsr_jax.metrics import psnr, ssim
+    from edsr_jax.degradation.imresize import imresize
+    from edsr_jax.evaluation.metrics import psnr, ssim
 
     rng = np.random.default_rng(1)
     hr = rng.integers(0, 256, size=(36, 48, 3), dtype=np.uint8)
@@ -143,9 +144,9 @@ class FakeUpscaler:
 
 
 def test_checkpoint_path_with_a_fake_upscaler(small_set, tmp_path, monkeypatch, capsys):
-    from edsr_jax import infer
+    from edsr_jax.inference import infer
 
-    monkeypatch.setitem(sys.modules, "edsr_jax.infer", types.SimpleNamespace(
+    monkeypatch.setitem(sys.modules, "edsr_jax.inference.infer", types.SimpleNamespace(
         Upscaler=FakeUpscaler, conv_backend_for=infer.conv_backend_for))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -198,7 +199,7 @@ def test_scales_before_the_folders_are_parsed_as_scales(small_set):
 
 
 def test_spec_degrades_the_lr_deterministically_per_image(small_set):
-    from edsr_jax.images import list_images, read_rgb
+    from edsr_jax.io.images import list_images, read_rgb
 
     seen = {}
 
@@ -229,7 +230,7 @@ def make_benchmark(root, sizes=((41, 37), (36, 44)), scales=(2,), lr_root=None, 
     """``root/HR/imgK.png`` with pre-made LR ``LR_bicubic/X<s>/imgKx<s>.png`` (nearest
     decimation, so it differs from the LR evaluate would make); ``lr_root`` puts the LR
     folders elsewhere (DIV2K's layout). Returns ``{(name, s): (lr, hr_cropped)}``."""
-    from edsr_jax.images import write_image
+    from edsr_jax.io.images import write_image
 
     hr_dir = root / "HR" if lr_root is None else root
     lr_root = root / "LR_bicubic" if lr_root is None else lr_root
@@ -245,7 +246,7 @@ def make_benchmark(root, sizes=((41, 37), (36, 44)), scales=(2,), lr_root=None, 
 
 
 def test_premade_lr_as_distributed_is_scored_as_given(tmp_path, capsys):
-    from edsr_jax.metrics import psnr, ssim
+    from edsr_jax.evaluation.metrics import psnr, ssim
 
     made = make_benchmark(tmp_path / "Bench", scales=(2, 3))
     out = tmp_path / "r.json"
@@ -282,7 +283,7 @@ def test_div2k_layout_with_lr_dir_and_the_errors_of_pairs(tmp_path, capsys):
     # A missing, a wrong-size and an unreadable LR file: that image is skipped naming the files (exit 1).
     (lr_root / "X2" / "img0x2.png").unlink()
     (lr_root / "X2" / "img3x2.png").write_bytes(b"not an image")
-    from edsr_jax.images import write_image
+    from edsr_jax.io.images import write_image
     write_image(lr_root / "X2" / "img1x2.png", made[("img1.png", 2)][0][:10], overwrite=True)
     capsys.readouterr()
     assert run(evaluate.main, ["--bicubic", "--scales", "2", "--lr-dir", str(lr_root), str(hr_dir)]) == 1
@@ -304,8 +305,8 @@ def test_div2k_layout_with_lr_dir_and_the_errors_of_pairs(tmp_path, capsys):
 
 
 def test_baselines_side_by_side_and_rgb(small_set, tmp_path, capsys):
-    from edsr_jax.images import read_rgb
-    from edsr_jax.metrics import psnr
+    from edsr_jax.io.images import read_rgb
+    from edsr_jax.evaluation.metrics import psnr
 
     out = tmp_path / "r.json"
     args = evaluate.parse_args(["--baselines", "nearest", "bilinear", str(small_set)])
@@ -331,12 +332,12 @@ def test_baselines_side_by_side_and_rgb(small_set, tmp_path, capsys):
 
 
 def test_save_images_writes_full_sr_outputs_named_by_method_and_step(small_set, tmp_path, monkeypatch):
-    from edsr_jax import infer
+    from edsr_jax.inference import infer
 
     class Stepped(FakeUpscaler):
         step = 1234
 
-    monkeypatch.setitem(sys.modules, "edsr_jax.infer", types.SimpleNamespace(
+    monkeypatch.setitem(sys.modules, "edsr_jax.inference.infer", types.SimpleNamespace(
         Upscaler=Stepped, conv_backend_for=infer.conv_backend_for))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -345,7 +346,7 @@ def test_save_images_writes_full_sr_outputs_named_by_method_and_step(small_set, 
                                "--save-images", str(save), str(small_set)]) == 0
     files = sorted(p.relative_to(save).as_posix() for p in save.rglob("*.png"))
     assert files == ["small/x2/a_fake-x2_step1234.png", "small/x2/a_nearest.png"]
-    from edsr_jax.images import read_rgb
+    from edsr_jax.io.images import read_rgb
     lr = evaluator.imresize(evaluator.modcrop(read_rgb(small_set / "a.png"), 2), 0.5)
     np.testing.assert_array_equal(read_rgb(save / files[1]), evaluator.nearest_upscale(lr, 2))
     assert read_rgb(save / files[0]).shape == (40, 36, 3)
@@ -354,7 +355,7 @@ def test_save_images_writes_full_sr_outputs_named_by_method_and_step(small_set, 
 def test_premade_lr_of_set5_scores_like_our_resize(tmp_path):
     """Set5 laid out as distributed (HR/ + LR_bicubic/X2 made by MATLAB-compatible imresize)
     scores exactly what LR made on the fly scores: the two paths agree."""
-    from edsr_jax.images import list_images, read_rgb, write_image
+    from edsr_jax.io.images import list_images, read_rgb, write_image
 
     set5 = shared_dataset("Set5")
     bench = tmp_path / "Set5"

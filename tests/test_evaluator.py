@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from edsr_jax import evaluator
-from edsr_jax.images import ImageError, read_rgb, write_image
-from edsr_jax.imresize import imresize
+from edsr_jax.evaluation import evaluator
+from edsr_jax.io.images import ImageError, read_rgb, write_image
+from edsr_jax.degradation.imresize import imresize
 
 
 def make_hr(folder, sizes, seed=0):

@@ -16,8 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax import cli, export, infer, stablehlo_runner, torch_convert
-from edsr_jax.model import ModelConfig
+from edsr_jax import export
+from edsr_jax.io import cli
+from edsr_jax.inference import infer
+from edsr_jax.inference import stablehlo_runner
+from edsr_jax.inference import torch_convert
+from edsr_jax.nets.edsr import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,13 +105,13 @@ def test_mismatches_are_named():
 
 RUNNER_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
-    from edsr_jax import stablehlo_runner
+    from edsr_jax.inference import stablehlo_runner
     model = stablehlo_runner.load(sys.argv[1])
     a = model.predict(np.load(sys.argv[2]))
     b = model.predict(np.load(sys.argv[3]))
     u8 = model(np.load(sys.argv[3])[0].astype(np.uint8))
     np.savez(sys.argv[4], a=a, b=b, u8=u8)
-    heavy = [m for m in ("edsr_jax.model", "edsr_jax.infer", "flax") if m in sys.modules]
+    heavy = [m for m in ("edsr_jax.nets.edsr", "edsr_jax.inference.infer", "flax") if m in sys.modules]
     print("imported:", heavy, model.scale, model.name)
 """)
 
@@ -226,7 +230,7 @@ def test_stablehlo_runner_copied_alone_runs_with_jax_and_numpy_only(tmp_path):
     params = config.build().init(jax.random.key(2), jnp.zeros((1, 8, 8, 3)))["params"]
     alone = tmp_path / "alone"
     alone.mkdir()
-    shutil.copy(ROOT / "edsr_jax" / "stablehlo_runner.py", alone / "stablehlo_runner.py")
+    shutil.copy(ROOT / "edsr_jax" / "inference" / "stablehlo_runner.py", alone / "stablehlo_runner.py")
     (alone / "m.stablehlo").write_bytes(export.stablehlo_artifact(config, params, platforms=["cpu"]))
     lr = np.round(lr_batch(1, 10, 13, seed=3))[0]
     np.save(alone / "in.npy", lr)
@@ -259,7 +263,7 @@ def test_stablehlo_runner_copied_alone_runs_with_jax_and_numpy_only(tmp_path):
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_from_torch_reads_scale_and_preset_from_the_shapes(scale, tmp_path):
     """x2: one upsampler conv with 4 x features outputs, x3: 9 x, x4: two 4 x convs."""
-    from edsr_jax import checkpoint
+    from edsr_jax.training import checkpoint
 
     torch = pytest.importorskip("torch")
     pt = tmp_path / "w.pt"

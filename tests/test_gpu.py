@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _step_and_state(dtype: str, batch_per_device: int = 4):
-    from edsr_jax import config as config_lib
+    from edsr_jax.training import config as config_lib
     from edsr_jax import train
-    from edsr_jax.model import DTYPES, ModelConfig
+    from edsr_jax.nets.edsr import DTYPES, ModelConfig
 
     model = ModelConfig(2, 2, 16, 1.0).build(dtype=DTYPES[dtype])
     cfg = config_lib.base_config()
@@ -73,8 +73,8 @@ def test_bfloat16_and_float32_steps_agree():
 def test_upscaler_on_the_gpu_matches_the_cpu():
     """The same weights upscale alike on GPU and CPU at full float32 precision ('highest':
     no TF32), to 1e-3 of the [0, 255] range after rounding to uint8 at most 1 level."""
-    from edsr_jax import infer
-    from edsr_jax.model import ModelConfig
+    from edsr_jax.inference import infer
+    from edsr_jax.nets.edsr import ModelConfig
 
     config = ModelConfig(2, 2, 16, 1.0)
     params = config.build().init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edsr_jax.images import ImageError, is_image_file, list_images, read_rgb, write_image
+from edsr_jax.io.images import ImageError, is_image_file, list_images, read_rgb, write_image
 
 
 def rgb(shape=(12, 16, 3), seed=0):
@@ -195,7 +195,7 @@ def png16(path, arr):
 def test_read_image_kinds_and_what_cannot_come_back(tmp_path):
     """The README's kinds table, at the file level: what read_image keeps, and the notes for
     what it cannot (16-bit colour PNG decoded to 8 bits, a CMYK ICC profile on RGB pixels)."""
-    from edsr_jax.images import read_image
+    from edsr_jax.io.images import read_image
 
     a16 = np.random.default_rng(0).integers(0, 65536, (6, 5, 3)).astype(np.uint16)
     png16(tmp_path / "rgb16.png", a16)
@@ -227,7 +227,7 @@ def test_read_image_kinds_and_what_cannot_come_back(tmp_path):
     (".png", "L16", "I;16", None),
 ])
 def test_write_kind_falls_back_to_what_the_format_holds(tmp_path, suffix, kind, mode, said):
-    from edsr_jax.images import write_kind
+    from edsr_jax.io.images import write_kind
 
     rng = np.random.default_rng(2)
     image = {"L16": rng.integers(0, 65536, (6, 5)).astype(np.uint16),

@@ -1,4 +1,4 @@
-"""edsr_jax.imresize against a plain float64 transcription of MATLAB's imresize.
+"""edsr_jax.degradation.imresize against a plain float64 transcription of MATLAB's imresize.
 
 The reference below recomputes, for every output position, MATLAB's cubic weights
 from the formula (``contributions`` in imresize.m) with a scalar kernel and an explicit
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from edsr_jax.imresize import contributions, cubic, imresize
+from edsr_jax.degradation.imresize import contributions, cubic, imresize
 
 
 def ref_cubic(x: float) -> float:
@@ -201,7 +201,7 @@ def test_strided_taps_give_the_bits_of_gathers(scale):
     """Where source indices repeat with a period, ``apply_taps`` reads strided slices of the
     padded image instead of gathering: the same float64 products and sums, the same bits,
     on both axes, for uint8 and float input, whatever the length (reflected edges included)."""
-    from edsr_jax.imresize import apply_taps, output_size, strided_taps
+    from edsr_jax.degradation.imresize import apply_taps, output_size, strided_taps
 
     rng = np.random.default_rng(7)
     strided = []

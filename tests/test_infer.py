@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax import infer
-from edsr_jax.model import ModelConfig, receptive_radius, upsample_stages
+from edsr_jax.inference import infer
+from edsr_jax.nets.edsr import ModelConfig, receptive_radius, upsample_stages
 
 TINY = ModelConfig(scale=2, num_blocks=2, num_features=8)
 
@@ -221,7 +221,7 @@ def test_tiles_inside_the_image_skip_the_mask_where_the_platform_gains(monkeypat
     (``xla_options.unmask_full_batches``; off on CPU, forced on here): the same bits as the
     masked pass everywhere (the mask is all ones there), and the unmasked program really runs:
     a 100 x 100 image in 16-pixel tiles has interior tiles, the border ones stay masked."""
-    from edsr_jax import xla_options
+    from edsr_jax.nets import xla_options
 
     params = init(TINY, seed=2)
     lr = image(100, 100, seed=2)

@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax import mdsr, onednn_conv, torch_convert
-from edsr_jax.model import count_params
+from edsr_jax.nets import mdsr
+from edsr_jax.nets import onednn_conv
+from edsr_jax.inference import torch_convert
+from edsr_jax.nets.edsr import count_params
 
 # The official release's trainable parameters (EDSR-PyTorch; MeanShift is frozen).
 PUBLISHED = {"mdsr_baseline": 3_227_203, "mdsr": 7_953_987}

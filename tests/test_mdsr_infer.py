@@ -21,8 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edsr_jax import checkpoint, cli, evaluate, export, infer, mdsr, stablehlo_runner, upscale
-from edsr_jax.model import ModelConfig
+from edsr_jax import evaluate, export, upscale
+from edsr_jax.training import checkpoint
+from edsr_jax.io import cli
+from edsr_jax.inference import infer
+from edsr_jax.nets import mdsr
+from edsr_jax.inference import stablehlo_runner
+from edsr_jax.nets.edsr import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = mdsr.MDSRConfig((2, 3, 4), num_blocks=2, num_features=8)
@@ -270,7 +275,7 @@ def test_stablehlo_export_per_scale_equals_the_upscaler(imported, tmp_path, caps
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
     # the runner's own CLI, in a fresh process, on the x3 artifact
     np.save(tmp_path / "lr.npy", lr)
-    proc = subprocess.run([sys.executable, "-m", "edsr_jax.stablehlo_runner", str(tmp_path / "m_x3.stablehlo"),
+    proc = subprocess.run([sys.executable, "-m", "edsr_jax.inference.stablehlo_runner", str(tmp_path / "m_x3.stablehlo"),
                            str(tmp_path / "lr.npy"), str(tmp_path / "sr.npy")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

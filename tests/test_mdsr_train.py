@@ -17,10 +17,13 @@ import optax
 import pytest
 
 from conftest import ROOT
-from edsr_jax import checkpoint, cli, data, train
-from edsr_jax import config as config_lib
-from edsr_jax.mdsr import MDSRConfig
-from edsr_jax.model import ModelConfig
+from edsr_jax import train
+from edsr_jax.training import checkpoint
+from edsr_jax.io import cli
+from edsr_jax.data import sources as data
+from edsr_jax.training import config as config_lib
+from edsr_jax.nets.mdsr import MDSRConfig
+from edsr_jax.nets.edsr import ModelConfig
 
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 CACHE = str(ROOT / ".cache" / "test-decoded")
@@ -75,7 +78,7 @@ def test_scale_order_is_a_seeded_function_of_the_batch_number():
 
 def _batch(scale, seed=0, b=2, p=6):
     """Learnable pairs at ``scale``: smooth random HR images and their MATLAB-bicubic LR."""
-    from edsr_jax.imresize import imresize
+    from edsr_jax.degradation.imresize import imresize
 
     rng = np.random.default_rng(seed)
     hr = [imresize(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8), output_shape=(scale * p, scale * p))

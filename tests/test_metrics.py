@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_dataset
-from edsr_jax.metrics import psnr, ssim, to_uint8
+from edsr_jax.evaluation.metrics import psnr, ssim, to_uint8
 
 
 def plain_y(img):
@@ -146,8 +146,8 @@ def test_scikit_image_kernels_equal_the_former_implementation_on_set5():
     so they may differ in the last bits only: 2e-15 was the largest difference measured on
     Set5 and Set14 before switching. A real change (window, sigma, constants, covariance
     normalisation, border, Y matrix) moves these by 1e-4 or more."""
-    from edsr_jax import evaluator
-    from edsr_jax.images import read_rgb
+    from edsr_jax.evaluation import evaluator
+    from edsr_jax.io.images import read_rgb
 
     set5 = shared_dataset("Set5")
     for name, former in FORMER_SET5_X2.items():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax.model import ModelConfig, count_params, pixel_shuffle, preset
+from edsr_jax.nets.edsr import ModelConfig, count_params, pixel_shuffle, preset
 
 # The official release's counts (EDSR-PyTorch, trainable parameters; MeanShift is frozen).
 PUBLISHED = {

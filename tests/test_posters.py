@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from edsr_jax import cli, posters, prepare
-from edsr_jax.images import read_rgb
+from edsr_jax import posters, prepare
+from edsr_jax.io import cli
+from edsr_jax.io.images import read_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--size", "256x144"]
@@ -143,7 +144,7 @@ def test_prepare_tiles_2x2_on_posters(seed1, tmp_path):
 
 
 def test_posters_folder_is_an_hr_only_training_source(seed1, tmp_path):
-    from edsr_jax import data
+    from edsr_jax.data import sources as data
 
     src = data.HROnlySource(seed1, 2, "nearest > jpeg(30,60)", cache_dir=tmp_path / "cache", progress=False)
     assert len(src) == 3  # the JSON record beside the posters is not an image

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edsr_jax import degrade, prepare
-from edsr_jax.images import read_rgb
-from edsr_jax.imresize import imresize
+from edsr_jax import prepare
+from edsr_jax.degradation import degrade
+from edsr_jax.io.images import read_rgb
+from edsr_jax.degradation.imresize import imresize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,7 +208,8 @@ def test_a_second_lr_variant_shares_the_hr_files(tmp_path, capsys):
     """`prepare` again with another --name adds LR_<name> next to the first LR folder: the HR
     tiles are not written again, the variant is recorded under manifest["variants"], resumes
     like the first, and trains (PairedFolderSource) like any prepared folder."""
-    from edsr_jax import cli, data
+    from edsr_jax.io import cli
+    from edsr_jax.data import sources as data
 
     hr_dir = tmp_path / "hr"
     hr_dir.mkdir()
@@ -254,8 +256,8 @@ def test_training_reads_the_lr_name_from_the_manifest_when_there_is_one(tmp_path
     """data.lr_name "" (default) on a prepared folder: its only LR variant; several variants:
     one error naming them; a folder without a manifest (DIV2K as distributed): "bicubic"; an
     explicit name is kept. The run stores the resolved name (train.resolve_lr_name)."""
-    from edsr_jax import cli
-    from edsr_jax import config as config_lib
+    from edsr_jax.io import cli
+    from edsr_jax.training import config as config_lib
     from edsr_jax import train
 
     hr = tmp_path / "hr"

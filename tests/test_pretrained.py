@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax import cli, evaluate, export, infer, pretrained, upscale
-from edsr_jax.images import read_rgb, write_image
-from edsr_jax.model import ModelConfig
+from edsr_jax import evaluate, export, pretrained, upscale
+from edsr_jax.io import cli
+from edsr_jax.inference import infer
+from edsr_jax.io.images import read_rgb, write_image
+from edsr_jax.nets.edsr import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SET5 = ROOT.parent / "shared" / "datasets" / "Set5"

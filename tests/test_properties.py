@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from edsr_jax import data, degrade
-from edsr_jax.imresize import imresize
+from edsr_jax.data import sources as data
+from edsr_jax.degradation import degrade
+from edsr_jax.degradation.imresize import imresize
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SCALES = st.sampled_from([2, 3, 4])

@@ -33,8 +33,8 @@ def test_fresh_clone_block_names_nothing_outside_the_clone():
 
 @pytest.mark.slow
 def test_fresh_clone_block_runs_as_written(tmp_path):
-    from edsr_jax import checkpoint
-    from edsr_jax.model import ModelConfig
+    from edsr_jax.training import checkpoint
+    from edsr_jax.nets.edsr import ModelConfig
 
     config = ModelConfig(scale=2, num_blocks=2, num_features=8)
     checkpoint.save_params_checkpoint(tmp_path / "runs" / "quickstart", config,
@@ -52,7 +52,8 @@ def test_fresh_clone_block_runs_as_written(tmp_path):
 
 
 def test_spec_grammar_is_one_text_naming_every_operator():
-    from edsr_jax import degrade, evaluate, prepare
+    from edsr_jax import evaluate, prepare
+    from edsr_jax.degradation import degrade
 
     for op in degrade.OPS:
         assert f"{op}(" in degrade.SPEC_HELP, op

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from edsr_jax import checkpoint
+from edsr_jax.training import checkpoint
 
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 CACHE = str(ROOT / ".cache" / "test-decoded")
@@ -350,7 +350,7 @@ def test_damaged_newest_step_every_tool_falls_back(two_steps, tmp_path, capfd):
         "evaluate": (evaluate.main, ["--checkpoint", workdir, "--scales", "2", images], 0),
         "export": (export.main, ["--checkpoint", workdir, "--format", "stablehlo", "--out", tmp_path / "m.shlo"], 0),
     }
-    from edsr_jax import cli
+    from edsr_jax.io import cli
 
     for tool, (main, argv, code) in runs.items():
         got = cli.run(main, [str(a) for a in argv])
@@ -363,12 +363,12 @@ def test_damaged_newest_step_every_tool_falls_back(two_steps, tmp_path, capfd):
 
 # ---------------------------------------------------------------- one trainer per workdir (issue 15.2)
 
-HOLD = ("import sys, time; from edsr_jax.run_lock import RunLock; l = RunLock(sys.argv[1]).acquire(); "
+HOLD = ("import sys, time; from edsr_jax.training.run_lock import RunLock; l = RunLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(120)")
 
 
 def test_run_lock_names_the_holder_and_is_taken_over_after_kill_9(tmp_path):
-    from edsr_jax.run_lock import RunLock, WorkdirBusy
+    from edsr_jax.training.run_lock import RunLock, WorkdirBusy
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)
@@ -500,7 +500,7 @@ def test_resume_turning_on_ema_and_clipping(two_steps, tmp_path):
 @pytest.mark.parametrize("which", ["checkpoints", "step", "item", "imported", "new_inside_checkpoints"])
 def test_a_workdir_is_a_run_not_any_folder(two_steps, tmp_path, which):
     if which == "imported":
-        from edsr_jax.model import ModelConfig
+        from edsr_jax.nets.edsr import ModelConfig
 
         cfg = ModelConfig(2, 2, 8)
         path = tmp_path / "imported"

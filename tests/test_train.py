@@ -14,8 +14,10 @@ import optax
 import pytest
 
 from conftest import ROOT
-from edsr_jax import checkpoint, onednn_conv, train
-from edsr_jax.model import ModelConfig
+from edsr_jax import train
+from edsr_jax.training import checkpoint
+from edsr_jax.nets import onednn_conv
+from edsr_jax.nets.edsr import ModelConfig
 
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 CACHE = str(ROOT / ".cache" / "test-decoded")
@@ -64,7 +66,7 @@ def _tiny_state(ema=0.0):
 
 def _batch(seed=0, b=2, p=6):
     """Learnable pairs: smooth random HR images and their MATLAB-bicubic LR."""
-    from edsr_jax.imresize import imresize
+    from edsr_jax.degradation.imresize import imresize
 
     rng = np.random.default_rng(seed)
     hr = [imresize(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8), output_shape=(2 * p, 2 * p))
@@ -233,7 +235,7 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
-    from edsr_jax import cli
+    from edsr_jax.io import cli
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10 * 2**20, 9 * 2**20, 2**20))
@@ -263,7 +265,8 @@ def test_an_exception_in_the_loop_closes_the_feed_manager_and_logger(tmp_path, m
     the async checkpoint of step 3 was started."""
     import threading
 
-    from edsr_jax import feed, run_log
+    from edsr_jax.data import feed
+    from edsr_jax.training import run_log
 
     before = set(threading.enumerate())
     opened = {}
@@ -323,7 +326,7 @@ def test_a_validation_image_too_small_to_score_is_skipped_or_refused_at_set_up(t
     """A 12x12 image cannot be scored at x2 (SSIM's 11x11 window after a 2-pixel border): the
     trainer skips it with a message naming it, like the evaluate CLI, and refuses a validation
     set with nothing else before it writes the workdir or compiles."""
-    from edsr_jax import cli
+    from edsr_jax.io import cli
 
     tiny_only = _write_val(tmp_path / "tiny", [(12, 12)])
     config = _tiny_config(steps=1, log_every=1)
@@ -344,7 +347,7 @@ def test_augmentation_note_names_the_symmetries_a_phase_keeps():
     """Decimated LR keeps its alignment only under the identity and the transpose: the run
     says so (and the data pipeline draws only those, tests/test_data.py); centred
     degradations use all 8 and say nothing."""
-    from edsr_jax.config import base_config
+    from edsr_jax.training.config import base_config
 
     c = base_config()
     c.data.source = "hr"

@@ -11,11 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax import checkpoint, cli, infer, upscale
-from edsr_jax.images import read_rgb, write_image
-from edsr_jax.imresize import imresize
-from edsr_jax.metrics import psnr
-from edsr_jax.model import ModelConfig
+from edsr_jax import upscale
+from edsr_jax.training import checkpoint
+from edsr_jax.io import cli
+from edsr_jax.inference import infer
+from edsr_jax.io.images import read_rgb, write_image
+from edsr_jax.degradation.imresize import imresize
+from edsr_jax.evaluation.metrics import psnr
+from edsr_jax.nets.edsr import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ModelConfig(scale=2, num_blocks=2, num_features=8)
@@ -161,7 +164,7 @@ def test_outputs_keep_the_kind_of_their_input(tmp_path, ckpt, capsys):
     """The README's table "input kind -> output", row by row."""
     from PIL import Image, ImageCms
 
-    from edsr_jax.images import read_image
+    from edsr_jax.io.images import read_image
 
     path, params = ckpt
     ref = infer.Upscaler(CONFIG, params)
@@ -262,7 +265,8 @@ def test_every_file_the_clis_write_has_normal_permissions(tmp_path, ckpt, capsys
     """Under umask 022 every file upscale, evaluate (--json, --save-images, --save-panels),
     prepare and export write is 0644 and every folder 0755, as `open()` and `mkdir` give
     (temporary files renamed into place would otherwise keep mkstemp's 0600)."""
-    from edsr_jax import evaluate, export, outputs, prepare
+    from edsr_jax import evaluate, export, prepare
+    from edsr_jax.io import outputs
 
     path, _ = ckpt
     make_images(tmp_path / "in", [(16, 16), (16, 16)])

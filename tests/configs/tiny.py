@@ -1,6 +1,6 @@
 """A tiny experiment for tests: 2 blocks, 8 features, x2, built-in images, a few steps."""
 
-from edsr_jax.config import base_config
+from edsr_jax.training.config import base_config
 
 
 def get_config():

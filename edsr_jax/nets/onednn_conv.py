@@ -35,13 +35,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from edsr_jax import model
-
 EXTENSION = "edsr_jax._onednn_conv"
 ONEDNN_DIST = "onednn-cpu-gomp"
-# The choices of train.conv_backend and Upscaler(conv_backend=...): "auto" or one of the
-# model's (model.CONV_BACKENDS: "xla", "onednn").
-CONV_BACKENDS = ("auto", *model.CONV_BACKENDS)
+# The convolutions a model can run (``edsr.Conv``'s ``backend``): XLA's or this module's.
+BACKENDS = ("xla", "onednn")
+# The choices of train.conv_backend and Upscaler(conv_backend=...): "auto" or one of BACKENDS.
+CONV_BACKENDS = ("auto", *BACKENDS)
 _LIBRARY: ctypes.CDLL | None = None  # the loaded extension (after a successful load_error())
 TARGETS = {"edsr_conv_forward": "EdsrConvForward",
            "edsr_conv_backward_data": "EdsrConvBackwardData",

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from edsr_jax import SCALES
+from edsr_jax.nets import onednn_conv
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 # Compute dtypes by their config name (``model.dtype``); parameters are stored in float32.
@@ -59,7 +60,7 @@ def torch_bias_init(fan_in: int):
     return init
 
 
-CONV_BACKENDS = ("xla", "onednn")
+CONV_BACKENDS = onednn_conv.BACKENDS
 
 
 class Conv(nn.Module):
@@ -75,7 +76,7 @@ class Conv(nn.Module):
     steps are spent removing it; PyTorch's init gives about 1.06 per block.
 
     ``backend``: "xla" (``lax.conv_general_dilated``, any platform and dtype) or "onednn"
-    (``edsr_jax.onednn_conv``: XLA:CPU, float32; same parameters, same numbers up to
+    (``edsr_jax.nets.onednn_conv``: XLA:CPU, float32; same parameters, same numbers up to
     summation order).
     """
 
@@ -97,8 +98,6 @@ class Conv(nn.Module):
         bias = self.param("bias", torch_bias_init(fan_in), (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if self.backend == "onednn":
-            from edsr_jax import onednn_conv
-
             return onednn_conv.conv(x, kernel, bias)
         pad = (k // 2, k // 2)
         y = jax.lax.conv_general_dilated(x, kernel, (1, 1), (pad, pad),

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from edsr_jax import SCALES
-from edsr_jax.model import (CONV_BACKENDS, DIV2K_RGB_MEAN, Conv, ResBlock, pixel_shuffle,
+from edsr_jax.nets.edsr import (CONV_BACKENDS, DIV2K_RGB_MEAN, Conv, ResBlock, pixel_shuffle,
                             upsample_stages)
 
 # name -> (num_blocks, num_features) of the official release (mdsr_baseline-a00cab12.pt,

@@ -37,8 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edsr_jax import mdsr, onednn_conv, xla_options
-from edsr_jax.model import DTYPES, PRESETS, Conv, ModelConfig, receptive_radius
+from edsr_jax.nets import mdsr
+from edsr_jax.nets import onednn_conv
+from edsr_jax.nets import xla_options
+from edsr_jax.nets.edsr import DTYPES, PRESETS, Conv, ModelConfig, receptive_radius
 
 MIN_BUCKET = 16
 
@@ -300,7 +302,7 @@ class Upscaler:
         MDSR checkpoint needs ``scale`` (see the class), unless ``any_scale``: then its first
         scale is taken (for callers that go on with ``at_scale``). A missing or wrong scale is
         a ValueError naming ``scale_option`` (the CLIs pass "--scale")."""
-        from edsr_jax import checkpoint
+        from edsr_jax.training import checkpoint
 
         config, params, saved = checkpoint.restore_params(path, prefer_ema=True)
         if any_scale and scale is None and is_mdsr(config):

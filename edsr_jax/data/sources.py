@@ -42,8 +42,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from edsr_jax import cache as cache_lib
-from edsr_jax.images import IMAGE_SUFFIXES, ImageError, image_files
+from edsr_jax.data import cache as cache_lib
+from edsr_jax.io.images import IMAGE_SUFFIXES, ImageError, image_files
 
 
 class DatasetError(ValueError):
@@ -307,7 +307,7 @@ class HROnlySource:
 
 
 def _pipeline(spec: str | None, scale: int):
-    from edsr_jax import degrade  # noqa: PLC0415 - keeps data importable without it
+    from edsr_jax.degradation import degrade  # noqa: PLC0415 - keeps data importable without it
 
     pipe = degrade.parse(spec if spec is not None else f"bicubic({scale})", scale=scale)
     if pipe.scale != scale:  # parse checks this too; kept for a clear message regardless

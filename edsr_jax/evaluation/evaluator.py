@@ -30,9 +30,9 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from edsr_jax.images import IMAGE_SUFFIXES, ImageError, list_images, read_rgb, write_image
-from edsr_jax.imresize import imresize
-from edsr_jax.metrics import SSIM_WINDOW, psnr, ssim
+from edsr_jax.io.images import IMAGE_SUFFIXES, ImageError, list_images, read_rgb, write_image
+from edsr_jax.degradation.imresize import imresize
+from edsr_jax.evaluation.metrics import SSIM_WINDOW, psnr, ssim
 
 PANEL_CROP = 192  # HR pixels (at most) of each side of a comparison panel
 PANEL_GAP = 4  # white pixels between the panels
@@ -108,7 +108,7 @@ def lr_maker(scale: int, spec: str | None = None) -> LrFn:
     image always gets the same degradation). Raises ``degrade.SpecError`` for a bad spec."""
     if not spec:
         return lambda hr, name: imresize(hr, 1.0 / scale)
-    from edsr_jax import degrade  # noqa: PLC0415 - scipy and Pillow only when a spec is used
+    from edsr_jax.degradation import degrade  # noqa: PLC0415 - scipy and Pillow only when a spec is used
 
     pipe = degrade.parse(spec, scale=scale)
     return lambda hr, name: pipe(hr, degrade.image_rng(name))

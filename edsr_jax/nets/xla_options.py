@@ -21,7 +21,7 @@ code is unaffected.
 
 A user who sets ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` keeps that choice.
 
-Where the convolutions run in oneDNN instead (``edsr_jax/onednn_conv.py``: CPU, one device,
+Where the convolutions run in oneDNN instead (``edsr_jax/nets/onednn_conv.py``: CPU, one device,
 float32, the default of train steps and inference) these options still decide the elementwise
 passes around them; the convolution parts above apply to ``conv_backend="xla"`` (bfloat16,
 several CPU devices, or a build without the oneDNN extension).

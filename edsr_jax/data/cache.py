@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edsr_jax import outputs
-from edsr_jax.images import read_rgb
+from edsr_jax.io import outputs
+from edsr_jax.io.images import read_rgb
 
 FORMAT_VERSION = 1
 ENV_VAR = "EDSR_JAX_CACHE"

@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from edsr_jax.model import ModelConfig
+from edsr_jax.nets.edsr import ModelConfig
 
 CHECKPOINT_DIR = "checkpoints"
 PSNR_KEY = "psnr"
@@ -123,7 +123,7 @@ def wait(manager: ocp.CheckpointManager) -> None:
 
 
 def _raise_write_failure(manager: ocp.CheckpointManager, e: Exception) -> None:
-    from edsr_jax import outputs
+    from edsr_jax.io import outputs
 
     text = str(e)
     if isinstance(e, OSError) or "No space left" in text or "RESOURCE_EXHAUSTED" in text or "os_error_code" in text:
@@ -505,7 +505,7 @@ def not_a_run_folder(path: str | Path) -> str | None:
     names = {p.name for p in path.iterdir()}
     if "HR" in names and any(n.startswith("LR_") for n in names):
         return "a dataset folder (DIV2K layout, e.g. made by prepare), not a run"
-    from edsr_jax.images import is_image_file
+    from edsr_jax.io.images import is_image_file
 
     if any(is_image_file(n) for n in names):
         return "a folder of images, not a run"
@@ -580,7 +580,7 @@ MDSR_ARCH = "mdsr"  # config["model"]["arch"] of an MDSR checkpoint (EDSR's has 
 def model_config_to_dict(config) -> dict:
     """The ``config["model"]`` record of a ``ModelConfig`` (EDSR: its fields, unchanged) or an
     ``MDSRConfig`` (its fields plus ``"arch": "mdsr"``)."""
-    from edsr_jax import mdsr
+    from edsr_jax.nets import mdsr
 
     if isinstance(config, mdsr.MDSRConfig):
         return {"arch": MDSR_ARCH, **config.to_dict()}
@@ -590,7 +590,7 @@ def model_config_to_dict(config) -> dict:
 def model_config_from_dict(d: dict):
     """Inverse of ``model_config_to_dict``: ``MDSRConfig`` when ``d["arch"] == "mdsr"``, else
     ``ModelConfig(**d)`` (TypeError/ValueError for an unknown field or architecture)."""
-    from edsr_jax import mdsr
+    from edsr_jax.nets import mdsr
 
     arch = d.get("arch")
     if arch is None:
@@ -604,7 +604,7 @@ def model_config_from_dict(d: dict):
 def _abstract_params(config):
     import jax.numpy as jnp
 
-    from edsr_jax import mdsr
+    from edsr_jax.nets import mdsr
 
     model = config.build()
     extra = (config.scales[0],) if isinstance(config, mdsr.MDSRConfig) else ()
@@ -659,7 +659,7 @@ def save_params_checkpoint(path: str | Path, model_config: ModelConfig, params, 
     and renamed when complete (``outputs.atomic_dir``), so a failure (e.g. a full disk,
     ``outputs.WriteError``) leaves nothing behind that blocks a retry. Returns the step directory.
     """
-    from edsr_jax import outputs
+    from edsr_jax.io import outputs
 
     if not isinstance(params, dict) or set(params) != {"params"}:
         raise ValueError("save_params_checkpoint expects the variables of model.init: {'params': {...}}")

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, IO
 
-from edsr_jax.cli import UsageError
+from edsr_jax.io.cli import UsageError
 
 _UMASK: int | None = None
 _UMASK_LOCK = threading.Lock()

@@ -326,7 +326,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, overwrite: bool = Fa
     the usual permissions. Raises ``FileExistsError`` when ``path`` exists and ``overwrite``
     is False; ``outputs.WriteError`` (one line naming ``path``) on a full disk.
     """
-    from edsr_jax import outputs
+    from edsr_jax.io import outputs
 
     path = Path(path)
     if array.dtype != np.uint8 and not (array.dtype == np.uint16 and array.ndim == 2):
@@ -340,3 +340,17 @@ def write_image(path: str | os.PathLike, array: np.ndarray, overwrite: bool = Fa
     fmt = Image.registered_extensions().get(path.suffix.lower())
     return outputs.save_with(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **save_kw),
                              overwrite=overwrite)
+
+
+def image_folder(folder: str | Path) -> list[Path]:
+    """The image files of a folder given on the command line, sorted by name.
+
+    Raises UsageError naming the folder when it does not exist, is not a folder, or
+    holds no image files.
+    """
+    from edsr_jax.io.cli import UsageError
+
+    try:
+        return image_files(folder)
+    except ImageError as e:
+        raise UsageError(str(e)) from None

@@ -13,7 +13,7 @@ PyTorch key                ours
 ``sub_mean`` / ``add_mean``  fixed mean shifts (identity 1x1 conv, bias -/+ 255 * mean)
 =========================  ======================================
 
-MDSR (``edsr_jax.mdsr``; official ``mdsr_baseline-*.pt`` / ``mdsr-*.pt``), scale ``s`` =
+MDSR (``edsr_jax.nets.mdsr``; official ``mdsr_baseline-*.pt`` / ``mdsr-*.pt``), scale ``s`` =
 ``scales[i]``:
 
 ================================  =========================================
@@ -40,8 +40,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edsr_jax import mdsr
-from edsr_jax.model import DIV2K_RGB_MEAN, ModelConfig, preset, upsample_stages
+from edsr_jax.nets import mdsr
+from edsr_jax.nets.edsr import DIV2K_RGB_MEAN, ModelConfig, preset, upsample_stages
 
 RGB_RANGE = 255.0
 

@@ -11,7 +11,7 @@ Batch, height and width are symbolic: any size runs (each new shape is compiled 
 Serialized artifacts are tied to a window of JAX versions; re-export from the checkpoint
 (the lasting artifact) when a newer JAX refuses one.
 
-Usage: ``python -m edsr_jax.stablehlo_runner MODEL.stablehlo INPUT.png OUTPUT.png``
+Usage: ``python -m edsr_jax.inference.stablehlo_runner MODEL.stablehlo INPUT.png OUTPUT.png``
 
 This file also works copied alone next to an artifact, with JAX and NumPy only:
 ``python stablehlo_runner.py MODEL.stablehlo INPUT.npy OUTPUT.npy`` (``.npy``: an
@@ -32,10 +32,10 @@ import numpy as np
 from jax import export
 
 try:  # inside the package
-    from edsr_jax.cli import ArgumentParser, UsageError
-    from edsr_jax.cli import run as _run_cli
-    from edsr_jax.xla_options import compiler_options as _compiler_options
-    _PROG = "python -m edsr_jax.stablehlo_runner"
+    from edsr_jax.io.cli import ArgumentParser, UsageError
+    from edsr_jax.io.cli import run as _run_cli
+    from edsr_jax.nets.xla_options import compiler_options as _compiler_options
+    _PROG = "python -m edsr_jax.inference.stablehlo_runner"
 except ImportError:  # copied alone: the same conventions, XLA's default compiler options
     _PROG = f"python {Path(__file__).name}"
 
@@ -120,7 +120,7 @@ def read_input(path: str | Path) -> np.ndarray:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)
         try:
-            from edsr_jax.images import ImageError, read_rgb
+            from edsr_jax.io.images import ImageError, read_rgb
         except ImportError:
             return np.asarray(_pillow(path).open(path).convert("RGB"), dtype=np.uint8)
         try:
@@ -139,8 +139,8 @@ def write_output(path: str | Path, array: np.ndarray) -> None:
     if path.exists() or path.is_symlink():
         raise UsageError(f"{path}: exists; choose another output name")
     try:
-        from edsr_jax import outputs
-        from edsr_jax.images import write_image
+        from edsr_jax.io import outputs
+        from edsr_jax.io.images import write_image
     except ImportError:
         outputs = write_image = None
     try:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from edsr_jax import SCALES, mdsr, model
-from edsr_jax.model import ModelConfig, preset
-from edsr_jax.onednn_conv import CONV_BACKENDS  # train.conv_backend: "auto", "xla", "onednn"
+from edsr_jax import SCALES
+from edsr_jax.nets import mdsr
+from edsr_jax.nets import edsr as model
+from edsr_jax.nets.edsr import ModelConfig, preset
+from edsr_jax.nets.onednn_conv import CONV_BACKENDS  # train.conv_backend: "auto", "xla", "onednn"
 
 LOSSES = ("l1", "l2", "charbonnier")
 DTYPES = tuple(model.DTYPES)  # names of the compute dtypes
@@ -27,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "edsr_baseline_x2"
 
     c.model = ml_collections.ConfigDict()
-    c.model.arch = "edsr"  # "edsr", or "mdsr": the multi-scale network (edsr_jax/mdsr.py)
+    c.model.arch = "edsr"  # "edsr", or "mdsr": the multi-scale network (edsr_jax/nets/mdsr.py)
     c.model.scale = 2  # EDSR's scale; 0 for MDSR, whose scales are model.scales
     c.model.scales = ()  # MDSR only: the scales it serves and trains, e.g. (2, 3, 4)
     c.model.num_blocks = 16
@@ -80,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.init_from = ""  # checkpoint to fine-tune from (e.g. the x2 model for x3/x4)
     c.train.max_minutes = 0.0  # wall-clock budget of one invocation (checked every log_every steps); 0: none
     # How the train step computes convolutions: "auto" (oneDNN on one CPU device in float32
-    # where built, else XLA), "xla", or "onednn" (edsr_jax/onednn_conv.py).
+    # where built, else XLA), "xla", or "onednn" (edsr_jax/nets/onednn_conv.py).
     c.train.conv_backend = "auto"
     # MDSR: every step trains one scale on a batch of that scale only (the paper's scheme):
     # "random" draws it uniformly, seeded by (train.seed, step); "cycle" takes model.scales in
@@ -264,7 +266,7 @@ def _validate_ranges(config: ml_collections.ConfigDict, need) -> None:
         if spec and not spec.strip():
             need(False, field, "is blank; use '' for MATLAB bicubic, or a spec such as 'bicubic'")
         if spec.strip():
-            from edsr_jax.degrade import parse
+            from edsr_jax.degradation.degrade import parse
 
             for scale in train_scales(config):  # MDSR: the spec must fit every scale
                 try:

@@ -78,17 +78,3 @@ def _shorten_numbers(message: str) -> str:
     import re
 
     return re.sub(r"\d{40,}", lambda m: f"{m.group()[:12]}...({len(m.group())} digits)", message)
-
-
-def image_folder(folder: str | Path) -> list[Path]:
-    """The image files of a folder given on the command line, sorted by name.
-
-    Raises UsageError naming the folder when it does not exist, is not a folder, or
-    holds no image files.
-    """
-    from edsr_jax.images import ImageError, image_files
-
-    try:
-        return image_files(folder)
-    except ImageError as e:
-        raise UsageError(str(e)) from None

@@ -14,7 +14,7 @@ three ranges (six numbers).
 Operators (``s`` in 2, 3, 4; all lengths in pixels of the image the operator sees):
 
 - ``bicubic(s)``: MATLAB ``imresize(img, 1/s)`` (antialiased cubic); equal to
-  ``edsr_jax.imresize.imresize`` bit for bit.
+  ``edsr_jax.degradation.imresize.imresize`` bit for bit.
 - ``bilinear(s)``: MATLAB ``imresize(img, 1/s, 'bilinear')``: the triangle kernel
   widened by ``s`` (antialiased), centred on each s x s block, symmetric edges.
 - ``nearest(s)``: decimation ``img[::s, ::s]``, the top-left pixel of every s x s
@@ -60,7 +60,7 @@ from PIL import Image
 from scipy import ndimage
 
 from edsr_jax import SCALES
-from edsr_jax.imresize import apply_taps, imresize, strided_taps
+from edsr_jax.degradation.imresize import apply_taps, imresize, strided_taps
 
 TRUNCATE = 4.0  # Gaussian kernels reach ceil(TRUNCATE * sigma) pixels.
 

@@ -70,7 +70,7 @@ class Logger:
             return
         record = {k: v for k, v in result.items() if k not in ("panel", "per_image")}
         record = {"step": step, **record, "time": time.time()}
-        from edsr_jax import outputs
+        from edsr_jax.io import outputs
 
         outputs.append_line(self.jsonl, json.dumps(record))  # a torn last line never swallows it
         for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
@@ -90,7 +90,7 @@ class Logger:
             try:
                 self.tb.close()
             except OSError as e:
-                from edsr_jax.outputs import describe_os_error
+                from edsr_jax.io.outputs import describe_os_error
 
                 print(f"warning: {self.tb.logdir}: TensorBoard events not all written "
                       f"({describe_os_error(e)})", file=sys.stderr)

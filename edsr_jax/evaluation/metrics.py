@@ -23,7 +23,7 @@ import math
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from edsr_jax.color import rgb_to_y
+from edsr_jax.evaluation.color import rgb_to_y
 
 SSIM_WINDOW = 11  # sides of the Gaussian window: 2 * round(3.5 sigma) + 1 (scipy's truncate 3.5)
 SSIM_SIGMA = 1.5
