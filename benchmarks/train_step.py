@@ -143,12 +143,12 @@ class LoaderSide(JaxSide):
     def __init__(self, model_config, dtype: str, batch: dict, num_workers: int = 2):
         import jax
 
-        from edsr_jax import sample_data
+        from edsr_jax.data import samples
         from edsr_jax.data import sources as data
         from edsr_jax.data.feed import DeviceFeed
 
         n, patch = batch["lr"].shape[:2]
-        source = data.HROnlySource(sample_data.resolve("builtin", "train"), model_config.scale)
+        source = data.HROnlySource(samples.resolve("builtin", "train"), model_config.scale)
         dataset = data.make_train_dataset(source, patch_size=int(patch), batch_size=int(n), seed=0,
                                           patches_per_image=64, num_workers=num_workers)
         mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),

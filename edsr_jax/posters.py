@@ -492,13 +492,13 @@ def render(seed: int, index: int, size: tuple[int, int], *, photos: Sequence[np.
 def load_photos(folder: str | os.PathLike | None, size: tuple[int, int]) -> list[np.ndarray]:
     """The photographs to frame, each ``(h, w, 3) uint8`` no larger than half the poster's
     long side: read from ``folder`` (``images.read_rgb``; UsageError naming a bad folder or
-    file) or, when None, scikit-image's built-in photographs (``sample_data``)."""
-    from edsr_jax import sample_data
+    file) or, when None, scikit-image's built-in photographs (``data.samples``)."""
+    from edsr_jax.data import samples
     from edsr_jax.io import cli
     from edsr_jax.io.images import ImageError, image_folder, read_rgb
 
     paths = (image_folder(folder) if folder is not None
-             else sample_data.builtin_images("train") + sample_data.builtin_images("val"))
+             else samples.builtin_images("train") + samples.builtin_images("val"))
     limit = max(32, max(size) // 2)
     photos = []
     for p in paths:

@@ -348,7 +348,7 @@ def train_dataset(config, process_index: int, process_count: int, scale: int | N
     the ``X<scale>`` folder of a prepared set, or HR degraded on the fly at that scale), with
     a data seed of its own (``data.scale_seed``).
     Raises ``cli.UsageError`` for a missing folder or a source that does not fit the data."""
-    from edsr_jax import sample_data
+    from edsr_jax.data import samples as sample_data
     from edsr_jax.data import sources as data
 
     d = config.data
@@ -410,7 +410,7 @@ def validation_set(config, report: Callable[[str], None] | None = None,
 
     Images that cannot be scored go to ``report`` (``"skipped: ..."``); raises
     ``cli.UsageError`` when the folder is missing, the spec is bad or no image is usable."""
-    from edsr_jax import sample_data
+    from edsr_jax.data import samples as sample_data
     from edsr_jax.degradation import degrade
 
     d = config.data

@@ -12,7 +12,7 @@ a .jpg file at that quality half the time, else as PNG), and diagnosed through
 ``diagnose_file`` with the true scale. One case in eight is then upscaled back by ``s``
 (nearest or bicubic, no JPEG) and diagnosed without a scale, to test the factor
 detection. Validation images: ``../shared/datasets/BSD68`` and ``Set14`` when present,
-else the built-in validation photographs of ``edsr_jax/sample_data.py``. Calibration
+else the built-in validation photographs of ``edsr_jax/data/samples.py``. Calibration
 uses ``../shared/datasets/Sun80`` (else the built-in training photographs), never the
 validation images.
 
@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edsr_jax import diagnose, sample_data
+from edsr_jax import diagnose
+from edsr_jax.data import samples
 from edsr_jax.degradation import degrade
 from edsr_jax.io import images  # noqa: E402
 from edsr_jax.degradation.imresize import imresize  # noqa: E402
@@ -50,7 +51,7 @@ SHARED = ROOT.parent / "shared" / "datasets"
 def hr_images(names: list[str], split: str) -> list[Path]:
     """Image paths of the shared datasets ``names`` that exist, else the built-in ``split``."""
     paths = [p for n in names if (SHARED / n).is_dir() for p in images.list_images(SHARED / n)]
-    return paths or sample_data.builtin_images(split)
+    return paths or samples.builtin_images(split)
 
 
 def random_case(rng: np.random.Generator) -> dict:

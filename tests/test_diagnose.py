@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edsr_jax import diagnose, sample_data
+from edsr_jax import diagnose
+from edsr_jax.data import samples
 from edsr_jax.io import cli
 from edsr_jax.degradation import degrade
 from edsr_jax.io import images
@@ -24,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def photo():
     """A 240 x 240 crop of a built-in photograph (held out of the calibration), uint8 RGB."""
-    img = images.read_rgb(sample_data.builtin_images("val")[1])  # coffee.png, 400 x 600
+    img = images.read_rgb(samples.builtin_images("val")[1])  # coffee.png, 400 x 600
     return np.ascontiguousarray(img[80:320, 180:420])
 
 
 @pytest.fixture(scope="module")
 def cat():
-    img = images.read_rgb(sample_data.builtin_images("val")[0])  # chelsea.png, 300 x 451
+    img = images.read_rgb(samples.builtin_images("val")[0])  # chelsea.png, 300 x 451
     return np.ascontiguousarray(img[30:270, 100:340])
 
 
