@@ -309,7 +309,7 @@ def _check_out_not_in_checkpoint(out: Path, source: Path) -> None:
 
 
 def _builtin(name: str):
-    from edsr_jax import pretrained
+    from edsr_jax.inference import pretrained
 
     try:
         return pretrained.load(name)

@@ -1,109 +1,23 @@
-"""Trained models shipped inside the package, so that upscaling works on a fresh install.
+"""List the trained models shipped inside the package (``edsr_jax.inference.pretrained``):
 
-Each model is two files in ``edsr_jax/pretrained/``: ``NAME.npz`` (the weights, float16, keys
-``params/<layer>/<kernel|bias>``) and ``NAME.json`` (its card: architecture, training data,
-degradation, steps, and the scores measured from these very float16 weights). They are made
-by ``pack`` (experiments/posters.py calls it) and read by ``load``; ``upscale``, ``evaluate``
-and ``export`` take ``--model NAME``.
+    python -m edsr_jax.pretrained                  # name, summary and Set5 PSNR of each
+    python -m edsr_jax.pretrained --card NAME      # one model's whole card (JSON)
 
-    python -m edsr_jax.pretrained          # list the models and their cards' scores
+``upscale``, ``evaluate`` and ``export`` run them with ``--model NAME``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
-from flax import traverse_util
-
-MODELS_DIR = Path(__file__).resolve().parent / "pretrained"
-DEFAULT = "photo-x2"  # what upscale runs when given neither --checkpoint nor --model
-WEIGHTS_DTYPE = np.float16  # halves the files; scores on the cards are measured after rounding
-
-
-def names() -> list[str]:
-    """The shipped models' names, sorted (e.g. ``["photo-x2", "poster-x2"]``)."""
-    return sorted(p.stem for p in MODELS_DIR.glob("*.json") if (MODELS_DIR / f"{p.stem}.npz").is_file())
-
-
-def card(name: str) -> dict:
-    """The card of model ``name``: a dict with ``name``, ``model`` (the architecture, as stored
-    in checkpoints), ``summary`` (one line), ``training`` and ``scores``. ValueError naming the
-    known models when ``name`` is not one."""
-    known = names()
-    if name not in known:
-        raise ValueError(f"unknown built-in model {name!r}; choose from {', '.join(known) or '(none shipped)'}")
-    return json.loads((MODELS_DIR / f"{name}.json").read_text())
-
-
-def load(name: str) -> tuple[Any, dict]:
-    """``(model_config, variables)`` of built-in model ``name``: ``variables`` is
-    ``{"params": {...}}`` of float32 NumPy arrays (the float16 weights widened exactly), usable
-    as ``model.apply(variables, x)`` with ``x`` ``(N, H, W, 3)`` float32 in [0, 255].
-    ValueError for an unknown name or weights that do not match the card's checksum."""
-    from edsr_jax.training import checkpoint
-
-    info = card(name)
-    data = (MODELS_DIR / f"{name}.npz").read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != info["weights"]["sha256"]:
-        raise ValueError(f"{MODELS_DIR / (name + '.npz')}: checksum {digest[:12]}... does not match its "
-                         f"card ({info['weights']['sha256'][:12]}...); the file is damaged, reinstall the package")
-    with np.load(io.BytesIO(data)) as arrays:
-        flat = {key: np.asarray(arrays[key], np.float32) for key in arrays.files}
-    return checkpoint.model_config_from_dict(info["model"]), traverse_util.unflatten_dict(flat, sep="/")
-
-
-def describe(name: str) -> str:
-    """One line about model ``name``: its summary and Set5 PSNR (from the card)."""
-    info = card(name)
-    set5 = info.get("scores", {}).get("Set5")
-    score = f"; Set5 {set5['psnr']:.2f} dB" if set5 else ""
-    return f"{name}: {info['summary']}{score}"
-
-
-def pack(variables: dict, model_config, name: str, info: dict, out_dir: Path = MODELS_DIR, *,
-         overwrite: bool = False) -> Path:
-    """Write ``out_dir/NAME.npz`` (``variables``' leaves rounded to float16) and its card
-    ``NAME.json`` (``info`` plus ``name``, ``model`` and ``weights``: file, dtype, parameter
-    count, sha256). ``variables``: ``{"params": {...}}`` float32. Returns the card's path.
-    Existing files of that name are replaced only with ``overwrite`` (else FileExistsError).
-    Refuses (ValueError) a name that is not lower-case letters, digits and dashes, and weights
-    that do not fit float16 (an overflow would change the model)."""
-    from edsr_jax.training import checkpoint
-    from edsr_jax.io import outputs
-
-    if not name or not all(c.islower() or c.isdigit() or c == "-" for c in name):
-        raise ValueError(f"model name {name!r}: use lower-case letters, digits and '-', e.g. poster-x2")
-    flat = {k: np.asarray(v, np.float32)
-            for k, v in sorted(traverse_util.flatten_dict(variables, sep="/").items())}
-    for key, value in flat.items():
-        if not np.all(np.abs(value) <= np.finfo(WEIGHTS_DTYPE).max):
-            raise ValueError(f"{name}: weight {key} does not fit float16 (max |w| {np.abs(value).max():.3g})")
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: v.astype(WEIGHTS_DTYPE) for k, v in flat.items()})
-    data = buf.getvalue()
-    full = {**info, "name": name, "model": checkpoint.model_config_to_dict(model_config),
-            "weights": {"file": f"{name}.npz", "dtype": np.dtype(WEIGHTS_DTYPE).name,
-                        "parameters": int(sum(v.size for v in flat.values())),
-                        "sha256": hashlib.sha256(data).hexdigest()}}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outputs.atomic_write(out_dir / f"{name}.npz", data, overwrite=overwrite)
-    card_path = out_dir / f"{name}.json"
-    outputs.atomic_write(card_path, (json.dumps(full, indent=1) + "\n").encode(), overwrite=overwrite)
-    return card_path
+from edsr_jax.inference import pretrained
+from edsr_jax.io import cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """List the built-in models (name, summary, Set5 PSNR)."""
-    from edsr_jax.io import cli
-
+    """List the built-in models (name, summary, Set5 PSNR), or print one card; returns 0."""
     p = cli.ArgumentParser(prog="python -m edsr_jax.pretrained",
                            description="List the trained models shipped with edsr-jax "
                                        "(use them with --model NAME in upscale, evaluate, export).")
@@ -111,16 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.card:
         try:
-            print(json.dumps(card(args.card), indent=1))
+            print(json.dumps(pretrained.card(args.card), indent=1))
         except ValueError as e:
             raise cli.UsageError(f"--card {args.card}: {e}") from None
         return 0
-    for name in names():
-        print(describe(name) + (" (default)" if name == DEFAULT else ""))
+    for name in pretrained.names():
+        print(pretrained.describe(name) + (" (default)" if name == pretrained.DEFAULT else ""))
     return 0
 
 
 if __name__ == "__main__":
-    from edsr_jax.io import cli
-
     sys.exit(cli.run(main))

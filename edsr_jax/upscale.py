@@ -244,7 +244,7 @@ def _check_conv_backend(conv_backend: str, dtype: str) -> None:
 
 
 def _load(args):
-    from edsr_jax import pretrained
+    from edsr_jax.inference import pretrained
     from edsr_jax.inference.infer import Upscaler
 
     options = dict(tile=args.tile, ensemble=args.ensemble, dtype=args.dtype,

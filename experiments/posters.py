@@ -22,7 +22,7 @@
    ``results/posters/story.png`` (a region of one held-out tile the same way, for the README).
 5. pack: the matched model as the built-in ``poster-x2`` and the Sun80 model as ``photo-x2``,
    plus ``photo-x3`` / ``photo-x4`` fine-tuned from it on Sun80 x3 / x4 pairs (1,000 steps each;
-   ``edsr_jax.pretrained.pack``: float16 weights and a card with the scores of those weights).
+   ``edsr_jax.inference.pretrained.pack``: float16 weights and a card with their scores).
 
 Every step is a plain call of the project's CLIs (printed) or of its library functions.
 """
@@ -282,7 +282,7 @@ def pack(runs: Path, data: Path, out: Path, only: tuple[str, ...] = tuple(SHIPS)
     """Ship the models of ``SHIPS`` (those of ``only``): pack float16 weights, score them
     (Set5, Set14, BSD68 with bicubic LR at the model's scale; the x2 models also on the held-out
     posters with the poster degradation), and write the scores into the cards."""
-    from edsr_jax import pretrained
+    from edsr_jax.inference import pretrained
     from edsr_jax.training import checkpoint
 
     for name, (run_name, summary, training, posters) in SHIPS.items():

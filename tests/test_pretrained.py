@@ -1,5 +1,6 @@
-"""Built-in trained models (edsr_jax.pretrained): packing, loading, the --model option of
-upscale / evaluate / export, and the shipped cards' scores reproduced from the shipped weights."""
+"""Built-in trained models (edsr_jax.inference.pretrained): packing, loading, the listing
+command (python -m edsr_jax.pretrained), the --model option of upscale / evaluate / export, and
+the shipped cards' scores reproduced from the shipped weights."""
 
 import json
 from pathlib import Path
@@ -9,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax import evaluate, export, pretrained, upscale
+from edsr_jax import evaluate, export, upscale
+from edsr_jax import pretrained as pretrained_command
+from edsr_jax.inference import pretrained
 from edsr_jax.io import cli
 from edsr_jax.inference import infer
 from edsr_jax.io.images import read_rgb, write_image
@@ -69,6 +72,16 @@ def test_unknown_name_and_damaged_weights_are_named(models_dir):
     (folder / "tiny-x2.npz").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="tiny-x2.npz: checksum"):
         pretrained.load("tiny-x2")
+
+
+def test_the_command_lists_the_models_and_prints_a_card(models_dir, capsys):
+    assert cli.run(pretrained_command.main, []) == 0
+    assert capsys.readouterr().out == "tiny-x2: a tiny test model (default)\n"
+    assert cli.run(pretrained_command.main, ["--card", "tiny-x2"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["name"] == "tiny-x2" and card["weights"]["file"] == "tiny-x2.npz"
+    assert cli.run(pretrained_command.main, ["--card", "nope"]) == 2
+    assert "--card nope: unknown built-in model 'nope'; choose from tiny-x2" in capsys.readouterr().err
 
 
 def test_upscale_without_checkpoint_uses_the_default_and_says_so(models_dir, tmp_path, capsys, monkeypatch):

@@ -316,7 +316,7 @@ class Upscaler:
     def from_pretrained(cls, name: str, **kw) -> "Upscaler":
         """An Upscaler of the built-in model ``name`` (``pretrained.names()``, e.g.
         ``"photo-x2"``); ValueError naming the known models for another name."""
-        from edsr_jax import pretrained
+        from edsr_jax.inference import pretrained
 
         config, params = pretrained.load(name)
         return cls(config, params, name=kw.pop("name", name), **kw)
