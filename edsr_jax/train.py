@@ -317,7 +317,7 @@ def resolve_lr_name(config) -> str | None:
     so a variant added to the folder later never changes what a resumed run reads.
     Returns a line saying what was chosen (None when nothing was); UsageError when the
     manifest records several variants (naming them) or cannot be read."""
-    from edsr_jax import prepare
+    from edsr_jax.data import manifest as prepare  # lr_variants, lr_variant_spec
 
     d = config.data
     if d.lr_name:
@@ -381,7 +381,7 @@ def training_spec(config, scale: int) -> str | None:
     d = config.data
     if d.source != "paired":
         return d.spec or f"bicubic({scale})"
-    from edsr_jax import prepare
+    from edsr_jax.data import manifest as prepare  # lr_variants, lr_variant_spec
 
     return prepare.lr_variant_spec(d.train, d.lr_name, scale)
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from edsr_jax import posters, prepare
+from edsr_jax import posters
+from edsr_jax.data.prepare import prepare
 from edsr_jax.io import cli
 from edsr_jax.io.images import read_rgb
 
@@ -132,8 +133,8 @@ def test_has_glyphs_tells_a_missing_glyph():
 
 def test_prepare_tiles_2x2_on_posters(seed1, tmp_path):
     out = tmp_path / "data"
-    summary = prepare.prepare(seed1, out, spec="nearest > jpeg(30,60)", scales=(2,), tiling={"grid": [2, 2]},
-                              progress=False)
+    summary = prepare(seed1, out, spec="nearest > jpeg(30,60)", scales=(2,), tiling={"grid": [2, 2]},
+                      progress=False)
     assert summary.written == 3 * 4 * 2 and not summary.unreadable and not summary.small
     hr = sorted((out / "HR").rglob("*.png"))
     lr = sorted(p for p in out.rglob("*") if p.is_file() and "LR" in p.parent.as_posix())

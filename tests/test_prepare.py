@@ -1,4 +1,5 @@
-"""The dataset preparation CLI (edsr_jax.prepare)."""
+"""The dataset preparation CLI (edsr_jax.prepare) and its library (edsr_jax.data.prepare,
+edsr_jax.data.manifest)."""
 
 import json
 import subprocess
@@ -10,6 +11,8 @@ import pytest
 from PIL import Image
 
 from edsr_jax import prepare
+from edsr_jax.data.manifest import lr_variant_spec
+from edsr_jax.data.prepare import tile_boxes
 from edsr_jax.degradation import degrade
 from edsr_jax.io.images import read_rgb
 from edsr_jax.degradation.imresize import imresize
@@ -137,15 +140,15 @@ def test_tile_boxes():
     for bad in ("2", "0x2", "2x", "axb", "2x2x2"):
         with pytest.raises(ValueError, match="ROWSxCOLS"):
             prepare.parse_tiles(bad)
-    assert prepare.tile_boxes(100, 130, None, 12) == [(0, 0, 96, 120)]
-    assert prepare.tile_boxes(100, 130, {"grid": [2, 2]}, 4) == [
+    assert tile_boxes(100, 130, None, 12) == [(0, 0, 96, 120)]
+    assert tile_boxes(100, 130, {"grid": [2, 2]}, 4) == [
         (0, 0, 48, 64), (0, 65, 48, 129), (50, 0, 98, 64), (50, 65, 98, 129)]
-    boxes = prepare.tile_boxes(100, 130, {"size": 48, "overlap": 12}, 12)
+    boxes = tile_boxes(100, 130, {"size": 48, "overlap": 12}, 12)
     assert [b[:2] for b in boxes] == [(y, x) for y in (0, 36, 52) for x in (0, 36, 72, 82)]
     assert all((b[2] - b[0], b[3] - b[1]) == (48, 48) for b in boxes)
-    assert prepare.tile_boxes(40, 130, {"size": 48, "overlap": 0}, 12) == []
-    assert prepare.tile_boxes(20, 20, {"grid": [2, 2]}, 12) == []
-    assert prepare.tile_boxes(11, 200, None, 12) == []
+    assert tile_boxes(40, 130, {"size": 48, "overlap": 0}, 12) == []
+    assert tile_boxes(20, 20, {"grid": [2, 2]}, 12) == []
+    assert tile_boxes(11, 200, None, 12) == []
 
 
 def test_tiles_random_spec_and_workers(tmp_path):
@@ -298,10 +301,10 @@ def test_lr_variant_spec_reads_each_variant_from_the_manifest(tmp_path):
     base = [str(tmp_path / "hr"), "--out", str(out), "--scales", "2", "4", "--workers", "1", "--no-progress"]
     assert prepare.main(base) == 0
     assert prepare.main(base + ["--spec", "nearest > jpeg(30,60)", "--name", "poster"]) == 0
-    assert prepare.lr_variant_spec(out, "bicubic", 2) == "bicubic(2)"
-    assert prepare.lr_variant_spec(out, "poster", 4) == "nearest(4) > jpeg(30,60)"
-    assert prepare.lr_variant_spec(out, "other", 2) is None
-    assert prepare.lr_variant_spec(tmp_path / "hr", "bicubic", 2) is None  # no manifest
+    assert lr_variant_spec(out, "bicubic", 2) == "bicubic(2)"
+    assert lr_variant_spec(out, "poster", 4) == "nearest(4) > jpeg(30,60)"
+    assert lr_variant_spec(out, "other", 2) is None
+    assert lr_variant_spec(tmp_path / "hr", "bicubic", 2) is None  # no manifest
     (out / "manifest.json").write_text("{")
     with pytest.raises(ValueError, match="manifest.json: unreadable manifest"):
-        prepare.lr_variant_spec(out, "poster", 2)
+        lr_variant_spec(out, "poster", 2)
