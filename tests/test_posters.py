@@ -1,4 +1,5 @@
-"""The poster generator (edsr_jax.posters): determinism, sizes, palette, use as HR data, CLI errors."""
+"""The poster generator (edsr_jax.data.posters, its fonts edsr_jax.data.fonts, the command
+edsr_jax.posters): determinism, sizes, palette, use as HR data, CLI errors."""
 
 import json
 import subprocess
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from edsr_jax import posters
+from edsr_jax import posters as command
+from edsr_jax.data import fonts, posters
 from edsr_jax.data.prepare import prepare
 from edsr_jax.io import cli
 from edsr_jax.io.images import read_rgb
@@ -19,7 +21,7 @@ SMALL = ["--size", "256x144"]
 
 
 def run(argv):
-    return cli.run(posters.main, argv)
+    return cli.run(command.main, argv)
 
 
 def pngs(folder):
@@ -43,7 +45,7 @@ def test_files_sizes_and_record(seed1):
         assert f.stat().st_mode & 0o777 == 0o666 & ~_umask()
     record = json.loads((seed1 / "posters-s1.json").read_text())
     assert record["seed"] == 1 and record["size"] == [256, 144] and record["files"] == [f.name for f in files]
-    assert posters.PILLOW_DEFAULT in [f["name"] for f in record["fonts"]]
+    assert fonts.PILLOW_DEFAULT in [f["name"] for f in record["fonts"]]
     assert not list(seed1.glob(".tmp-*"))
 
 
@@ -110,16 +112,16 @@ def test_words_heldout_disjoint_and_changes_the_text():
 
 
 def test_fonts_always_include_pillow_default_and_selection_changes_pixels():
-    faces = posters.available_fonts()
-    assert posters.PILLOW_DEFAULT in [f.name for f in faces]
+    faces = fonts.available_fonts()
+    assert fonts.PILLOW_DEFAULT in [f.name for f in faces]
     for f in faces:
-        font = posters.load_font(f, 20)
+        font = fonts.load_font(f, 20)
         assert font.getlength("Poster") > 0
-    default = posters.select_fonts(posters.PILLOW_DEFAULT)
-    assert [f.name for f in default] == [posters.PILLOW_DEFAULT]
+    default = fonts.select_fonts(fonts.PILLOW_DEFAULT)
+    assert [f.name for f in default] == [fonts.PILLOW_DEFAULT]
     if len(faces) > 1:
         photos = [np.full((40, 60, 3), 128, np.uint8)]
-        other = posters.select_fonts(",".join(f.name for f in faces if f.name != posters.PILLOW_DEFAULT))
+        other = fonts.select_fonts(",".join(f.name for f in faces if f.name != fonts.PILLOW_DEFAULT))
         a = posters.render(0, 0, (512, 288), photos=photos, fonts=default)
         b = posters.render(0, 0, (512, 288), photos=photos, fonts=other)
         assert np.mean(a != b) > 0.001
@@ -127,8 +129,8 @@ def test_fonts_always_include_pillow_default_and_selection_changes_pixels():
 
 def test_has_glyphs_tells_a_missing_glyph():
     font = ImageFont.load_default(size=24)
-    assert posters.has_glyphs(font, "Poster 2x2")
-    assert not posters.has_glyphs(font, "年度")  # Pillow's built-in font has no CJK glyphs
+    assert fonts.has_glyphs(font, "Poster 2x2")
+    assert not fonts.has_glyphs(font, "年度")  # Pillow's built-in font has no CJK glyphs
 
 
 def test_prepare_tiles_2x2_on_posters(seed1, tmp_path):
@@ -196,16 +198,16 @@ def test_bad_photos_folder_one_error_line(kind, tmp_path, capsys):
 
 
 def test_only_pillow_font_when_nothing_is_installed(monkeypatch):
-    monkeypatch.setattr(posters, "_font_dirs", lambda: [])
-    posters._font_index.cache_clear()
-    posters.available_fonts.cache_clear()
+    monkeypatch.setattr(fonts, "_font_dirs", lambda: [])
+    fonts._font_index.cache_clear()
+    fonts.available_fonts.cache_clear()
     try:
-        assert [f.name for f in posters.available_fonts()] == [posters.PILLOW_DEFAULT]
+        assert [f.name for f in fonts.available_fonts()] == [fonts.PILLOW_DEFAULT]
         img = posters.render(0, 0, (256, 144), photos=[np.full((40, 60, 3), 128, np.uint8)])
         assert img.shape == (144, 256, 3) and img.dtype == np.uint8
     finally:
-        posters._font_index.cache_clear()
-        posters.available_fonts.cache_clear()
+        fonts._font_index.cache_clear()
+        fonts.available_fonts.cache_clear()
 
 
 def test_cli_as_a_module(seed1, tmp_path):
@@ -218,4 +220,4 @@ def test_cli_as_a_module(seed1, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: argument --size") and proc.stderr.count("\n") == 1
     proc = subprocess.run([sys.executable, "-m", "edsr_jax.posters", "--list-fonts"], capture_output=True,
                           text=True, cwd=ROOT)
-    assert proc.returncode == 0 and posters.PILLOW_DEFAULT in proc.stdout
+    assert proc.returncode == 0 and fonts.PILLOW_DEFAULT in proc.stdout
