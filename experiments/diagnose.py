@@ -1,4 +1,6 @@
-"""Validate (and calibrate) ``edsr_jax.diagnose`` on images degraded with known random specs.
+"""Validate (and calibrate) the diagnosis on images degraded with known random specs.
+
+The diagnosis is ``edsr_jax.evaluation.diagnosis`` (the command ``python -m edsr_jax.diagnose``).
 
     python experiments/diagnose.py                 # validate on BSD68 + Set14 (held out)
     python experiments/diagnose.py --calibrate     # fit the resampling model on Sun80
@@ -29,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -39,7 +42,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edsr_jax import diagnose
+from edsr_jax.evaluation import diagnosis, estimators
 from edsr_jax.data import samples
 from edsr_jax.degradation import degrade
 from edsr_jax.io import images  # noqa: E402
@@ -62,7 +65,7 @@ def random_case(rng: np.random.Generator) -> dict:
         up = str(rng.choice(["nearest", "bicubic"]))
     return {
         "crop": round(float(rng.uniform(0.4, 1.0)), 3),  # share of each side kept (sizes vary)
-        "kind": str(rng.choice(diagnose.KINDS)),
+        "kind": str(rng.choice(estimators.KINDS)),
         "scale": int(rng.choice([2, 2, 3, 4])),
         "blur": round(float(rng.uniform(0.5, 2.5)), 2) if rng.random() < 0.35 else None,
         "noise": round(float(rng.uniform(1, 15)), 2) if rng.random() < 0.35 else None,
@@ -118,12 +121,12 @@ def run_cases(paths: list[Path], per_image: int, seed: int, quiet: bool = False)
                 case = random_case(rng)
                 f = make_lr(hr, case, seed * 100003 + i * 101 + k, Path(tmp), f"{p.stem}_{k}")
                 try:
-                    d = diagnose.diagnose_file(f, None if case["up"] else case["scale"])
-                except diagnose.Skipped as e:
+                    d = diagnosis.diagnose_file(f, None if case["up"] else case["scale"])
+                except diagnosis.Skipped as e:
                     print(f"skipped {e}", file=sys.stderr)
                     continue
                 records.append({"image": p.name, "spec": spec_of(case), **case,
-                                "diagnosis": diagnose.asdict(d)})
+                                "diagnosis": asdict(d)})
             if not quiet:
                 print(f"\r{i + 1}/{len(paths)} images", end="", file=sys.stderr)
     if not quiet:
@@ -160,13 +163,13 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> np.ndarray:
 def calibrate(records: list[dict]) -> dict:
     """Fit the resampling model and the per-kind edge baselines; returns the constants."""
     feats = np.array([r["diagnosis"]["features"] for r in records if not r["up"]])
-    labels = np.array([diagnose.KINDS.index(r["kind"]) for r in records if not r["up"]])
+    labels = np.array([estimators.KINDS.index(r["kind"]) for r in records if not r["up"]])
     mean, std = feats.mean(axis=0), feats.std(axis=0) + 1e-9
     z = np.clip((feats - mean) / std, -6, 6)
-    w = fit_softmax(diagnose.expand(z), labels)
-    acc = float((np.argmax(diagnose.expand(z) @ w.T, axis=1) == labels).mean())
+    w = fit_softmax(estimators.expand(z), labels)
+    acc = float((np.argmax(estimators.expand(z) @ w.T, axis=1) == labels).mean())
     base = {}
-    for kind in diagnose.KINDS:
+    for kind in estimators.KINDS:
         e2 = [r["diagnosis"]["edge_e2"] for r in records
               if r["kind"] == kind and not r["blur"] and not r["up"] and np.isfinite(r["diagnosis"]["edge_e2"])]
         base[kind] = round(float(np.median(e2)), 3)
@@ -176,7 +179,7 @@ def calibrate(records: list[dict]) -> dict:
 
 
 def constants_snippet(c: dict) -> str:
-    """The calibrated constants as the Python lines of ``edsr_jax/diagnose.py``."""
+    """The calibrated constants as the Python lines of ``edsr_jax/evaluation/estimators.py``."""
     lines = [f"KIND_MEAN = np.array({json.dumps(c['mean'])})", f"KIND_STD = np.array({json.dumps(c['std'])})",
              "KIND_WEIGHTS = np.array(["]
     for row in c["weights"]:
@@ -195,13 +198,13 @@ def summarise(records: list[dict]) -> str:
     plain = [r for r in records if not r["up"]]
     # confusion matrix
     out.append("Resampling kind (rows: true, columns: diagnosed), all cases:\n")
-    out.append("| true \\ diagnosed | " + " | ".join(diagnose.KINDS) + " | accuracy |")
-    out.append("| --- |" + " --- |" * (len(diagnose.KINDS) + 1))
-    for kind in diagnose.KINDS:
+    out.append("| true \\ diagnosed | " + " | ".join(estimators.KINDS) + " | accuracy |")
+    out.append("| --- |" + " --- |" * (len(estimators.KINDS) + 1))
+    for kind in estimators.KINDS:
         rows = [r for r in plain if r["kind"] == kind]
-        c = [sum(r["diagnosis"]["kind"] == k for r in rows) for k in diagnose.KINDS]
+        c = [sum(r["diagnosis"]["kind"] == k for r in rows) for k in estimators.KINDS]
         out.append(f"| {kind} | " + " | ".join(map(str, c))
-                   + f" | {c[diagnose.KINDS.index(kind)] / max(len(rows), 1):.0%} ({len(rows)}) |")
+                   + f" | {c[estimators.KINDS.index(kind)] / max(len(rows), 1):.0%} ({len(rows)}) |")
     total = sum(r["diagnosis"]["kind"] == r["kind"] for r in plain)
     out.append(f"\nOverall {total}/{len(plain)} = {total / max(len(plain), 1):.0%}.")
     sub = []
@@ -236,7 +239,7 @@ def summarise(records: list[dict]) -> str:
     out.append(f"| no JPEG (false alarms) | {len(clean)} | {fa} | | | | |")
     # noise
     out.append("\nNoise sigma (relative error |est - true| / true; cases with noise):\n")
-    out.append(f"| subset | cases | median rel. error | within 20 % | false alarms (no noise, est >= {diagnose.NOISE_MIN}) |")
+    out.append(f"| subset | cases | median rel. error | within 20 % | false alarms (no noise, est >= {diagnosis.NOISE_MIN}) |")
     out.append("| --- | --- | --- | --- | --- |")
     for label, pred in (("sigma >= 2, no JPEG after", lambda r: r["jpeg"] is None),
                         ("sigma >= 2, JPEG q >= 70 after", lambda r: r["jpeg"] is not None and r["jpeg"] >= 70),
@@ -244,19 +247,19 @@ def summarise(records: list[dict]) -> str:
         rows = [r for r in plain if pred(r) and (r["noise"] or 0) >= 2]
         rel = np.array([abs(r["diagnosis"]["noise"] - r["noise"]) / r["noise"] for r in rows])
         quiet = [r for r in plain if pred(r) and not r["noise"]]
-        fa = sum(r["diagnosis"]["noise"] >= diagnose.NOISE_MIN for r in quiet)
+        fa = sum(r["diagnosis"]["noise"] >= diagnosis.NOISE_MIN for r in quiet)
         out.append(f"| {label} | {len(rows)} | {np.median(rel) if len(rel) else float('nan'):.0%} | "
                    f"{int((rel <= 0.2).sum())}/{len(rows)} | {fa}/{len(quiet)} |")
     # blur
     out.append("\nBlur sigma (HR pixels; the estimate uses the diagnosed kind):\n")
-    out.append(f"| subset | cases | median abs error | within 0.5 | proposed (>= {diagnose.BLUR_MIN}) |")
+    out.append(f"| subset | cases | median abs error | within 0.5 | proposed (>= {diagnosis.BLUR_MIN}) |")
     out.append("| --- | --- | --- | --- | --- |")
     for label, pred in (("blurred, sigma >= 1.0", lambda r: (r["blur"] or 0) >= 1.0),
                         ("blurred, sigma < 1.0", lambda r: r["blur"] and r["blur"] < 1.0),
                         ("not blurred", lambda r: not r["blur"])):
         rows = [r for r in plain if pred(r)]
         err = np.array([abs(r["diagnosis"]["blur"] - (r["blur"] or 0)) for r in rows])
-        det = sum(r["diagnosis"]["blur"] >= diagnose.BLUR_MIN for r in rows)
+        det = sum(r["diagnosis"]["blur"] >= diagnosis.BLUR_MIN for r in rows)
         out.append(f"| {label} | {len(rows)} | {np.median(err) if len(err) else float('nan'):.2f} | "
                    f"{int((err <= 0.5).sum())}/{len(rows)} | {det}/{len(rows)} |")
     # upscaled back
@@ -288,8 +291,8 @@ def scenario(spec: str, paths: list[Path], scale: int | None, folder: Path) -> s
             continue
         hr = hr[:hr.shape[0] // s * s, :hr.shape[1] // s * s]
         images.write_image(folder / f"{p.stem}.png", pipe(hr, degrade.image_rng(p.name)), overwrite=True)
-    fd = diagnose.diagnose_folder(folder, scale)
-    return diagnose.report(fd)
+    fd = diagnosis.diagnose_folder(folder, scale)
+    return diagnosis.report(fd)
 
 
 def main(argv=None) -> int:
@@ -324,7 +327,7 @@ def main(argv=None) -> int:
     result = {"images": [str(p) for p in paths], "seed": args.seed, "records": records}
     if args.calibrate:
         result["constants"] = calibrate(records)
-        print(f"# paste into edsr_jax/diagnose.py (training accuracy "
+        print(f"# paste into edsr_jax/evaluation/estimators.py (training accuracy "
               f"{result['constants']['train_accuracy']:.1%} on {result['constants']['cases']} cases):")
         print(constants_snippet(result["constants"]) + "\n")
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=None, allow_nan=True) + "\n")
@@ -332,7 +335,7 @@ def main(argv=None) -> int:
           f"({'calibration' if args.calibrate else 'validation'}: {', '.join(sorted({p.parent.name for p in paths}))})\n")
     print(summarise(records))
     if args.calibrate:
-        print("\n(the tables above use the constants diagnose.py held during this run)")
+        print("\n(the tables above use the constants estimators.py held during this run)")
     return 0
 
 

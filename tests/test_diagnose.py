@@ -1,5 +1,6 @@
-"""Diagnosing a folder's degradation (edsr_jax.diagnose): JPEG quality, resampling kind,
-noise, upscaled-back factor, bad inputs and the CLI."""
+"""Diagnosing a folder's degradation (edsr_jax.evaluation.diagnosis, jpeg_quality, estimators;
+the command edsr_jax.diagnose): JPEG quality, resampling kind, noise, upscaled-back factor, bad
+inputs and the CLI."""
 
 import io
 import json
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from edsr_jax import diagnose
+from edsr_jax.evaluation import diagnosis, estimators, jpeg_quality
 from edsr_jax.data import samples
 from edsr_jax.io import cli
 from edsr_jax.degradation import degrade
@@ -60,37 +62,37 @@ def test_libjpeg_tables_are_pillows(photo):
         buf = io.BytesIO()
         Image.fromarray(photo[:32, :32]).save(buf, format="JPEG", quality=q)
         tables = Image.open(io.BytesIO(buf.getvalue())).quantization
-        assert list(tables[0]) == diagnose.libjpeg_table(q).tolist()
-        assert list(tables[1]) == diagnose.libjpeg_table(q, chroma=True).tolist()
+        assert list(tables[0]) == jpeg_quality.libjpeg_table(q).tolist()
+        assert list(tables[1]) == jpeg_quality.libjpeg_table(q, chroma=True).tolist()
 
 
 @pytest.mark.parametrize("quality", [7, 33, 50, 68, 91, 99])
 def test_jpeg_file_quality_is_exact(tmp_path, photo, quality):
     path = tmp_path / "a.jpg"
     Image.fromarray(photo[:64, :64]).save(path, quality=quality)
-    d = diagnose.diagnose_file(path, scale=2)
+    d = diagnosis.diagnose_file(path, scale=2)
     assert (d.jpeg_quality, d.jpeg_source, d.jpeg_confidence) == (quality, "tables", 1.0)
     assert d.spec.endswith(f"jpeg({quality})")
 
 
 def test_foreign_tables_are_matched_to_the_nearest_quality(photo):
-    tables = {0: (diagnose.libjpeg_table(60) + 1).tolist(), 1: diagnose.libjpeg_table(60, True).tolist()}
-    q, exact = diagnose.quality_from_tables(tables)
+    tables = {0: (jpeg_quality.libjpeg_table(60) + 1).tolist(), 1: jpeg_quality.libjpeg_table(60, True).tolist()}
+    q, exact = jpeg_quality.quality_from_tables(tables)
     assert not exact and abs(q - 60) <= 3
 
 
 @pytest.mark.parametrize("quality", [25, 60, 85])
 def test_jpeg_quality_of_a_resaved_png(cat, quality):
     lr = degrade.jpeg(degrade.bicubic(cat, 2), quality)
-    found = diagnose.jpeg_lattice(diagnose.luma(lr))
+    found = jpeg_quality.jpeg_lattice(jpeg_quality.luma(lr))
     assert found["quality"] is not None and abs(found["quality"] - quality) <= 2, found
 
 
 def test_no_jpeg_no_quality(cat):
-    assert diagnose.jpeg_lattice(diagnose.luma(degrade.bicubic(cat, 2)))["quality"] is None
+    assert jpeg_quality.jpeg_lattice(jpeg_quality.luma(degrade.bicubic(cat, 2)))["quality"] is None
     # cropped after the JPEG: the block grid is found off the origin
     lr = degrade.jpeg(degrade.bicubic(cat, 2), 40)[3:, 5:]
-    found = diagnose.jpeg_lattice(diagnose.luma(lr))
+    found = jpeg_quality.jpeg_lattice(jpeg_quality.luma(lr))
     assert found["quality"] == 40 and found["offset"] == (5, 3), found
 
 
@@ -99,8 +101,8 @@ def test_no_jpeg_no_quality(cat):
 @pytest.mark.parametrize("which", ["photo", "cat"])
 def test_nearest_and_bicubic_told_apart(request, which):
     hr = request.getfixturevalue(which)
-    near = diagnose.diagnose_array(degrade.nearest(hr, 2), scale=2)
-    cubic = diagnose.diagnose_array(degrade.bicubic(hr, 2), scale=2)
+    near = diagnosis.diagnose_array(degrade.nearest(hr, 2), scale=2)
+    cubic = diagnosis.diagnose_array(degrade.bicubic(hr, 2), scale=2)
     assert near.kind == "nearest", near.kind_probabilities
     assert cubic.kind in ("bicubic", "bilinear"), cubic.kind_probabilities
     assert near.kind_probabilities["nearest"] > cubic.kind_probabilities["nearest"] + 0.3
@@ -116,22 +118,22 @@ def smooth_picture(h=128, w=128):
 def test_noise_sigma_within_tolerance(sigma):
     rng = np.random.default_rng(int(sigma))
     img = np.clip(np.round(smooth_picture() + rng.normal(0, sigma, (128, 128, 3))), 0, 255).astype(np.uint8)
-    est = diagnose.noise_sigma(img)
+    est = estimators.noise_sigma(img)
     assert abs(est - sigma) <= 0.15 * sigma, est
 
 
 def test_clean_image_has_little_noise():
     img = np.round(smooth_picture()).astype(np.uint8)
-    assert diagnose.noise_sigma(img) < 0.5
+    assert estimators.noise_sigma(img) < 0.5
 
 
 def test_upscaled_back_factor(cat):
     lr = degrade.bicubic(cat, 2)[:96, :96]
-    assert diagnose.upscaled_by(np.repeat(np.repeat(lr, 3, 0), 3, 1))[:2] == (3, "nearest")
+    assert estimators.upscaled_by(np.repeat(np.repeat(lr, 3, 0), 3, 1))[:2] == (3, "nearest")
     from edsr_jax.degradation.imresize import imresize
-    assert diagnose.upscaled_by(imresize(lr, 2.0))[:2] == (2, "smooth")
-    assert diagnose.upscaled_by(lr)[0] == 1
-    d = diagnose.diagnose_array(np.repeat(np.repeat(lr, 2, 0), 2, 1))  # no --scale: the factor
+    assert estimators.upscaled_by(imresize(lr, 2.0))[:2] == (2, "smooth")
+    assert estimators.upscaled_by(lr)[0] == 1
+    d = diagnosis.diagnose_array(np.repeat(np.repeat(lr, 2, 0), 2, 1))  # no --scale: the factor
     assert (d.upscaled_by, d.scale) == (2, 2) and d.spec.startswith(("nearest(2)", "bicubic(2)", "bilinear(2)"))
 
 
