@@ -1,4 +1,5 @@
-"""PyTorch interop against an independent PyTorch EDSR, and StableHLO artifacts.
+"""PyTorch interop against an independent PyTorch EDSR, and StableHLO artifacts
+(edsr_jax.inference.export; the command edsr_jax.export).
 
 Tolerances: the JAX and PyTorch forward passes are both float32 but sum convolution terms
 in different orders; 1e-4 of the output's magnitude is ~100 float32 ulps, far below any
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from edsr_jax import export
+from edsr_jax.inference import export as export_lib
 from edsr_jax.io import cli
 from edsr_jax.inference import infer
 from edsr_jax.inference import stablehlo_runner
@@ -70,7 +72,7 @@ def test_round_trip_jax_torch_jax_is_exact(scale):
     config = ModelConfig(scale, 2, 8)
     params = jax.tree_util.tree_map(
         np.asarray, config.build().init(jax.random.key(scale), jnp.zeros((1, 8, 8, 3)))["params"])
-    sd = export.torch_state_dict(config, params)
+    sd = export_lib.torch_state_dict(config, params)
     model = torch_model(scale, seed=99)
     model.load_state_dict(sd)  # strict: every official key present, none extra
     assert list(sd) == list(model.state_dict())
@@ -120,7 +122,7 @@ def test_stablehlo_artifact_runs_without_the_model_code(tmp_path):
     config = ModelConfig(3, 2, 8)
     params = config.build().init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))["params"]
     art = tmp_path / "m.stablehlo"
-    art.write_bytes(export.stablehlo_artifact(config, params))
+    art.write_bytes(export_lib.stablehlo_artifact(config, params))
     header, _ = stablehlo_runner.unpack(art.read_bytes())
     assert header["scale"] == 3 and header["model"] == config.to_dict()
     assert header["platforms"] == ["cpu", "cuda"] and header["input"]["shape"] == ["b", "h", "w", 3]
@@ -231,7 +233,7 @@ def test_stablehlo_runner_copied_alone_runs_with_jax_and_numpy_only(tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(ROOT / "edsr_jax" / "inference" / "stablehlo_runner.py", alone / "stablehlo_runner.py")
-    (alone / "m.stablehlo").write_bytes(export.stablehlo_artifact(config, params, platforms=["cpu"]))
+    (alone / "m.stablehlo").write_bytes(export_lib.stablehlo_artifact(config, params, platforms=["cpu"]))
     lr = np.round(lr_batch(1, 10, 13, seed=3))[0]
     np.save(alone / "in.npy", lr)
     Image.fromarray(lr.astype(np.uint8)).save(alone / "in.png")
@@ -268,6 +270,6 @@ def test_from_torch_reads_scale_and_preset_from_the_shapes(scale, tmp_path):
     torch = pytest.importorskip("torch")
     pt = tmp_path / "w.pt"
     torch.save(torch_model(scale).state_dict(), pt)
-    step = export.import_torch(pt, tmp_path / "ckpt")
+    step = export_lib.import_torch(pt, tmp_path / "ckpt")
     config, _ = checkpoint.restore_for_inference(tmp_path / "ckpt")
     assert config == ModelConfig(scale, 2, 8) and step.name == "0"
