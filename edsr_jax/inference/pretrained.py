@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 
 MODELS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT = "photo-x2"  # what upscale runs when given neither --checkpoint nor --model
@@ -45,6 +44,8 @@ def load(name: str) -> tuple[Any, dict]:
     ``{"params": {...}}`` of float32 NumPy arrays (the float16 weights widened exactly), usable
     as ``model.apply(variables, x)`` with ``x`` ``(N, H, W, 3)`` float32 in [0, 255].
     ValueError for an unknown name or weights that do not match the card's checksum."""
+    from flax import traverse_util  # here, not at the top: listing the models needs no JAX
+
     from edsr_jax.training import checkpoint
 
     info = card(name)
@@ -74,8 +75,10 @@ def pack(variables: dict, model_config, name: str, info: dict, out_dir: Path = M
     Existing files of that name are replaced only with ``overwrite`` (else FileExistsError).
     Refuses (ValueError) a name that is not lower-case letters, digits and dashes, and weights
     that do not fit float16 (an overflow would change the model)."""
-    from edsr_jax.training import checkpoint
+    from flax import traverse_util
+
     from edsr_jax.io import outputs
+    from edsr_jax.training import checkpoint
 
     if not name or not all(c.islower() or c.isdigit() or c == "-" for c in name):
         raise ValueError(f"model name {name!r}: use lower-case letters, digits and '-', e.g. poster-x2")
