@@ -12,6 +12,7 @@ import grain
 import numpy as np
 import pytest
 
+from edsr_jax.data import blocks
 from edsr_jax.data import cache as cache_lib
 from edsr_jax.data import sources as data
 from edsr_jax.io.images import write_image
@@ -377,3 +378,259 @@ def test_degraded_crop_matches_whole_image(tmp_path, spec):
             np.testing.assert_array_equal(lr, full[y:y + p, x:x + p])
             inside += 1
     assert inside == 4
+
+
+# --------------------------------------------------------------------------- block sampling (edsr_jax.data.blocks)
+
+BLOCK_DEFAULTS = {"patch_size": 6, "batch_size": 4, "seed": 0, "process_index": 0, "process_count": 1,
+                  "block": 2}
+
+
+def btrain(src, **kw):
+    """make_block_dataset (block 2 unless given)."""
+    return blocks.make_block_dataset(src, **(BLOCK_DEFAULTS | kw))
+
+
+def hrtrain(src, **kw):
+    return blocks.make_hr_dataset(src, **(BLOCK_DEFAULTS | kw))
+
+
+def stream_of(src, **kw):
+    kw = {"patch_size": 6, "block": 2, "patches_per_image": 1, "augment": True, "seed": 0,
+          "hr_only": False} | kw
+    return blocks.PatchStream(src, data.usable_images(src, kw["patch_size"]), **kw)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_block_pairs_shapes_and_alignment(tmp_path, scale):
+    root = make_pairs(tmp_path / "ds", scale, [(20, 24), (22, 20), (21, 23)])
+    src = data.PairedFolderSource(root, scale, cache_dir=tmp_path / "cache", progress=False)
+    p, b = 10, 6
+    for batch in take(btrain(src, patch_size=p, batch_size=b, block=3, augment=False), 3):
+        assert set(batch) == {"lr", "hr"}
+        assert batch["lr"].shape == (b, p, p, 3) and batch["lr"].dtype == np.uint8
+        assert batch["hr"].shape == (b, p * scale, p * scale, 3) and batch["hr"].dtype == np.uint8
+        for lr, hr in zip(batch["lr"], batch["hr"]):  # as test_paired_batches_shapes_and_alignment
+            np.testing.assert_array_equal(imresize(hr, 1 / scale)[3:-3, 3:-3], lr[3:-3, 3:-3])
+
+
+def test_block_hr_only_host_degradation_matches_whole_image(tmp_path):
+    """Block mode on an HROnlySource degrades each margined crop as ``patch`` does: for a
+    deterministic chain the LR equals the same window of the degraded whole image (the crop
+    corner replayed from the stream's draws), and the HR is that window of the image."""
+    folder = make_hr(tmp_path / "hr", [(160, 192)])
+    src = data.HROnlySource(folder, 2, spec="blur(1.0) > bicubic(2)", cache_dir=tmp_path / "cache",
+                            progress=False)
+    full = src.pipeline(np.ascontiguousarray(src.image(0)), np.random.default_rng(0))
+    p = 12
+    stream = stream_of(src, patch_size=p, augment=False)
+    batch = stream.patches(np.arange(40))
+    ys, xs, ks = stream.draws(np.arange(40), np.zeros(40, np.int64))
+    assert not ks.any()
+    for lr, hr, y, x in zip(batch["lr"], batch["hr"], ys, xs):
+        np.testing.assert_array_equal(hr, src.image(0)[2 * y:2 * (y + p), 2 * x:2 * (x + p)])
+        np.testing.assert_array_equal(lr, full[y:y + p, x:x + p])
+
+
+def test_block_symmetries_applied_identically(tmp_path):
+    """As test_symmetries_applied_identically, in block mode: pairs stay pairs under all 8."""
+    s, p = 2, 4
+    root = make_pairs(tmp_path / "ds", s, [(9, 9)], nearest=True)
+    src = data.PairedFolderSource(root, s, cache_dir=tmp_path / "cache", progress=False)
+    lr_img, _ = src.image(0)
+    crops = [lr_img[y:y + p, x:x + p] for y in range(9 - p + 1) for x in range(9 - p + 1)]
+    seen = set()
+    for batch in take(btrain(src, patch_size=p, batch_size=8, block=4), 12):
+        for lr, hr in zip(batch["lr"], batch["hr"]):
+            np.testing.assert_array_equal(hr, np.repeat(np.repeat(lr, s, 0), s, 1))
+            ks = {k for c in crops for k in range(8) if np.array_equal(data.symmetry(c, k), lr)}
+            assert len(ks) == 1
+            seen |= ks
+    assert seen == set(range(8))
+
+
+@pytest.mark.parametrize("kind", ["paired", "hr_only"])
+def test_block_decimated_pairs_stay_aligned(tmp_path, kind):
+    """As test_decimated_pairs_stay_aligned_under_augmentation, in block mode: only the
+    identity and the transpose, and LR == HR[::s, ::s] for every pair."""
+    s, p = 2, 6
+    rng = np.random.default_rng(3)
+    hr_img = rng.integers(0, 256, (20 * s, 22 * s, 3), dtype=np.uint8)
+    if kind == "paired":
+        write_image(tmp_path / "ds" / "HR" / "0000.png", hr_img)
+        write_image(tmp_path / "ds" / "LR_poster" / "X2" / "0000x2.png", hr_img[::s, ::s])
+        src = data.PairedFolderSource(tmp_path / "ds", s, "poster", cache_dir=tmp_path / "cache",
+                                      progress=False, spec="nearest(2)")
+    else:
+        write_image(tmp_path / "hr" / "0000.png", hr_img)
+        src = data.HROnlySource(tmp_path / "hr", s, spec="nearest", cache_dir=tmp_path / "cache",
+                                progress=False)
+    transposed = plain = 0
+    for batch in take(btrain(src, patch_size=p, batch_size=8, block=4), 8):
+        for lr, hr in zip(batch["lr"], batch["hr"]):
+            np.testing.assert_array_equal(lr, hr[::s, ::s])
+            found = [k for k in (0, 5) if any(
+                np.array_equal(data.symmetry(hr_img[y:y + p * s, x:x + p * s], k), hr)
+                for y in range(0, 20 * s - p * s + 1, s) for x in range(0, 22 * s - p * s + 1, s))]
+            assert found
+            plain, transposed = plain + (0 in found), transposed + (5 in found)
+    assert plain and transposed
+
+
+def test_hr_crops_any_position_all_symmetries_and_indices(tmp_path):
+    """make_hr_dataset: every row is symmetry k of the HR crop at some pixel (odd offsets
+    included, not only the LR grid), all 8 symmetries occur even for a nearest source (the LR
+    is made after the flip), and ``index`` numbers the rows of the global stream."""
+    s, p = 2, 3
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (9 * s, 10 * s, 3), dtype=np.uint8)
+    write_image(tmp_path / "hr" / "0000.png", img)
+    src = data.HROnlySource(tmp_path / "hr", s, spec="nearest", cache_dir=tmp_path / "cache",
+                            progress=False)
+    P = p * s
+    crops = {(y, x): img[y:y + P, x:x + P] for y in range(9 * s - P + 1) for x in range(10 * s - P + 1)}
+    seen_k, odd = set(), False
+    for t, batch in enumerate(take(hrtrain(src, patch_size=p, batch_size=8, block=4), 12)):
+        assert set(batch) == {"hr", "index"}
+        assert batch["hr"].shape == (8, P, P, 3) and batch["hr"].dtype == np.uint8
+        assert batch["index"].dtype == np.int64
+        np.testing.assert_array_equal(batch["index"], t * 8 + np.arange(8))
+        for hr in batch["hr"]:
+            where = [(yx, k) for yx, c in crops.items() for k in range(8)
+                     if np.array_equal(data.symmetry(c, k), hr)]
+            assert where
+            seen_k |= {k for _, k in where}
+            odd |= any(y % s or x % s for (y, x), _ in where)
+    assert seen_k == set(range(8)) and odd
+
+
+def test_block_epochs_cover_images_and_reshuffle(tmp_path):
+    """An epoch is one block per image (patches_per_image <= block): with 8 one-patch images,
+    block 2 and batch 16 each batch is exactly one epoch, each image twice, in a new order."""
+    src = id_pairs(tmp_path, 8, 4)
+    epochs = [b["lr"][:, 0, 0, 0].tolist() for b in take(btrain(src, patch_size=4, batch_size=16), 3)]
+    for e in epochs:
+        assert sorted(e) == sorted(list(range(8)) * 2)
+        assert all(e[2 * j] == e[2 * j + 1] for j in range(8))  # a block is one image
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    # patches_per_image 4 at block 2: two blocks of every image per epoch (8 patches x 8 images).
+    ids = take(btrain(src, patch_size=4, batch_size=32, patches_per_image=4), 2)
+    for b in ids:
+        assert sorted(b["lr"][:, 0, 0, 0].tolist()) == sorted(list(range(8)) * 4)
+
+
+@pytest.mark.parametrize("block,batch,procs", [(2, 8, 2), (3, 8, 2), (5, 12, 4), (4, 4, 4)])
+def test_block_global_batch_is_the_same_for_any_process_count(tmp_path, block, batch, procs):
+    """Process i's local batch t is rows i*L ... (i+1)*L-1 of the single-process batch t,
+    including blocks split between processes (block 3 or 5 does not divide L)."""
+    root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17), (16, 20)])
+    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    whole = take(btrain(src, batch_size=batch, block=block), 3)
+    shards = [take(btrain(src, batch_size=batch, block=block, process_index=i, process_count=procs), 3)
+              for i in range(procs)]
+    for t in range(3):
+        for key in ("lr", "hr"):
+            np.testing.assert_array_equal(np.concatenate([sh[t][key] for sh in shards]), whole[t][key])
+    hr_whole = take(hrtrain(src, batch_size=batch, block=block), 2)
+    hr_shards = [take(hrtrain(src, batch_size=batch, block=block, process_index=i, process_count=procs), 2)
+                 for i in range(procs)]
+    for t in range(2):
+        for key in ("hr", "index"):
+            np.testing.assert_array_equal(np.concatenate([sh[t][key] for sh in hr_shards]), hr_whole[t][key])
+
+
+def test_block_patch_depends_only_on_its_index(tmp_path):
+    """The rows for indices g are the same whichever batch asks for them (blocks cut anywhere)."""
+    folder = make_hr(tmp_path / "hr", [(40, 44), (36, 50)])
+    src = data.HROnlySource(folder, 2, spec="bicubic(2) > noise(0,8)", cache_dir=tmp_path / "cache",
+                            progress=False)
+    for hr_only in (False, True):
+        stream = stream_of(src, block=3, hr_only=hr_only)
+        whole = stream.patches(np.arange(30))
+        for lo, hi in [(0, 1), (4, 11), (13, 30)]:
+            part = stream.patches(np.arange(lo, hi))
+            for key in whole:
+                np.testing.assert_array_equal(part[key], whole[key][lo:hi])
+        other = stream_of(src, block=3, hr_only=hr_only, seed=1).patches(np.arange(30))
+        assert not np.array_equal(other["hr"], whole["hr"])
+
+
+@pytest.mark.parametrize("kind", ["paired", "hr_degraded", "hr_crops"])
+def test_block_worker_processes_give_the_same_batches(tmp_path, kind):
+    if kind == "paired":
+        root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17)])
+        src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    else:  # a random chain: noise and JPEG quality from the per-patch generator
+        src = data.HROnlySource(make_hr(tmp_path / "hr", [(40, 44)]), 2,
+                                spec="bicubic(2) > noise(0,8) > jpeg(30,90)",
+                                cache_dir=tmp_path / "cache", progress=False)
+    make = hrtrain if kind == "hr_crops" else btrain
+    it = iter(make(src, num_workers=2))
+    got = [next(it) for _ in range(4)]
+    it.close()
+    want = take(make(src, num_workers=0), 4)
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("hr_only", [False, True])
+def test_block_iterator_state_resumes_identically(tmp_path, hr_only):
+    root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17), (16, 20)])
+    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    make = hrtrain if hr_only else btrain
+    ds = make(src, batch_size=4, block=3, patches_per_image=2)
+    it = iter(ds)
+    for _ in range(4):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(5)]
+    it2 = iter(make(src, batch_size=4, block=3, patches_per_image=2))
+    it2.set_state(state)
+    for a, b in zip(expected, [next(it2) for _ in range(5)], strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    grain.experimental.assert_equal_output_after_checkpoint(grain.experimental.LimitIterDataset(ds, 7))
+
+
+def test_block_orbax_checkpoint(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17)])
+    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    it = iter(hrtrain(src, batch_size=2))
+    for _ in range(3):
+        next(it)
+    ckpt = ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
+    ckpt.save(tmp_path / "ckpt" / "data_iter", args=grain.checkpoint.CheckpointSave(it))
+    expected = [next(it) for _ in range(3)]
+    it2 = iter(hrtrain(src, batch_size=2))
+    ckpt.restore(tmp_path / "ckpt" / "data_iter", args=grain.checkpoint.CheckpointRestore(it2))
+    for a, b in zip(expected, [next(it2) for _ in range(3)], strict=True):
+        np.testing.assert_array_equal(a["hr"], b["hr"])
+        np.testing.assert_array_equal(a["index"], b["index"])
+    assert expected[0]["index"][0] == 6  # batch 3 of 2 rows
+
+
+def test_block_bad_arguments(tmp_path):
+    src = id_pairs(tmp_path, 2, 4)
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match=r"block must be a positive integer"):
+            btrain(src, patch_size=4, block=bad)
+    with pytest.raises(ValueError, match="not divisible"):
+        hrtrain(src, patch_size=4, batch_size=5, process_index=0, process_count=2)
+    with pytest.raises(data.DatasetError, match="smaller than the HR patch"):
+        hrtrain(src, patch_size=5)
+
+
+def test_config_degrade_on_field():
+    """config.data.degrade_on (where the training LR is made) defaults to "auto" and names the
+    field and the choices when wrong."""
+    from edsr_jax.training import config as config_lib
+
+    c = config_lib.base_config()
+    assert c.data.degrade_on == "auto"
+    config_lib.validate(c)
+    c.data.degrade_on = "gpu"
+    with pytest.raises(ValueError, match=r"data\.degrade_on.*\('auto', 'host', 'device'\)"):
+        config_lib.validate(c)

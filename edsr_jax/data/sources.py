@@ -26,6 +26,12 @@ processes, nor on the number of data-parallel processes (process ``i`` of ``n`` 
 elements ``i, i+n, ...`` of the same stream). Iterators save and restore their
 position (``get_state``/``set_state``, or Orbax with ``grain.checkpoint.CheckpointSave``/
 ``CheckpointRestore``) and resume with exactly the batches an uninterrupted run yields.
+
+That pipeline pays Python per patch. ``edsr_jax.data.blocks`` reads the same sources a
+block of patches per image and a batch per Grain record, with the same guarantees, several
+times faster (``make_block_dataset``), and has the HR-only form for degradation on the
+device (``make_hr_dataset``). Multi-scale helpers (``ScaleOrder``, ``scale_seed``) live in
+``edsr_jax.data.scales`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from edsr_jax.data import cache as cache_lib
+from edsr_jax.data.scales import SCALE_ORDERS, ScaleOrder, scale_seed  # noqa: F401 - re-exported
 from edsr_jax.io.images import IMAGE_SUFFIXES, ImageError, image_files
 
 
@@ -410,21 +417,10 @@ def usable_images(source, patch_size: int) -> list[int]:
     return keep
 
 
-def make_train_dataset(source, *, patch_size: int, batch_size: int, seed: int,
-                       patches_per_image: int = 1, augment: bool = True, num_workers: int = 0,
-                       prefetch: int = 2, process_index: int | None = None,
-                       process_count: int | None = None) -> grain.IterDataset:
-    """An endless, reshuffled-every-epoch stream of training batches for this process.
-
-    Yields ``{"lr": (B, p, p, 3) uint8, "hr": (B, p*s, p*s, 3) uint8}`` in [0, 255] with
-    ``p = patch_size`` (LR pixels), ``s = source.scale`` and ``B = batch_size //
-    process_count`` (``batch_size`` is the global batch). An epoch is
-    ``len(usable images) * patches_per_image`` patches. ``num_workers > 0`` adds Grain
-    worker processes (same batches as 0); ``prefetch`` batches are read ahead by one
-    thread per process (more threads were slower here: the NumPy work holds the GIL; 2
-    threads halved throughput).
-    ``process_index``/``process_count`` default to ``jax.process_index()``/``process_count()``.
-    """
+def check_dataset_args(*, patch_size, batch_size, seed, patches_per_image, num_workers, prefetch,
+                       process_index, process_count) -> tuple[int, int]:
+    """Check ``make_train_dataset``'s arguments (ValueError naming the first bad one); returns
+    ``(process_index, process_count)``, defaulting to ``jax.process_index()``/``process_count()``."""
     for name, v in (("patch_size", patch_size), ("batch_size", batch_size),
                     ("patches_per_image", patches_per_image), ("prefetch", prefetch)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -442,18 +438,13 @@ def make_train_dataset(source, *, patch_size: int, batch_size: int, seed: int,
         raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed!r}")
-    images = usable_images(source, patch_size)
-    shuffle_seed, map_seed = (int(x) for x in np.random.SeedSequence(seed).generate_state(2))
-    sampler = PatchSampler(source, images, patch_size, patches_per_image, augment)
-    num_records = len(images) * patches_per_image
-    ds = (grain.MapDataset.range(num_records)
-          .repeat()
-          .map_with_index(EpochShuffle(num_records, shuffle_seed))
-          .random_map(sampler, seed=map_seed))
-    ds = ds[process_index::process_count]
-    ds = ds.batch(batch_size // process_count, drop_remainder=True)
-    read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
-    it = ds.to_iter_dataset(read)
+    return int(process_index), int(process_count)
+
+
+def to_iter_dataset(ds: grain.MapDataset, *, num_workers: int, prefetch: int) -> grain.IterDataset:
+    """``ds`` read ahead by one thread (``prefetch`` elements), in ``num_workers`` Grain worker
+    processes when > 0 (same elements in the same order as 0)."""
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
     if num_workers > 0:
         from absl import flags  # noqa: PLC0415
 
@@ -464,51 +455,44 @@ def make_train_dataset(source, *, patch_size: int, batch_size: int, seed: int,
     return it
 
 
-# ----------------------------------------------------------------------------- several scales
+def make_train_dataset(source, *, patch_size: int, batch_size: int, seed: int,
+                       patches_per_image: int = 1, augment: bool = True, num_workers: int = 0,
+                       prefetch: int = 2, process_index: int | None = None,
+                       process_count: int | None = None) -> grain.IterDataset:
+    """An endless, reshuffled-every-epoch stream of training batches for this process.
 
-SCALE_ORDERS = ("random", "cycle")  # also config.SCALE_ORDERS (train.scale_order)
+    Yields ``{"lr": (B, p, p, 3) uint8, "hr": (B, p*s, p*s, 3) uint8}`` in [0, 255] with
+    ``p = patch_size`` (LR pixels), ``s = source.scale`` and ``B = batch_size //
+    process_count`` (``batch_size`` is the global batch). An epoch is
+    ``len(usable images) * patches_per_image`` patches. ``num_workers > 0`` adds Grain
+    worker processes (same batches as 0); ``prefetch`` batches are read ahead by one
+    thread per process (more threads were slower here: the NumPy work holds the GIL; 2
+    threads halved throughput).
+    ``process_index``/``process_count`` default to ``jax.process_index()``/``process_count()``;
+    process ``i`` of ``n`` takes elements ``i, i+n, ...`` of the single-process stream.
 
-
-class ScaleOrder:
-    """Which scale the ``n``-th training batch of a multi-scale (MDSR) run has: ``order(n)``.
-
-    ``"random"`` (the paper's scheme): uniform over ``scales``, drawn by a NumPy generator
-    seeded with ``(seed, n // BLOCK)`` (a block of draws at a time); ``"cycle"``:
-    ``scales[n % len(scales)]``. A pure function of ``n``: every process draws the same scale,
-    and a run resumed at batch ``n`` continues the sequence an uninterrupted run takes.
+    One patch per Grain record: ``blocks.make_block_dataset`` is the faster stream (a block
+    of patches per image, a batch per record), ``blocks.make_hr_dataset`` its HR-only form.
     """
-
-    BLOCK = 1024
-
-    def __init__(self, scales: Sequence[int], order: str = "random", seed: int = 0):
-        if order not in SCALE_ORDERS:
-            raise ValueError(f"scale order must be one of {SCALE_ORDERS}, got {order!r}")
-        self.scales = tuple(_check_scale(s) for s in scales)
-        if not self.scales:
-            raise ValueError("ScaleOrder needs at least one scale")
-        self.order, self.seed = order, int(seed)
-        self._block: tuple[int, np.ndarray] | None = None
-
-    def __call__(self, n: int) -> int:
-        n = int(n)
-        if n < 0:
-            raise ValueError(f"batch number must be >= 0, got {n}")
-        if self.order == "cycle":
-            return self.scales[n % len(self.scales)]
-        b, k = divmod(n, self.BLOCK)
-        if self._block is None or self._block[0] != b:
-            draws = np.random.default_rng([self.seed, b]).integers(len(self.scales), size=self.BLOCK)
-            self._block = (b, draws)
-        return self.scales[int(self._block[1][k])]
-
-
-def scale_seed(seed: int, scale: int) -> int:
-    """The data seed of one scale's stream in a multi-scale run, in [0, 2**32): derived from
-    ``(seed, scale)`` so the scales' crops and image orders are independent."""
-    return int(np.random.SeedSequence([int(seed), int(scale)]).generate_state(1)[0])
+    process_index, process_count = check_dataset_args(
+        patch_size=patch_size, batch_size=batch_size, seed=seed, patches_per_image=patches_per_image,
+        num_workers=num_workers, prefetch=prefetch, process_index=process_index,
+        process_count=process_count)
+    images = usable_images(source, patch_size)
+    shuffle_seed, map_seed = (int(x) for x in np.random.SeedSequence(seed).generate_state(2))
+    sampler = PatchSampler(source, images, patch_size, patches_per_image, augment)
+    num_records = len(images) * patches_per_image
+    ds = (grain.MapDataset.range(num_records)
+          .repeat()
+          .map_with_index(EpochShuffle(num_records, shuffle_seed))
+          .random_map(sampler, seed=map_seed))
+    ds = ds[process_index::process_count]
+    ds = ds.batch(batch_size // process_count, drop_remainder=True)
+    return to_iter_dataset(ds, num_workers=num_workers, prefetch=prefetch)
 
 
 __all__ = [
     "DatasetError", "EpochShuffle", "HROnlySource", "PairedFolderSource", "PatchSampler",
-    "ScaleOrder", "make_train_dataset", "scale_seed", "symmetry", "usable_images",
+    "SCALE_ORDERS", "ScaleOrder", "check_dataset_args", "make_train_dataset", "scale_seed",
+    "symmetry", "to_iter_dataset", "usable_images",
 ]

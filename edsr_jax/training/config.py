@@ -19,6 +19,7 @@ DTYPES = tuple(model.DTYPES)  # names of the compute dtypes
 NAN_POLICIES = ("stop", "skip")
 SCHEDULES = ("step", "cosine")
 SOURCES = ("hr", "paired")
+DEGRADE_ON = ("auto", "host", "device")  # data.degrade_on: where the training LR is made
 ARCHS = ("edsr", "mdsr")  # model.arch: EDSR (one scale, model.scale) or MDSR (model.scales)
 SCALE_ORDERS = ("random", "cycle")  # train.scale_order (data.ScaleOrder): how an MDSR run picks each step's scale
 
@@ -51,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 16  # global batch over all devices and processes
     c.data.patches_per_image = 1
     c.data.num_workers = 0
+    # where the training LR is made: "host" (the loader degrades each patch or reads prepared
+    # pairs), "device" (the loader sends HR crops and their indices, data.blocks.make_hr_dataset,
+    # and degrade_batch runs in the step), "auto" (the trainer chooses)
+    c.data.degrade_on = "auto"
     c.data.cache_dir = ""  # decoded-image cache; "" means the library default
 
     c.optim = ml_collections.ConfigDict()
@@ -191,6 +196,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
          f"must be divisible by the number of devices ({device_count})")
     need(d.patches_per_image >= 1, "data.patches_per_image", "must be >= 1")
     need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(d.get("degrade_on", "auto") in DEGRADE_ON, "data.degrade_on", f"must be one of {DEGRADE_ON}")
     need(o.lr > 0, "optim.lr", "must be > 0")
     need(0 <= o.b1 < 1, "optim.b1", "must be in [0, 1)")
     need(0 <= o.b2 < 1, "optim.b2", "must be in [0, 1)")
