@@ -3,6 +3,7 @@ and import official PyTorch weights as an ordinary checkpoint.
 
     python -m edsr_jax.export --checkpoint DIR --out MODEL.stablehlo      (--format from the suffix)
     python -m edsr_jax.export --checkpoint DIR --out MODEL.pt
+    python -m edsr_jax.export --checkpoint DIR --out MODEL.onnx          (needs edsr-jax[onnx])
     python -m edsr_jax.export --model poster-x2 --out poster-x2.stablehlo   (a built-in model)
     python -m edsr_jax.export --from-torch edsr_baseline_x2.pt --out DIR  (scale, preset read from the weights)
 
@@ -12,6 +13,8 @@ required, the artifact's ``name`` and ``scale`` say which); ``--format torch`` w
 official MDSR key layout with every scale.
 
 The StableHLO artifact runs with ``edsr_jax.inference.stablehlo_runner`` (JAX and NumPy only).
+The ONNX model (``edsr_jax.inference.onnx_export``) is EDSR-PyTorch's contract: NCHW float32 in
+[0, 255], batch/height/width dynamic; an MDSR's holds one scale (``--scale N``), as in StableHLO.
 The checkpoint stays the lasting artifact: serialized exports are tied to a window of
 JAX versions, so re-export when needed. PyTorch is optional (``pip install "edsr-jax[torch]"``).
 The conversions are ``edsr_jax.inference.export``; this module is the command line.
@@ -30,12 +33,14 @@ import numpy as np
 from edsr_jax.inference import infer
 from edsr_jax.inference.export import (PLATFORMS, import_torch, require_torch, stablehlo_artifact,
                                        torch_state_dict)
+from edsr_jax.inference.onnx_export import onnx_bytes, require_onnx
 from edsr_jax.io import cli
 from edsr_jax.nets import mdsr
 from edsr_jax.nets.edsr import PRESETS
 
 # output suffix -> --format
-FORMAT_SUFFIXES = {".stablehlo": "stablehlo", ".shlo": "stablehlo", ".pt": "torch", ".pth": "torch"}
+FORMAT_SUFFIXES = {".stablehlo": "stablehlo", ".shlo": "stablehlo", ".pt": "torch", ".pth": "torch",
+                   ".onnx": "onnx"}
 
 
 def format_for(out: str | Path, given: str | None) -> str:
@@ -46,7 +51,7 @@ def format_for(out: str | Path, given: str | None) -> str:
     fmt = FORMAT_SUFFIXES.get(Path(out).suffix.lower())
     if fmt is None:
         raise cli.UsageError(f"--out {out}: cannot tell the format from {Path(out).suffix or 'no suffix'!r} "
-                             f"({', '.join(FORMAT_SUFFIXES)}); pass --format stablehlo or --format torch")
+                             f"({', '.join(FORMAT_SUFFIXES)}); pass --format stablehlo, torch or onnx")
     return fmt
 
 
@@ -68,16 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The export command's options."""
     p = cli.ArgumentParser(
         prog="python -m edsr_jax.export",
-        description="Export a checkpoint as StableHLO or a PyTorch state_dict, or import PyTorch weights.")
+        description="Export a checkpoint as StableHLO, a PyTorch state_dict or ONNX, or import PyTorch weights.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="training workdir or checkpoint folder to export")
     src.add_argument("--model", metavar="NAME",
                      help="a built-in trained model to export (python -m edsr_jax.pretrained lists them)")
     src.add_argument("--from-torch", metavar="FILE",
                      help="official-layout PyTorch EDSR weights (.pt) to import as a checkpoint")
-    p.add_argument("--format", choices=("stablehlo", "torch"),
-                   help="export format (with --checkpoint; default: from --out's suffix, "
-                        ".stablehlo/.shlo or .pt/.pth)")
+    p.add_argument("--format", choices=("stablehlo", "torch", "onnx"),
+                   help="export format (with --checkpoint or --model; default: from --out's suffix, "
+                        ".stablehlo/.shlo, .pt/.pth or .onnx; onnx needs pip install \"edsr-jax[onnx]\")")
     p.add_argument("--out", required=True,
                    help="output file (export) or new checkpoint folder (--from-torch)")
     p.add_argument("--dtype", choices=sorted(infer.DTYPES), default="float32",
@@ -117,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_out_not_in_checkpoint(out, Path(args.checkpoint))
     if args.format == "torch":
         torch = require_torch()  # fail before the (slow) restore when torch is missing
+    if args.format == "onnx":
+        require_onnx()
+        if args.dtype != "float32":
+            raise cli.UsageError(f"--dtype {args.dtype}: an ONNX export computes in float32")
 
     platforms = [s.strip() for s in args.platforms.split(",") if s.strip()]
     bad = [s for s in platforms if s not in ("cpu", "cuda", "rocm", "tpu")]
@@ -125,9 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, params = _restore(args.checkpoint) if args.checkpoint else _builtin(args.model)
     if infer.is_mdsr(config) and args.format == "torch" and args.scale is not None:
         raise cli.UsageError(f"--scale {args.scale}: a torch export of an MDSR holds every scale "
-                             f"({' '.join(map(str, config.scales))}); --scale is for --format stablehlo")
+                             f"({' '.join(map(str, config.scales))}); --scale is for --format stablehlo or onnx")
     mdsr_scale = None  # an MDSR's torch export holds every scale
-    if args.format == "stablehlo" or not infer.is_mdsr(config):
+    if args.format in ("stablehlo", "onnx") or not infer.is_mdsr(config):
         try:
             mdsr_scale = infer.resolve_scale(config, args.scale, option="--scale")
         except ValueError as e:
@@ -135,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.format == "stablehlo":
         write_bytes(out, stablehlo_artifact(config, params, dtype=args.dtype, platforms=platforms,
                                             scale=mdsr_scale), args.overwrite)
+    elif args.format == "onnx":
+        write_bytes(out, onnx_bytes(config, params, scale=mdsr_scale), args.overwrite)
     else:
         import io
 

@@ -191,7 +191,7 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
         (["--checkpoint", str(tmp_path / "none"), "--format", "torch", "--out", str(tmp_path / "x.pt")],
          "none"),
         (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")], "cannot tell the format from 'no suffix'"),
-        (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.onnx")], "pass --format stablehlo or"),
+        (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.tflite")], "pass --format stablehlo, torch or onnx"),
     ]
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
     cases.append((["--from-torch", str(tmp_path / "junk.pt"), "--scale", "2", "--out", str(tmp_path / "c")],
