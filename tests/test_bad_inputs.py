@@ -608,3 +608,76 @@ def test_run_maps_help_and_ctrl_c_to_their_exit_codes(capsys):
     assert capsys.readouterr().err.strip() == "interrupted"
     assert cli.run(upscale.main, ["--help"]) == 0
     assert capsys.readouterr().out.startswith("usage: python -m edsr_jax.upscale")
+
+
+# ---------------------------------------------------------------- names and paths too long (issue 26.5)
+
+
+def _long_paths(tmp_path: Path) -> dict[str, Path]:
+    """A name of 300 bytes (over NAME_MAX, 255) and a path of ~5,000 bytes (over PATH_MAX, 4,096)."""
+    return {"name": tmp_path / ("n" * 300), "path": tmp_path.joinpath(*["p" * 200] * 25)}
+
+
+@pytest.mark.parametrize("which", ["name", "path"])
+def test_too_long_names_and_paths_are_one_line_in_every_command(tmp_path, tiny_checkpoint, capsys, which):
+    """Every command given a path the file system cannot hold, as input or as output: exit 2, one
+    ``error:`` line naming the path (long names cut) and the limit, no traceback, nothing written."""
+    from conftest import ROOT
+    from edsr_jax import export, train
+
+    src = _one_image(tmp_path / "in", side=24)
+    long = _long_paths(tmp_path)[which]
+    limit = "(255)" if which == "name" else "(4096)"
+    runs = {
+        "prepare --out": (prepare.main, [src.parent, "--out", long, "--scales", 2, "--workers", 1]),
+        "prepare HR_DIR": (prepare.main, [long, "--out", tmp_path / "p", "--scales", 2, "--workers", 1]),
+        "upscale --out": (upscale.main, [src, "--checkpoint", tiny_checkpoint, "--out", long]),
+        "upscale INPUT": (upscale.main, [f"{long}.png", "--checkpoint", tiny_checkpoint, "--out", tmp_path / "u"]),
+        "evaluate --json": (evaluate.main, ["--bicubic", "--scales", 2, "--json", f"{long}.json", src.parent]),
+        "evaluate --save-images": (evaluate.main, ["--bicubic", "--scales", 2, "--save-images", long, src.parent]),
+        "evaluate DATASET_DIR": (evaluate.main, ["--bicubic", "--scales", 2, long]),
+        "export --out": (export.main, ["--checkpoint", tiny_checkpoint, "--out", f"{long}.stablehlo"]),
+        "export --checkpoint": (export.main, ["--checkpoint", long, "--out", tmp_path / "m.stablehlo"]),
+        "export --from-torch": (export.main, ["--from-torch", f"{long}.pt", "--out", tmp_path / "imp"]),
+        "train --workdir": (train.main, ["--config", ROOT / "tests" / "configs" / "tiny.py", "--workdir", long]),
+        "train --config": (train.main, ["--config", f"{long}.py", "--workdir", tmp_path / "w"]),
+    }
+    for what, (main, argv) in runs.items():
+        code, out, err = run_cli(main, argv, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (what, err)
+        assert "longer than the file system allows " + limit in lines[0] and len(lines[0]) < 400, (what, err)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert written == ["in", "in/a.png"], written
+
+
+def test_name_too_long_message_names_the_part_and_the_limit():
+    msg = cli.name_too_long("/tmp/" + "x" * 300 + "/a.png")
+    assert msg.startswith("/tmp/xxxxxxxxxxxxxxxxxxxxxxxx...(300 bytes)/a.png: its name 'xxxxxxxxxxxxxxxxxxxxxxxx'... "
+                          "is 300 bytes, longer than the file system allows (255)"), msg
+    msg = cli.name_too_long("/".join(["y" * 100] * 50))
+    assert "...(5049 bytes): the path is 5049 bytes, longer than the file system allows (4096)" in msg, msg
+
+    def raises(argv):
+        raise OSError(36, "File name too long", "z" * 400)
+
+    def other(argv):
+        raise OSError(13, "Permission denied", "f")
+
+    assert cli.run(raises, []) == 2
+    with pytest.raises(PermissionError):  # only ENAMETOOLONG is a usage error; the others stay errors
+        cli.run(other, [])
+
+
+# Rows of docs/bad_inputs.md's "Round three" table (issue 26), one per class of case tested here
+# and in tests/test_reliability.py.
+ROUND_THREE_EVENTS = [
+    "a path with a name over 255 bytes or over 4,096 bytes in all, as input or output of `train`, `prepare`, "
+    "`export`, `evaluate`, `upscale`",
+]
+
+
+def test_documented_round_three_table_matches_the_tests():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
+    for event in ROUND_THREE_EVENTS:
+        assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"

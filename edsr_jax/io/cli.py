@@ -9,11 +9,17 @@ Every CLI (``python -m edsr_jax.train|evaluate|upscale|prepare|export``) builds 
   ``error: ...`` on stderr naming it, nothing written. Option errors come from the parser
   (``ArgumentParser.error`` raises ``UsageError``), the rest from ``raise UsageError(...)``.
 - 130: interrupted (Ctrl-C), no traceback.
+
+A path the file system cannot hold (a name over 255 bytes, a path over 4,096: ``OSError``
+``ENAMETOOLONG`` wherever it is met) is a usage problem too: one line naming the path and the
+limit (``name_too_long``), exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
@@ -56,12 +62,18 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     """Run ``main(argv)`` and return its exit code (see the module docstring).
 
     UsageError becomes ``error: MESSAGE`` on stderr and 2; Ctrl-C becomes 130 with no
-    traceback; ``SystemExit`` (``--help``) becomes its code.
+    traceback; ``SystemExit`` (``--help``) becomes its code; an ``OSError`` ENAMETOOLONG
+    becomes ``error: PATH: ...`` (``name_too_long``) and 2.
     """
     try:
         return int(main(argv) or 0)
     except UsageError as e:
         print(f"error: {_shorten_numbers(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"error: {name_too_long(e.filename)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -78,3 +90,46 @@ def _shorten_numbers(message: str) -> str:
     import re
 
     return re.sub(r"\d{40,}", lambda m: f"{m.group()[:12]}...({len(m.group())} digits)", message)
+
+
+NAME_MAX = 255   # bytes in one path component (ext4, XFS, btrfs, tmpfs...)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+
+
+def name_too_long(path: str | bytes | os.PathLike | None) -> str:
+    """The one-line message for a path the file system refuses as too long (ENAMETOOLONG):
+    ``PATH: its name 'aaaa...' is 300 bytes, longer than the file system allows (255)`` or
+    ``PATH: the path is 5000 bytes, longer than the file system allows (4096)``; PATH is
+    shown with each long name cut to its first characters and its length."""
+    if path is None:
+        return "a path is longer than the file system allows (a name over 255 bytes or a path over 4096)"
+    raw = os.fsencode(path)
+    text = os.fsdecode(raw)
+    parts = text.split("/")
+    shown = "/".join(p if len(p) <= 40 else f"{p[:24]}...({len(os.fsencode(p))} bytes)" for p in parts)
+    if len(shown) > 120:
+        shown = f"{text[:48]}...({len(raw)} bytes)"
+    limit = _limit(text, "PC_NAME_MAX", NAME_MAX)
+    for part in parts:
+        if len(os.fsencode(part)) > limit:
+            return (f"{shown}: its name {part[:24]!r}... is {len(os.fsencode(part))} bytes, longer than "
+                    f"the file system allows ({limit}); choose a shorter name")
+    limit = _limit(text, "PC_PATH_MAX", PATH_MAX)
+    return (f"{shown}: the path is {len(raw)} bytes, longer than the file system allows ({limit}); "
+            "choose a shorter path")
+
+
+def _limit(path: str, name: str, default: int) -> int:
+    """``os.pathconf`` of the nearest existing folder above ``path`` (``default`` when unknown)."""
+    folder = os.path.dirname(os.path.abspath(path)) if len(os.fsencode(path)) < PATH_MAX else os.getcwd()
+    while folder and folder != "/":
+        try:
+            if os.path.isdir(folder):
+                break
+        except (OSError, ValueError):
+            pass
+        folder = os.path.dirname(folder)
+    try:
+        return int(os.pathconf(folder or "/", name))
+    except (OSError, ValueError):
+        return default
