@@ -5,7 +5,8 @@ loaders, alternating, in one process:
 
 - ``per-patch``: ``sources.make_train_dataset``, one patch per Grain record (the old loader);
 - ``block``: ``blocks.make_block_dataset``, a block of ``--block`` patches per image and a
-  batch per record (vectorised crops and symmetries);
+  batch per record (vectorised crops and symmetries); for cached pairs also ``block, flips
+  on device`` (``augment="device"``: crops as cut, each patch's symmetry for the step);
 
 for the specs ``cached pairs`` (prepared bicubic x2 pairs, made here with imresize into a
 temp folder, read from the decode cache), ``bicubic`` (x2), ``nearest > jpeg(30,60)`` (x2)
@@ -13,9 +14,10 @@ and ``blur(0.2,1.5) > bicubic(4) > noise(0,8) > jpeg(30,90)`` (x4) made on the f
 
 Device rows (``where = "device"``: the LR is made by ``edsr_jax.degradation.device.
 degrade_batch`` inside the step): the HR-only loader (``blocks.make_hr_dataset``, uint8 HR
-crops and their global indices; always measured, spec ``hr crops``) and, when the device
-module imports, ``degrade_batch`` jitted on JAX's default device (the CPU here) for the same
-specs. Programs compile once into JAX's persistent cache (``$JAX_COMPILATION_CACHE_DIR``, else
+crops and their global indices; always measured, spec ``hr crops``, with the flips on the
+host or left to the device), the flips and turns on the device (``device_symmetry.
+apply_symmetries``, jitted) and, when the device module imports, ``degrade_batch`` jitted on
+JAX's default device (the CPU here) for the same specs. Programs compile once into JAX's persistent cache (``$JAX_COMPILATION_CACHE_DIR``, else
 ``.cache/jax`` in the checkout): the first run compiles the two jpeg chains (about a minute
 on 2 busy cores), later runs load them in seconds.
 
@@ -120,14 +122,17 @@ def measure(ds, workers: int, seconds: float) -> tuple[float, float | None]:
             it.close()
 
 
+FLIPS_ON_DEVICE = ", flips on device"  # loader-name suffix: augment="device"
+
+
 def host_dataset(loader: str, src, args, workers: int, block: int):
     kw = dict(patch_size=args.hr_patch // src.scale, batch_size=args.batch, seed=0,
               num_workers=workers, process_index=0, process_count=1)
     if loader == "per-patch":
         return sources.make_train_dataset(src, **kw)
-    if loader == "block":
-        return blocks.make_block_dataset(src, block=block, **kw)
-    return blocks.make_hr_dataset(src, block=block, **kw)
+    augment = "device" if loader.endswith(FLIPS_ON_DEVICE) else True
+    make = blocks.make_hr_dataset if loader.startswith("hr-only") else blocks.make_block_dataset
+    return make(src, block=block, augment=augment, **kw)
 
 
 def host_rows(args, paths, tmp: Path, workers: list[int], block_sizes: list[int]) -> list[dict]:
@@ -146,9 +151,12 @@ def host_rows(args, paths, tmp: Path, workers: list[int], block_sizes: list[int]
     configs = []  # (spec, where, loader, block)
     for spec in made:
         if spec == HR_CROPS:
-            configs += [(spec, "device", "hr-only block", b) for b in block_sizes]
+            configs += [(spec, "device", f"hr-only block{f}", b) for f in ("", FLIPS_ON_DEVICE)
+                        for b in block_sizes]
         else:
             configs += [(spec, "host", "per-patch", None)] + [(spec, "host", "block", b) for b in block_sizes]
+            if spec == PAIRS:
+                configs += [(spec, "host", f"block{FLIPS_ON_DEVICE}", b) for b in block_sizes]
     rates: dict[tuple, list] = {}
     for r in range(args.rounds):
         for spec, where, loader, b in configs:
@@ -172,8 +180,22 @@ def host_rows(args, paths, tmp: Path, workers: list[int], block_sizes: list[int]
         base = next((o for o in rows if o["spec"] == row["spec"] and o["loader"] == "per-patch"
                      and o["workers"] == row["workers"]), None)
         row["vs_per_patch"] = (round(row["patches_per_s"] / base["patches_per_s"], 2)
-                               if base and row["loader"] == "block" else None)
+                               if base and row["loader"].startswith("block") else None)
     return rows
+
+
+def _rate(run, args) -> float:
+    """Batches of ``args.batch`` patches per second of ``run()`` (a jitted call), after one
+    warm-up call; the best of ``args.rounds`` windows of ``args.seconds``."""
+    run().block_until_ready()
+    best = 0.0
+    for _ in range(args.rounds):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            run().block_until_ready()
+            n += args.batch
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
 
 
 def device_rows(args, loader_rows: list[dict]) -> tuple[list[dict], str | None]:
@@ -203,18 +225,26 @@ def device_rows(args, loader_rows: list[dict]) -> tuple[list[dict], str | None]:
 
     with concurrent.futures.ThreadPoolExecutor(max(1, len(specs))) as pool:  # compile in parallel
         compiled = list(pool.map(compile_one, specs))
-    hr_loader = [r for r in loader_rows if r["spec"] == HR_CROPS]
+    hr_loader = [r for r in loader_rows if r["spec"] == HR_CROPS and r["loader"] == "hr-only block"]
     platform = jax.devices()[0].platform
     rows = []
+    flips = [r for r in loader_rows if r["spec"] == HR_CROPS and r["loader"].endswith(FLIPS_ON_DEVICE)]
+    if flips:  # the flips and turns moved off the host, timed where they run instead
+        from edsr_jax.data import device_symmetry  # noqa: PLC0415
+
+        turn = jax.jit(device_symmetry.apply_symmetries)
+        ks = jax.device_put(np.arange(args.batch, dtype=np.int32) % 8)
+        rate = _rate(lambda: turn(hr, ks), args)
+        for lr in flips:
+            rows.append({"spec": "flips and turns", "where": "device", "loader": lr["loader"],
+                         "block": lr["block"], "workers": lr["workers"], "scale": lr["scale"],
+                         "hr_patch": args.hr_patch, "batch": args.batch, "patches_per_s": lr["patches_per_s"],
+                         "patches_per_s_per_core": lr["patches_per_s_per_core"],
+                         "patches_per_cpu_s": lr["patches_per_cpu_s"], "degrade_patches_per_s": round(rate, 1),
+                         "degrade_platform": platform, "compile_s": None,
+                         "host_and_degrade_patches_per_s": None})
     for (spec, scale), (prog, compile_s) in zip(specs, compiled):
-        prog(hr, keys).block_until_ready()
-        best = 0.0
-        for _ in range(args.rounds):
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < args.seconds:
-                prog(hr, keys).block_until_ready()
-                n += args.batch
-            best = max(best, n / (time.perf_counter() - t0))
+        best = _rate(lambda: prog(hr, keys), args)
         for lr in hr_loader or [None]:
             loader = lr["patches_per_s_per_core"] if lr else None
             rows.append({
@@ -274,7 +304,7 @@ def main(argv=None) -> int:
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         name = r["spec"] + ("" if r["spec"] in (PAIRS, HR_CROPS) else f" x{r['scale']}")
-        loader = r["loader"] + (f" {r['block']}" if r["block"] else "")
+        loader = r["loader"].replace("block", f"block {r['block']}", 1) if r["block"] else r["loader"]
         print(f"| {r['where']} | {name} | {loader} | {r['workers']} | {fmt(r['patches_per_s'])} | "
               f"{fmt(r['patches_per_s_per_core'])} | {fmt(r['patches_per_cpu_s'])} | "
               f"{fmt(r['vs_per_patch'], '.2f')} |")

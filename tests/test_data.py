@@ -634,3 +634,36 @@ def test_config_degrade_on_field():
     c.data.degrade_on = "gpu"
     with pytest.raises(ValueError, match=r"data\.degrade_on.*\('auto', 'host', 'device'\)"):
         config_lib.validate(c)
+
+
+def test_index_words():
+    idx = np.array([0, 5, 2**32 - 1, 2**32, 3 * 2**32 + 7, 2**61 + 1], dtype=np.int64)
+    w = blocks.index_words(idx)
+    assert w.dtype == np.uint32 and w.shape == (6, 2)
+    np.testing.assert_array_equal(w[:, 0].astype(np.int64) * 2**32 + w[:, 1], idx)
+    assert w[3].tolist() == [1, 0] and w[4].tolist() == [3, 7]
+    with pytest.raises(ValueError, match="patch indices must be >= 0, got -1"):
+        blocks.index_words(np.array([3, -1]))
+
+
+@pytest.mark.parametrize("hr_only", [False, True])
+def test_block_symmetries_on_the_device_give_the_same_patches(tmp_path, hr_only):
+    """augment="device": crops as cut plus each row's symmetry; applying it with
+    device_symmetry.apply_symmetries gives the host-augmented batch exactly."""
+    from edsr_jax.data import device_symmetry
+
+    root = make_pairs(tmp_path / "ds", 2, [(16, 16), (18, 17)])
+    src = data.PairedFolderSource(root, 2, cache_dir=tmp_path / "cache", progress=False)
+    make = hrtrain if hr_only else btrain
+    host = take(make(src, batch_size=8, block=3), 3)
+    dev = take(make(src, batch_size=8, block=3, augment="device"), 3)
+    turned = 0
+    for h, d in zip(host, dev):
+        assert d["symmetry"].dtype == np.int32 and d["symmetry"].shape == (8,)
+        turned += int((d["symmetry"] != 0).sum())
+        for key in ("hr",) if hr_only else ("lr", "hr"):
+            np.testing.assert_array_equal(np.asarray(device_symmetry.apply_symmetries(d[key], d["symmetry"])),
+                                          h[key])
+    assert turned > 0
+    with pytest.raises(ValueError, match=r"augment must be one of \(True, False, 'host', 'device'\), got 'gpu'"):
+        make(src, augment="gpu")

@@ -36,18 +36,22 @@ def test_gather_crops_equals_slices():
         patches.crop_windows(img[:, :40], 31)
 
 
-def test_apply_symmetries_matches_per_patch():
+def test_place_symmetric_matches_per_patch():
     rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8)
+    crops = rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8)
     ks = np.arange(40) % 8
     rng.shuffle(ks)
-    got = patches.apply_symmetries(x.copy(), ks)
-    for j in range(len(x)):
-        np.testing.assert_array_equal(got[j], symmetry(x[j], int(ks[j])))
-    with pytest.raises(ValueError, match=r"\(N, P, P, C\) patches.*got \(2, 4, 5, 3\)"):
-        patches.apply_symmetries(np.zeros((2, 4, 5, 3), np.uint8), np.zeros(2, int))
-    with pytest.raises(ValueError, match=r"N symmetries, got \(2, 4, 4, 3\) and \(3,\)"):
-        patches.apply_symmetries(np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3, int))
+    rows = rng.permutation(50)[:40]
+    out = np.zeros((50, 6, 6, 3), np.uint8)
+    patches.place_symmetric(out, rows, crops, ks)
+    for j in range(len(crops)):
+        np.testing.assert_array_equal(out[rows[j]], symmetry(crops[j], int(ks[j])))
+    untouched = np.setdiff1d(np.arange(50), rows)
+    assert not out[untouched].any()
+    with pytest.raises(ValueError, match=r"\(K, P, P, C\) crops.*got \(2, 4, 5, 3\)"):
+        patches.place_symmetric(out, np.arange(2), np.zeros((2, 4, 5, 3), np.uint8), np.zeros(2, int))
+    with pytest.raises(ValueError, match=r"K symmetries, got \(2, 4, 4, 3\), \(2,\) and \(3,\)"):
+        patches.place_symmetric(out, np.arange(2), np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3, int))
 
 
 def test_uniform_is_a_pure_function_in_range_and_even():
@@ -70,3 +74,20 @@ def test_uniform_is_a_pure_function_in_range_and_even():
     n = np.array([1, 2, 3, 2**32])
     b = patches.uniform(3, np.arange(4), n)
     assert np.all((0 <= b) & (b < n)) and b[0] == 0
+
+
+def test_device_symmetries_match_the_host():
+    """device_symmetry.apply_symmetries (JAX) equals sources.symmetry patch by patch, exactly
+    (a permutation of pixels), for every k, on uint8 and float32 patches."""
+    from edsr_jax.data import device_symmetry
+
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (24, 5, 5, 3), dtype=np.uint8)
+    ks = np.arange(24) % 8
+    for arr in (x, x.astype(np.float32)):
+        got = np.asarray(device_symmetry.apply_symmetries(arr, ks))
+        assert got.dtype == arr.dtype
+        for j in range(len(x)):
+            np.testing.assert_array_equal(got[j], symmetry(arr[j], int(ks[j])))
+    with pytest.raises(ValueError, match=r"square patches, got \(2, 4, 5, 3\)"):
+        device_symmetry.apply_symmetries(np.zeros((2, 4, 5, 3), np.uint8), np.zeros(2, int))

@@ -12,8 +12,9 @@ it lands in, the number of Grain worker processes, or the number of data-paralle
 Local batch ``t`` of process ``i`` of ``n`` (global batch ``G``, local ``L = G / n``) holds
 patches ``t*G + i*L ... t*G + (i+1)*L - 1``: the global batch ``t`` gathered from every process
 in process order is the single-process batch ``t``, row for row. One Grain element is one
-local batch, built by a few array operations per block (``patches.gather_crops``) and per
-batch (``patches.apply_symmetries``), so the per-record Python cost is paid once per batch.
+local batch, built by one gather per block (``patches.gather_crops``) and one write per
+patch under its symmetry (``patches.place_symmetric``), so the per-record Python cost of
+the old pipeline (``sources.PatchSampler``) is paid once per batch.
 Iterators checkpoint their position like any Grain iterator (``get_state``/``set_state``).
 
 Two kinds of batch:
@@ -26,6 +27,10 @@ Two kinds of batch:
   (all are valid: the LR is made afterwards from the transformed crop, e.g. on the device by
   ``edsr_jax.degradation.device``), and each row's global patch index ``g``, from which the
   trainer derives the row's degradation key.
+
+With ``augment="device"`` either kind leaves the flips and turns to the accelerator: the
+crops come as cut, with ``"symmetry": (L,) int32`` (the same draws), and
+``edsr_jax.data.device_symmetry.apply_symmetries`` makes the same patches inside the step.
 """
 
 from __future__ import annotations
@@ -39,18 +44,23 @@ from edsr_jax.data import patches as patches_lib
 from edsr_jax.data import sources
 
 DEFAULT_BLOCK = 8  # patches per image and record: a batch of 16 holds 2 images, of 64 holds 8
+AUGMENT = (True, False, "host", "device")  # where each patch's flip or turn is applied
 
 
 class PatchStream:
     """The global patch stream of one source: ``patches(g)`` builds the rows for indices ``g``.
 
     ``hr_only``: HR crops at any pixel and all 8 symmetries, ``{"hr", "index"}``; else the
-    source's pairs on the LR grid and ``source.symmetries``, ``{"lr", "hr"}``. ``augment``:
-    False keeps every crop as it is. Picklable (Grain workers get a copy).
+    source's pairs on the LR grid and ``source.symmetries``, ``{"lr", "hr"}``. ``augment``
+    (``AUGMENT``): True or "host" applies each patch's symmetry here; "device" leaves the crops
+    as cut and adds ``"symmetry": (N,) int32``, the same draws, for ``device_symmetry.
+    apply_symmetries`` to apply in the step (the strided copies that flips and turns cost on
+    the host, about two thirds of a patch's time, become a select on the accelerator); False
+    keeps every crop as it is. Picklable (Grain workers get a copy).
     """
 
     def __init__(self, source, images, *, patch_size: int, block: int, patches_per_image: int,
-                 augment: bool, seed: int, hr_only: bool):
+                 augment: bool | str, seed: int, hr_only: bool):
         self.source = source
         self.images = np.asarray(images, dtype=np.int64)
         self.scale = int(source.scale)
@@ -61,6 +71,9 @@ class PatchStream:
         shuffle_seed, self.map_seed = (int(x) for x in np.random.SeedSequence(seed).generate_state(2))
         self.shuffle = sources.EpochShuffle(self.num_records, shuffle_seed)
         self.hr_only = bool(hr_only)
+        if augment not in AUGMENT:
+            raise ValueError(f"augment must be one of {AUGMENT}, got {augment!r}")
+        self.symmetry_on = None if augment is False else "device" if augment == "device" else "host"
         if not augment:
             self.symmetries = (0,)
         elif hr_only:
@@ -108,24 +121,27 @@ class PatchStream:
         p, s = self.patch_size, self.scale
         hr = np.empty((len(g), p * s, p * s, 3), np.uint8)
         lr = None if self.hr_only else np.empty((len(g), p, p, 3), np.uint8)
+        place_k = k if self.symmetry_on == "host" else np.zeros_like(k)
         for u, i in enumerate(block_image.tolist()):
             rows = np.flatnonzero(rows_of == u)
             lr_win, hr_win = self._windows(i)
             if self.hr_only:
-                hr[rows] = patches_lib.gather_crops(hr_win, y[rows], x[rows])
+                patches_lib.place_symmetric(hr, rows, patches_lib.gather_crops(hr_win, y[rows], x[rows]),
+                                            place_k[rows])
                 continue
-            hr[rows] = patches_lib.gather_crops(hr_win, y[rows] * s, x[rows] * s)
+            patches_lib.place_symmetric(
+                hr, rows, patches_lib.gather_crops(hr_win, y[rows] * s, x[rows] * s), place_k[rows])
             if self.pipeline is None:  # prepared pairs
-                lr[rows] = patches_lib.gather_crops(lr_win, y[rows], x[rows])
-                continue
-            hr_img = self.source.image(i)
-            for r in rows:
-                lr[r] = self._degrade(i, hr_img, int(y[r]), int(x[r]), int(g[r]))
-        patches_lib.apply_symmetries(hr, k)
-        if self.hr_only:
-            return {"hr": hr, "index": g}
-        patches_lib.apply_symmetries(lr, k)
-        return {"lr": lr, "hr": hr}
+                lr_crops = patches_lib.gather_crops(lr_win, y[rows], x[rows])
+            else:  # degraded here, patch by patch
+                hr_img = self.source.image(i)
+                lr_crops = np.stack([self._degrade(i, hr_img, int(y[r]), int(x[r]), int(g[r]))
+                                     for r in rows])
+            patches_lib.place_symmetric(lr, rows, lr_crops, place_k[rows])
+        out = {"hr": hr, "index": g} if self.hr_only else {"lr": lr, "hr": hr}
+        if self.symmetry_on == "device":
+            out["symmetry"] = k.astype(np.int32)
+        return out
 
     def __getstate__(self):
         return {**self.__dict__, "_window_cache": {}}  # views of memory maps stay in their process
@@ -171,6 +187,16 @@ class LocalBatch(grain.transforms.Map):
         return self.stream.patches(np.arange(start, start + self.local_batch, dtype=np.int64))
 
 
+def index_words(index) -> np.ndarray:
+    """Global patch indices as two 32-bit words, ``(N, 2) uint32`` ``[index >> 32, index &
+    0xFFFFFFFF]``: what a device without 64-bit integers (JAX's default) can take, e.g. to derive
+    a patch's key as ``fold_in(fold_in(key, hi), lo)``. ``index (N,)`` int64 in [0, 2**63)."""
+    index = np.asarray(index, dtype=np.int64)
+    if index.size and index.min() < 0:
+        raise ValueError(f"patch indices must be >= 0, got {int(index.min())}")
+    return np.stack([index >> 32, index & 0xFFFFFFFF], axis=-1).astype(np.uint32)
+
+
 def _dataset(source, *, hr_only: bool, patch_size, batch_size, seed, block, patches_per_image,
              augment, num_workers, prefetch, process_index, process_count) -> grain.IterDataset:
     process_index, process_count = sources.check_dataset_args(
@@ -188,7 +214,7 @@ def _dataset(source, *, hr_only: bool, patch_size, batch_size, seed, block, patc
 
 
 def make_block_dataset(source, *, patch_size: int, batch_size: int, seed: int,
-                       block: int = DEFAULT_BLOCK, patches_per_image: int = 1, augment: bool = True,
+                       block: int = DEFAULT_BLOCK, patches_per_image: int = 1, augment: bool | str = True,
                        num_workers: int = 0, prefetch: int = 2, process_index: int | None = None,
                        process_count: int | None = None) -> grain.IterDataset:
     """This process's endless stream of training pairs, a block of patches per image at a time.
@@ -197,7 +223,9 @@ def make_block_dataset(source, *, patch_size: int, batch_size: int, seed: int,
     patch_size`` LR pixels, ``s = source.scale``, ``B = batch_size // process_count``
     (``batch_size`` is the global batch). ``source``: a ``PairedFolderSource`` (crops of the
     prepared pairs) or an ``HROnlySource`` (LR made on the host by its degradation, per
-    patch). Each pair gets one of ``source.symmetries`` when ``augment``. ``block`` patches
+    patch). Each pair gets one of ``source.symmetries`` when ``augment`` (``"device"``: not
+    here; the batch adds ``"symmetry": (B,) int32`` for ``device_symmetry.apply_symmetries`` to
+    apply to both LR and HR in the step; the same pairs in the end). ``block`` patches
     come from each image drawn (see the module docstring); an epoch is ``len(usable images)
     * ceil(patches_per_image / block)`` blocks. Same batches for any ``num_workers``; the
     global batch is the same for any ``process_count``. Other arguments as
@@ -210,7 +238,7 @@ def make_block_dataset(source, *, patch_size: int, batch_size: int, seed: int,
 
 
 def make_hr_dataset(source, *, patch_size: int, batch_size: int, seed: int,
-                    block: int = DEFAULT_BLOCK, patches_per_image: int = 1, augment: bool = True,
+                    block: int = DEFAULT_BLOCK, patches_per_image: int = 1, augment: bool | str = True,
                     num_workers: int = 0, prefetch: int = 2, process_index: int | None = None,
                     process_count: int | None = None) -> grain.IterDataset:
     """This process's endless stream of HR crops for degradation on the device.
@@ -220,8 +248,11 @@ def make_hr_dataset(source, *, patch_size: int, batch_size: int, seed: int,
     ``B = batch_size // process_count``. ``index`` holds each row's global patch index: the
     rows of global batch ``t`` are ``t * batch_size + arange(batch_size)``, whatever the
     number of processes or workers, so a key derived from ``(seed, index)`` names the same
-    patch everywhere. Crops lie at any HR pixel and, when ``augment``, get any of the 8
-    symmetries. ``source``: an ``HROnlySource`` (or a ``PairedFolderSource``, its HR images).
+    patch everywhere (``index_words`` splits it into 32-bit words for a device without int64).
+    Crops lie at any HR pixel and, when ``augment``, get any of the 8 symmetries (``"device"``:
+    not here; the batch adds ``"symmetry": (B,) int32`` and the step applies it,
+    ``device_symmetry.apply_symmetries``, before degrading). ``source``: an ``HROnlySource``
+    (or a ``PairedFolderSource``, its HR images).
     """
     return _dataset(source, hr_only=True, patch_size=patch_size, batch_size=batch_size, seed=seed,
                     block=block, patches_per_image=patches_per_image, augment=augment,
@@ -229,4 +260,5 @@ def make_hr_dataset(source, *, patch_size: int, batch_size: int, seed: int,
                     process_count=process_count)
 
 
-__all__ = ["DEFAULT_BLOCK", "LocalBatch", "PatchStream", "make_block_dataset", "make_hr_dataset"]
+__all__ = ["DEFAULT_BLOCK", "LocalBatch", "PatchStream", "index_words", "make_block_dataset",
+           "make_hr_dataset"]
