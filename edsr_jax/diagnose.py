@@ -66,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out is not None:
         record = {"spec": fd.spec, "scale": fd.scale, "parts": [asdict(p) for p in fd.parts],
                   "mixed": fd.mixed, "skipped": fd.skipped, "images": [asdict(d) for d in fd.images]}
-        outputs.atomic_write(out, json.dumps(record, indent=1, allow_nan=True) + "\n", overwrite=True)
+        try:
+            outputs.atomic_write(out, json.dumps(record, indent=1, allow_nan=True) + "\n",
+                                 overwrite=args.overwrite)
+        except FileExistsError as e:  # outputs.TakenMeanwhile: another process wrote it meanwhile
+            raise cli.UsageError(f"--json {e}") from None
     return 1 if fd.skipped else 0
 
 

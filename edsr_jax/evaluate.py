@@ -239,15 +239,17 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """``--json``: written atomically (``outputs.atomic_write``); a full disk is one line."""
+def _write_json(path: Path, data: dict, overwrite: bool) -> None:
+    """``--json``: written atomically and, without ``overwrite``, exclusively
+    (``outputs.atomic_write``: ``outputs.TakenMeanwhile`` when another process wrote it since
+    the check); a full disk is one line."""
     from edsr_jax.io import outputs
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise outputs.write_error(path.parent, e) from None
-    outputs.atomic_write(path, json.dumps(data, indent=2) + "\n", overwrite=True)
+    outputs.atomic_write(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite)
 
 
 def _lr_sources(datasets: Sequence[TestSet], args) -> list[str]:
@@ -362,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for line in _lr_sources(datasets, args):
         print(line, file=sys.stderr)
-    results, failed = [], {}
+    results, failed, not_written = [], {}, []
     for t in datasets:
         first = True
         for s in scales:
@@ -378,15 +380,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 first = False
                 for f in r.pop("failed"):
                     failed.setdefault(f["image"], f)
+                not_written += r.pop("not_written")
                 results.append(r)
 
     print(format_table(results))
     if failed:
         print(f"{len(failed)} image(s) could not be scored; see the messages above", file=sys.stderr)
+    if not_written:
+        print(f"{len(not_written)} image file(s) not written: another process wrote them first (see above)",
+              file=sys.stderr)
     if json_path is not None:
-        _write_json(json_path, {"results": results, "failed": list(failed.values())})
+        try:
+            _write_json(json_path, {"results": results, "failed": list(failed.values())}, args.overwrite)
+        except FileExistsError as e:  # outputs.TakenMeanwhile
+            print(f"not written: {e}", file=sys.stderr)
+            return 1
         print(f"wrote {json_path}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or not_written else 0
 
 
 if __name__ == "__main__":

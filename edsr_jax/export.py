@@ -57,7 +57,8 @@ def format_for(out: str | Path, given: str | None) -> str:
 
 def write_bytes(path: Path, data: bytes, overwrite: bool) -> Path:
     """Write ``data`` to ``path`` atomically (``outputs.atomic_write``); refuse (UsageError) an
-    existing file unless ``overwrite``; a full disk is one ``WriteError`` line naming ``path``."""
+    existing file unless ``overwrite``, also one another process wrote while this one ran
+    (``outputs.TakenMeanwhile``); a full disk is one ``WriteError`` line naming ``path``."""
     from edsr_jax.io import outputs
 
     if path.exists() and not overwrite:
@@ -66,7 +67,10 @@ def write_bytes(path: Path, data: bytes, overwrite: bool) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise outputs.write_error(path.parent, e) from None
-    return outputs.atomic_write(path, data, overwrite=True)
+    try:
+        return outputs.atomic_write(path, data, overwrite=overwrite)
+    except FileExistsError as e:
+        raise cli.UsageError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

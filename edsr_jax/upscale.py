@@ -11,7 +11,9 @@ edsr_jax.pretrained`` lists them; default ``photo-x2``, announced on stderr). Ou
 Inputs are files, folders (their image files, not recursive) or glob patterns. Each
 output keeps its input's name (``<stem><suffix>.png`` by default; ``--ext same``: the input's
 own file type) in ``--out``. Nothing is
-written over an input, and no existing output is replaced without ``--overwrite``. An
+written over an input, and no existing output is replaced without ``--overwrite``, not even
+one another process (a second ``upscale`` into the same ``--out``) wrote while this one ran:
+that output is reported ``not written`` and the exit code is 1. An
 input that cannot be read is reported and skipped; the rest are still done and the exit
 code is 1. Bad options, a missing checkpoint or no inputs: ``error: ...`` and exit 2.
 
@@ -172,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     outputs = plan_outputs(inputs, Path(args.out), suffix=args.suffix, ext=ext, overwrite=args.overwrite)
     upscaler = _load(args)
 
-    failed = 0
+    failed = not_written = 0
     start = time.perf_counter()
     megapixels = 0.0
     bar = tqdm(list(zip(inputs, outputs)), desc=f"{upscaler.name}", unit="img", file=sys.stderr)
@@ -189,9 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             write_kind(dst, image, decoded.kind, alpha, icc_profile=decoded.icc_profile,
                        exif=decoded.exif, quality=args.quality, overwrite=args.overwrite, notes=notes)
-        except FileExistsError as e:
-            tqdm.write(f"not written: {dst}: {e}", file=sys.stderr)
-            failed += 1
+        except FileExistsError as e:  # outputs.TakenMeanwhile: another process wrote it since the check
+            tqdm.write(f"not written: {e}", file=sys.stderr)
+            not_written += 1
             continue
         finally:
             for note in notes:
@@ -199,13 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         megapixels += image.shape[0] * image.shape[1] / 1e6
     bar.close()
     seconds = time.perf_counter() - start
-    done = len(inputs) - failed
+    done = len(inputs) - failed - not_written
     print(f"{done} of {len(inputs)} image(s) upscaled x{upscaler.scale} into {args.out} "
           f"({megapixels:.2f} output megapixels in {seconds:.1f} s)", file=sys.stderr)
     if failed:
         print(f"{failed} input(s) skipped (see above)", file=sys.stderr)
-        return 1
-    return 0
+    if not_written:
+        print(f"{not_written} output(s) not written: another process wrote them first (see above)",
+              file=sys.stderr)
+    return 1 if failed or not_written else 0
 
 
 def upscale_decoded(upscaler, decoded: Decoded) -> tuple[np.ndarray, np.ndarray | None]:

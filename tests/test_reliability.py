@@ -636,3 +636,198 @@ def test_only_damaged_checkpoints_left_is_no_fresh_start(two_steps, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and "holds only damaged checkpoints" in lines[-1], r.stderr[-3000:]
     assert listing(workdir)[0] == []
+
+
+# ---------------------------------------------------------------- concurrent writers (issue 26.1)
+
+
+def _params_checkpoint(path, seed):
+    """A 2-block, 8-feature x2 EDSR saved as a params-only checkpoint (``seed`` picks the weights)."""
+    import jax.numpy as jnp
+
+    from edsr_jax.nets.edsr import ModelConfig
+
+    cfg = ModelConfig(2, 2, 8)
+    params = cfg.build().init(jax.random.key(seed), jnp.zeros((1, 8, 8, 3)))
+    checkpoint.save_params_checkpoint(path, cfg, params, note=f"seed {seed}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("two_models")
+    return _params_checkpoint(root / "a", 0), _params_checkpoint(root / "b", 1)
+
+
+def _images(folder, n=3, side=24):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (side, side, 3), np.uint8)).save(
+            folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def rival(monkeypatch):
+    """Another process's file appears at the final name after the writer checked it and before
+    it publishes (the deterministic race): ``rival(path)`` arms it for ``path`` (a file, or a
+    folder holding ``rival.txt``); the returned set lists the names taken."""
+    from edsr_jax.io import outputs
+
+    armed: dict[Path, str] = {}
+    taken: set[Path] = set()
+    publish, publish_dir = outputs._publish, outputs._publish_dir
+
+    def take(path):
+        path = Path(path)
+        if path in armed and path not in taken:
+            taken.add(path)
+            if armed[path] == "dir":
+                path.mkdir()
+                (path / "rival.txt").write_text("rival")
+            else:
+                path.write_bytes(b"rival")
+
+    monkeypatch.setattr(outputs, "_publish", lambda tmp, path: (take(path), publish(tmp, path))[1])
+    monkeypatch.setattr(outputs, "_publish_dir", lambda tmp, path: (take(path), publish_dir(tmp, path))[1])
+
+    def arm(path, kind="file"):
+        armed[Path(path)] = kind
+        return taken
+
+    return arm
+
+
+def _no_temporaries(folder):
+    left = [str(p) for p in Path(folder).rglob(".tmp-*")]
+    assert not left, left
+
+
+def test_every_writer_leaves_a_file_another_process_created_meanwhile(tmp_path, two_models, rival, capsys):
+    """upscale, evaluate --json / --save-images, export (a file; --from-torch: a folder) and
+    prepare, each racing a file that appears between its check and its write: the other's file
+    stays byte for byte, the writer says ``created by another process`` naming it and exits
+    non-zero; no temporary file is left."""
+    from edsr_jax import evaluate, export, prepare, upscale
+    from edsr_jax.io import cli
+
+    def run_cli(main, argv):
+        code = cli.run(main, [str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return code, err
+
+    src = _images(tmp_path / "in")
+    cases = [
+        ("upscale", upscale.main, ["--checkpoint", two_models[0], "--out", tmp_path / "u", src],
+         tmp_path / "u" / "1.png", 1),
+        ("evaluate --json", evaluate.main, ["--bicubic", "--scales", 2, "--json", tmp_path / "s.json", src],
+         tmp_path / "s.json", 1),
+        ("evaluate --save-images", evaluate.main, ["--bicubic", "--scales", 2, "--save-images", tmp_path / "sr", src],
+         tmp_path / "sr" / "in" / "x2" / "0_bicubic.png", 1),
+        ("export", export.main, ["--checkpoint", two_models[0], "--out", tmp_path / "m.stablehlo"],
+         tmp_path / "m.stablehlo", 2),
+        ("prepare", prepare.main, [src, "--out", tmp_path / "p", "--scales", 2, "--workers", 1, "--no-progress"],
+         tmp_path / "p" / "HR" / "0002.png", 1),
+    ]
+    for what, main, argv, target, want in cases:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        taken = rival(target)
+        code, err = run_cli(main, argv)
+        assert target in taken, (what, "the race was not staged", err)
+        assert code == want and f"{target}: created by another process" in err, (what, code, err)
+        assert target.read_bytes() == b"rival", what
+    # the others were written; prepare did not record the taken file as its own
+    assert sorted(p.name for p in (tmp_path / "u").iterdir()) == ["0.png", "1.png", "2.png"]
+    manifest = (tmp_path / "p" / "manifest.json").read_text()
+    assert '"HR/0001.png"' in manifest and '"HR/0002.png"' not in manifest
+    _no_temporaries(tmp_path)
+    # a re-run of prepare names the rival file as a conflict, never replaces it
+    code, err = run_cli(prepare.main, cases[-1][2])
+    assert code == 1 and f"{tmp_path / 'p' / 'HR' / '0002.png'}: exists and differs" in err, err
+
+
+def test_import_into_a_folder_another_process_created_meanwhile(tmp_path, two_models, rival, capsys):
+    """``export --from-torch`` publishes its checkpoint folder with rename-no-replace: a folder
+    another process made (and filled) meanwhile stays, one error line names it."""
+    pytest.importorskip("torch")
+    from edsr_jax import export
+    from edsr_jax.io import cli
+
+    pt = tmp_path / "w.pt"
+    assert cli.run(export.main, ["--checkpoint", str(two_models[0]), "--out", str(pt)]) == 0
+    taken = rival(tmp_path / "imp", "dir")
+    code = cli.run(export.main, ["--from-torch", str(pt), "--out", str(tmp_path / "imp")])
+    err = capsys.readouterr().err
+    assert taken and code == 2 and f"error: {tmp_path / 'imp'}: created by another process" in err, err
+    assert sorted(p.name for p in (tmp_path / "imp").iterdir()) == ["rival.txt"]
+    _no_temporaries(tmp_path)
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_exclusive_publish_with_and_without_hard_links(tmp_path, monkeypatch, fallback):
+    """``atomic_write`` without overwrite never replaces a file, by hard link or, on a file
+    system without hard links (``os.link`` EPERM) / without renameat2, by an O_EXCL claim; with
+    overwrite it replaces. Folders (``atomic_dir``) the same way."""
+    import errno as errno_
+
+    from edsr_jax.io import outputs
+
+    if fallback:
+        def no_link(src, dst):
+            raise OSError(errno_.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(outputs.os, "link", no_link)
+        monkeypatch.setattr(outputs, "_rename_noreplace", lambda src, dst: False)
+    path = tmp_path / "f.txt"
+    assert outputs.atomic_write(path, "one") == path and path.read_text() == "one"
+    publish = outputs._publish
+    monkeypatch.setattr(outputs, "_publish", lambda tmp, p: (p.write_text("other"), publish(tmp, p)))
+    with pytest.raises(outputs.TakenMeanwhile, match="created by another process"):
+        outputs.atomic_write(tmp_path / "g.txt", "mine")
+    assert (tmp_path / "g.txt").read_text() == "other"
+    outputs.atomic_write(path, "two", overwrite=True)
+    assert path.read_text() == "two"
+    with outputs.atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "x").write_text("x")
+    assert (tmp_path / "d" / "x").read_text() == "x"
+    publish_dir = outputs._publish_dir
+    monkeypatch.setattr(outputs, "_publish_dir",
+                        lambda tmp, p: (p.mkdir(), (p / "y").write_text("y"), publish_dir(tmp, p)))
+    with pytest.raises(outputs.TakenMeanwhile):
+        with outputs.atomic_dir(tmp_path / "e") as tmp:
+            (tmp / "x").write_text("mine")
+    assert [p.name for p in (tmp_path / "e").iterdir()] == ["y"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "e", "f.txt", "g.txt"], "no temporaries left"
+
+
+def test_two_upscale_processes_into_one_folder_never_replace_each_other(tmp_path, two_models):
+    """Two real ``python -m edsr_jax.upscale`` processes, different models, one ``--out``, started
+    together: every output file holds the model of the process that says it wrote it, and the
+    other process says ``not written`` for it (or refused the folder at its check, exit 2)."""
+    from PIL import Image
+
+    from edsr_jax.inference.infer import Upscaler
+
+    src = _images(tmp_path / "in", n=4)
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-m", "edsr_jax.upscale", str(src), "--checkpoint", str(ck),
+                               "--out", str(out)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for ck in two_models]
+    errs = [p.communicate(timeout=180)[1] for p in procs]
+    assert all("Traceback" not in e for e in errs), errs
+    expected = [{f.name: Upscaler.from_checkpoint(ck)(np.asarray(Image.open(f).convert("RGB")))
+                 for f in sorted(src.iterdir())} for ck in two_models]
+    for name in sorted(p.name for p in src.iterdir()):
+        got = np.asarray(Image.open(out / name))
+        writers = [k for k in (0, 1) if np.array_equal(got, expected[k][name])]
+        assert len(writers) == 1, name
+        w = writers[0]
+        assert f"not written: {out / name}" not in errs[w], (name, errs[w])
+        other = 1 - w
+        assert (f"not written: {out / name}: " in errs[other]  # "created by another process" or "exists"
+                or (procs[other].returncode == 2 and "exist already" in errs[other])), (name, errs[other])
+    assert sorted(p.returncode for p in procs) in ([0, 1], [1, 1], [0, 2]), [p.returncode for p in procs]
+    _no_temporaries(out)

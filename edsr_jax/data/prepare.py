@@ -194,7 +194,11 @@ def _put(out: Path, rel: str, arr: np.ndarray, finished: set[str], overwrite: bo
             conflicts.append(f"{path}: exists and differs from what this run makes "
                              "(pass --overwrite to replace it)")
         return
-    write_image(path, arr, overwrite=overwrite)
+    try:
+        write_image(path, arr, overwrite=overwrite)
+    except FileExistsError as e:  # outputs.TakenMeanwhile: another process wrote it since the check
+        conflicts.append(str(e))
+        return
     counts["written"] += 1
 
 

@@ -384,7 +384,8 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
 
     ``upscale_fn(lr (h, w, 3) uint8, scale) -> sr (h*scale, w*scale, 3) uint8``.
     Returns ``{"dataset", "scale", "method", "step", "degradation", "protocol", "psnr", "ssim",
-    "images", "per_image": [{"image", "psnr", "ssim"}], "failed": [{"image", "error"}]}``;
+    "images", "per_image": [{"image", "psnr", "ssim"}], "failed": [{"image", "error"}],
+    "not_written": [paths]}``;
     ``psnr``/``ssim`` are the means over scored images (None when none was), on Y or on RGB
     (``y_channel=False``); ``protocol`` is ``protocol(...)``. Images that cannot be scored
     (unreadable, smaller than ``min_side(scale)``, no or a mismatched pre-made LR file) are
@@ -392,7 +393,9 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
     still scored. Conversions (grayscale, CMYK, EXIF rotation...) are noted on stderr too
     (``warn=False``: not). LR: MATLAB bicubic, or made by ``spec`` (``lr_maker``), or the
     pre-made files of ``lr_dir`` (``find_lr``). ``save_dir`` writes comparison panels
-    (``panel_path``), ``save_sr_dir`` the full SR images (``sr_path``, with ``step``), PNG.
+    (``panel_path``), ``save_sr_dir`` the full SR images (``sr_path``, with ``step``), PNG;
+    one that another process created meanwhile is left as it is, said on stderr and listed in
+    ``not_written``.
     ``dataset`` names the set (default: the folder's name). Raises ``ImageError`` when the
     folder does not exist.
     """
@@ -403,7 +406,7 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
     paths = list_images(folder)
     if max_images is not None:
         paths = paths[:max_images]
-    per_image, failed = [], []
+    per_image, failed, not_written = [], [], []
     bar = tqdm(total=len(paths), desc=f"{dataset} x{scale} {method}", unit="img", file=sys.stderr,
                disable=None if progress else True, leave=False)
     report = _to_stderr if warn else None
@@ -417,12 +420,18 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
             continue
         p, s, lr, sr = score_image(item.hr, scale, upscale_fn, item.lr, y_channel)
         per_image.append({"image": item.name, "psnr": p, "ssim": s})
+        saves = []
         if save_dir is not None:
-            write_image(panel_path(save_dir, dataset, scale, item.name, method),
-                        comparison_panel(lr, sr, item.hr, scale, method), overwrite=overwrite)
+            saves.append((panel_path(save_dir, dataset, scale, item.name, method),
+                          lambda: comparison_panel(lr, sr, item.hr, scale, method)))
         if save_sr_dir is not None:
-            write_image(sr_path(save_sr_dir, dataset, scale, item.name, method, step), sr,
-                        overwrite=overwrite)
+            saves.append((sr_path(save_sr_dir, dataset, scale, item.name, method, step), lambda: sr))
+        for target, image in saves:
+            try:
+                write_image(target, image(), overwrite=overwrite)
+            except FileExistsError as e:  # another process wrote it since the caller's check
+                _to_stderr(f"not written: {e}")
+                not_written.append(str(target))
     bar.close()
     return {
         "dataset": dataset,
@@ -436,4 +445,5 @@ def evaluate_folder(folder: str | os.PathLike, scale: int, upscale_fn: UpscaleFn
         "images": len(per_image),
         "per_image": per_image,
         "failed": failed,
+        "not_written": not_written,
     }

@@ -39,16 +39,20 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name.
+    """Image files directly inside ``folder``, sorted by name; the temporary files of a
+    writer (``.tmp-*``, ``outputs.TEMP_PREFIX``, e.g. left by a killed run) are not images.
 
     Raises ``ImageError`` when the folder does not exist or is not a folder.
     """
+    from edsr_jax.io.outputs import TEMP_PREFIX
+
     folder = Path(folder)
     if not folder.exists():
         raise ImageError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise ImageError(f"{folder}: not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and is_image_file(p) and not p.name.startswith(TEMP_PREFIX))
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
@@ -324,7 +328,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray, overwrite: bool = Fa
 
     The file appears atomically (``outputs.save_with``: a temporary name, then renamed), with
     the usual permissions. Raises ``FileExistsError`` when ``path`` exists and ``overwrite``
-    is False; ``outputs.WriteError`` (one line naming ``path``) on a full disk.
+    is False (``outputs.TakenMeanwhile`` when another process created it while this one
+    wrote); ``outputs.WriteError`` (one line naming ``path``) on a full disk.
     """
     from edsr_jax.io import outputs
 

@@ -4,6 +4,11 @@
   target, so a reader (or a later run) sees the old file or the complete new one, never a
   torn one; the rename replaces a symlink at the target instead of writing through it.
   Files get the usual permissions (``0o666 & ~umask``, not ``mkstemp``'s 0600).
+- Without ``overwrite`` a file is created exclusively: the complete temporary file is
+  hard-linked to its final name, which fails when that name exists, however late another
+  process created it (checking first and renaming after would replace the other's file).
+  ``TakenMeanwhile`` (a ``FileExistsError``) says so, and the other process's file stays.
+  Folders (``atomic_dir``) the same way: ``renameat2(RENAME_NOREPLACE)``.
 - ``inside``: an output path built from options (``--suffix``, ``--name``...) resolved and
   checked to stay under its output folder.
 - ``check_not_input``: no tool writes over a file it reads, even with ``--overwrite``.
@@ -30,6 +35,21 @@ _UMASK_LOCK = threading.Lock()
 
 class WriteError(UsageError):
     """A file could not be written (full disk, permissions, ...); names the file."""
+
+
+class TakenMeanwhile(FileExistsError):
+    """The output did not exist when this process checked, but another process created it
+    before this one could: this one's output is not written, the other's is left as it is."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(errno.EEXIST, f"{path}: created by another process while this one was writing it; "
+                                       "left as it is (pass --overwrite to replace it)", str(path))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+TEMP_PREFIX = ".tmp-"  # temporary files and folders of the writers; readers skip such names
 
 
 def file_mode() -> int:
@@ -67,7 +87,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO], Non
                  overwrite: bool = False, binary: bool | None = None) -> Path:
     """Write ``data`` (bytes, text, or a function writing into an open file) to ``path``.
 
-    Raises FileExistsError when ``path`` exists and ``overwrite`` is False; WriteError
+    Raises FileExistsError when ``path`` exists and ``overwrite`` is False, ``TakenMeanwhile``
+    (a FileExistsError) when another process created it while this one wrote; WriteError
     (one line naming ``path``) on a full disk or any other OS error, leaving no temporary
     file and the old ``path`` (if any) untouched. Returns ``path``.
     """
@@ -95,12 +116,17 @@ def _replace(path: str | os.PathLike, fill: Callable[[str], None], overwrite: bo
         raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
         os.close(fd)
         fill(tmp)
         os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-        tmp = None
+        if overwrite:
+            os.replace(tmp, path)
+            tmp = None
+        else:
+            _publish(tmp, path)
+    except TakenMeanwhile:
+        raise
     except OSError as e:
         raise write_error(path, e) from None
     finally:
@@ -110,6 +136,75 @@ def _replace(path: str | os.PathLike, fill: Callable[[str], None], overwrite: bo
             except OSError:
                 pass
     return path
+
+
+def _publish(tmp: str | os.PathLike, path: Path) -> None:
+    """Give the complete file ``tmp`` the name ``path`` only if no file has it: a hard link,
+    which the kernel refuses (EEXIST) when the name is taken, whenever it was taken. Where
+    the file system has no hard links, the name is claimed with ``O_CREAT | O_EXCL`` and the
+    file renamed onto the claim. ``TakenMeanwhile`` when another process has the name; the
+    caller removes ``tmp``."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise TakenMeanwhile(path) from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode()))
+    except FileExistsError:
+        raise TakenMeanwhile(path) from None
+    os.replace(tmp, path)
+
+
+def _publish_dir(tmp: Path, path: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``path`` only if ``path`` does not exist, or is an
+    empty folder (removed first; the rename then must not find it filled or re-created):
+    ``renameat2(RENAME_NOREPLACE)`` where the kernel has it, else ``mkdir`` claims the name
+    and the rename replaces the empty claim. ``TakenMeanwhile`` when another process has it."""
+    if path.is_dir() and not path.is_symlink():
+        try:
+            path.rmdir()  # the caller accepted an empty folder; a filled one stays (ENOTEMPTY)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise TakenMeanwhile(path) from None
+            if e.errno != errno.ENOENT:
+                raise
+    if _rename_noreplace(tmp, path):
+        return
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        raise TakenMeanwhile(path) from None
+    try:
+        os.rename(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):  # filled by another process meanwhile
+            raise TakenMeanwhile(path) from None
+        raise
+
+
+def _rename_noreplace(src: Path, dst: Path) -> bool:
+    """``renameat2(src, dst, RENAME_NOREPLACE)`` through libc: True when renamed, False when
+    this system has no such call (the caller falls back); TakenMeanwhile when ``dst`` exists."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_noreplace = -100, 1
+    if call(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise TakenMeanwhile(dst)
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
@@ -153,20 +248,24 @@ def save_with(path: str | os.PathLike, save: Callable[[str], None], *, overwrite
 @contextmanager
 def atomic_dir(path: str | os.PathLike):
     """``with atomic_dir(final) as tmp:`` fill the folder ``tmp``; on success it is renamed to
-    ``final`` (which must not exist), on any error removed. A temporary folder left by a
-    killed earlier attempt (``.tmp-<name>-*`` next to it) is removed first, so it never
-    blocks a retry."""
+    ``final`` (which must not exist, or be an empty folder), on any error removed. When another
+    process created ``final`` meanwhile, ``TakenMeanwhile`` and its folder stays as it is. A
+    temporary folder left by a killed earlier attempt (``.tmp-<name>-*`` next to it) is
+    removed first, so it never blocks a retry."""
     path = Path(path)
-    for stale in path.parent.glob(f".tmp-{path.name}-*"):
+    for stale in path.parent.glob(f"{TEMP_PREFIX}{path.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}-", dir=path.parent))
         os.chmod(tmp, dir_mode())
     except OSError as e:
         raise write_error(path, e) from None
     try:
         yield tmp
-        os.rename(tmp, path)
+        _publish_dir(tmp, path)
+    except TakenMeanwhile:
+        _remove_tree(tmp)
+        raise
     except OSError as e:
         _remove_tree(tmp)
         raise write_error(path, e) from None
