@@ -36,6 +36,10 @@ skipped; a file present but not recorded (an interrupted run) is kept when it ho
 exactly what would be written and reported as a conflict otherwise. Nothing is
 overwritten without ``--overwrite``, and an OUT made with other settings is refused.
 Unreadable images are listed at the end and make the exit code 1.
+
+Ctrl-C or SIGTERM: the running images finish, the manifest is saved, one line says how to
+resume (exit 130 / 143); ``kill -9`` leaves no worker running (they die with the command).
+One ``prepare`` per OUT at a time: a second one is one ``error:`` line (exit 2).
 """
 
 from __future__ import annotations
@@ -128,9 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         tiling = {"size": args.tile_size, "overlap": args.overlap or 0}
     elif args.overlap is not None:
         raise cli.UsageError("--overlap applies to --tile-size tiles; give --tile-size N too")
-    summary = prepare(args.hr_dir, args.out, spec=args.spec, scales=args.scales, name=args.name,
-                      tiling=tiling, seed=args.seed, workers=args.workers,
-                      overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        summary = prepare(args.hr_dir, args.out, spec=args.spec, scales=args.scales, name=args.name,
+                          tiling=tiling, seed=args.seed, workers=args.workers,
+                          overwrite=args.overwrite, progress=not args.no_progress)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (cli.Terminated): the manifest is saved
+        e.hint = (f"prepare stopped; what was written is recorded in {Path(args.out) / MANIFEST}: "
+                  "re-run the same command to resume")
+        raise
     report(summary, Path(args.out))
     return summary.exit_code
 

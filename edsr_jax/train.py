@@ -36,7 +36,7 @@ from edsr_jax.training import checkpoint
 from edsr_jax.io import cli
 from edsr_jax.nets import onednn_conv
 from edsr_jax.io import outputs
-from edsr_jax.training import run_lock
+from edsr_jax.io import run_lock
 from edsr_jax.nets import xla_options
 from edsr_jax.training import config as config_lib
 from edsr_jax.evaluation.evaluator import Evaluator

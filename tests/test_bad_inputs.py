@@ -684,3 +684,22 @@ def test_documented_round_three_table_matches_the_tests():
 ROUND_THREE_EVENTS.append(
     "two writers into one output (two `upscale` runs into one `--out`, `evaluate --json / --save-images`, `export`, "
     "`export --from-torch`, `prepare`): a file created by another process after this one checked")
+ROUND_THREE_EVENTS += [
+    "`prepare` stopped by SIGTERM or Ctrl-C",
+    "`prepare` killed (`kill -9`)",
+    "a `prepare` worker killed (or out of memory)",
+    "a second `prepare` on an output folder in use (e.g. adding another LR variant meanwhile)",
+    "SIGTERM to any command",
+    "`prepare DIR --out DIR` (the output folder is the input folder)",
+]
+
+
+def test_prepare_refuses_its_input_folder_as_output(tmp_path, capsys):
+    """``prepare DIR --out DIR`` would mix the prepared set into its sources (and a second run would
+    take HR/ for an input's neighbour): refused like ``upscale``'s --out, in any spelling of DIR."""
+    hr = tmp_path / "hr"
+    _one_image(hr, side=40)
+    for out in (hr, tmp_path / "hr" / ".." / "hr", Path(str(hr) + "/")):
+        code, _, err = run_cli(prepare.main, [hr, "--out", out, "--scales", 2, "--workers", 1], capsys)
+        assert code == 2 and err.startswith(f"error: --out {out} is the input folder {hr}"), err
+    assert sorted(p.name for p in hr.iterdir()) == ["a.png"]

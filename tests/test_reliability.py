@@ -363,12 +363,12 @@ def test_damaged_newest_step_every_tool_falls_back(two_steps, tmp_path, capfd):
 
 # ---------------------------------------------------------------- one trainer per workdir (issue 15.2)
 
-HOLD = ("import sys, time; from edsr_jax.training.run_lock import RunLock; l = RunLock(sys.argv[1]).acquire(); "
+HOLD = ("import sys, time; from edsr_jax.io.run_lock import RunLock; l = RunLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(120)")
 
 
 def test_run_lock_names_the_holder_and_is_taken_over_after_kill_9(tmp_path):
-    from edsr_jax.training.run_lock import RunLock, WorkdirBusy
+    from edsr_jax.io.run_lock import RunLock, WorkdirBusy
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)
@@ -831,3 +831,174 @@ def test_two_upscale_processes_into_one_folder_never_replace_each_other(tmp_path
                 or (procs[other].returncode == 2 and "exist already" in errs[other])), (name, errs[other])
     assert sorted(p.returncode for p in procs) in ([0, 1], [1, 1], [0, 2]), [p.returncode for p in procs]
     _no_temporaries(out)
+
+
+# ---------------------------------------------------------------- interrupted preparation (issue 26.2)
+
+PREPARE_SPEC = "blur(0.5,1.5) > bicubic > jpeg(30,90)"
+
+
+@pytest.fixture(scope="module")
+def hr_folder(tmp_path_factory):
+    """40 noise images of 384 x 384: a few seconds of work for two workers at x2, x3, x4."""
+    return _images(tmp_path_factory.mktemp("prep") / "hr", n=40, side=384)
+
+
+def _prepare(hr, out, *extra):
+    return [sys.executable, "-m", "edsr_jax.prepare", str(hr), "--out", str(out), "--scales", "2", "3", "4",
+            "--spec", PREPARE_SPEC, "--workers", "2", "--no-progress", *extra]
+
+
+def _start_prepare(hr, out, *extra):
+    """A real prepare in its own session (a terminal's Ctrl-C reaches its whole group), once it
+    has written its first files; returns (process, its child processes' pids)."""
+    proc = subprocess.Popen(_prepare(hr, out, *extra), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while not (out / "HR").is_dir() or len(list((out / "HR").glob("*.png"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    kids = _descendants(proc.pid)
+    assert len(kids) >= 2, kids  # the workers (and multiprocessing's resource tracker)
+    return proc, kids
+
+
+def _descendants(pid):
+    """Every process below ``pid`` (from /proc's children lists)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _running(pid):
+    """True while ``pid`` exists and is not a zombie (an ended process nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _assert_all_ended(pids, within=5.0):
+    deadline = time.monotonic() + within
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _running(p)], "processes of the killed prepare still run"
+
+
+def _resume_and_check(hr, out, tmp_path):
+    """Re-run the same command: it finishes (exit 0) from where the stopped one was, leaves no
+    temporary file, and the outputs are those of an uninterrupted run (three images checked
+    against ``process_source`` written elsewhere, byte for byte)."""
+    from edsr_jax.data.prepare import make_settings, process_source
+
+    r = subprocess.run(_prepare(hr, out), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "already present" in r.stdout and not list(out.rglob(".tmp-*"))
+    settings = make_settings(PREPARE_SPEC, (2, 3, 4), None, None, 0)
+    sources = sorted(hr.iterdir())
+    for i in (1, 20, 40):
+        ref = tmp_path / f"ref{i}"
+        res = process_source(str(sources[i - 1]), i, str(ref), settings, 4, frozenset(), False)
+        for rec in res["records"].values():
+            for rel in [rec["hr"]] + [v["path"] for v in rec["lr"].values()]:
+                assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_prepare_stopped_by_a_signal_says_so_leaves_nothing_running_and_resumes(hr_folder, tmp_path, sig):
+    """SIGTERM (to the process) or a terminal's Ctrl-C (SIGINT to its group): one line saying
+    how to resume, exit 143 / 130, no traceback, every worker ended; the re-run completes."""
+    out = tmp_path / "p"
+    proc, kids = _start_prepare(hr_folder, out)
+    if sig == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    what = "terminated (SIGTERM)" if sig == "SIGTERM" else "interrupted"
+    assert proc.returncode == (143 if sig == "SIGTERM" else 130), err
+    assert "Traceback" not in err and lines[-1] == (
+        f"{what}: prepare stopped; what was written is recorded in {out / 'manifest.json'}: "
+        "re-run the same command to resume"), err
+    _assert_all_ended(kids)
+    _resume_and_check(hr_folder, out, tmp_path)
+
+
+def test_prepare_killed_leaves_no_worker_running_or_writing(hr_folder, tmp_path):
+    """``kill -9`` of prepare: its workers (and multiprocessing's resource tracker) end with it
+    at once, nothing is written afterwards; the temporary files the kill left are removed by the
+    re-run, which completes."""
+    out = tmp_path / "p"
+    proc, kids = _start_prepare(hr_folder, out)
+    proc.kill()
+    proc.communicate(timeout=30)
+    _assert_all_ended(kids, within=3.0)
+    before = sorted((p, p.stat().st_size) for p in out.rglob("*") if p.is_file())
+    time.sleep(1.0)
+    assert sorted((p, p.stat().st_size) for p in out.rglob("*") if p.is_file()) == before, "still written"
+    _resume_and_check(hr_folder, out, tmp_path)
+
+
+def test_a_killed_prepare_worker_is_one_error_line_and_resumable(hr_folder, tmp_path):
+    out = tmp_path / "p"
+    proc, kids = _start_prepare(hr_folder, out)
+    workers = [k for k in kids if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert lines[-1].startswith("error: a worker process of prepare ended abruptly (killed, or out of memory); ")
+    assert lines[-1].endswith("re-run the same command to resume"), err
+    _assert_all_ended(kids)
+    _resume_and_check(hr_folder, out, tmp_path)
+
+
+def test_one_prepare_per_output_folder(hr_folder, tmp_path):
+    """A second prepare on a folder in use (here: adding another LR variant) is one error line
+    naming the first one's pid, exit 2, and writes nothing; the first is undisturbed."""
+    out = tmp_path / "p"
+    proc, kids = _start_prepare(hr_folder, out)
+    second = subprocess.run(_prepare(hr_folder, out, "--name", "other", "--scales", "2"), cwd=ROOT,
+                            env=_env(), capture_output=True, text=True, timeout=60)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert lines[0].startswith(f"error: --out {out}: another prepare is running in it (host ")
+    assert f"pid {proc.pid}," in lines[0], lines
+    assert not (out / "LR_other").exists()
+    assert proc.poll() is None, "the first prepare is undisturbed"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    _assert_all_ended(kids)
+    # the lock died with its holder: the variant is added now
+    r = subprocess.run(_prepare(hr_folder, out, "--name", "other", "--scales", "2"), cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_sigterm_is_ctrl_c_for_every_command(capsys):
+    """``cli.run`` turns SIGTERM into ``cli.Terminated`` (a KeyboardInterrupt): one line, exit 143,
+    the command's own hint added; the previous SIGTERM handler is back afterwards."""
+    from edsr_jax.io import cli
+
+    def terminated(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt as e:
+            e.hint = "re-run to resume"
+            raise
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.run(terminated, []) == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM): re-run to resume\n"
+    assert signal.getsignal(signal.SIGTERM) is before

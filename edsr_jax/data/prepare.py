@@ -29,17 +29,28 @@ Re-running resumes: finished outputs (file present and recorded in the manifest)
 skipped; a file present but not recorded (an interrupted run) is kept when it holds
 exactly what would be written and reported as a conflict otherwise. Nothing is
 overwritten without ``overwrite``, and an OUT made with other settings is refused.
+
+One ``prepare`` per OUT at a time (``io.run_lock``: ``OUT/prepare.lock``, there while it runs;
+a second one, e.g. adding another variant meanwhile, is one error line). Worker processes end with their parent,
+however it ends (``_worker_init``: the kernel's parent-death signal on Linux, a watchdog on
+the parent's pid elsewhere), so a killed ``prepare`` leaves nothing running or writing; the
+temporary files a kill leaves (``.tmp-*``) are removed by the next run. Interrupted
+(Ctrl-C, SIGTERM), it lets the running images finish, saves the manifest and stops.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -248,6 +259,46 @@ def process_source(path: str, index: int, out: str, settings: Settings, width: i
     return result
 
 
+def _worker_init(parent: int) -> None:
+    """Run in each worker as it starts: the worker dies with its parent (``parent``: its pid),
+    however the parent ends. On Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` makes the kernel kill
+    it; everywhere a daemon thread checks the parent's pid every 0.2 s. Ctrl-C is the
+    parent's to handle (it lets the running images finish): the worker ignores SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was asked for
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watchdog").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
+
+
+def remove_temporaries(folders: Sequence[Path]) -> int:
+    """Remove the writers' temporary files (``outputs.TEMP_PREFIX``) a killed run left in
+    ``folders``; call only while holding the folder's lock. Returns how many were removed."""
+    from edsr_jax.io.outputs import TEMP_PREFIX
+
+    n = 0
+    for folder in folders:
+        for stale in folder.glob(f"{TEMP_PREFIX}*") if folder.is_dir() else ():
+            try:
+                stale.unlink()
+                n += 1
+            except OSError:
+                pass
+    return n
+
+
 # ----------------------------------------------------------------------------- driver
 
 @dataclass
@@ -276,11 +327,10 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
     """Write the DIV2K-layout set (see the module docstring); returns a ``Summary``.
 
     ``tiling``: None, ``{"grid": [rows, cols]}`` or ``{"size": n, "overlap": k}``.
-    Raises ``cli.UsageError`` for bad options, a missing or empty ``hr_dir``, or an
-    ``out`` that holds other data.
+    Raises ``cli.UsageError`` for bad options, a missing or empty ``hr_dir``, an ``out`` that
+    is ``hr_dir``, holds other data or is in use by another ``prepare``; ``cli.Failed`` when a
+    worker process was killed (what was done is recorded: re-running resumes).
     """
-    from tqdm import tqdm
-
     settings = make_settings(spec, scales, name, tiling, seed)
     hr_dir, out = Path(hr_dir), Path(out)
     sources = image_folder(hr_dir)
@@ -291,11 +341,41 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
         if folder.resolve() == hr_dir.resolve():
             raise cli.UsageError(f"--out {out}: its output folder {folder} is the input folder {hr_dir}; "
                                  "no input is ever overwritten")
+    if out.resolve() == hr_dir.resolve():
+        raise cli.UsageError(f"--out {out} is the input folder {hr_dir}; choose another folder "
+                             "so the prepared set stays apart from its sources")
     if workers < 1:
         raise cli.UsageError(f"--workers {workers}: must be at least 1")
+    from edsr_jax.io.run_lock import RunLock, WorkdirBusy
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise outputs.write_error(out, e) from None
+    try:
+        lock = RunLock(out, name=LOCK_NAME, option="--out", holder="prepare", remove=True).acquire()
+    except (WorkdirBusy, OSError) as e:
+        if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:
+            raise
+        raise cli.UsageError(str(e)) from None
+    try:
+        return _prepare_locked(hr_dir, out, settings, sources, workers, overwrite, progress)
+    finally:
+        lock.release()
+
+
+LOCK_NAME = "prepare.lock"
+
+
+def _prepare_locked(hr_dir: Path, out: Path, settings: Settings, sources: list[Path], workers: int,
+                    overwrite: bool, progress: bool) -> Summary:
+    """``prepare`` once its options are checked and OUT's lock is held."""
+    from tqdm import tqdm
+
     manifest = manifest_lib.load(out, settings, sources, overwrite)
     view, settings = manifest_lib.variant(manifest, settings)
     manifest_lib.save(out, manifest)
+    remove_temporaries([out / "HR"] + [out / f"LR_{settings.name}" / f"X{s}" for s in settings.scales])
 
     summary = Summary(images=len(sources))
     width = max(4, len(str(len(sources))))
@@ -353,7 +433,8 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
         else:
             # spawn, not fork: the caller may hold threads (JAX, tqdm) that fork would copy mid-lock.
             with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
-                                     mp_context=multiprocessing.get_context("spawn")) as pool:
+                                     mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(process_source, *task) for task in tasks]
                 try:
                     for fut in as_completed(futures):
@@ -362,6 +443,10 @@ def prepare(hr_dir: str | os.PathLike, out: str | os.PathLike, *, spec: str = "b
                     for f in futures:
                         f.cancel()
                     raise
+    except BrokenProcessPool:
+        raise cli.Failed(f"a worker process of prepare ended abruptly (killed, or out of memory); "
+                         f"{summary.written} file(s) written and recorded in {out / manifest_lib.MANIFEST}: "
+                         "re-run the same command to resume") from None
     finally:
         bar.close()
         manifest_lib.save(out, manifest)

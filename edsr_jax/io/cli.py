@@ -8,7 +8,11 @@ Every CLI (``python -m edsr_jax.train|evaluate|upscale|prepare|export``) builds 
 - 2: a usage problem (a bad option, value, path or config field): exactly one line
   ``error: ...`` on stderr naming it, nothing written. Option errors come from the parser
   (``ArgumentParser.error`` raises ``UsageError``), the rest from ``raise UsageError(...)``.
-- 130: interrupted (Ctrl-C), no traceback.
+- 130: interrupted (Ctrl-C), no traceback; 143: terminated (SIGTERM), which ``run`` turns
+  into the same ``KeyboardInterrupt`` (``Terminated``), so every command stops as on Ctrl-C:
+  ``finally`` blocks run, temporaries are removed, one line says so (with the command's
+  ``hint``, e.g. how to resume).
+- 1 also for ``Failed``: the command could not finish (one ``error: ...`` line).
 
 A path the file system cannot hold (a name over 255 bytes, a path over 4,096: ``OSError``
 ``ENAMETOOLONG`` wherever it is met) is a usage problem too: one line naming the path and the
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
@@ -30,6 +35,20 @@ class UsageError(Exception):
 
     The message names the thing at fault; CLIs print it as one line and exit 2.
     """
+
+
+class Failed(Exception):
+    """The command ran but could not finish (e.g. a worker process was killed); ``run`` prints
+    ``error: MESSAGE`` and returns 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is (``run`` installs the handler) so the command
+    unwinds as on Ctrl-C; ``signum`` is the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -61,27 +80,56 @@ def whole_number(minimum: int) -> Callable[[str], int]:
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)`` and return its exit code (see the module docstring).
 
-    UsageError becomes ``error: MESSAGE`` on stderr and 2; Ctrl-C becomes 130 with no
-    traceback; ``SystemExit`` (``--help``) becomes its code; an ``OSError`` ENAMETOOLONG
-    becomes ``error: PATH: ...`` (``name_too_long``) and 2.
+    UsageError becomes ``error: MESSAGE`` on stderr and 2; ``Failed`` ``error: MESSAGE`` and
+    1; Ctrl-C becomes ``interrupted`` and 130, SIGTERM ``terminated (SIGTERM)`` and 143, no
+    traceback (a ``hint`` attribute set on the KeyboardInterrupt by the command is added:
+    ``interrupted: HINT``); ``SystemExit`` (``--help``) becomes its code; an ``OSError``
+    ENAMETOOLONG becomes ``error: PATH: ...`` (``name_too_long``) and 2.
     """
+    previous = _on_sigterm_raise()
     try:
         return int(main(argv) or 0)
     except UsageError as e:
         print(f"error: {_shorten_numbers(str(e))}", file=sys.stderr)
         return 2
+    except Failed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         if e.errno != errno.ENAMETOOLONG:
             raise
         print(f"error: {name_too_long(e.filename)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        hint = getattr(e, "hint", "")
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: {hint}" if hint else what, file=sys.stderr)
+        return 128 + e.signum if isinstance(e, Terminated) else 130
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm_raise():
+    """Make SIGTERM raise ``Terminated`` in the main thread (when it still has the default
+    action, i.e. nobody else handles it); returns the handler to put back, or None."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return None
+
+    def handle(signum, frame):
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, handle)
+    return previous
 
 
 def _shorten_numbers(message: str) -> str:
