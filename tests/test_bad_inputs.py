@@ -703,3 +703,119 @@ def test_prepare_refuses_its_input_folder_as_output(tmp_path, capsys):
         code, _, err = run_cli(prepare.main, [hr, "--out", out, "--scales", 2, "--workers", 1], capsys)
         assert code == 2 and err.startswith(f"error: --out {out} is the input folder {hr}"), err
     assert sorted(p.name for p in hr.iterdir()) == ["a.png"]
+
+
+# ---------------------------------------------------------------- imported weights checked (issue 26.3)
+
+
+def _torch_state_dicts():
+    """Official-layout state_dicts of tiny models: EDSR x4 (two upsampler stages) and x3, 1 block,
+    8 features; MDSR x2 x3 x4, 1 block (tests/torch_edsr.py and torch_mdsr.py, EDSR-PyTorch's)."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from torch_edsr import EDSR
+    from torch_mdsr import MDSR
+
+    import torch
+
+    torch.manual_seed(0)
+    return {"edsr_x4": EDSR(4, 1, 8).state_dict(), "edsr_x3": EDSR(3, 1, 8).state_dict(),
+            "mdsr": MDSR(1, 8).state_dict()}
+
+
+def _load(sd):
+    from edsr_jax.inference import torch_convert
+
+    if any(k.startswith("pre_process.") for k in sd):
+        return torch_convert.mdsr_from_state_dict(sd)
+    return torch_convert.from_state_dict(sd, torch_convert.infer_config(sd).scale)
+
+
+@pytest.mark.parametrize("model", ["edsr_x4", "edsr_x3", "mdsr"])
+def test_every_tensor_and_key_is_checked_against_the_architecture(model):
+    """For every key of the state_dict in turn: that tensor one wider in its last axis or (a conv)
+    with one input channel more, that key removed (the fixed mean shifts may be absent), an extra
+    key: one-line ConversionError naming it, before anything is converted."""
+    pytest.importorskip("torch")
+    import torch
+
+    from edsr_jax.inference import torch_convert
+
+    sd = _torch_state_dicts()[model]
+    _load(sd)  # the untouched one converts
+    for key, value in sd.items():
+        shapes = [(*value.shape[:-1], value.shape[-1] + 1)]  # a wider last axis
+        if value.ndim == 4:
+            shapes.append((value.shape[0], value.shape[1] + 1, *value.shape[2:]))  # more input channels
+        for shape in shapes:
+            with pytest.raises(torch_convert.ConversionError) as e:
+                _load(dict(sd, **{key: torch.zeros(shape)}))
+            msg = str(e.value)
+            assert "\n" not in msg and f"wrong shape (1): {key} {shape} (expected" in msg, (key, msg)
+        if key not in torch_convert.MEAN_SHIFT_KEYS:
+            gone = {k: v for k, v in sd.items() if k != key}
+            with pytest.raises(torch_convert.ConversionError) as e:
+                _load(gone)
+            msg = str(e.value)  # "missing (1): KEY", or for the keys that tell the architecture
+            assert "\n" not in msg and (msg.endswith(f"missing (1): {key}") or f"'{key}'" in msg
+                                        or f"lacks {key}" in msg), (key, msg)
+    with pytest.raises(torch_convert.ConversionError, match=r"unexpected \(1\): body.0.body.1.weight$"):
+        _load(dict(sd, **{"body.0.body.1.weight": sd["head.0.bias"]}))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_weights_are_accepted_and_converted(dtype):
+    """A correct state_dict stored in float16 / bfloat16 (its mean shifts rounded to that precision)
+    converts to float32 weights equal to the stored values exactly; a mean shift that differs by
+    more than the format's rounding is still refused."""
+    pytest.importorskip("torch")
+    import torch
+
+    from edsr_jax.inference import torch_convert
+
+    for model, sd in _torch_state_dicts().items():
+        half = {k: v.to(getattr(torch, dtype)) for k, v in sd.items()}
+        config, params = _load(half)
+        assert config == _load(sd)[0]
+        assert {a.dtype for a in jax_leaves(params)} == {np.dtype(np.float32)}
+        back = (torch_convert.mdsr_to_state_dict(params, config) if model == "mdsr"
+                else torch_convert.to_state_dict(params, config))
+        for k, v in half.items():  # every weight is the stored half value, exactly
+            if k not in torch_convert.MEAN_SHIFT_KEYS:
+                assert np.array_equal(back[k], v.float().numpy()), (model, k)
+        shifted = dict(half, **{"sub_mean.bias": half["sub_mean.bias"] * 0.98})  # 2 grey levels off
+        with pytest.raises(torch_convert.ConversionError, match="sub_mean.bias is not the standard DIV2K mean"):
+            _load(shifted)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def test_export_from_torch_refuses_a_misshapen_tensor_in_one_line_and_imports_half_weights(tmp_path, capsys):
+    pytest.importorskip("torch")
+    import torch
+
+    from edsr_jax import export
+
+    sd = _torch_state_dicts()["edsr_x4"]
+    bad = dict(sd, **{"body.0.body.2.weight": torch.zeros(8, 4, 3, 3)})
+    torch.save(bad, tmp_path / "bad.pt")
+    code, _, err = run_cli(export.main, ["--from-torch", tmp_path / "bad.pt", "--out", tmp_path / "imp"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0] == (f"error: {tmp_path / 'bad.pt'}: the state_dict does not fit EDSR x4, 1 blocks, 8 features: "
+                        "wrong shape (1): body.0.body.2.weight (8, 4, 3, 3) (expected (8, 8, 3, 3))"), err
+    assert not (tmp_path / "imp").exists()
+    torch.save({k: v.half() for k, v in sd.items()}, tmp_path / "half.pt")
+    code, out, err = run_cli(export.main, ["--from-torch", tmp_path / "half.pt", "--out", tmp_path / "imp"], capsys)
+    assert code == 0 and "wrote checkpoint" in out, err
+ROUND_THREE_EVENTS += [
+    "`export --from-torch` weights with a tensor of the wrong shape, a missing or an unexpected key",
+    "`export --from-torch` weights stored in float16 or bfloat16",
+]

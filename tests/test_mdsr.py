@@ -228,7 +228,7 @@ def test_wrong_shapes_presets_and_mean_shifts_are_refused():
 
     sd = dict(torch_mdsr().state_dict())
     bad = dict(sd, **{"pre_process.0.1.body.0.weight": torch.zeros(8, 8, 3, 3)})
-    with pytest.raises(torch_convert.ConversionError, match=r"pre_process.0.1.body.0: expected a 5x5 conv"):
+    with pytest.raises(torch_convert.ConversionError, match=r"wrong shape \(1\): pre_process.0.1.body.0.weight \(8, 8, 3, 3\) \(expected \(8, 8, 5, 5\)\)"):
         torch_convert.mdsr_from_state_dict(bad)
     with pytest.raises(torch_convert.ConversionError,
                        match=r"num_blocks: state_dict=2, preset 'mdsr_baseline'=16"):

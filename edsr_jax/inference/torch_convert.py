@@ -31,11 +31,18 @@ PyTorch key                       ours
 Conv kernels: ours ``(kh, kw, in, out)``, PyTorch ``(out, in, kh, kw)``; both compute
 cross-correlation, so a transpose is all it takes. NumPy only: torch is needed just to
 read or write ``.pt`` files (see ``export.py``).
+
+Before anything is converted, the key set and every tensor's shape are checked against the
+architecture the keys describe (``state_dict_shapes``: read from our network itself, so the
+check cannot drift from it); the first mismatches are named in one line. Half-precision
+weights (float16, bfloat16) are accepted and converted to float32; the fixed mean shifts are
+then compared within that precision.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Mapping
 
 import numpy as np
@@ -96,7 +103,7 @@ def _write(params, pairs) -> dict[str, np.ndarray]:
 
 
 def infer_config(state_dict: Mapping[str, Any], res_scale: float = 1.0) -> ModelConfig:
-    """Architecture of an official-layout ``state_dict``: blocks from ``body.{i}.body.0``
+    """Architecture of an official-layout ``state_dict``: blocks from ``body.{i}.body.*``
     keys, features from ``head.0.weight``, scale from the upsampler convs."""
     sd = _numpy(state_dict)
     if "head.0.weight" not in sd:
@@ -108,7 +115,7 @@ def infer_config(state_dict: Mapping[str, Any], res_scale: float = 1.0) -> Model
                               "python -m edsr_jax.export --from-torch)")
     features = int(sd["head.0.weight"].shape[0])
     blocks = _count_blocks(sd)
-    if "tail.0.2.weight" in sd:
+    if any(k.startswith("tail.0.2.") for k in sd):
         scale = 4
     elif "tail.0.0.weight" in sd:
         ratio = sd["tail.0.0.weight"].shape[0] // features
@@ -128,7 +135,9 @@ def from_state_dict(state_dict: Mapping[str, Any], scale: int, *, preset_name: s
 
     The architecture read from the keys must match ``scale`` and, when given, the preset
     (which also supplies ``res_scale``, not stored in the weights); otherwise
-    ``ConversionError`` lists each mismatch. Mean shifts must be the standard DIV2K ones.
+    ``ConversionError`` lists each mismatch. Every key and tensor shape must be the official
+    ones for that architecture (``check_state_dict``, one line naming the first mismatches).
+    Mean shifts must be the standard DIV2K ones. float16 / bfloat16 weights are converted.
     """
     sd = _numpy(state_dict)
     if preset_name is not None:
@@ -141,36 +150,86 @@ def from_state_dict(state_dict: Mapping[str, Any], scale: int, *, preset_name: s
     diffs = [f"{f}: state_dict={getattr(config, f)!r}, {label}={getattr(wanted, f)!r}"
              for f in ("scale", "num_blocks", "num_features") if getattr(config, f) != getattr(wanted, f)]
     if diffs:
-        raise ConversionError("the weights do not match the requested model:\n  " + "\n  ".join(diffs))
-    _check_mean_shifts(sd)
+        raise ConversionError("the weights do not match the requested model: " + "; ".join(diffs))
+    check_state_dict(sd, config)
+    _check_mean_shifts(sd, _precision(state_dict))
     params: dict = {}
-    used = set(MEAN_SHIFT_KEYS)
     for prefix, path in _pairs(config):
-        w, b = sd.get(f"{prefix}.weight"), sd.get(f"{prefix}.bias")
-        if w is None or b is None:
-            raise ConversionError(f"state_dict lacks {prefix}.weight / {prefix}.bias")
-        _put(params, path, _conv(prefix, w, b, 3))
-        used |= {f"{prefix}.weight", f"{prefix}.bias"}
-    extra = sorted(set(sd) - used)
-    if extra:
-        raise ConversionError(f"state_dict has keys this EDSR does not use: {', '.join(extra[:8])}")
+        _put(params, path, _conv(prefix, sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], 3))
     return config, params
+
+
+def state_dict_shapes(config: ModelConfig | mdsr.MDSRConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of the official ``state_dict`` of ``config`` (EDSR or MDSR) with its tensor's
+    shape, in forward order, mean shifts first: read from our network's parameter shapes
+    (``jax.eval_shape`` of its ``init``: nothing is computed), transposed to PyTorch's layout."""
+    return dict(_shapes(config))
+
+
+@lru_cache(maxsize=16)
+def _shapes(config: ModelConfig | mdsr.MDSRConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    import jax
+    import jax.numpy as jnp
+
+    is_mdsr = isinstance(config, mdsr.MDSRConfig)
+    model = config.build()
+    x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
+    init = (lambda key, x: model.init(key, x, config.scales[0])) if is_mdsr else model.init
+    tree = jax.eval_shape(init, jax.random.key(0), x)["params"]
+    shapes = {f"{name}.{k}": tuple(v.shape) for name, sign in (("sub_mean", -1), ("add_mean", +1))
+              for k, v in mean_shift(sign).items()}
+    pairs = [(p, path) for p, path, _ in _mdsr_pairs(config)] if is_mdsr else _pairs(config)
+    for prefix, path in pairs:
+        node = tree
+        for part in path:
+            node = node[part]
+        kh, kw, c_in, c_out = node["kernel"].shape
+        shapes[f"{prefix}.weight"] = (c_out, c_in, kh, kw)
+        shapes[f"{prefix}.bias"] = tuple(node["bias"].shape)
+    return tuple(shapes.items())
+
+
+def check_state_dict(sd: Mapping[str, Any], config: ModelConfig | mdsr.MDSRConfig) -> None:
+    """ConversionError, one line, unless ``sd`` holds exactly the keys of ``config``'s official
+    ``state_dict`` (``state_dict_shapes``; the fixed mean shifts may be absent) with exactly
+    their shapes; names the first missing, unexpected and wrongly shaped tensors."""
+    want = state_dict_shapes(config)
+    missing = sorted(k for k in want if k not in sd and k not in MEAN_SHIFT_KEYS)
+    unexpected = sorted(k for k in sd if k not in want)
+    wrong = [f"{k} {tuple(np.shape(sd[k]))} (expected {want[k]})" for k in want
+             if k in sd and tuple(np.shape(sd[k])) != want[k]]
+    if missing or unexpected or wrong:
+        parts = [f"{label} ({len(items)}): {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
+                 for label, items in (("wrong shape", wrong), ("missing", missing), ("unexpected", unexpected))
+                 if items]
+        raise ConversionError(f"the state_dict does not fit {_describe(config)}: " + "; ".join(parts))
+
+
+def _describe(config: ModelConfig | mdsr.MDSRConfig) -> str:
+    """``EDSR x2, 16 blocks, 64 features`` / ``MDSR x2 x3 x4, 16 blocks, 64 features``."""
+    if isinstance(config, mdsr.MDSRConfig):
+        return (f"MDSR {' '.join(f'x{s}' for s in config.scales)}, {config.num_blocks} blocks, "
+                f"{config.num_features} features")
+    return f"EDSR x{config.scale}, {config.num_blocks} blocks, {config.num_features} features"
 
 
 MEAN_SHIFT_KEYS = ("sub_mean.weight", "sub_mean.bias", "add_mean.weight", "add_mean.bias")
 
 
 def _count_blocks(sd: Mapping[str, np.ndarray]) -> int:
-    """Number of shared residual blocks: distinct ``i`` in ``body.{i}.body.0.weight``."""
-    return len({int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.body\.0\.weight$", k))})
+    """Number of shared residual blocks: distinct ``i`` in ``body.{i}.body.*`` (any of a block's
+    tensors, so one missing tensor is named as missing, not taken for a block fewer)."""
+    return len({int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.body\.", k))})
 
 
-def _check_mean_shifts(sd: Mapping[str, np.ndarray]) -> None:
-    """Mean shifts, where present, must be the standard DIV2K ones (the model's are fixed)."""
+def _check_mean_shifts(sd: Mapping[str, np.ndarray], precision: float = 0.0) -> None:
+    """Mean shifts, where present, must be the standard DIV2K ones (the model's are fixed), to
+    1e-3 plus the relative ``precision`` the weights were stored in (``_precision``: float16's
+    spacing is 2**-10 of the value, bfloat16's 2**-7, so its 114.44 is stored as 114.5)."""
     for name, sign in (("sub_mean", -1), ("add_mean", +1)):
         for k, v in mean_shift(sign).items():
             got = sd.get(f"{name}.{k}")
-            if got is not None and (got.shape != v.shape or not np.allclose(got, v, atol=1e-3)):
+            if got is not None and (got.shape != v.shape or not np.allclose(got, v, atol=1e-3, rtol=precision)):
                 raise ConversionError(
                     f"{name}.{k} is not the standard DIV2K mean shift (expected {v.ravel().tolist()}, "
                     f"got {np.asarray(got).ravel().tolist()}); these weights were trained with "
@@ -228,7 +287,7 @@ def mdsr_to_state_dict(params, config: mdsr.MDSRConfig) -> dict[str, np.ndarray]
 
 def mdsr_infer_config(state_dict: Mapping[str, Any]) -> mdsr.MDSRConfig:
     """Architecture of an official-layout MDSR ``state_dict``: features from ``head.0.weight``,
-    blocks from ``body.{b}.body.0`` keys, each branch's scale from its upsampler
+    blocks from ``body.{b}.body.*`` keys, each branch's scale from its upsampler
     (``upsample.{i}.2`` present: x4; else ``upsample.{i}.0`` with 4 or 9 x features outputs)."""
     sd = _numpy(state_dict)
     if "head.0.weight" not in sd:
@@ -246,7 +305,7 @@ def mdsr_infer_config(state_dict: Mapping[str, Any]) -> mdsr.MDSRConfig:
         w = sd.get(f"upsample.{i}.0.weight")
         if w is None:
             raise ConversionError(f"state_dict lacks upsample.{i}.0.weight")
-        if f"upsample.{i}.2.weight" in sd:
+        if any(k.startswith(f"upsample.{i}.2.") for k in sd):
             scales.append(4)
             continue
         scale = {4: 2, 9: 3}.get(w.shape[0] // features) if w.shape[0] % features == 0 else None
@@ -264,8 +323,9 @@ def mdsr_from_state_dict(state_dict: Mapping[str, Any], *, preset_name: str | No
 
     The architecture is read from the keys (``mdsr_infer_config``); with ``preset_name`` it
     must be that preset's, else ConversionError lists each mismatch. The keys must be exactly
-    the official ones for that architecture: missing and unexpected keys are named together in
-    one ConversionError (the fixed mean shifts may be absent; present, they must be DIV2K's).
+    the official ones for that architecture, each tensor of its shape (``check_state_dict``:
+    missing, unexpected and wrongly shaped tensors named together in one line; the fixed mean
+    shifts may be absent; present, they must be DIV2K's). float16 / bfloat16 weights are converted.
     """
     sd = _numpy(state_dict)
     config = mdsr_infer_config(sd)
@@ -275,26 +335,28 @@ def mdsr_from_state_dict(state_dict: Mapping[str, Any], *, preset_name: str | No
                  for f in ("scales", "num_blocks", "num_features")
                  if getattr(config, f) != getattr(wanted, f)]
         if diffs:
-            raise ConversionError("the weights do not match the requested model:\n  " + "\n  ".join(diffs))
+            raise ConversionError("the weights do not match the requested model: " + "; ".join(diffs))
     try:
         config.validate()
     except ValueError as e:
         raise ConversionError(f"the state_dict describes no valid MDSR: {e}") from None
     pairs = _mdsr_pairs(config)
-    expected = {f"{p}.{t}" for p, _, _ in pairs for t in ("weight", "bias")}
-    missing = sorted(expected - set(sd))
-    extra = sorted(set(sd) - expected - set(MEAN_SHIFT_KEYS))
-    if missing or extra:
-        lines = [f"{label} ({len(keys)}): {', '.join(keys[:12])}{', ...' if len(keys) > 12 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", extra)) if keys]
-        raise ConversionError(
-            f"not the official MDSR key set for scales {config.scales}, {config.num_blocks} blocks, "
-            f"{config.num_features} features:\n  " + "\n  ".join(lines))
-    _check_mean_shifts(sd)
+    check_state_dict(sd, config)
+    _check_mean_shifts(sd, _precision(state_dict))
     params: dict = {}
     for prefix, path, k in pairs:
         _put(params, path, _conv(prefix, sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], k))
     return config, params
+
+
+# relative spacing of the half-precision formats weights may be stored in (float32's: ~1e-7)
+_EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
+
+
+def _precision(state_dict: Mapping[str, Any]) -> float:
+    """The coarsest relative spacing among the state_dict's tensors' dtypes (0 for float32)."""
+    return max((_EPS.get(str(getattr(v, "dtype", "")).removeprefix("torch."), 0.0)
+                for v in state_dict.values()), default=0.0)
 
 
 def _numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
