@@ -80,6 +80,7 @@ class PatchStream:
             self.symmetries = patches_lib.ALL_SYMMETRIES
         else:
             self.symmetries = tuple(getattr(source, "symmetries", patches_lib.ALL_SYMMETRIES))
+        self._symmetry_ids = np.asarray(self.symmetries, dtype=np.int64)
         self.lr_sizes = np.asarray(source.lr_sizes, dtype=np.int64).reshape(-1, 2)
         self.pipeline = getattr(source, "pipeline", None)  # HROnlySource: LR made on the host
         self._window_cache: dict[int, tuple] = {}
@@ -104,11 +105,9 @@ class PatchStream:
             span_y, span_x = h * s - p * s + 1, w * s - p * s + 1
         else:
             span_y, span_x = h - p + 1, w - p + 1
-        y = patches_lib.uniform(self.map_seed, 4 * g, span_y)
-        x = patches_lib.uniform(self.map_seed, 4 * g + 1, span_x)
-        k = np.asarray(self.symmetries, dtype=np.int64)[
-            patches_lib.uniform(self.map_seed, 4 * g + 2, len(self.symmetries))]
-        return y, x, k
+        spans = np.stack([span_y, span_x, np.full_like(span_y, len(self.symmetries))], axis=1)
+        u = patches_lib.uniform(self.map_seed, 4 * g[:, None] + np.arange(3), spans)  # (N, 3)
+        return u[:, 0], u[:, 1], self._symmetry_ids[u[:, 2]]
 
     def patches(self, g) -> dict[str, np.ndarray]:
         """Rows for global patch indices ``g`` (``(N,)`` int, >= 0), in that order:

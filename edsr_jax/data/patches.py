@@ -21,6 +21,8 @@ one), ``k = 5`` the transpose.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -43,10 +45,14 @@ def uniform(seed: int, counters: np.ndarray, n) -> np.ndarray:
     ``hash = splitmix64(counter ^ splitmix64(seed))``; the high 32 bits times ``n``, shifted
     down 32 (bias below ``n / 2**32``, i.e. < 1e-6 for image sizes).
     """
-    with np.errstate(over="ignore"):
-        key = _splitmix64(np.asarray([seed], dtype=np.uint64))[0]
-        h = _splitmix64(np.asarray(counters).astype(np.uint64) ^ key)
-        return (((h >> np.uint64(32)) * np.asarray(n, dtype=np.uint64)) >> np.uint64(32)).astype(np.int64)
+    h = _splitmix64(np.asarray(counters).astype(np.uint64) ^ _seed_key(int(seed)))
+    return (((h >> np.uint64(32)) * np.asarray(n, dtype=np.uint64)) >> np.uint64(32)).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_key(seed: int) -> np.ndarray:
+    """``splitmix64(seed)`` as a one-element uint64 array (array arithmetic wraps silently)."""
+    return _splitmix64(np.asarray([seed], dtype=np.uint64))
 
 
 def crop_windows(img: np.ndarray, size: int) -> np.ndarray:
