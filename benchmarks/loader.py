@@ -286,12 +286,19 @@ def main(argv=None) -> int:
     workers = [int(w) for w in args.workers.split(",")]
     block_sizes = [int(b) for b in args.block.split(",")]
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    saved_cache = os.environ.get("EDSR_JAX_CACHE")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         tmp = Path(tmp)
+        warnings.simplefilter("ignore")  # e.g. images smaller than a patch, skipped
         os.environ["EDSR_JAX_CACHE"] = str(tmp / "cache")
-        paths = hr_images(args, tmp)
-        warnings.simplefilter("ignore")
-        rows = host_rows(args, paths, tmp, workers, block_sizes)
+        try:
+            paths = hr_images(args, tmp)
+            rows = host_rows(args, paths, tmp, workers, block_sizes)
+        finally:
+            if saved_cache is None:
+                del os.environ["EDSR_JAX_CACHE"]
+            else:
+                os.environ["EDSR_JAX_CACHE"] = saved_cache
     note = "skipped (--no-device)" if args.no_device else None
     dev = []
     if not args.no_device:

@@ -667,3 +667,29 @@ def test_block_symmetries_on_the_device_give_the_same_patches(tmp_path, hr_only)
     assert turned > 0
     with pytest.raises(ValueError, match=r"augment must be one of \(True, False, 'host', 'device'\), got 'gpu'"):
         make(src, augment="gpu")
+
+
+def test_loader_benchmark_json_contract(tmp_path, capsys):
+    """benchmarks/loader.py --quick --json FILE writes rows other tools read: spec, where,
+    workers, patches_per_s_per_core (here the cached pairs only, without the device rows)."""
+    import importlib.util
+    import json
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("loader_bench", ROOT / "benchmarks" / "loader.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    make_hr(tmp_path / "hr", [(120, 140), (130, 128)])
+    out = tmp_path / "rows.json"
+    cache_before = os.environ.get(cache_lib.ENV_VAR)
+    assert bench.main(["--quick", "--data", str(tmp_path / "hr"), "--only", "pairs", "--no-device",
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {(r["spec"], r["where"], r["loader"]) for r in rows} == {
+        ("cached pairs", "host", "per-patch"), ("cached pairs", "host", "block"),
+        ("cached pairs", "host", "block, flips on device")}
+    for r in rows:
+        assert r["workers"] == 0 and r["patches_per_s_per_core"] > 0
+    assert "| host | cached pairs | block 8 | 0 |" in capsys.readouterr().out
+    assert os.environ.get(cache_lib.ENV_VAR) == cache_before  # the benchmark's temp cache is not left set
