@@ -11,7 +11,6 @@ skipped (named), 2 a usage error.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -67,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = {"spec": fd.spec, "scale": fd.scale, "parts": [asdict(p) for p in fd.parts],
                   "mixed": fd.mixed, "skipped": fd.skipped, "images": [asdict(d) for d in fd.images]}
         try:
-            outputs.atomic_write(out, json.dumps(record, indent=1, allow_nan=True) + "\n",
-                                 overwrite=args.overwrite)
+            outputs.atomic_write(out, outputs.json_text(record, indent=1) + "\n", overwrite=args.overwrite)
         except FileExistsError as e:  # outputs.TakenMeanwhile: another process wrote it meanwhile
             raise cli.UsageError(f"--json {e}") from None
     return 1 if fd.skipped else 0

@@ -17,7 +17,6 @@ uses too; ``evaluator.evaluate_folder`` is this CLI's scoring as a function, for
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -240,7 +239,8 @@ def format_table(results: list[dict]) -> str:
 
 
 def _write_json(path: Path, data: dict, overwrite: bool) -> None:
-    """``--json``: written atomically and, without ``overwrite``, exclusively
+    """``--json``: strict JSON (``outputs.json_text``: the infinite PSNR of an image equal to its
+    reference is the string "inf"), written atomically and, without ``overwrite``, exclusively
     (``outputs.atomic_write``: ``outputs.TakenMeanwhile`` when another process wrote it since
     the check); a full disk is one line."""
     from edsr_jax.io import outputs
@@ -249,7 +249,7 @@ def _write_json(path: Path, data: dict, overwrite: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise outputs.write_error(path.parent, e) from None
-    outputs.atomic_write(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite)
+    outputs.atomic_write(path, outputs.json_text(data, indent=2) + "\n", overwrite=overwrite)
 
 
 def _lr_sources(datasets: Sequence[TestSet], args) -> list[str]:

@@ -888,6 +888,9 @@ def load_config(path: str, overrides: Sequence[str] = ()):
     if not file.is_file() and not (":" in path and Path(path.rsplit(":", 1)[0]).is_file()):
         raise cli.UsageError(f"--config {path}: no such file")
     argv = ["edsr_jax.train", f"--config={path}", *overrides]
+    # ml_collections loads the file as module "config_config" with load_module, which reuses a
+    # module of that name left by an earlier load: names the file lacks would come from there
+    sys.modules.pop("config_config", None)
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=fv,
                                     sys_argv=argv)
@@ -897,14 +900,31 @@ def load_config(path: str, overrides: Sequence[str] = ()):
     except flags.Error as e:
         raise cli.UsageError(one_line(e)) from None
     except (KeyError, AttributeError) as e:  # ml_collections: an override of an unknown field
-        import re
-
-        hint = re.search(r'Did you mean "[^"]*" instead of "[^"]*"\?', str(e))
-        names = [a.split("=")[0] for a in overrides]
-        raise cli.UsageError(f"unknown config field among {', '.join(names)}"
-                             + (f" ({hint.group(0)})" if hint else "")) from None
+        if "get_config" in str(e):
+            raise cli.UsageError(f"--config {path}: defines no get_config() (an experiment config is a "
+                                 "Python file whose get_config() returns an ml_collections.ConfigDict)") from None
+        raise cli.UsageError(_unknown_field(path, overrides)) from None
     except Exception as e:  # the config file itself failed: SyntaxError, its own errors, ...
         raise cli.UsageError(f"--config {path}: {type(e).__name__}: {one_line(e)}") from None
+
+
+def _unknown_field(path: str, overrides: Sequence[str]) -> str:
+    """The message for the first override naming a field the config of ``path`` lacks:
+    ``unknown config field --config.optim.lrr: config.optim has no field 'lrr' (did you mean 'lr'?)``."""
+    import difflib
+
+    base = load_config(path)
+    for arg in overrides:
+        name = arg.split("=")[0]
+        node, where = base, "config"
+        for part in name.removeprefix("--config.").split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                close = difflib.get_close_matches(part, keys, n=1)
+                return (f"unknown config field {name}: {where} has no field {part!r}"
+                        + (f" (did you mean {close[0]!r}?)" if close else ""))
+            node, where = node[part], f"{where}.{part}"
+    return f"unknown config field among {', '.join(a.split('=')[0] for a in overrides)}"
 
 
 def parse_args(argv: Sequence[str] | None = None):

@@ -22,8 +22,8 @@ An MDSR checkpoint (e.g. ``export --from-torch mdsr_baseline.pt``) serves severa
 
 Each output keeps its input's kind (``upscale_decoded``; the README's table): grayscale
 stays grayscale (the model's three output channels averaged), an alpha channel is upscaled
-with MATLAB bicubic and re-attached, 16-bit grayscale stays 16-bit (the model runs on the
-float values, no 8-bit rounding), the ICC profile and EXIF are kept (the EXIF orientation
+with MATLAB bicubic and re-attached, 16-bit grayscale stays 16-bit and 32-bit float grayscale
+(values in [0, 1]) stays float (the model runs on the float values, no 8-bit rounding), the ICC profile and EXIF are kept (the EXIF orientation
 applied once, to the pixels). Where the output format cannot hold the kind (JPEG: no
 alpha), the nearest it can is written and a note says so.
 """
@@ -121,7 +121,7 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext
 
 def build_parser() -> argparse.ArgumentParser:
     """The upscale command's options."""
-    p = cli.ArgumentParser(prog="python -m edsr_jax.upscale",
+    p = cli.ArgumentParser(prog="python -m edsr_jax.upscale", blank_ok=("suffix",),
                            description="Upscale images with a trained EDSR checkpoint or a built-in model.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     source = p.add_mutually_exclusive_group()
@@ -219,6 +219,7 @@ def upscale_decoded(upscaler, decoded: Decoded) -> tuple[np.ndarray, np.ndarray 
     mean of the model's three float output channels, rounded (a gray input gives nearly
     equal channels; averaging removes the tint of their small differences). L16:
     ``(H*s, W*s)`` uint16 from the model run on the float values (value / 257), times 257.
+    F (32-bit float grayscale in [0, 1]): ``(H*s, W*s)`` float32, the mean / 255, in [0, 1].
     ``alpha``: ``(H*s, W*s)`` uint8, MATLAB bicubic ``imresize(alpha, s)`` (the model is
     trained on colour, not on alpha masks), or None.
     """
@@ -231,6 +232,8 @@ def upscale_decoded(upscaler, decoded: Decoded) -> tuple[np.ndarray, np.ndarray 
         gray = np.mean(np.asarray(upscaler.predict(decoded.pixels), np.float64), axis=-1)
         if decoded.kind == "L16":
             image = np.clip(np.floor(gray * 257.0 + 0.5), 0, 65535).astype(np.uint16)
+        elif decoded.kind == "F":
+            image = np.clip(gray / 255.0, 0.0, 1.0).astype(np.float32)
         else:
             image = np.clip(np.floor(gray + 0.5), 0, 255).astype(np.uint8)
     alpha = None if decoded.alpha is None else imresize(decoded.alpha, s)

@@ -70,6 +70,26 @@ def make_corpus(folder: Path) -> None:
     Image.fromarray(_rgb(32, 48, 8)).save(folder / "exif_rotated.jpg", quality=90, exif=exif)
     Image.fromarray(_rgb(12, 12, 9)).save(folder / "small.png")
     bomb_png(folder / "bomb.png")
+    # issue 26.6: every kind of input comes out right (converted by its value range) or is refused
+    ramp = np.linspace(0.0, 1.0, 40 * 40).reshape(40, 40)
+    Image.fromarray(ramp.astype(np.float32), "F").save(folder / "float_gray.tif")
+    Image.fromarray((ramp * 255).astype(np.float32), "F").save(folder / "float_bright.tif")
+    Image.fromarray((ramp * 90000).astype(np.int32), "I").save(folder / "int32_big.tif")
+    from PIL import TiffImagePlugin
+
+    signed = TiffImagePlugin.ImageFileDirectory_v2()
+    signed[339] = 2  # SampleFormat: signed integers
+    Image.fromarray(_rgb(40, 40, 10)[..., 0]).save(folder / "signed8.tif", tiffinfo=signed)
+    high = np.random.default_rng(11).integers(0, 65536, (40, 40, 3)).astype(">u2")
+    raw = b"".join(b"\x00" + high[y].tobytes() for y in range(40))
+    (folder / "sixteen_rgb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 16, 2, 0, 0, 0))
+        + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
+    frames = [Image.fromarray(_rgb(40, 40, 12 + k)) for k in range(2)]
+    frames[0].save(folder / "animated.png", save_all=True, append_images=frames[1:])
+    exif = Image.Exif()
+    exif[0x0112] = 9  # not an orientation (1-8)
+    Image.fromarray(_rgb(32, 48, 14)).save(folder / "bad_exif.jpg", quality=90, exif=exif)
 
 
 # case -> (what the file is, outcome per tool). The data column is HROnlySource +
@@ -98,6 +118,20 @@ CASES = {
                                                        evaluate="skipped")),
     "bomb.png": ("PNG header claiming 30000x30000", dict(prepare="skipped", data="skipped",
                                                         upscale="skipped", evaluate="skipped")),
+    "float_gray.tif": ("32-bit float grayscale TIFF, values in [0, 1]", dict(
+        prepare="converted", data="converted_silently", upscale="kept", evaluate="converted")),
+    "float_bright.tif": ("32-bit float TIFF with values up to 255 (not [0, 1])", dict(
+        prepare="skipped", data="skipped", upscale="skipped", evaluate="skipped")),
+    "int32_big.tif": ("32-bit integer TIFF with values above 65535", dict(
+        prepare="skipped", data="skipped", upscale="skipped", evaluate="skipped")),
+    "signed8.tif": ("TIFF of signed 8-bit samples", dict(
+        prepare="skipped", data="skipped", upscale="skipped", evaluate="skipped")),
+    "sixteen_rgb.png": ("16-bit RGB PNG", dict(prepare="converted", data="converted_silently", upscale="converted",
+                                              evaluate="converted")),
+    "animated.png": ("animated PNG, 2 frames", dict(prepare="converted", data="converted_silently",
+                                                    upscale="converted", evaluate="converted")),
+    "bad_exif.jpg": ("JPEG with EXIF orientation 9 (not a valid value)", dict(
+        prepare="noted", data="converted_silently", upscale="noted", evaluate="noted")),
 }
 
 
@@ -138,7 +172,7 @@ def assert_outcomes(tool, err, corpus, used_check):
         outcome = outcomes[tool]
         noted = f"note: {path}:" in err
         skipped = f"skipped: {path}:" in err or f"warning: {path}:" in err
-        assert noted == (outcome == "converted"), (tool, name, err)
+        assert noted == (outcome in ("converted", "noted")), (tool, name, err)
         assert skipped == (outcome == "skipped"), (tool, name, err)
         assert used_check(name) == (outcome != "skipped"), (tool, name)
 
@@ -462,6 +496,7 @@ WORDS = {
     "converted_silently": "converted (no note)",
     "kept": "kept: the output has the input's kind (README, upscale)",
     "skipped": "skipped, warning naming the file",
+    "noted": "used as stored, `note:` naming the file",
 }
 FOLDER_CASES = [
     ("empty folder", "stop: `error:` naming the folder, exit 2", "stop: DatasetError naming the folder",
@@ -556,7 +591,7 @@ def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0(
     ("train", ["--config", "experiments/quickstart.py", "--workdir", "w", "--config.optim.lr=abc"],
      "flag --config.optim.lr=abc: could not convert string to float: 'abc'"),
     ("train", ["--config", "experiments/quickstart.py", "--workdir", "w", "--config.optim.lrr", "1"],
-     'unknown config field among --config.optim.lrr (Did you mean "lr" instead of "lrr"?)'),
+     "unknown config field --config.optim.lrr: config.optim has no field 'lrr' (did you mean 'lr'?)"),
     ("train", ["--config", "experiments/quickstart.py", "--workdir", "w", "--num_processes", "two"],
      "argument --num_processes: invalid int value: 'two'"),
     ("evaluate", ["--scales", "x", "Set5"], "argument --scales: expected scales from 2 3 4, got 'x'"),
@@ -819,3 +854,255 @@ ROUND_THREE_EVENTS += [
     "`export --from-torch` weights with a tensor of the wrong shape, a missing or an unexpected key",
     "`export --from-torch` weights stored in float16 or bfloat16",
 ]
+
+
+# ---------------------------------------------------------------- every kind of input (issue 26.6)
+
+
+def test_wide_and_odd_samples_are_read_by_their_value_range_or_refused(tmp_path):
+    """``read_rgb`` / ``read_image`` on every kind of sample that is not 8-bit: the values are
+    those of the file mapped by its range (float [0, 1] x 255, 16-bit / 257, 16-bit colour by its
+    high byte as Pillow decodes it), a note naming the file says so; values without such a
+    meaning are one ImageError naming the file and why (never clipped, wrapped or darkened)."""
+    from PIL import TiffImagePlugin
+
+    from edsr_jax.io.images import ImageError, read_image, read_rgb
+
+    ramp = np.linspace(0.0, 1.0, 24 * 20).reshape(24, 20)
+    Image.fromarray(ramp.astype(np.float32), "F").save(tmp_path / "f.tif")
+    v16 = (ramp * 65535).round().astype(np.uint16)
+    Image.fromarray(v16).save(tmp_path / "g16.png")
+    Image.fromarray(v16.astype(np.int32), "I").save(tmp_path / "i32.tif")
+    got = read_rgb(tmp_path / "f.tif", notes := [])
+    np.testing.assert_array_equal(got, np.repeat(np.round(ramp * 255).astype(np.uint8)[..., None], 3, 2))
+    assert len(notes) == 1 and notes[0].startswith(f"{tmp_path / 'f.tif'}: F (32-bit float [0, 1])")
+    d = read_image(tmp_path / "f.tif")
+    assert d.kind == "F" and d.pixels.dtype == np.float32
+    np.testing.assert_allclose(d.pixels[..., 0], ramp * 255, rtol=1e-6)  # float32 of value x 255
+    for name in ("g16.png", "i32.tif"):
+        np.testing.assert_array_equal(read_rgb(tmp_path / name)[..., 0], np.round(v16 / 257.0).astype(np.uint8))
+        d = read_image(tmp_path / name)
+        assert d.kind == "L16", name
+        np.testing.assert_allclose(d.pixels[..., 0], v16 / 257.0, rtol=1e-6)
+    refused = {
+        "f_bright.tif": (Image.fromarray((ramp * 255).astype(np.float32), "F"), {},
+                         "32-bit float image with values in [0, 255]: only [0, 1] is read as black to white"),
+        "f_negative.tif": (Image.fromarray((ramp - 0.5).astype(np.float32), "F"), {},
+                           "32-bit float image with values in [-0.5, 0.5]"),
+        "f_nan.tif": (Image.fromarray(np.where(ramp > 0.5, np.nan, ramp).astype(np.float32), "F"), {},
+                      "32-bit float image with non-finite values (NaN or infinity)"),
+        "i_big.tif": (Image.fromarray((ramp * 70000).astype(np.int32), "I"), {},
+                      "I integer image with values in [0, 70000]: outside the 16-bit range [0, 65535]"),
+        "i_negative.tif": (Image.fromarray((ramp * 200 - 100).astype(np.int32), "I"), {},
+                           "I integer image with values in [-100, 100]: outside the 16-bit range"),
+    }
+    signed = TiffImagePlugin.ImageFileDirectory_v2()
+    signed[339] = 2
+    refused["signed8.tif"] = (Image.fromarray((ramp * 255).astype(np.uint8)), {"tiffinfo": signed},
+                              "signed 8-bit samples (TIFF SampleFormat 2), which Pillow would read as unsigned")
+    for name, (img, kw, message) in refused.items():
+        img.save(tmp_path / name, **kw)
+        for read in (read_rgb, read_image):
+            with pytest.raises(ImageError) as e:
+                read(tmp_path / name)
+            assert str(e.value).startswith(f"{tmp_path / name}: {message}"), (name, str(e.value))
+
+
+def test_float_grayscale_upscales_to_float_or_the_nearest_kind(tmp_path, tiny_checkpoint, capsys):
+    """A 32-bit float TIFF in [0, 1] comes out as a 32-bit float TIFF (``--ext same``): the model
+    run on value x 255, its three channels averaged, / 255, clipped to [0, 1] (float32: exact);
+    as PNG (no float) it is 16-bit grayscale, value x 65535 rounded, with a note."""
+    from edsr_jax.inference.infer import Upscaler
+
+    ramp = np.linspace(0.0, 1.0, 24 * 20).reshape(24, 20).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(ramp, "F").save(tmp_path / "in" / "f.tif")
+    code, _, err = run_cli(upscale.main, [tmp_path / "in" / "f.tif", "--checkpoint", tiny_checkpoint,
+                                          "--out", tmp_path / "same", "--ext", "same"], capsys)
+    assert code == 0 and "note:" not in err, err
+    model = Upscaler.from_checkpoint(tiny_checkpoint)
+    gray = np.mean(np.asarray(model.predict(np.repeat((ramp * np.float32(255))[..., None], 3, 2)), np.float64), -1)
+    want = np.clip(gray / 255.0, 0.0, 1.0).astype(np.float32)
+    with Image.open(tmp_path / "same" / "f.tif") as im:
+        assert im.mode == "F" and im.size == (40, 48)
+        np.testing.assert_array_equal(np.asarray(im), want)
+    code, _, err = run_cli(upscale.main, [tmp_path / "in" / "f.tif", "--checkpoint", tiny_checkpoint,
+                                          "--out", tmp_path / "png"], capsys)
+    assert code == 0 and "PNG holds no 32-bit float grayscale: written as 16-bit grayscale" in err, err
+    with Image.open(tmp_path / "png" / "f.png") as im:
+        assert im.mode.startswith("I;16")
+        np.testing.assert_array_equal(np.asarray(im), np.floor(want.astype(np.float64) * 65535 + 0.5))
+
+
+@pytest.mark.parametrize("value", [0, 9, 255, 65535])
+def test_an_invalid_exif_orientation_is_never_reported_as_applied(tmp_path, value, tiny_checkpoint, capsys):
+    """EXIF orientations outside 1-8: the pixels are used as stored and the note says the value was
+    ignored (it used to say "turned upright"); upscale's output carries no orientation tag."""
+    from edsr_jax.io.images import read_image
+
+    arr = _rgb(20, 30, 3)
+    exif = Image.Exif()
+    exif[0x0112] = value
+    Image.fromarray(arr).save(tmp_path / "e.png", exif=exif)
+    d = read_image(tmp_path / "e.png", notes := [])
+    np.testing.assert_array_equal(d.pixels, arr)
+    assert notes == [f"{tmp_path / 'e.png'}: EXIF orientation {value} is not a valid value (1-8): ignored, "
+                     "the pixels are used as stored"]
+    code, _, err = run_cli(upscale.main, [tmp_path / "e.png", "--checkpoint", tiny_checkpoint, "--out",
+                                          tmp_path / "u"], capsys)
+    assert code == 0 and "turned upright" not in err and "is not a valid value" in err, err
+    with Image.open(tmp_path / "u" / "e.png") as im:
+        assert im.size == (60, 40) and 0x0112 not in im.getexif()
+
+
+@pytest.mark.parametrize("fmt", ["png", "tif", "webp"])
+def test_animated_and_multipage_files_use_the_first_frame_with_a_note(tmp_path, fmt):
+    from edsr_jax.io.images import read_image, read_rgb
+
+    frames = [_rgb(16, 16, k) for k in range(3)]
+    path = tmp_path / f"a.{fmt}"
+    Image.fromarray(frames[0]).save(path, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]],
+                                    **({"lossless": True} if fmt == "webp" else {}))
+    for read in (read_rgb, read_image):
+        got = read(path, notes := [])
+        np.testing.assert_array_equal(got if read is read_rgb else got.pixels, frames[0])
+        assert notes == [f"{path}: 3 frames (an animation or a multi-page file): the first frame is used"]
+
+
+def test_an_identical_image_scores_infinite_psnr_in_valid_json(tmp_path, capsys):
+    """A constant image is its own bicubic upscaling: PSNR is infinite. ``--json`` stays strict JSON
+    (a parser that rejects Infinity and NaN reads it): the value is the string "inf"."""
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(folder / "flat.png")
+    code, out, err = run_cli(evaluate.main, ["--bicubic", "--scales", 2, "--json", tmp_path / "s.json", folder],
+                             capsys)
+    assert code == 0 and " inf " in out, (out, err)
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    data = json.loads((tmp_path / "s.json").read_text(), parse_constant=refuse)
+    r = data["results"][0]
+    assert r["psnr"] == "inf" and r["per_image"][0]["psnr"] == "inf" and r["ssim"] == 1.0
+    assert float(r["psnr"]) == float("inf")
+    from edsr_jax.io import outputs
+
+    assert outputs.json_text({"a": [float("inf"), -float("inf"), float("nan"), 1.5]}) == \
+        '{"a": ["inf", "-inf", null, 1.5]}'
+
+
+@pytest.mark.parametrize("tool, argv, name", [
+    ("upscale", ["a.png", "--model", ""], "--model"),
+    ("upscale", ["", "--checkpoint", "c"], "INPUT"),
+    ("upscale", ["a.png", "--model", "photo-x2", "--out", " "], "--out"),
+    ("evaluate", ["--model", "", "Set5"], "--model"),
+    ("evaluate", ["--bicubic", "--spec", "", "Set5"], "--spec"),
+    ("evaluate", ["--bicubic", ""], "DATASET_DIR"),
+    ("evaluate", ["--bicubic", "--json", "", "Set5"], "--json"),
+    ("export", ["--model", "", "--out", "m.stablehlo"], "--model"),
+    ("export", ["--checkpoint", "c", "--out", ""], "--out"),
+    ("prepare", ["hr", "--out", "o", "--spec", ""], "--spec"),
+    ("prepare", ["hr", "--out", "o", "--name", "  "], "--name"),
+    ("prepare", ["", "--out", "o"], "HR_DIR"),
+    ("train", ["--config", "", "--workdir", "w"], "--config"),
+    ("train", ["--config", "experiments/quickstart.py", "--workdir", ""], "--workdir"),
+    ("diagnose", ["", "--json", "d.json"], "LR_DIR"),
+])
+def test_blank_values_are_errors_in_every_command(tool, argv, name, capsys, tmp_path):
+    """A blank value is an error for every option and argument (``cli.ArgumentParser``): ``--model ''``
+    used to run the default model, ``--spec ''`` bicubic, an empty INPUT the current folder."""
+    import importlib
+
+    from conftest import ROOT
+
+    main = importlib.import_module(f"edsr_jax.{tool}").main
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        code, out, err = run_cli(main, argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines == [f"error: argument {name}: empty value {argv[argv.index(name) + 1] if name.startswith('--') else ''!r}"], err
+
+
+def test_upscale_suffix_may_be_blank(tmp_path, tiny_checkpoint, capsys):
+    src = _one_image(tmp_path / "in")
+    code, _, err = run_cli(upscale.main, [src, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "u",
+                                          "--suffix", ""], capsys)
+    assert code == 0 and (tmp_path / "u" / "a.png").exists(), err
+
+
+def test_diagnose_says_why_each_file_could_not_be_diagnosed(tmp_path, capsys):
+    from edsr_jax import diagnose
+
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    Image.fromarray(_rgb(8, 8)).save(folder / "tiny.png")
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(folder / "gray.png")
+    Image.fromarray(np.linspace(0, 1, 1600).reshape(40, 40).astype(np.float32), "F").save(folder / "f.tif")
+    why = {"empty.png": "empty file (0 bytes)", "text.jpg": "not a readable image",
+           "tiny.png": "8x8 is too small to diagnose", "gray.png": "grayscale image", "f.tif": "grayscale image"}
+    code, _, err = run_cli(diagnose.main, [folder], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "none of its 5 image files could be diagnosed: " in lines[0], err
+    shown = sorted(why)[:4]  # the first four reasons, in name order, then "..."
+    for name in shown:
+        assert f"{folder / name}: {why[name]}" in lines[0], (name, err)
+    assert lines[0].endswith("; ..."), err
+    Image.fromarray(_rgb(48, 48, 5)).save(folder / "good.png")  # one usable: every other file is listed
+    code, out, err = run_cli(diagnose.main, [folder], capsys)
+    assert code == 1, err
+    for name, reason in why.items():
+        assert f"skipped: {folder / name}: {reason}" in out, (name, out)
+
+
+def test_train_config_errors_name_the_override_at_fault(tmp_path, capsys):
+    from conftest import ROOT
+    from edsr_jax import train
+
+    tiny = ROOT / "tests" / "configs" / "tiny.py"
+    (tmp_path / "noget.py").write_text("def config():\n    return {}\n")
+    runs = [
+        (["--config", tmp_path / "noget.py"], f"error: --config {tmp_path / 'noget.py'}: defines no get_config()"),
+        (["--config", tiny, "--config.optim.lr=1e-4", "--config.train.stepz=3", "--config.data.seed=1"],
+         "error: unknown config field --config.train.stepz: config.train has no field 'stepz' (did you mean 'steps'?)"),
+        (["--config", tiny, "--config.optim.lr", "1e-4", "--config.nosuch.field", "1"],
+         "error: unknown config field --config.nosuch.field: config has no field 'nosuch'"),
+    ]
+    for argv, message in runs:
+        code, _, err = run_cli(train.main, [*argv, "--workdir", tmp_path / "w"], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(message), (argv, err)
+    assert not (tmp_path / "w").exists()
+
+
+ROUND_THREE_EVENTS += [
+    "an image that is not 8-bit: 32-bit float, 16-bit or 32-bit integer, signed, 16-bit colour (all readers)",
+    "an animated or multi-page file (PNG, TIFF, WebP)",
+    "an EXIF orientation that is not one of 1-8",
+    "`evaluate --json` with an image scored against itself (infinite PSNR); `diagnose --json`",
+    "a blank value (`--model ''`, `--spec ''`, an empty INPUT, `--out ' '`) in any command",
+    "`diagnose` on a folder where some or no file can be diagnosed",
+    "`train --config FILE` without `get_config`; an override of an unknown field",
+]
+
+
+@pytest.mark.parametrize("kind", ["RGB", "L", "L16", "F"])
+def test_tiff_inputs_upscale_to_tiff(tmp_path, tiny_checkpoint, capsys, kind):
+    """A TIFF's EXIF as Pillow reads it is the file's own directory (size, bits per sample,
+    strips): carried over, it made every TIFF-to-TIFF upscale fail ("codec configuration error").
+    Only its metadata is kept now (here: Software), for every kind."""
+    arrays = {"RGB": _rgb(12, 10), "L": _rgb(12, 10)[..., 0],
+              "L16": np.random.default_rng(1).integers(0, 65536, (12, 10)).astype(np.uint16),
+              "F": np.random.default_rng(2).random((12, 10)).astype(np.float32)}
+    exif = Image.Exif()
+    exif[305] = "scanner 1.0"  # Software
+    (tmp_path / "in").mkdir()
+    Image.fromarray(arrays[kind]).save(tmp_path / "in" / "t.tif", exif=exif)
+    code, _, err = run_cli(upscale.main, [tmp_path / "in" / "t.tif", "--checkpoint", tiny_checkpoint, "--out",
+                                          tmp_path / "u", "--ext", "same"], capsys)
+    assert code == 0, err
+    with Image.open(tmp_path / "u" / "t.tif") as im:
+        assert im.size == (20, 24) and im.getexif().get(305) == "scanner 1.0"
+        assert im.mode == {"RGB": "RGB", "L": "L", "L16": "I;16", "F": "F"}[kind]

@@ -313,7 +313,8 @@ def diagnose_folder(folder: str | Path, scale: int | None = None, progress=None)
         except Skipped as e:
             skipped.append(str(e))
     if not diags:
-        raise Skipped(f"{folder}: none of its {len(paths)} image files could be diagnosed")
+        raise Skipped(f"{folder}: none of its {len(paths)} image files could be diagnosed: "
+                      + "; ".join(skipped[:4]) + ("; ..." if len(skipped) > 4 else ""))
     return propose(diags, scale, skipped)
 
 

@@ -54,11 +54,36 @@ class Terminated(KeyboardInterrupt):
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors raise ``UsageError`` instead of printing a
     usage block and exiting: ``run`` then prints the one ``error: ...`` line (exit 2).
-    ``--help`` prints the help and exits 0 (``SystemExit(0)``, returned as 0 by ``run``)."""
+    ``--help`` prints the help and exits 0 (``SystemExit(0)``, returned as 0 by ``run``).
+
+    A blank value (``--model ''``, ``--spec ' '``, an empty INPUT) is refused for every option
+    and argument, since none of them means anything blank (an empty path would be the
+    current folder, an empty name the default); ``blank_ok`` names the destinations where
+    blank is a value (e.g. ``suffix``: no suffix)."""
+
+    def __init__(self, *args, blank_ok: Sequence[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.blank_ok = set(blank_ok)
 
     def error(self, message: str) -> NoReturn:
         """Raise UsageError(``message``), e.g. "argument --tile: invalid int value: 'x'"."""
         raise UsageError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, then UsageError for a blank string value given to an option or argument
+        (one that is not its default) outside ``blank_ok``."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            if action.dest in self.blank_ok or not hasattr(namespace, action.dest):
+                continue
+            value = getattr(namespace, action.dest)
+            if value is action.default:
+                continue
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, str) and not v.strip() for v in values):
+                name = "/".join(action.option_strings) or action.metavar or action.dest
+                self.error(f"argument {name}: empty value {next(v for v in values if isinstance(v, str) and not v.strip())!r}")
+        return namespace, extras
 
 
 def whole_number(minimum: int) -> Callable[[str], int]:

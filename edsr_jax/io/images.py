@@ -1,9 +1,11 @@
 """Reading and writing image files as RGB uint8 arrays, with clear errors.
 
 Every program of the project reads images through ``read_rgb`` so that odd files
-(grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated) are converted the same way
-everywhere, and broken ones (empty, truncated, not an image, decompression bombs)
-raise ``ImageError`` naming the file.
+(grayscale, palette, RGBA, 16-bit, 32-bit float, CMYK, EXIF-rotated, animated) are converted
+the same way everywhere, by their value range, each conversion said in a note, and broken or
+unusable ones (empty, truncated, not an image, decompression bombs, float values outside
+[0, 1], integers beyond 16 bits or below 0, signed 8-bit samples) raise ``ImageError`` naming
+the file: never a silently dark, clipped or wrapped image.
 
 ``read_image`` / ``write_kind`` are the kind-preserving pair ``upscale`` uses: the pixels
 the model sees plus what the output must give back (grayscale, alpha, 16-bit, ICC
@@ -66,15 +68,21 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
     """Decode an image file to ``(H, W, 3) uint8`` RGB.
 
-    Conversions (grayscale, palette, alpha dropped, 16-bit scaled to 8, CMYK,
-    EXIF orientation applied) append a sentence to ``notes`` when given.
-    Raises ``ImageError`` for anything that is not a readable image.
+    Conversions (grayscale, palette, alpha dropped, 16-bit scaled to 8, float [0, 1] scaled to
+    [0, 255], CMYK, EXIF orientation applied, the first frame of an animation) append a
+    sentence to ``notes`` when given. Raises ``ImageError`` for anything that is not a readable
+    image or whose values have no faithful 8-bit meaning.
     """
     return _read(path, notes, _to_rgb)
 
 
+class _Refused(Exception):
+    """Raised by a converter for pixels it will not guess at; ``_read`` names the file."""
+
+
 def _read(path: str | os.PathLike, notes: list[str] | None, convert):
-    """Open, check and decode ``path``, then ``convert(img, note)``; ImageError naming the file."""
+    """Open, check and decode ``path``, then ``convert(img, note, bits)`` (``bits``: 16 when the
+    file stores 16-bit samples that Pillow may hand over as 8); ImageError naming the file."""
     path = Path(path)
     note = (lambda s: notes.append(f"{path}: {s}")) if notes is not None else (lambda s: None)
     try:
@@ -91,10 +99,19 @@ def _read(path: str | os.PathLike, notes: list[str] | None, convert):
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageError(f"{path}: {w}x{h} pixels is {too_big}")
+            bits, signed = _samples(img)  # before load(), which drops the tile descriptors
+            if signed and img.mode in ("L", "LA", "P", "RGB", "RGBA"):
+                raise ImageError(f"{path}: signed 8-bit samples (TIFF SampleFormat 2), which Pillow would "
+                                 "read as unsigned (wrapped); convert the file to unsigned samples")
+            frames = getattr(img, "n_frames", 1)
             img.load()
-            out = convert(img, note)
+            if frames > 1:
+                note(f"{frames} frames (an animation or a multi-page file): the first frame is used")
+            out = convert(img, note, bits)
     except ImageError:
         raise
+    except _Refused as e:
+        raise ImageError(f"{path}: {e}") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{path}: {too_big}") from None
     except UnidentifiedImageError as e:
@@ -111,7 +128,7 @@ class Decoded(NamedTuple):
     """An image file as ``upscale`` sees it (``read_image``).
 
     ``pixels``: ``(H, W, 3)`` what the model gets, uint8, or float32 in [0, 255] (value / 257)
-    for a 16-bit source; ``alpha``: ``(H, W)`` uint8 or None; ``kind``: what the output
+    for a 16-bit source, value x 255 for a 32-bit float one (values in [0, 1]); ``alpha``: ``(H, W)`` uint8 or None; ``kind``: what the output
     gives back, one of ``OUTPUT_KINDS``; ``icc_profile`` / ``exif``: bytes to write back
     or None (EXIF without its orientation tag once the pixels are upright).
     """
@@ -130,48 +147,95 @@ OUTPUT_KINDS = {
     "L": "8-bit grayscale",
     "LA": "8-bit grayscale + alpha",
     "L16": "16-bit grayscale",
+    "F": "32-bit float grayscale",
 }
 
 
 def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> Decoded:
     """Decode an image file keeping its kind (``Decoded``): grayscale stays grayscale, alpha
-    is kept apart, 16-bit grayscale keeps its precision (float pixels), the ICC profile and
+    is kept apart, 16-bit and 32-bit float grayscale keep their precision (float pixels), the ICC profile and
     EXIF are kept, the EXIF orientation is applied to the pixels once. Kinds that cannot
     come back (palette, CMYK, 16-bit colour that Pillow decodes to 8 bits) append a
     sentence to ``notes``. Raises ``ImageError`` like ``read_rgb``."""
     return _read(path, notes, _to_decoded)
 
 
-def _png_bit_depth(img: Image.Image) -> int:
-    """The bit depth in a PNG's header (8 for other formats or when unknown)."""
-    if img.format != "PNG" or not getattr(img, "filename", ""):
-        return 8
+def _samples(img: Image.Image) -> tuple[int, bool]:
+    """``(bits, signed)`` of an opened, not yet loaded image: 16 when its tile descriptors
+    unpack 16-bit samples (a 16-bit colour PNG or TIFF, which Pillow decodes to 8 bits per
+    channel) else 8; ``signed`` when a TIFF says its samples are signed integers."""
+    rawmodes = [str(t[3]) for t in getattr(img, "tile", []) or [] if len(t) > 3]
+    bits = 16 if img.mode.startswith("I;16") or any(";16" in r for r in rawmodes) else 8
     try:
-        with open(img.filename, "rb") as f:
-            head = f.read(26)
-        return head[24] if head[12:16] == b"IHDR" else 8
-    except (OSError, IndexError):
-        return 8
+        fmt = getattr(img, "tag_v2", {}).get(339)  # SampleFormat: 1 unsigned, 2 signed, 3 float
+    except Exception:  # noqa: BLE001 - a broken tag is not our error
+        fmt = None
+    signed = 2 in (fmt if isinstance(fmt, tuple) else (fmt,))
+    return bits, signed
 
 
-def _to_decoded(img: Image.Image, note) -> Decoded:
-    bit_depth = _png_bit_depth(img)
+def _upright(img: Image.Image, note, said: str = "") -> Image.Image:
+    """``img`` turned by its EXIF orientation (2..8) with a note; 1 or none: as it is; any other
+    value is not an orientation and is ignored, with a note saying so (never "turned")."""
     orientation = _orientation(img)
-    if orientation not in (None, 1):
-        img = ImageOps.exif_transpose(img)
-        note(f"turned upright by its EXIF orientation {orientation} (the output is upright, "
-             "its EXIF orientation removed)")
+    if orientation in (None, 1):
+        return img
+    if not (isinstance(orientation, int) and 2 <= orientation <= 8):
+        note(f"EXIF orientation {orientation!r} is not a valid value (1-8): ignored, the pixels are used "
+             "as stored")
+        return img
+    note(f"turned upright by its EXIF orientation {orientation}{said}")
+    return ImageOps.exif_transpose(img)
+
+
+def _gray_values(img: Image.Image) -> tuple[np.ndarray, float]:
+    """A one-channel image of wide samples (modes I;16*, I, F) as ``(float64 values, peak)``:
+    ``peak`` is the value of white (65535 for 16 bits, 255 for 8-bit values in an "I" image,
+    1.0 for floats). ``_Refused`` for values with no such meaning: non-finite or outside [0, 1]
+    floats, negative or above-16-bit integers."""
+    a = np.asarray(img).astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not np.isfinite(a).all():
+            raise _Refused("32-bit float image with non-finite values (NaN or infinity)")
+        if lo < 0.0 or hi > 1.0:
+            raise _Refused(f"32-bit float image with values in [{lo:.6g}, {hi:.6g}]: only [0, 1] is read "
+                           "as black to white; convert it to 8 or 16 bits")
+        return a, 1.0
+    if lo < 0 or hi > 65535:
+        raise _Refused(f"{img.mode} integer image with values in [{lo:.0f}, {hi:.0f}]: outside the 16-bit "
+                       "range [0, 65535]; convert it to 8 or 16 bits")
+    return a, 65535.0 if img.mode.startswith("I;16") or hi > 255 else 255.0
+
+
+# TIFF tags that describe how a file's pixels are stored (size, samples, compression, strips,
+# tiles, palette...): they belong to the file written, never carried over as metadata.
+_TIFF_LAYOUT_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279,
+                               280, 281, 284, 290, 291, 317, 318, 319, 320, 321, 322, 323, 324, 325, 330,
+                               338, 339, 340, 341, 347, 512, 513, 514, 515, 517, 518, 519, 520, 521,
+                               529, 530, 531, 532})
+
+
+def _to_decoded(img: Image.Image, note, bit_depth: int = 8) -> Decoded:
+    fmt = img.format
+    img = _upright(img, note, " (the output is upright, its EXIF orientation removed)")
     icc = img.info.get("icc_profile") or None
     try:
         exif_data = img.getexif()
         exif_data.pop(0x0112, None)
+        if fmt == "TIFF":  # a TIFF's "EXIF" is its own image directory: drop how its pixels are laid out
+            for tag in [t for t in exif_data if t in _TIFF_LAYOUT_TAGS]:
+                del exif_data[tag]
         exif = exif_data.tobytes() if len(exif_data) else None
     except Exception:  # noqa: BLE001 - a broken EXIF block is dropped, not our error
         exif = None
     mode, alpha = img.mode, None
-    if mode in ("I;16", "I;16B", "I;16L", "I") and (mode != "I" or np.asarray(img).max(initial=0) > 255):
-        a = np.clip(np.asarray(img).astype(np.float32), 0, 65535) / np.float32(257.0)
-        kind, pixels = "L16", np.repeat(a[..., None], 3, axis=2)
+    wide = _gray_values(img) if mode.startswith("I") or mode == "F" else None
+    if wide is not None and wide[1] != 255.0:
+        a, peak = wide
+        # the model's [0, 255] scale: 16-bit value / 257, float value x 255 (no 8-bit rounding)
+        kind = "F" if mode == "F" else "L16"
+        pixels = np.repeat((a * (255.0 / peak)).astype(np.float32)[..., None], 3, axis=2)
     elif mode in ("L", "1", "I", "LA", "La"):
         if mode == "1":
             note("1-bit image: written as 8-bit grayscale")
@@ -193,14 +257,14 @@ def _to_decoded(img: Image.Image, note) -> Decoded:
                      "(it does not describe RGB pixels)")
                 icc = None
         if bit_depth == 16:
-            note("16-bit PNG with colour or alpha: decoded to 8 bits per channel (Pillow), "
+            note(f"16-bit {fmt} with colour or alpha: decoded to 8 bits per channel (Pillow), "
                  "written 8-bit")
         if has_alpha:
-            rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)
+            rgba = _convert(img, "RGBA")
             pixels, alpha, kind = np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), "RGBA"
         else:
-            pixels, kind = np.asarray(img.convert("RGB"), dtype=np.uint8), "RGB"
-    if icc is not None and kind in ("L", "LA", "L16") and icc[16:20] != b"GRAY":
+            pixels, kind = _convert(img, "RGB"), "RGB"
+    if icc is not None and kind in ("L", "LA", "L16", "F") and icc[16:20] != b"GRAY":
         icc = None  # an RGB profile does not describe gray pixels
     return Decoded(pixels, alpha, kind, icc, exif)
 
@@ -208,13 +272,13 @@ def _to_decoded(img: Image.Image, note) -> Decoded:
 # output format -> the kinds it can hold; write_kind falls back to the nearest one
 _FORMAT_KINDS = {
     "PNG": {"RGB", "RGBA", "L", "LA", "L16"},
-    "TIFF": {"RGB", "RGBA", "L", "LA", "L16"},
+    "TIFF": {"RGB", "RGBA", "L", "LA", "L16", "F"},
     "JPEG": {"RGB", "L"},
     "WEBP": {"RGB", "RGBA"},
     "BMP": {"RGB", "L"},
     "PPM": {"RGB", "L", "L16"},
 }
-_FALLBACK = {"RGBA": "RGB", "LA": "L", "L16": "L", "L": "RGB", "RGB": "RGB"}
+_FALLBACK = {"RGBA": "RGB", "LA": "L", "F": "L16", "L16": "L", "L": "RGB", "RGB": "RGB"}
 QUALITY_FORMATS = ("JPEG", "WEBP")
 
 
@@ -230,8 +294,8 @@ def write_kind(path: str | os.PathLike, image: np.ndarray, kind: str, alpha: np.
     """Write an upscaled image as ``kind`` (``OUTPUT_KINDS``), or the nearest kind the
     format holds (JPEG: no alpha, no 16-bit; WebP: no grayscale; ...), saying so in ``notes``.
 
-    ``image``: ``(H, W)`` uint8 for "L"/"LA", uint16 for "L16", ``(H, W, 3)`` uint8 for
-    "RGB"/"RGBA"; ``alpha``: ``(H, W)`` uint8 for the alpha kinds. ``quality`` (1..100) for
+    ``image``: ``(H, W)`` uint8 for "L"/"LA", uint16 for "L16", float32 in [0, 1] for "F",
+    ``(H, W, 3)`` uint8 for "RGB"/"RGBA"; ``alpha``: ``(H, W)`` uint8 for the alpha kinds. ``quality`` (1..100) for
     JPEG and WebP (default 95; lossless formats ignore it). ICC profile and EXIF are written
     where the format keeps them. Atomic like ``write_image``.
     """
@@ -241,9 +305,12 @@ def write_kind(path: str | os.PathLike, image: np.ndarray, kind: str, alpha: np.
         kind = _FALLBACK[kind]
     if kind != want and notes is not None:
         notes.append(f"{path}: {fmt} holds no {OUTPUT_KINDS[want]}: written as {OUTPUT_KINDS[kind]}")
-    if want == "L16" and kind != "L16":
+    if want == "F" and kind != "F":  # [0, 1] floats to the integer kind written
+        peak, dtype = (65535.0, np.uint16) if kind == "L16" else (255.0, np.uint8)
+        image = np.clip(np.floor(image.astype(np.float64) * peak + 0.5), 0, peak).astype(dtype)
+    elif want == "L16" and kind != "L16":
         image = np.clip(np.floor(image.astype(np.float64) / 257.0 + 0.5), 0, 255).astype(np.uint8)
-    if want in ("L", "LA", "L16") and kind in ("RGB", "RGBA"):
+    if want in ("L", "LA", "L16", "F") and kind in ("RGB", "RGBA"):
         image = np.repeat(image[..., None], 3, axis=2)
     if kind in ("RGBA", "LA"):
         array = np.concatenate([image if image.ndim == 3 else image[..., None], alpha[..., None]], axis=2)
@@ -259,19 +326,28 @@ def write_kind(path: str | os.PathLike, image: np.ndarray, kind: str, alpha: np.
     return write_image(path, np.ascontiguousarray(array), overwrite=overwrite, **kw)
 
 
-def _to_rgb(img: Image.Image, note) -> np.ndarray:
-    orientation = _orientation(img)
-    if orientation not in (None, 1):
-        img = ImageOps.exif_transpose(img)
-        note(f"turned upright by its EXIF orientation {orientation}")
+def _convert(img: Image.Image, mode: str) -> np.ndarray:
+    """``img.convert(mode)`` as a uint8 array; ``_Refused`` naming the pixel mode when Pillow has
+    no such conversion (said in one line, not a traceback)."""
+    try:
+        return np.asarray(img.convert(mode), dtype=np.uint8)
+    except ValueError:
+        raise _Refused(f"pixel mode {img.mode} cannot be converted to {mode}") from None
+
+
+def _to_rgb(img: Image.Image, note, bits: int = 8) -> np.ndarray:
+    fmt = img.format
+    img = _upright(img, note)
     mode = img.mode
     if mode == "RGB":
+        if bits == 16:
+            note(f"16-bit {fmt} colour: decoded to 8 bits per channel")
         return np.asarray(img, dtype=np.uint8)
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(img).astype(np.float64)
-        peak = 65535.0 if a.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+    if mode.startswith("I") or mode == "F":
+        a, peak = _gray_values(img)
         a = np.clip(np.round(a * (255.0 / peak)), 0, 255).astype(np.uint8)
-        note(f"{mode} ({'16' if peak > 255 else '8'}-bit) grayscale scaled to 8-bit RGB")
+        what = "32-bit float [0, 1]" if mode == "F" else f"{'16' if peak > 255 else '8'}-bit"
+        note(f"{mode} ({what}) grayscale scaled to 8-bit RGB")
         return np.repeat(a[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         note(f"{mode} image: alpha channel dropped")
@@ -283,7 +359,7 @@ def _to_rgb(img: Image.Image, note) -> np.ndarray:
         note("CMYK converted to RGB")
     else:
         note(f"{mode} converted to RGB")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return _convert(img, "RGB")
 
 
 def file_header(path: str | os.PathLike) -> dict:
@@ -296,6 +372,8 @@ def file_header(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
         with Image.open(path) as img:
             rawmodes = [str(t[3]) for t in getattr(img, "tile", []) or [] if len(t) > 3]
             if img.mode == "1":
@@ -307,6 +385,8 @@ def file_header(path: str | os.PathLike) -> dict:
             q = getattr(img, "quantization", None) if img.format == "JPEG" else None
             return {"format": img.format, "mode": img.mode, "bits": bits,
                     "quantization": {int(k): list(v) for k, v in q.items()} if q else None}
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except UnidentifiedImageError as e:
@@ -324,7 +404,8 @@ def _orientation(img: Image.Image):
 
 def write_image(path: str | os.PathLike, array: np.ndarray, overwrite: bool = False, **save_kw) -> Path:
     """Write ``(H, W, 3)`` or ``(H, W)`` uint8 to ``path`` (format from the suffix); also
-    ``(H, W, 2)`` / ``(H, W, 4)`` uint8 (gray / colour + alpha) and ``(H, W)`` uint16.
+    ``(H, W, 2)`` / ``(H, W, 4)`` uint8 (gray / colour + alpha), ``(H, W)`` uint16 and ``(H, W)``
+    float32 (32-bit float grayscale, TIFF).
 
     The file appears atomically (``outputs.save_with``: a temporary name, then renamed), with
     the usual permissions. Raises ``FileExistsError`` when ``path`` exists and ``overwrite``
@@ -334,8 +415,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray, overwrite: bool = Fa
     from edsr_jax.io import outputs
 
     path = Path(path)
-    if array.dtype != np.uint8 and not (array.dtype == np.uint16 and array.ndim == 2):
-        raise TypeError(f"write_image expects uint8 (or (H, W) uint16), got {array.dtype} {array.shape}")
+    if array.dtype != np.uint8 and not (array.dtype in (np.uint16, np.float32) and array.ndim == 2):
+        raise TypeError(f"write_image expects uint8 (or (H, W) uint16 / float32), got {array.dtype} {array.shape}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
     try:

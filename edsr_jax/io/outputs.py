@@ -78,7 +78,12 @@ def describe_os_error(e: OSError) -> str:
 
 
 def write_error(path: str | os.PathLike, e: OSError, what: str = "") -> WriteError:
-    """The WriteError for ``e`` met while writing ``path``."""
+    """The WriteError for ``e`` met while writing ``path`` (a name or path too long for the file
+    system: ``cli.name_too_long``'s line)."""
+    if e.errno == errno.ENAMETOOLONG:
+        from edsr_jax.io.cli import name_too_long
+
+        return WriteError(name_too_long(e.filename or path))
     return WriteError(f"{path}: could not write{' ' + what if what else ''} "
                       f"({describe_os_error(e)}); nothing was left half-written")
 
@@ -205,6 +210,26 @@ def _rename_noreplace(src: Path, dst: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(dst))
+
+
+def json_text(data, **dumps_kw) -> str:
+    """``json.dumps(data, **dumps_kw)`` that strict parsers accept: an infinite float (the PSNR
+    of an image scored against itself) becomes the string ``"inf"`` / ``"-inf"`` (Python's
+    ``float()`` reads it back), NaN becomes ``null``; never the bare ``Infinity`` / ``NaN``
+    tokens, which are not JSON."""
+    import json
+    import math
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(data), allow_nan=False, **dumps_kw)
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
