@@ -4,9 +4,11 @@ inputs and the CLI."""
 
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
+import textwrap
 import zlib
 from pathlib import Path
 
@@ -221,3 +223,106 @@ def test_help_exits_0():
     proc = subprocess.run([sys.executable, "-m", "edsr_jax.diagnose", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "LR_DIR" in proc.stdout and "--scale" in proc.stdout
+
+
+# ------------------------------------------------------------------ one history or two
+
+def builtin_tiles(names, t):
+    """``t x t`` tiles (sides multiples of 4) of the named built-in photographs, uint8 RGB."""
+    out = []
+    for p in samples.builtin_images("train") + samples.builtin_images("val"):
+        if p.stem not in names:
+            continue
+        img = images.read_rgb(p)
+        h, w = img.shape[0] // t // 4 * 4, img.shape[1] // t // 4 * 4
+        out += [np.ascontiguousarray(img[i * h:(i + 1) * h, j * w:(j + 1) * w])
+                for i in range(t) for j in range(t)]
+    return out
+
+
+def degraded(hrs, spec, seed=0):
+    pipe = degrade.parse(spec, 2)
+    return [pipe(hr, np.random.default_rng(seed + k)) for k, hr in enumerate(hrs)]
+
+
+def test_a_one_spec_folder_reads_as_one_history():
+    """The 2x2 tiles of the six built-in training photographs, all nearest > jpeg(30,60) (what
+    ``prepare --tiles 2x2`` makes): featureless tiles (deep field, microscopy, retina) show no
+    aliasing and are diagnosed bicubic or bilinear, more than a fifth of the folder; allowing
+    for that confusion the folder is one history."""
+    train = [p.stem for p in samples.builtin_images("train")]
+    lrs = degraded(builtin_tiles(train, 2), "nearest > jpeg(30,60)")
+    diags = [diagnosis.diagnose_array(lr, name=f"{k}.png", scale=None) for k, lr in enumerate(lrs)]
+    assert sum(d.kind != "nearest" for d in diags) > 0.2 * len(diags)  # the old rule's "mixed"
+    fd = diagnosis.propose(diags)
+    assert fd.mixed == [] and fd.resampling["p"] >= estimators.MIXTURE_P, fd.resampling
+    assert fd.spec.startswith("nearest(2) > jpeg("), fd.spec
+    assert "warning" not in diagnosis.report(fd)
+
+
+def test_a_folder_of_two_specs_warns():
+    """Tiles of two textured photographs, half nearest > jpeg(30,60), half bicubic >
+    jpeg(30,60) (the same 18 tiles each way): pixel dropping and filtering both present."""
+    hrs = builtin_tiles(["motorcycle_left", "coffee"], 3)
+    lrs = degraded(hrs, "nearest > jpeg(30,60)") + degraded(hrs, "bicubic > jpeg(30,60)", seed=100)
+    fd = diagnosis.propose([diagnosis.diagnose_array(lr, scale=2) for lr in lrs], 2)
+    assert fd.resampling["mixed"] and fd.resampling["p"] < estimators.MIXTURE_P, fd.resampling
+    assert 0.3 <= fd.resampling["nearest_share"] <= 0.7
+    assert any(m.startswith("resampling differs") for m in fd.mixed), fd.mixed
+    assert "warning: mixed histories: resampling differs" in diagnosis.report(fd)
+
+
+def test_one_history_test_on_counts():
+    """Strong evidence each way: 10 images at P(nearest) 0.9 and 10 at 0.1 are two histories;
+    20 at 0.9 are one (nearest), 20 at 0.1 one (filtered)."""
+    two = estimators.one_history_test([0.9] * 10 + [0.1] * 10, [False] * 20)
+    assert two["mixed"] and 0.4 <= two["nearest_share"] <= 0.7, two
+    for p, history in ((0.9, "nearest"), (0.1, "filtered")):
+        one = estimators.one_history_test([p] * 20, [True] * 20)
+        assert not one["mixed"] and one["p"] == 1.0 and one["history"] == history
+        assert one["posterior"] > 0.99
+
+
+def test_a_never_downscaled_jpeg_gets_no_resize(tmp_path, capsys):
+    """A photograph saved as JPEG at its own resolution shows no aliasing and no upscale back:
+    "no downscale found", no bicubic(2) in the spec; --scale 2 assumes one and says so."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    Image.fromarray(images.read_rgb(samples.builtin_images("val")[1])).save(folder / "coffee.jpg", quality=85)
+    code, out, err = run_cli([folder], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "spec: jpeg(85)", out
+    assert any(line.startswith("  resize  none found") and "no downscale found" in line for line in lines)
+    assert any(line.startswith("note: no downscale found") for line in lines), out
+    assert "bicubic(2)" not in lines[0] and "warning" not in out
+    code, out, err = run_cli([folder, "--scale", "2"], capsys)
+    assert code == 0 and out.splitlines()[0] in ("spec: bicubic(2) > jpeg(85)", "spec: bilinear(2) > jpeg(85)"), out
+    assert "assumed for --scale 2: no downscale found" in out
+
+
+def test_the_command_runs_with_one_blas_thread():
+    """python -m edsr_jax.diagnose sets OMP/OpenBLAS/MKL threads to 1 before NumPy loads (a
+    finder records the environment when numpy is first imported); a count already set stays."""
+    probe = textwrap.dedent("""
+        import os, runpy, sys
+        seen = {}
+        class Probe:
+            def find_spec(self, name, path=None, target=None):
+                if name == "numpy" and not seen:
+                    seen.update({v: os.environ.get(v) for v in
+                                 ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+        sys.meta_path.insert(0, Probe())
+        sys.argv = ["diagnose", "--help"]
+        try:
+            runpy.run_module("edsr_jax.diagnose", run_name="__main__")
+        except SystemExit:
+            pass
+        print(seen, file=sys.stderr)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in diagnose.ONE_THREAD_VARS}
+    for extra, want in (({}, "1"), ({"OPENBLAS_NUM_THREADS": "3"}, "3")):
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, env={**env, **extra})
+        seen = eval(proc.stderr.strip().splitlines()[-1])  # noqa: S307 - our own dict repr
+        assert seen["OMP_NUM_THREADS"] == "1" and seen["OPENBLAS_NUM_THREADS"] == want, proc.stderr

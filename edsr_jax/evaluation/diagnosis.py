@@ -7,11 +7,17 @@ that was is reported with that factor ``f`` and analysed at its real resolution)
 resampling kind, the blur and the noise (``estimators``). A JPEG step after the noise
 quantises it away: then the noise is not measured (said, not guessed).
 
-The folder's spec (``propose``, ``diagnose_folder``) composes the majority resize, a blur and
-a noise range when most images show them, and the range of JPEG qualities, with a confidence
-per part; a folder whose images disagree (some JPEG'd and some not, pixel dropping against
-filtering, noisy and clean, qualities spread over more than 40) gets a per-image table and a
-warning that one spec will not fit them all (``report``). Files that cannot be read, are tiny
+The folder's spec (``propose``, ``diagnose_folder``) composes the resize, a blur and a noise
+range when most images show them, and the range of JPEG qualities, with a confidence per part.
+The resize is the history (pixel dropping or filtering) that best explains the per-image
+diagnoses given how often the model confuses them (``estimators.one_history_test``): a folder
+made with one spec reads as one history even when some of its images are diagnosed otherwise.
+Only pixel dropping (aliasing) or an upscale back is evidence of a downscale: a filtered
+downscale leaves no trace, so without ``scale`` a folder that shows neither gets no resize in
+its spec ("no downscale found") instead of an assumed ``bicubic(2)``. A folder whose images
+disagree (pixel dropping against filtering beyond that confusion, some JPEG'd and some not,
+noisy and clean, qualities spread over more than 40) gets a per-image table and a warning that
+one spec will not fit them all (``report``). Files that cannot be read, are tiny
 (under ``MIN_SIDE`` pixels a side), grayscale or 16-bit are named and skipped (``Skipped``).
 ``python -m edsr_jax.diagnose`` is the command line.
 """
@@ -29,7 +35,8 @@ import numpy as np
 from edsr_jax import SCALES
 from edsr_jax.degradation import degrade
 from edsr_jax.evaluation.estimators import (EDGE_E2_BASE, KINDS, blur_from_edges, features,
-                                            kind_probabilities, noise_sigma, upscaled_by)
+                                            kind_probabilities, noise_sigma, one_history_test,
+                                            upscaled_by)
 from edsr_jax.evaluation.jpeg_quality import jpeg_lattice, luma, quality_from_tables
 from edsr_jax.io import images
 
@@ -76,7 +83,8 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
 
     ``quantization``: a JPEG file's tables (``images.file_header``), read exactly; ``scale``:
     the SR factor to propose the spec for (None: the upscaled-back factor when there is one,
-    else 2).
+    else 2 when the image shows pixel dropping, else 1: no downscale found, the spec has no
+    resize and ``blur`` is in the image's own pixels).
     """
     t0 = time.process_time()
     y = luma(rgb)
@@ -101,7 +109,6 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
         from edsr_jax.degradation.imresize import imresize
         h, w = rgb.shape[0] // f * f, rgb.shape[1] // f * f
         work = imresize(rgb[:h, :w], 1.0 / f)
-    s = scale if scale is not None else (f if f in SCALES else 2)
     h, w = work.shape[:2]
     if max(h, w) > MAX_SIDE:  # a central crop holds the statistics; keeps large files fast
         r0, c0 = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
@@ -111,6 +118,7 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
     probs = kind_probabilities(feats)[0]
     k = int(np.argmax(probs))
     kind = KINDS[k]
+    s = scale if scale is not None else (f if f in SCALES else 2 if kind == "nearest" else 1)
     e2 = float(feats[3])
     blur = blur_from_edges(e2, kind, s)
     # 0.25 LR px^2 is about the spread of e2 between sharp images: confidence grows with the
@@ -132,7 +140,8 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
 
 
 def _spec(kind: str, scale: int, blur, noise, jpeg) -> str:
-    """Spec text from parts; ``blur``/``noise``/``jpeg`` are None, one value or ``(lo, hi)``."""
+    """Spec text from parts; ``blur``/``noise``/``jpeg`` are None, one value or ``(lo, hi)``;
+    ``scale`` 1: no resize (no downscale found). "" when there is no part at all."""
     def arg(v, nd):
         if isinstance(v, tuple):
             lo, hi = v
@@ -145,13 +154,15 @@ def _spec(kind: str, scale: int, blur, noise, jpeg) -> str:
     parts = []
     if blur is not None:
         parts.append(f"blur({arg(blur, 1)})")
-    parts.append(f"{kind}({scale})")
+    if scale > 1:
+        parts.append(f"{kind}({scale})")
     if noise is not None:
         parts.append(f"noise({arg(noise, 1)})")
     if jpeg is not None:
         parts.append(f"jpeg({arg(jpeg, 0)})")
     spec = " > ".join(parts)
-    degrade.parse(spec)  # the spec we print always parses
+    if spec:
+        degrade.parse(spec)  # the spec we print always parses
     return spec
 
 
@@ -197,8 +208,10 @@ class Part:
 
 @dataclass
 class FolderDiagnosis:
-    """The proposal for a folder: ``spec`` (parses with ``degrade.parse``), its ``parts``,
-    ``mixed`` warnings (empty when one spec fits), the per-image diagnoses and skips."""
+    """The proposal for a folder: ``spec`` (parses with ``degrade.parse``; "" when nothing
+    was found), its ``parts``, ``mixed`` warnings (empty when one spec fits), the per-image
+    diagnoses and skips. ``scale`` 1: no downscale found (the spec has no resize).
+    ``resampling``: ``estimators.one_history_test``'s result."""
 
     spec: str
     scale: int
@@ -206,6 +219,7 @@ class FolderDiagnosis:
     mixed: list[str]
     images: list[ImageDiagnosis]
     skipped: list[str]
+    resampling: dict = field(default_factory=dict)
 
 
 def _round_range(values: np.ndarray, step: float, lo_pct=10, hi_pct=90) -> tuple[float, float]:
@@ -219,27 +233,17 @@ def propose(diags: list[ImageDiagnosis], scale: int | None = None,
     """Compose one spec for a folder from its per-image diagnoses (at least one)."""
     n = len(diags)
     mixed: list[str] = []
-    # scale: given, or the most common upscaled-back factor, or 2
     factors = [d.upscaled_by for d in diags]
-    if scale is None:
-        common = max(set(factors), key=factors.count)
-        scale = common if common in SCALES else 2
     if len(set(factors)) > 1:
         counts = ", ".join(f"{factors.count(f)} x{f}" for f in sorted(set(factors)))
         mixed.append(f"upscaled-back factors differ ({counts}; x1 = not upscaled)")
-    # resize kind: the mean probability vector
-    probs = np.array([[d.kind_probabilities[k] for k in KINDS] for d in diags])
-    mean_p = probs.mean(axis=0)
-    kind = KINDS[int(np.argmax(mean_p))]
-    votes = {k: sum(d.kind == k for d in diags) for k in KINDS}
-    # bicubic and bilinear are close (and often confused): only pixel dropping against
-    # filtering counts as a different history
-    others = votes["nearest"] if kind != "nearest" else n - votes["nearest"]
-    if others / n > 0.2:
-        mixed.append("resampling differs: " + ", ".join(f"{v} {k}" for k, v in votes.items() if v))
-    parts = [Part("resize", f"{kind}({scale})", _r(mean_p.max()),
-                  f"{votes[kind]} of {n} images; mean probability "
-                  + ", ".join(f"{k} {p:.2f}" for k, p in zip(KINDS, mean_p)))]
+    kind, scale, resize, test = _resize(diags, scale, factors)
+    if test["mixed"]:
+        votes = {k: sum(d.kind == k for d in diags) for k in KINDS}
+        mixed.append("resampling differs: " + ", ".join(f"{v} {k}" for k, v in votes.items() if v)
+                     + f" beyond the per-image confusion (pixel dropping in about "
+                     f"{test['nearest_share']:.0%} of the images: p = {test['p']:.1g} for one history)")
+    parts = [resize]
     # blur: re-derived for the folder's kind and scale
     blurs = np.array([blur_from_edges(d.edge_e2, kind, scale) for d in diags])
     has_blur = blurs >= BLUR_MIN
@@ -248,7 +252,7 @@ def propose(diags: list[ImageDiagnosis], scale: int | None = None,
         blur = _round_range(blurs[has_blur], 0.1)
         bconf = float(np.mean([d.blur_confidence for d, b in zip(diags, has_blur) if b]))
         parts.insert(0, Part("blur", _spec_part("blur", blur, 1), _r(bconf),
-                             f"{int(has_blur.sum())} of {n} images; edge sigma -> HR sigma "
+                             f"{int(has_blur.sum())} of {n} images; edge sigma -> {'HR' if scale > 1 else 'image'} sigma "
                              f"median {np.median(blurs):.2f}"))
     else:
         parts.insert(0, Part("blur", "none", _r(np.mean([d.blur_confidence for d in diags])),
@@ -290,7 +294,39 @@ def propose(diags: list[ImageDiagnosis], scale: int | None = None,
         mixed.append(f"{len(qs)} of {n} images went through JPEG, the others not")
     spec = _spec(kind, scale, blur, noise, jpeg)
     return FolderDiagnosis(spec=spec, scale=scale, parts=parts, mixed=mixed, images=list(diags),
-                           skipped=list(skipped))
+                           skipped=list(skipped), resampling=test)
+
+
+def _resize(diags: list[ImageDiagnosis], scale: int | None, factors: list[int]):
+    """The folder's resampling: ``(kind, scale, Part, one_history_test result)``.
+
+    The kind is the largest mean probability over the images (as validated in
+    experiments/diagnose.py); whether pixel dropping and filtering are both present is
+    ``one_history_test`` over the images' ``P(nearest)``, which allows for the model's
+    confusion (bicubic against bilinear is not tested: too alike to tell apart reliably).
+    ``scale`` None: the most common upscaled-back factor, else 2 for pixel dropping, else 1
+    (no downscale found: a filtered downscale leaves no trace)."""
+    n = len(diags)
+    test = one_history_test([d.kind_probabilities["nearest"] for d in diags],
+                            [d.jpeg_quality is not None for d in diags])
+    mean_p = np.array([[d.kind_probabilities[k] for k in KINDS] for d in diags]).mean(axis=0)
+    kind = KINDS[int(np.argmax(mean_p))]
+    common = max(set(factors), key=factors.count)
+    if scale is None:
+        scale = common if common in SCALES else 2 if kind == "nearest" else 1
+    votes = sum(d.kind == kind for d in diags)
+    why = (f"{votes} of {n} images; mean probability "
+           + ", ".join(f"{k} {p:.2f}" for k, p in zip(KINDS, mean_p))
+           + ("; pixel dropping and filtering both present" if test["mixed"] else
+              "; one history allowing for the per-image confusion")
+           + f" (p = {test['p']:.2g})")
+    if scale == 1:
+        return kind, 1, Part("resize", "none found", _r(mean_p.max()),
+                             "no downscale found: no aliasing, no upscale back; a bicubic or "
+                             f"bilinear downscale leaves no trace either ({why})"), test
+    if kind != "nearest" and common not in SCALES:
+        why = f"assumed for --scale {scale}: no downscale found (no aliasing, no upscale back); {why}"
+    return kind, scale, Part("resize", f"{kind}({scale})", _r(mean_p.max()), why), test
 
 
 def _spec_part(op: str, v: tuple[float, float], nd: int) -> str:
@@ -339,7 +375,7 @@ def report(fd: FolderDiagnosis, show_table: bool = False) -> str:
     lines = []
     if fd.mixed or show_table:
         lines += [table(fd.images), ""]
-    lines.append(f"spec: {fd.spec}")
+    lines.append(f"spec: {fd.spec or 'none (no downscale, blur, noise or JPEG found)'}")
     for p in fd.parts:
         lines.append(f"  {p.name:<7} {p.text:<22} confidence {p.confidence:.2f}  ({p.why})")
     ups = [d for d in fd.images if d.upscaled_by > 1]
@@ -347,6 +383,12 @@ def report(fd: FolderDiagnosis, show_table: bool = False) -> str:
         lines.append(f"note: {len(ups)} of {len(fd.images)} images look upscaled back "
                      f"(x{ups[0].upscaled_by}, {ups[0].upscaled_how}); they were analysed at their "
                      "real resolution: reduce them by that factor before upscaling with a model")
+    if fd.scale == 1:
+        lines.append("note: no downscale found: these images show no aliasing and were not "
+                     "upscaled back, so they may never have been downscaled (a bicubic or bilinear "
+                     "downscale leaves no trace either); to train a model for them, choose the "
+                     "factor: --scale 2 proposes the spec with the likelier filter, bicubic(2) or "
+                     "bilinear(2), assumed")
     for m in fd.mixed:
         lines.append(f"warning: mixed histories: {m}; one spec will not fit all (see the table)")
     for s in fd.skipped:

@@ -15,11 +15,15 @@ blur and noise (the JPEG step is ``edsr_jax.evaluation.jpeg_quality``).
   ``sigma_HR = scale * sqrt(e^2 - e0^2)``).
 - **noise** (``noise_sigma``): the Gaussian sigma (0-255) from the smallest eigenvalues of the
   covariance of 5 x 5 x 3 patches (Chen, Zhu & Heng, ICCV 2015), robust to texture.
+- **one history or two** (``one_history_test``): whether a folder's images were all made by
+  pixel dropping, all by filtering, or by both, from their ``P(nearest)`` and the model's
+  measured confusion (``CONFUSION_COUNTS``), by a likelihood-ratio test.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -302,3 +306,72 @@ def blur_from_edges(e2: float, kind: str, scale: int) -> float:
     if not np.isfinite(e2):
         return 0.0
     return float(scale * math.sqrt(max(e2 - EDGE_E2_BASE[kind], 0.0)))
+
+
+# --------------------------------------------------------------------------- one history or two
+
+# How the resampling model's nearest probability falls for images whose true resampling is
+# known: counts per bin of ``P(nearest)`` (edges ``CONFUSION_EDGES``) for pixel dropping
+# ("nearest") and filtering ("filtered": bicubic or bilinear), without and with a JPEG step
+# after the resize. Measured on the unblurred cases of ``experiments/diagnose.py``'s
+# validation (BSD68 + Set14, held out of the calibration; results/diagnose/validation.json):
+# 95 nearest and 206 filtered images. The middle bin is wide: featureless nearest images land
+# there too, so only P(nearest) < 0.15 counts as strong evidence of filtering. A blur before ``nearest`` is an anti-alias filter, so
+# ``blur > nearest`` counts as another history, not as a confusion.
+CONFUSION_EDGES = (0.0, 0.15, 0.5, 0.8, 1.0)
+CONFUSION_COUNTS = {
+    (False, "nearest"): (3, 4, 12, 35), (False, "filtered"): (51, 50, 1, 0),
+    (True, "nearest"): (0, 7, 8, 26), (True, "filtered"): (37, 55, 11, 1),
+}
+# The share of a folder's images whose diagnosis is taken as uninformative (equally likely in
+# every bin whatever their history): content unlike the validation photographs (featureless
+# deep field, microscopy, small tiles) defeats the model more often than there. The bins, this
+# share and ``MIXTURE_P`` were chosen together on folders made with one spec and with two
+# (BSD68, Set14 and the built-in photographs' 2x2 tiles; nearest, bicubic, bilinear; JPEG
+# 30-60, 70-90 or none): every one-spec folder tried reads as one history (smallest p 3e-3,
+# the built-in tiles), while half-and-half nearest / bicubic mixtures of the 68 BSD68 images
+# give p < 1e-4 with or without JPEG. Mixtures of a few dozen featureless tiles stay
+# undetected: their images carry too little evidence either way.
+CONFUSION_OUTLIERS = 0.1
+MIXTURE_P = 1e-3  # a folder is called mixed below this p-value of the likelihood-ratio test
+
+
+def history_likelihoods(p_nearest: Sequence[float], jpeg: Sequence[bool]) -> np.ndarray:
+    """``(N, 2)`` likelihoods of each image's diagnosis under the histories ("nearest",
+    "filtered"): the ``CONFUSION_COUNTS`` row of its JPEG condition (add-one smoothed) at the
+    bin of its ``p_nearest`` in [0, 1], mixed with ``CONFUSION_OUTLIERS`` of uniform."""
+    edges = np.asarray(CONFUSION_EDGES)
+    bins = np.clip(np.searchsorted(edges, np.asarray(p_nearest, float), side="right") - 1,
+                   0, len(edges) - 2)
+    out = np.empty((len(bins), 2))
+    for i, (b, j) in enumerate(zip(bins, jpeg)):
+        for k, kind in enumerate(("nearest", "filtered")):
+            counts = np.asarray(CONFUSION_COUNTS[(bool(j), kind)], float) + 1.0
+            out[i, k] = (1 - CONFUSION_OUTLIERS) * counts[b] / counts.sum() \
+                + CONFUSION_OUTLIERS / (len(edges) - 1)
+    return out
+
+
+def one_history_test(p_nearest: Sequence[float], jpeg: Sequence[bool]) -> dict:
+    """Whether a folder's images share one resampling history (pixel dropping or filtering) or
+    mix both, from each image's ``P(nearest)`` and whether it went through JPEG.
+
+    The likelihood-ratio test of "one history for all" (the better of all-nearest and
+    all-filtered, ``history_likelihoods``) against "a share ``pi`` of nearest" (``pi`` fitted
+    on a 0.005 grid): ``stat = 2 log(L_mix / L_one)``, ``p = chi2_1.sf(stat) / 2`` (``pi`` on the
+    boundary under the null). Returns ``{"history": "nearest" or "filtered" (the better one),
+    "posterior": its probability against the other (equal priors), "nearest_share": pi,
+    "stat": stat, "p": p, "mixed": p < MIXTURE_P}``."""
+    from scipy.stats import chi2
+
+    lik = history_likelihoods(p_nearest, jpeg)
+    logs = np.log(lik).sum(axis=0)
+    pis = np.linspace(0.0, 1.0, 201)
+    mix = np.log(np.outer(lik[:, 0], pis) + np.outer(lik[:, 1], 1 - pis)).sum(axis=0)
+    stat = float(max(2.0 * (mix.max() - logs.max()), 0.0))
+    p = float(0.5 * chi2.sf(stat, 1)) if stat > 1e-9 else 1.0
+    k = int(np.argmax(logs))
+    posterior = float(1.0 / (1.0 + math.exp(min(logs[1 - k] - logs[k], 700.0))))
+    return {"history": ("nearest", "filtered")[k], "posterior": posterior,
+            "nearest_share": float(pis[int(np.argmax(mix))]), "stat": stat, "p": p,
+            "mixed": p < MIXTURE_P}
