@@ -10,7 +10,7 @@ measurements.
     # the largest per-device batch that fits (EDSR x4, patch 48):
     ... benchmarks/accelerators.py --targets h100 --max-batch edsr 4
 
-Programs: the trainer's train step (``train.compile_train_step``: mesh over the devices, state
+Programs: the trainer's train step (``training.step.compile_train_step``: mesh over the devices, state
 replicated and donated, batch sharded; per-device batch of 48x48 LR patches), a plain optax
 Adam step with donated state on the same model and mesh (the baseline for copied bytes), and
 on one device the inference forward pass (``infer.apply_masked`` as ``infer.jitted`` compiles
@@ -42,27 +42,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import hlo_stats  # noqa: E402
-from hlo_stats import Device  # noqa: E402
+from hlo_stats import DEVICES  # noqa: E402
+from model_flops import train_flops  # noqa: E402
 
 TARGET_DIR = ROOT / "benchmarks" / "targets"
 PATCH = 48
 
-# Published dense peaks (TFLOP/s per operand dtype; float32 convolutions run as TF32 on
-# Hopper at JAX's default precision, and as single-pass bfloat16 on TPU), HBM bandwidth,
-# memory, and interconnect bandwidth per device and direction. ``launch_us``: the cost
-# charged per kernel. GPU: 2 us, between a kernel node of a CUDA graph (~1 us) and a
-# stream launch from the host (~3-5 us); every kernel here is far smaller than the launch
-# queue, so the estimate is what the GPU can do if the host keeps up. TPU: the program runs
-# on the chip without host launches; 0.5 us per fusion for its pipeline fill and drain.
-# TPU vector rates are not published; elementwise kernels are memory-bound either way.
-DEVICES = {
-    "h100": Device("H100 SXM 80GB", {"bf16": 989.4, "f16": 989.4, "f32": 494.7}, 66.9,
-                   3352.0, 79.1, 2.0, 450.0),
-    "h200": Device("H200 SXM 141GB", {"bf16": 989.4, "f16": 989.4, "f32": 494.7}, 66.9,
-                   4800.0, 140.4, 2.0, 450.0),
-    "v5e": Device("TPU v5e", {"bf16": 197.0, "f32": 197.0}, 24.6, 819.0, 16.0, 0.5, 100.0),
-    "v5p": Device("TPU v5p", {"bf16": 459.0, "f32": 459.0}, 57.4, 2765.0, 95.0, 0.5, 300.0),
-}
 GPU_TARGETS = {"h100": "h100.textproto", "h200": "h200.textproto"}
 # TPU slices: chips -> topology name (host bounds are 2x2: a 1-chip mesh is a slice's first chip)
 TPU_TOPOLOGIES = {"v5e": {1: "v5e:2x2", 4: "v5e:2x2", 8: "v5e:2x4"},
@@ -125,17 +110,21 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     import optax
 
     from edsr_jax.training import config as config_lib
-    from edsr_jax import train
+    from edsr_jax.training.loss import pixel_loss
+    from edsr_jax.training.optim import make_optimizer
+    from edsr_jax.training.sharding import make_shardings
+    from edsr_jax.training.state import create_train_state
+    from edsr_jax.training.step import compile_train_step, row_major
 
     platform = platform_of(target)
     mesh = jax.sharding.Mesh(devices(target, count), ("data",))
     model_config, model = _model(preset, scale, dtype)
     cfg = config_lib.base_config()
     cfg.data.batch_size = batch_per_device * count
-    tx, _ = train.make_optimizer(cfg.optim)
-    abstract = jax.eval_shape(lambda k: train.create_train_state(model, tx, k, use_ema=False),
+    tx, _ = make_optimizer(cfg.optim)
+    abstract = jax.eval_shape(lambda k: create_train_state(model, tx, k, use_ema=False),
                               jax.random.key(0))
-    shardings = train.make_shardings(mesh, abstract)
+    shardings = make_shardings(mesh, abstract)
     replicated, batch_sharding, state_sharding = shardings
     state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                    abstract, state_sharding)
@@ -150,11 +139,11 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
 
         def loss_of(p):
             sr = model.apply(p, batch["lr"].astype(jnp.float32))
-            return train.pixel_loss(sr, batch["hr"], "l1")
+            return pixel_loss(sr, batch["hr"], "l1")
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         if layout:
-            grads = jax.tree_util.tree_map(train._row_major, grads)
+            grads = jax.tree_util.tree_map(row_major, grads)
         updates, opt_state = adam.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -169,8 +158,8 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
                       (params_opt, batch), platform)
 
     def step(formulation=None):
-        jitted = train.compile_train_step(model, tx, cfg, mesh, state, shardings=shardings,
-                                          formulation=formulation)
+        jitted = compile_train_step(model, tx, cfg, mesh, state, shardings=shardings,
+                                    formulation=formulation)
         return _lower(jitted, (state, batch), platform)
 
     if not formulations:
@@ -223,8 +212,6 @@ def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int
 
 def train_model_flops(preset: str, scale: int, patches: int) -> float:
     """The architecture's convolution FLOPs of ``patches`` training patches (forward x3)."""
-    from train_step import train_flops
-
     model_config, _ = _model(preset, scale, "float32")
     return patches * train_flops(model_config.num_blocks, model_config.num_features, scale, PATCH)
 

@@ -393,6 +393,24 @@ class Device:
     interconnect_gbs: float
 
 
+# Published dense peaks (TFLOP/s per operand dtype; float32 convolutions run as TF32 on
+# Hopper at JAX's default precision, and as single-pass bfloat16 on TPU), HBM bandwidth,
+# memory, and interconnect bandwidth per device and direction. ``launch_us``: the cost
+# charged per kernel. GPU: 2 us, between a kernel node of a CUDA graph (~1 us) and a
+# stream launch from the host (~3-5 us); every kernel here is far smaller than the launch
+# queue, so the estimate is what the GPU can do if the host keeps up. TPU: the program runs
+# on the chip without host launches; 0.5 us per fusion for its pipeline fill and drain.
+# TPU vector rates are not published; elementwise kernels are memory-bound either way.
+DEVICES = {
+    "h100": Device("H100 SXM 80GB", {"bf16": 989.4, "f16": 989.4, "f32": 494.7}, 66.9,
+                   3352.0, 79.1, 2.0, 450.0),
+    "h200": Device("H200 SXM 141GB", {"bf16": 989.4, "f16": 989.4, "f32": 494.7}, 66.9,
+                   4800.0, 140.4, 2.0, 450.0),
+    "v5e": Device("TPU v5e", {"bf16": 197.0, "f32": 197.0}, 24.6, 819.0, 16.0, 0.5, 100.0),
+    "v5p": Device("TPU v5p", {"bf16": 459.0, "f32": 459.0}, 57.4, 2765.0, 95.0, 0.5, 300.0),
+}
+
+
 def roofline_seconds(stats: ProgramStats, device: Device, devices: int = 1,
                      launch_us: float | None = None) -> float:
     """Estimated run time (seconds) of a program on ``device``: each kernel takes the longer of

@@ -6,7 +6,7 @@
         --peak-tflops 989                                 # on an NVIDIA GPU (H100 dense bf16 peak)
 
 Both sides take the same work: uint8 LR/HR patches in, float32 [0, 255] network, L1 loss,
-Adam (lr 1e-4, betas 0.9/0.999, eps 1e-8). JAX runs ``edsr_jax.train.compile_train_step``
+Adam (lr 1e-4, betas 0.9/0.999, eps 1e-8). JAX runs ``edsr_jax.training.step.compile_train_step``
 (the trainer's own step: state donated, non-finite guard; convolutions chosen as the trainer's
 ``train.conv_backend`` auto does: oneDNN on one CPU device in float32, else XLA); PyTorch runs ``tests/torch_edsr.py``
 with ``torch.optim.Adam`` and ``nn.L1Loss``. After a warm-up the two alternate in rounds of a
@@ -32,27 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from model_flops import train_flops  # noqa: E402
+
 ADAM = {"lr": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
 CPU_BATCH = {"edsr_baseline": 16, "edsr": 2}
 GPU_BATCH = [16, 64, 256]
-
-
-def conv_macs(num_blocks: int, num_features: int, scale: int, patch: int) -> int:
-    """Multiply-accumulates of one forward pass on one ``patch x patch`` LR input (3x3 convs)."""
-    from edsr_jax.nets.edsr import upsample_stages
-
-    f, hw, k = num_features, patch * patch, 9
-    macs = hw * k * 3 * f  # head
-    macs += hw * k * f * f * (2 * num_blocks + 1)  # residual blocks and body conv
-    for r in upsample_stages(scale):
-        macs += hw * k * f * f * r * r  # conv to f*r*r channels, then pixel shuffle
-        hw *= r * r
-    return macs + hw * k * f * 3  # tail
-
-
-def train_flops(num_blocks: int, num_features: int, scale: int, patch: int) -> float:
-    """FLOPs of one training patch: 2 x MACs forward, x3 for forward + backward."""
-    return 3.0 * 2.0 * conv_macs(num_blocks, num_features, scale, patch)
 
 
 def matmul_gflops(dtype: str, device: str, n: int = 2048, reps: int = 5) -> float:
@@ -105,7 +89,9 @@ class JaxSide:
         import jax
 
         from edsr_jax.training import config as config_lib
-        from edsr_jax import train
+        from edsr_jax.training.optim import make_optimizer
+        from edsr_jax.training.state import create_train_state
+        from edsr_jax.training.step import compile_train_step
         from edsr_jax.nets import onednn_conv
         from edsr_jax.nets.edsr import DTYPES
 
@@ -115,12 +101,12 @@ class JaxSide:
         self.conv_backend = onednn_conv.choose_backend(  # as the trainer chooses
             conv_backend, jax.devices()[0].platform, 1, DTYPES[dtype])
         model = model_config.build(dtype=DTYPES[dtype], conv_backend=self.conv_backend)
-        tx, _ = train.make_optimizer(config.optim)
+        tx, _ = make_optimizer(config.optim)
         mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                              devices=jax.devices()[:1])
-        init = lambda key: train.create_train_state(model, tx, key, use_ema=False)  # noqa: E731
+        init = lambda key: create_train_state(model, tx, key, use_ema=False)  # noqa: E731
         shape = jax.eval_shape(init, jax.random.key(0))
-        self.step = train.compile_train_step(model, tx, config, mesh, shape, compiler_options)
+        self.step = compile_train_step(model, tx, config, mesh, shape, compiler_options)
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         self.state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
         data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -167,7 +153,6 @@ def roofline_patches_s(side: JaxSide, batch: int) -> float | None:
     compiled step on this GPU, in patches/s; None where the device has no entry there."""
     import jax
 
-    import accelerators
     import hlo_stats
 
     kind = jax.devices()[0].device_kind
@@ -175,7 +160,7 @@ def roofline_patches_s(side: JaxSide, batch: int) -> float | None:
     if target is None:
         return None
     text = side.step.lower(side.state, side.batch).compile().as_text()
-    seconds = hlo_stats.roofline_seconds(hlo_stats.program_stats(text), accelerators.DEVICES[target])
+    seconds = hlo_stats.roofline_seconds(hlo_stats.program_stats(text), hlo_stats.DEVICES[target])
     return batch / seconds
 
 

@@ -28,11 +28,11 @@ _PUBLIC = {
     "MDSRConfig": "edsr_jax.nets.mdsr",
     "apply": "edsr_jax.inference.infer",
     "Upscaler": "edsr_jax.inference.infer",
-    "restore_for_inference": "edsr_jax.training.checkpoint",
+    "restore_for_inference": "edsr_jax.training.restore",
     "base_config": "edsr_jax.training.config",
-    "make_optimizer": "edsr_jax.train",
-    "create_train_state": "edsr_jax.train",
-    "compile_train_step": "edsr_jax.train",
+    "make_optimizer": "edsr_jax.training.optim",
+    "create_train_state": "edsr_jax.training.state",
+    "compile_train_step": "edsr_jax.training.step",
     "degrade_batch": "edsr_jax.degradation.device",
 }
 

@@ -184,10 +184,10 @@ def _builtin(name: str):
 
 
 def _restore(path):
-    from edsr_jax.training import checkpoint
+    from edsr_jax.training.restore import restore_for_inference
 
     try:
-        config, params = checkpoint.restore_for_inference(path)
+        config, params = restore_for_inference(path)
     except (OSError, ValueError) as e:  # CheckpointNotFound, CheckpointMismatch
         raise cli.UsageError(f"--checkpoint {path}: {e}") from None
     return config, jax.tree_util.tree_map(np.asarray, params)

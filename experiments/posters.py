@@ -283,12 +283,12 @@ def pack(runs: Path, data: Path, out: Path, only: tuple[str, ...] = tuple(SHIPS)
     (Set5, Set14, BSD68 with bicubic LR at the model's scale; the x2 models also on the held-out
     posters with the poster degradation), and write the scores into the cards."""
     from edsr_jax.inference import pretrained
-    from edsr_jax.training import checkpoint
+    from edsr_jax.training.restore import restore_params
 
     for name, (run_name, summary, training, posters) in SHIPS.items():
         if name not in only:
             continue
-        config, params, saved = checkpoint.restore_params(runs / run_name, prefer_ema=True)
+        config, params, saved = restore_params(runs / run_name, prefer_ema=True)
         info = {"summary": summary,
                 "training": {**training, "batch": 16, "lr_patch": 32, "checkpoint_step": int(saved["step"])},
                 "scores": {}}

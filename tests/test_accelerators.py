@@ -86,7 +86,7 @@ def test_gpu_dry_run_train_step_upscaler_and_evaluation():
     architecture's (forward, input and weight gradients of every convolution, less the head's
     input gradient: the images need none)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from train_step import train_flops
+    from model_flops import train_flops
 
     rows = _dry_run("cuda", "--targets", "h100", "--devices", "2", "--dtypes", "bfloat16", "float32")
     for dtype in ("bfloat16", "float32"):
@@ -157,16 +157,17 @@ ENTRY %main (p: f32[4,8]) -> f32[4,8] {
 def _tiny_step_inputs():
     import optax
 
-    from edsr_jax import train
+    from edsr_jax.training.state import create_train_state
+    from edsr_jax.training.step import train_step
     from edsr_jax.nets.edsr import ModelConfig
 
     model = ModelConfig(2, 1, 8, 1.0).build()
     tx = optax.adam(1e-3)
-    state = train.create_train_state(model, tx, jax.random.key(0), use_ema=True)
+    state = create_train_state(model, tx, jax.random.key(0), use_ema=True)
     rng = np.random.default_rng(0)
     batch = {"lr": rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8),
              "hr": rng.integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)}
-    return train, model, tx, state, batch
+    return train_step, model, tx, state, batch
 
 
 @pytest.mark.parametrize("grads_in_param_layout", [False, True])
@@ -176,8 +177,8 @@ def test_select_guard_steps_as_the_cond_guard(grads_in_param_layout):
     differently fused kernels allowed: rtol 1e-6), on CPU where both compile."""
     import functools
 
-    train, model, tx, state, batch = _tiny_step_inputs()
-    step = functools.partial(train.train_step, model=model, tx=tx, ema_decay=0.9)
+    train_step, model, tx, state, batch = _tiny_step_inputs()
+    step = functools.partial(train_step, model=model, tx=tx, ema_decay=0.9)
     a, ma = jax.jit(functools.partial(step, guard="cond"))(state, batch)
     b, mb = jax.jit(functools.partial(step, guard="select",
                                       grads_in_param_layout=grads_in_param_layout))(state, batch)
@@ -188,10 +189,10 @@ def test_select_guard_steps_as_the_cond_guard(grads_in_param_layout):
 
 
 def test_select_guard_keeps_the_state_after_a_non_finite_step():
-    train, model, tx, state, batch = _tiny_step_inputs()
+    train_step, model, tx, state, batch = _tiny_step_inputs()
     bad = state.replace(params=jax.tree_util.tree_map(lambda p: p.at[(0,) * p.ndim].set(jnp.inf), state.params))
-    new, metrics = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, ema_decay=0.9,
-                                                         guard="select"))(bad, batch)
+    new, metrics = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, ema_decay=0.9,
+                                                   guard="select"))(bad, batch)
     assert not np.isfinite(float(metrics["loss"]))
     jax.tree_util.tree_map(np.testing.assert_array_equal, (new.params, new.opt_state, new.ema),
                            (bad.params, bad.opt_state, bad.ema))

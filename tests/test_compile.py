@@ -13,7 +13,12 @@ import pytest
 
 from conftest import ROOT
 from edsr_jax.training import config as config_lib
-from edsr_jax import train
+from edsr_jax.inference.infer import Upscaler
+from edsr_jax.training import run
+from edsr_jax.training.optim import make_optimizer
+from edsr_jax.training.sharding import make_mesh
+from edsr_jax.training.state import create_train_state
+from edsr_jax.training.step import compile_train_step
 from edsr_jax.nets import onednn_conv
 from edsr_jax.nets.edsr import ModelConfig
 
@@ -67,7 +72,7 @@ def test_train_compiles_the_step_once_across_epochs_and_evaluation(tmp_path):
     # third epoch, and evaluations at steps 3 and 6 (and the last) run in between.
     config = _tiny_config(tmp_path, steps=7, eval_every=3)
     with CompileLog() as log:
-        result = train.train(config, tmp_path / "run")
+        result = run.train(config, tmp_path / "run", upscaler=Upscaler)
     assert np.isfinite(result["psnr"])
     assert log.count("train_step") == 1, log.names
 
@@ -77,11 +82,11 @@ def test_step_cache_holds_one_entry_after_steps_on_new_batches():
     returned (donated) state are fed back in, as the loop does."""
     config = config_lib.base_config()
     model = ModelConfig(2, 1, 8, 1.0).build()
-    tx, _ = train.make_optimizer(config.optim)
-    mesh = train.make_mesh()
-    init = lambda key: train.create_train_state(model, tx, key, use_ema=False)  # noqa: E731
+    tx, _ = make_optimizer(config.optim)
+    mesh = make_mesh()
+    init = lambda key: create_train_state(model, tx, key, use_ema=False)  # noqa: E731
     shape = jax.eval_shape(init, jax.random.key(0))
-    step = train.compile_train_step(model, tx, config, mesh, shape)
+    step = compile_train_step(model, tx, config, mesh, shape)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.jit(init, out_shardings=replicated)(jax.random.key(0))
     rng = np.random.default_rng(0)
@@ -146,15 +151,15 @@ def test_train_step_and_inference_compile_with_the_project_options(monkeypatch):
     tx = optax.adam(1e-4)
     cfg = config_lib.base_config()
     cfg.data.batch_size = 2 * jax.device_count()
-    mesh = train.make_mesh()
-    init = lambda key: train.create_train_state(model, tx, key, use_ema=False)  # noqa: E731
+    mesh = make_mesh()
+    init = lambda key: create_train_state(model, tx, key, use_ema=False)  # noqa: E731
     shape = jax.eval_shape(init, jax.random.key(0))
     n = cfg.data.batch_size
     batch = {"lr": jax.ShapeDtypeStruct((n, 8, 8, 3), jnp.uint8),
              "hr": jax.ShapeDtypeStruct((n, 16, 16, 3), jnp.uint8)}
 
     def hlo(compiler_options=None):
-        step = train.compile_train_step(model, tx, cfg, mesh, shape, compiler_options)
+        step = compile_train_step(model, tx, cfg, mesh, shape, compiler_options)
         return step.lower(shape, batch).compile().as_text()
 
     default = [c for c in convolutions(hlo({})) if is_weight_gradient(c[0])]

@@ -65,21 +65,21 @@ def test_validate_names_the_field(field, value, message):
 def test_cosine_schedule_warms_up_then_ends_at_zero():
     import numpy as np
 
-    from edsr_jax import train
+    from edsr_jax.training.optim import make_optimizer
 
     c = config_lib.base_config()
     c.optim.lr, c.optim.schedule, c.optim.warmup_steps = 1e-3, "cosine", 100
     c.train.steps = 1100
     config_lib.validate(c)
-    _, schedule = train.make_optimizer(c.optim, c.train.steps)
+    _, schedule = make_optimizer(c.optim, c.train.steps)
     lr = lambda step: float(schedule(step))  # noqa: E731
     assert lr(0) == 0.0 and np.isclose(lr(50), 5e-4) and np.isclose(lr(100), 1e-3)
     assert np.isclose(lr(600), 5e-4, rtol=1e-4)  # half way down the cosine
     assert lr(1100) == 0.0 and lr(2000) == 0.0
     c.optim.cosine_steps = 300  # its own length, independent of train.steps
-    _, schedule = train.make_optimizer(c.optim, c.train.steps)
+    _, schedule = make_optimizer(c.optim, c.train.steps)
     assert np.isclose(float(schedule(200)), 5e-4, rtol=1e-4) and float(schedule(300)) == 0.0
-    _, step = train.make_optimizer(config_lib.base_config().optim, 300_000)  # the paper's default
+    _, step = make_optimizer(config_lib.base_config().optim, 300_000)  # the paper's default
     assert np.isclose(float(step(199_999)), 1e-4) and np.isclose(float(step(200_000)), 5e-5)
 
 

@@ -265,11 +265,11 @@ def test_stablehlo_runner_copied_alone_runs_with_jax_and_numpy_only(tmp_path):
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_from_torch_reads_scale_and_preset_from_the_shapes(scale, tmp_path):
     """x2: one upsampler conv with 4 x features outputs, x3: 9 x, x4: two 4 x convs."""
-    from edsr_jax.training import checkpoint
+    from edsr_jax.training.restore import restore_for_inference
 
     torch = pytest.importorskip("torch")
     pt = tmp_path / "w.pt"
     torch.save(torch_model(scale).state_dict(), pt)
     step = export_lib.import_torch(pt, tmp_path / "ckpt")
-    config, _ = checkpoint.restore_for_inference(tmp_path / "ckpt")
+    config, _ = restore_for_inference(tmp_path / "ckpt")
     assert config == ModelConfig(scale, 2, 8) and step.name == "0"

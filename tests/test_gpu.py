@@ -24,18 +24,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def _step_and_state(dtype: str, batch_per_device: int = 4):
     from edsr_jax.training import config as config_lib
-    from edsr_jax import train
+    from edsr_jax.training.optim import make_optimizer
+    from edsr_jax.training.sharding import make_mesh, make_shardings
+    from edsr_jax.training.state import create_train_state
+    from edsr_jax.training.step import compile_train_step
     from edsr_jax.nets.edsr import DTYPES, ModelConfig
 
     model = ModelConfig(2, 2, 16, 1.0).build(dtype=DTYPES[dtype])
     cfg = config_lib.base_config()
-    mesh = train.make_mesh()
+    mesh = make_mesh()
     cfg.data.batch_size = batch_per_device * mesh.size
-    tx, _ = train.make_optimizer(cfg.optim)
-    init = lambda key: train.create_train_state(model, tx, key, use_ema=False)  # noqa: E731
-    shardings = train.make_shardings(mesh, jax.eval_shape(init, jax.random.key(0)))
-    step = train.compile_train_step(model, tx, cfg, mesh, jax.eval_shape(init, jax.random.key(0)),
-                                    shardings=shardings)
+    tx, _ = make_optimizer(cfg.optim)
+    init = lambda key: create_train_state(model, tx, key, use_ema=False)  # noqa: E731
+    shardings = make_shardings(mesh, jax.eval_shape(init, jax.random.key(0)))
+    step = compile_train_step(model, tx, cfg, mesh, jax.eval_shape(init, jax.random.key(0)),
+                              shardings=shardings)
     state = jax.jit(init, out_shardings=shardings[2])(jax.random.key(0))
     rng = np.random.default_rng(0)
     n = cfg.data.batch_size

@@ -23,6 +23,7 @@ from PIL import Image
 
 from edsr_jax import evaluate, export, upscale
 from edsr_jax.training import checkpoint
+from edsr_jax.training.restore import restore_for_inference
 from edsr_jax.io import cli
 from edsr_jax.inference import infer
 from edsr_jax.nets import mdsr
@@ -153,7 +154,7 @@ def test_checkpoint_says_mdsr_and_edsr_config_is_unchanged(tmp_path):
     step = checkpoint.save_params_checkpoint(tmp_path / "m", TINY, {"params": params})
     stored = json.loads((step / "config" / "metadata").read_text())
     assert stored["model"] == {"arch": "mdsr", "scales": [2, 3, 4], "num_blocks": 2, "num_features": 8}
-    config, restored = checkpoint.restore_for_inference(tmp_path / "m")
+    config, restored = restore_for_inference(tmp_path / "m")
     assert config == TINY
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(restored)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -162,7 +163,7 @@ def test_checkpoint_says_mdsr_and_edsr_config_is_unchanged(tmp_path):
     step = checkpoint.save_params_checkpoint(tmp_path / "e", edsr, edsr_params)
     stored = json.loads((step / "config" / "metadata").read_text())
     assert stored["model"] == edsr.to_dict() and "arch" not in stored["model"]
-    assert checkpoint.restore_for_inference(tmp_path / "e")[0] == edsr
+    assert restore_for_inference(tmp_path / "e")[0] == edsr
 
 
 # --- the CLIs, from one imported MDSR checkpoint ----------------------------------------------------
@@ -183,7 +184,7 @@ def imported(tmp_path_factory):
 
 def test_import_gives_an_mdsr_checkpoint_equal_to_torch_at_each_scale(imported):
     model, _, ckpt = imported
-    config, params = checkpoint.restore_for_inference(ckpt)
+    config, params = restore_for_inference(ckpt)
     assert config == TINY
     lr = image(12, 15, seed=8)
     for scale in SCALES:

@@ -17,6 +17,14 @@ import optax
 import pytest
 
 from conftest import ROOT
+from edsr_jax.inference.infer import Upscaler
+from edsr_jax.training import run
+from edsr_jax.training.datasets import resolve_lr_name, train_dataset
+from edsr_jax.training.finetune import merge_params, upsamplers_as
+from edsr_jax.training.loss import pixel_loss
+from edsr_jax.training.restore import restore_for_inference, restore_params
+from edsr_jax.training.state import create_train_state, init_variables
+from edsr_jax.training.step import train_step
 from edsr_jax import train
 from edsr_jax.training import checkpoint
 from edsr_jax.io import cli
@@ -41,7 +49,7 @@ def run_train(workdir, *overrides, devices=1, timeout=300):
 
 
 def params_of(path):
-    _, params, _ = checkpoint.restore_params(Path(path), prefer_ema=False)
+    _, params, _ = restore_params(Path(path), prefer_ema=False)
     return jax.tree_util.tree_map(np.asarray, params)
 
 
@@ -89,8 +97,8 @@ def _batch(scale, seed=0, b=2, p=6):
 def test_one_step_per_scale_trains_every_scale_and_only_its_branches():
     model = MDSRConfig(SCALES, 1, 8).build()
     tx = optax.adam(1e-3)
-    state = train.create_train_state(model, tx, jax.random.key(0), use_ema=True)
-    step = jax.jit(lambda s, b, scale: train.train_step(s, b, scale, model=model, tx=tx, ema_decay=0.5),
+    state = create_train_state(model, tx, jax.random.key(0), use_ema=True)
+    step = jax.jit(lambda s, b, scale: train_step(s, b, scale, model=model, tx=tx, ema_decay=0.5),
                    static_argnums=(2,))
     batches = {s: _batch(s, seed=s) for s in SCALES}
     p0 = jax.tree_util.tree_map(np.asarray, state.params["params"])
@@ -100,8 +108,8 @@ def test_one_step_per_scale_trains_every_scale_and_only_its_branches():
         moved = not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(p0[name]),
                                                                jax.tree_util.tree_leaves(p1[name])))
         assert moved == (not name.endswith(("_x2", "_x4"))), name
-    first = {s: float(train.pixel_loss(model.apply(state.params, batches[s]["lr"].astype(np.float32), s),
-                                       batches[s]["hr"], "l1")) for s in SCALES}
+    first = {s: float(pixel_loss(model.apply(state.params, batches[s]["lr"].astype(np.float32), s),
+                                 batches[s]["hr"], "l1")) for s in SCALES}
     losses = {s: [] for s in SCALES}
     for n in range(60):
         s = SCALES[n % 3]
@@ -117,8 +125,8 @@ def test_one_step_per_scale_trains_every_scale_and_only_its_branches():
 def test_bfloat16_step_is_finite_and_keeps_float32_params():
     model = MDSRConfig(SCALES, 1, 8).build(dtype=jnp.bfloat16)
     tx = optax.adam(1e-3)
-    state = train.create_train_state(model, tx, jax.random.key(0), use_ema=False)
-    state, m = jax.jit(lambda s, b: train.train_step(s, b, 4, model=model, tx=tx))(state, _batch(4))
+    state = create_train_state(model, tx, jax.random.key(0), use_ema=False)
+    state, m = jax.jit(lambda s, b: train_step(s, b, 4, model=model, tx=tx))(state, _batch(4))
     assert np.isfinite(float(m["loss"])) and int(state.nonfinite) == 0
     assert {a.dtype for a in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype(jnp.float32)}
 
@@ -126,15 +134,15 @@ def test_bfloat16_step_is_finite_and_keeps_float32_params():
 def test_upsamplers_carry_over_between_edsr_and_mdsr():
     m = MDSRConfig(SCALES, 1, 8)
     e4 = ModelConfig(4, 1, 8)
-    mdsr_p = jax.device_get(train.init_variables(m.build(), jax.random.key(0)))
-    edsr_p = jax.device_get(train.init_variables(e4.build(), jax.random.key(1)))
-    as_edsr = train.upsamplers_as(mdsr_p, m, e4)
-    merged, took, kept = train.merge_params(edsr_p, as_edsr)
+    mdsr_p = jax.device_get(init_variables(m.build(), jax.random.key(0)))
+    edsr_p = jax.device_get(init_variables(e4.build(), jax.random.key(1)))
+    as_edsr = upsamplers_as(mdsr_p, m, e4)
+    merged, took, kept = merge_params(edsr_p, as_edsr)
     assert kept == []  # every EDSR x4 array comes from the MDSR: head, body, x4 upsampler, tail
     np.testing.assert_array_equal(merged["params"]["upsample_1"]["kernel"],
                                   mdsr_p["params"]["upsample_x4"]["stage_1"]["kernel"])
-    as_mdsr = train.upsamplers_as(edsr_p, e4, m)
-    merged, took, kept = train.merge_params(mdsr_p, as_mdsr)
+    as_mdsr = upsamplers_as(edsr_p, e4, m)
+    merged, took, kept = merge_params(mdsr_p, as_mdsr)
     assert "params/upsample_x4/stage_0/kernel" in took and "params/tail/kernel" in took
     assert all(k.split("/")[1].startswith(("pre_process_", "upsample_x2", "upsample_x3")) for k in kept)
 
@@ -158,10 +166,10 @@ def test_prepared_x2_x3_x4_folders_feed_each_scale(tmp_path):
     assert prepare.main([str(tmp_path / "samples" / "train"), "--out", str(tmp_path / "div2k"),
                          "--scales", "2", "3", "4", "--workers", "1", "--no-progress"]) == 0
     config = tiny_config(**{"data.source": "paired", "data.train": str(tmp_path / "div2k")})
-    train.resolve_lr_name(config)
+    resolve_lr_name(config)
     firsts = {}
     for s in SCALES:
-        batch = next(iter(train.train_dataset(config, 0, 1, s)))
+        batch = next(iter(train_dataset(config, 0, 1, s)))
         assert batch["lr"].shape == (8, 12, 12, 3) and batch["hr"].shape == (8, 12 * s, 12 * s, 3)
         firsts[s] = batch["lr"]
     assert not np.array_equal(firsts[2][:, :4, :4], firsts[3][:, :4, :4])
@@ -194,7 +202,7 @@ def test_every_scale_is_drawn_and_validated(straight):
     # the best-checkpoint ranking uses the mean PSNR over the scales
     assert record["psnr"] == pytest.approx(np.mean([record[f"x{s}/psnr"] for s in SCALES]))
     assert checkpoint.step_metrics(straight / "checkpoints" / "6")["psnr"] == pytest.approx(record["psnr"])
-    config, params = checkpoint.restore_for_inference(straight)
+    config, params = restore_for_inference(straight)
     assert config == MDSRConfig(SCALES, 2, 8) and "upsample_x3" in params["params"]
 
 
@@ -210,8 +218,8 @@ def test_stop_and_resume_continues_the_scale_sequence_exactly(straight, tmp_path
     assert iter_state(tmp_path, 3) == iter_state(straight, 3)
     assert iter_state(tmp_path, 6) == iter_state(straight, 6)
     for prefer_ema in (False, True):
-        a = checkpoint.restore_params(straight, prefer_ema=prefer_ema)[1]
-        b = checkpoint.restore_params(tmp_path, prefer_ema=prefer_ema)[1]
+        a = restore_params(straight, prefer_ema=prefer_ema)[1]
+        b = restore_params(tmp_path, prefer_ema=prefer_ema)[1]
         jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
@@ -228,7 +236,7 @@ def test_two_devices_match_one_device(straight, tmp_path):
 
 def test_init_from_an_mdsr_checkpoint_finetunes(straight, tmp_path, capsys):
     config = tiny_config(**{"train.steps": 1, "train.log_every": 1, "train.init_from": str(straight)})
-    result = train.train(config, tmp_path / "ft")
+    result = run.train(config, tmp_path / "ft", upscaler=Upscaler)
     err = capsys.readouterr().err
     assert f"fine-tuning from {straight}" in err and "freshly initialised 0: none" in err, err
     assert np.isfinite(result["psnr"]) and all(f"x{s}/psnr" in result for s in SCALES)
@@ -242,7 +250,7 @@ def test_each_scale_compiles_its_step_once(tmp_path):
     config = tiny_config(**{"train.steps": 8, "train.scale_order": "cycle", "train.eval_every": 4,
                             "train.checkpoint_every": 1000, "train.log_every": 4})
     with CompileLog() as log:
-        train.train(config, tmp_path / "run")
+        run.train(config, tmp_path / "run", upscaler=Upscaler)
     assert log.count("train_step") == 3, log.names
 
 
@@ -259,7 +267,7 @@ def test_each_scale_compiles_its_step_once(tmp_path):
 def test_bad_mdsr_config_is_refused_naming_the_option(tmp_path, fields, message):
     config = tiny_config(**fields)
     with pytest.raises(cli.UsageError) as e:
-        train.train(config, tmp_path / "w")
+        run.train(config, tmp_path / "w", upscaler=Upscaler)
     assert message in str(e.value)
     assert not (tmp_path / "w").exists()
 

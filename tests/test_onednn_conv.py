@@ -153,7 +153,8 @@ def test_train_step_runs_every_convolution_through_onednn():
     is data: XLA drops the unused call)."""
     import optax
 
-    from edsr_jax import train
+    from edsr_jax.training.state import create_train_state
+    from edsr_jax.training.step import compile_train_step
 
     config = ModelConfig(scale=2, num_blocks=1, num_features=8)
     model = config.build(conv_backend="onednn")
@@ -162,11 +163,11 @@ def test_train_step_runs_every_convolution_through_onednn():
     cfg.data.batch_size = 2
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                          devices=jax.devices()[:1])
-    shape = jax.eval_shape(lambda k: train.create_train_state(model, tx, k, use_ema=False),
+    shape = jax.eval_shape(lambda k: create_train_state(model, tx, k, use_ema=False),
                            jax.random.key(0))
     batch = {"lr": jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.uint8),
              "hr": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.uint8)}
-    text = train.compile_train_step(model, tx, cfg, mesh, shape).lower(shape, batch).compile().as_text()
+    text = compile_train_step(model, tx, cfg, mesh, shape).lower(shape, batch).compile().as_text()
     count = lambda target: text.count(f'custom_call_target="{target}"')  # noqa: E731
     assert " convolution(" not in text
     assert (count("edsr_conv_forward"), count("edsr_conv_backward_data"),

@@ -258,10 +258,10 @@ def test_a_second_lr_variant_shares_the_hr_files(tmp_path, capsys):
 def test_training_reads_the_lr_name_from_the_manifest_when_there_is_one(tmp_path):
     """data.lr_name "" (default) on a prepared folder: its only LR variant; several variants:
     one error naming them; a folder without a manifest (DIV2K as distributed): "bicubic"; an
-    explicit name is kept. The run stores the resolved name (train.resolve_lr_name)."""
+    explicit name is kept. The run stores the resolved name (``training.datasets.resolve_lr_name``)."""
     from edsr_jax.io import cli
     from edsr_jax.training import config as config_lib
-    from edsr_jax import train
+    from edsr_jax.training.datasets import resolve_lr_name
 
     hr = tmp_path / "hr"
     hr.mkdir()
@@ -273,7 +273,7 @@ def test_training_reads_the_lr_name_from_the_manifest_when_there_is_one(tmp_path
     def resolved(folder, lr_name=""):
         c = config_lib.base_config()
         c.data.source, c.data.train, c.data.lr_name = "paired", str(folder), lr_name
-        note = train.resolve_lr_name(c)
+        note = resolve_lr_name(c)
         return c.data.lr_name, note
 
     name, note = resolved(out)
@@ -287,13 +287,13 @@ def test_training_reads_the_lr_name_from_the_manifest_when_there_is_one(tmp_path
         resolved(out)
     assert resolved(out, "bic") == ("bic", None)
     hr_run = config_lib.base_config()  # LR made on the fly: the name is unused, stored as before
-    train.resolve_lr_name(hr_run)
+    resolve_lr_name(hr_run)
     assert hr_run.data.lr_name == "bicubic"
 
 
 def test_lr_variant_spec_reads_each_variant_from_the_manifest(tmp_path):
     """Training asks the manifest which degradation made an LR folder (it decides the
-    augmentation that keeps pairs aligned: train.training_spec)."""
+    augmentation that keeps pairs aligned: ``training.datasets.training_spec``)."""
     rng = np.random.default_rng(0)
     (tmp_path / "hr").mkdir()
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "hr" / "a.png")

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import ROOT
 from edsr_jax.training import checkpoint
+from edsr_jax.training.restore import restore_params
 
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 CACHE = str(ROOT / ".cache" / "test-decoded")
@@ -69,7 +70,7 @@ def wait_for(proc, condition, timeout=90.0):
 
 
 def final_params(workdir):
-    _, params, _ = checkpoint.restore_params(Path(workdir), prefer_ema=False)
+    _, params, _ = restore_params(Path(workdir), prefer_ema=False)
     return jax.tree_util.tree_map(np.asarray, params)
 
 
@@ -313,22 +314,22 @@ def test_damaged_newest_step_falls_back_for_readers(two_steps, tmp_path, kind):
     the item, then reads step 3, bitwise equal to reading step 3 directly."""
     workdir = damaged_copy(two_steps, tmp_path / "w", kind)
     said = []
-    _, params, _ = checkpoint.restore_params(workdir, prefer_ema=False, say=said.append)
+    _, params, _ = restore_params(workdir, prefer_ema=False, say=said.append)
     assert len(said) == 2, said
     assert f"step 6 in {workdir / 'checkpoints'} is damaged: item '{DAMAGED_ITEM[kind]}'" in said[0], said
     assert said[1] == "using checkpoint step 3 (the newest that reads completely)"
-    _, step3, _ = checkpoint.restore_params(workdir / "checkpoints" / "3", prefer_ema=False)
+    _, step3, _ = restore_params(workdir / "checkpoints" / "3", prefer_ema=False)
     assert_bitwise_equal(params, step3)
     # The damaged step named explicitly is refused, naming it and the item, never replaced.
     with pytest.raises(checkpoint.CheckpointDamaged, match=rf"checkpoints/6: item '{DAMAGED_ITEM[kind]}'"):
-        checkpoint.restore_params(workdir / "checkpoints" / "6")
+        restore_params(workdir / "checkpoints" / "6")
 
 
 def test_no_readable_step_is_one_error_naming_each(two_steps, tmp_path):
     workdir = damaged_copy(two_steps, tmp_path / "w", "deleted_params")
     DAMAGE["emptied_config"](workdir / "checkpoints" / "3")
     with pytest.raises(checkpoint.CheckpointDamaged) as e:
-        checkpoint.restore_params(workdir, say=lambda _: None)
+        restore_params(workdir, say=lambda _: None)
     assert "step 6: params missing" in str(e.value) and "step 3: config unreadable" in str(e.value)
 
 
@@ -439,7 +440,7 @@ def test_second_trainer_on_a_workdir_exits_2_naming_the_first(tmp_path):
         assert f"pid {first.pid}," in lines[0]
         # Readers work while it writes: every read gets a complete step (the newest that reads).
         for _ in range(15):
-            _, params, _ = checkpoint.restore_params(workdir, say=lambda _: None)
+            _, params, _ = restore_params(workdir, say=lambda _: None)
             assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree_util.tree_leaves(params))
         assert first.poll() is None, "the first trainer is undisturbed"
         first.send_signal(signal.SIGKILL)

@@ -14,7 +14,14 @@ import optax
 import pytest
 
 from conftest import ROOT
-from edsr_jax import train
+from edsr_jax.inference.infer import Upscaler
+from edsr_jax.training import run
+from edsr_jax.training.datasets import augmentation_note, training_spec
+from edsr_jax.training.finetune import merge_params
+from edsr_jax.training.loss import pixel_loss
+from edsr_jax.training.restore import restore_params
+from edsr_jax.training.state import create_train_state
+from edsr_jax.training.step import NonFiniteError, check_finite, train_step
 from edsr_jax.training import checkpoint
 from edsr_jax.nets import onednn_conv
 from edsr_jax.nets.edsr import ModelConfig
@@ -35,7 +42,7 @@ def run_train(workdir, *overrides, devices=1, extra_env=None, timeout=300, args=
 
 
 def final_params(workdir):
-    _, params, _ = checkpoint.restore_params(Path(workdir), prefer_ema=False)
+    _, params, _ = restore_params(Path(workdir), prefer_ema=False)
     return jax.tree_util.tree_map(np.asarray, params)
 
 
@@ -51,16 +58,16 @@ def test_pixel_losses_against_numpy():
     rng = np.random.default_rng(0)
     sr, hr = rng.uniform(0, 255, (2, 4, 4, 3)), rng.uniform(0, 255, (2, 4, 4, 3))
     d = sr - hr
-    assert np.isclose(train.pixel_loss(sr, hr, "l1"), np.abs(d).mean(), rtol=1e-6)
-    assert np.isclose(train.pixel_loss(sr, hr, "l2"), (d * d).mean(), rtol=1e-5)
+    assert np.isclose(pixel_loss(sr, hr, "l1"), np.abs(d).mean(), rtol=1e-6)
+    assert np.isclose(pixel_loss(sr, hr, "l2"), (d * d).mean(), rtol=1e-5)
     eps = 1e-3 * 255
-    assert np.isclose(train.pixel_loss(sr, hr, "charbonnier"), np.sqrt(d * d + eps * eps).mean(), rtol=1e-6)
+    assert np.isclose(pixel_loss(sr, hr, "charbonnier"), np.sqrt(d * d + eps * eps).mean(), rtol=1e-6)
 
 
 def _tiny_state(ema=0.0):
     model = ModelConfig(2, 1, 4).build()
     tx = optax.adam(1e-3)
-    state = train.create_train_state(model, tx, jax.random.key(0), use_ema=ema > 0)
+    state = create_train_state(model, tx, jax.random.key(0), use_ema=ema > 0)
     return model, tx, state
 
 
@@ -76,7 +83,7 @@ def _batch(seed=0, b=2, p=6):
 
 def test_loss_falls_on_a_fixed_batch():
     model, tx, state = _tiny_state()
-    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx))
+    step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx))
     batch = _batch()
     losses = []
     for _ in range(40):
@@ -88,7 +95,7 @@ def test_loss_falls_on_a_fixed_batch():
 
 def test_nonfinite_step_is_not_applied_and_counted():
     model, tx, state = _tiny_state(ema=0.9)
-    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, ema_decay=0.9))
+    step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, ema_decay=0.9))
     state, _ = step(state, _batch())
     before = jax.tree_util.tree_map(np.asarray, (state.params, state.ema))
     bad = _batch(1)
@@ -99,15 +106,15 @@ def test_nonfinite_step_is_not_applied_and_counted():
     after = jax.tree_util.tree_map(np.asarray, (state.params, state.ema))
     jax.tree_util.tree_map(np.testing.assert_array_equal, before, after)
     assert int(state.nonfinite) == 1 and int(state.first_nonfinite) == 2
-    with pytest.raises(train.NonFiniteError, match="step 2"):
-        train._check_finite(state, "stop")
-    assert train._check_finite(state, "skip") == 1
+    with pytest.raises(NonFiniteError, match="step 2"):
+        check_finite(state, "stop")
+    assert check_finite(state, "skip") == 1
 
 
 def test_ema_follows_params():
     model, tx, state = _tiny_state(ema=0.5)
     p0 = jax.tree_util.tree_map(np.asarray, state.params)
-    state, _ = train.train_step(state, _batch(), model=model, tx=tx, ema_decay=0.5)
+    state, _ = train_step(state, _batch(), model=model, tx=tx, ema_decay=0.5)
     expect = jax.tree_util.tree_map(lambda a, b: 0.5 * a + 0.5 * np.asarray(b), p0, state.params)
     assert_close(state.ema, expect, 1e-6)
 
@@ -115,7 +122,7 @@ def test_ema_follows_params():
 def test_merge_params_for_finetuning_x2_to_x4():
     x2 = ModelConfig(2, 2, 8).build().init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
     x4 = ModelConfig(4, 2, 8).build().init(jax.random.key(2), jnp.zeros((1, 8, 8, 3)))
-    merged, took, kept = train.merge_params(x4, x2, skip=("upsample_", "tail"))
+    merged, took, kept = merge_params(x4, x2, skip=("upsample_", "tail"))
     assert sorted(kept) == ["params/tail/bias", "params/tail/kernel",
                             "params/upsample_0/bias", "params/upsample_0/kernel",
                             "params/upsample_1/bias", "params/upsample_1/kernel"]
@@ -123,7 +130,7 @@ def test_merge_params_for_finetuning_x2_to_x4():
     np.testing.assert_array_equal(merged["params"]["head"]["kernel"], x2["params"]["head"]["kernel"])
     np.testing.assert_array_equal(merged["params"]["tail"]["kernel"], x4["params"]["tail"]["kernel"])
     # Without skipping, every same-shaped array is taken (x2's upsample_0 fits x4's first stage).
-    _, took_all, kept_all = train.merge_params(x4, x2)
+    _, took_all, kept_all = merge_params(x4, x2)
     assert "params/upsample_0/kernel" in took_all and "params/upsample_1/kernel" in kept_all
 
 
@@ -240,8 +247,8 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10 * 2**20, 9 * 2**20, 2**20))
     with pytest.raises(cli.UsageError, match=r"only 1 MiB free, checkpoints need about 48 MiB"):
-        train.check_workdir(tmp_path / "w", need_bytes=48 * 2**20)
-    train.check_workdir(tmp_path / "w2", need_bytes=2**19)  # enough room: no error
+        run.check_workdir(tmp_path / "w", need_bytes=48 * 2**20)
+    run.check_workdir(tmp_path / "w2", need_bytes=2**19)  # enough room: no error
 
 
 # ---------------------------------------------------------------- the run in-process
@@ -296,10 +303,10 @@ def test_an_exception_in_the_loop_closes_the_feed_manager_and_logger(tmp_path, m
     monkeypatch.setattr(logger_cls, "train", failing)
     monkeypatch.setattr(checkpoint, "make_manager", spy("manager", checkpoint.make_manager, "close"))
     monkeypatch.setattr(feed, "DeviceFeed", spy("feed", feed.DeviceFeed, "close"))
-    monkeypatch.setattr(train, "Logger", spy("logger", logger_cls, "close"))
+    monkeypatch.setattr(run, "Logger", spy("logger", logger_cls, "close"))
     config = _tiny_config(steps=6, log_every=1, checkpoint_every=3)
     with pytest.raises(RuntimeError, match="boom at step 4"):
-        train.train(config, tmp_path / "run")
+        run.train(config, tmp_path / "run", upscaler=Upscaler)
     assert set(opened) == {"manager", "feed", "logger"}
     assert all(o["closed"] for o in opened.values()), opened
     for t in set(threading.enumerate()) - before:  # closed pools' threads end on their own
@@ -332,13 +339,13 @@ def test_a_validation_image_too_small_to_score_is_skipped_or_refused_at_set_up(t
     config = _tiny_config(steps=1, log_every=1)
     config.data.val = str(tiny_only)
     with pytest.raises(cli.UsageError, match=r"config\.data\.val: .*tiny: no image can be scored at x2"):
-        train.train(config, tmp_path / "refused")
+        run.train(config, tmp_path / "refused", upscaler=Upscaler)
     assert "v0_12x12.png: 12x12 pixels is too small to score at x2" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
 
     mixed = _write_val(tmp_path / "mixed", [(12, 12), (40, 36)])
     config.data.val, config.data.val_max_images = str(mixed), 2
-    result = train.train(config, tmp_path / "run")
+    result = run.train(config, tmp_path / "run", upscaler=Upscaler)
     assert result["images"] == 1 and np.isfinite(result["psnr"])
     assert "skipped: " in capsys.readouterr().err
 
@@ -352,8 +359,8 @@ def test_augmentation_note_names_the_symmetries_a_phase_keeps():
     c = base_config()
     c.data.source = "hr"
     c.data.spec = "nearest > jpeg(30,60)"
-    note = train.augmentation_note(c, 2)
+    note = augmentation_note(c, 2)
     assert "'nearest(2) > jpeg(30,60)'" in note and "2 of the 8" in note and "identity, transpose" in note
-    assert train.training_spec(c, 3) == "nearest > jpeg(30,60)"
+    assert training_spec(c, 3) == "nearest > jpeg(30,60)"
     c.data.spec = ""
-    assert train.augmentation_note(c, 2) is None and train.training_spec(c, 2) == "bicubic(2)"
+    assert augmentation_note(c, 2) is None and training_spec(c, 2) == "bicubic(2)"

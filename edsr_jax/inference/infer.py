@@ -302,9 +302,9 @@ class Upscaler:
         MDSR checkpoint needs ``scale`` (see the class), unless ``any_scale``: then its first
         scale is taken (for callers that go on with ``at_scale``). A missing or wrong scale is
         a ValueError naming ``scale_option`` (the CLIs pass "--scale")."""
-        from edsr_jax.training import checkpoint
+        from edsr_jax.training.restore import restore_params
 
-        config, params, saved = checkpoint.restore_params(path, prefer_ema=True)
+        config, params, saved = restore_params(path, prefer_ema=True)
         if any_scale and scale is None and is_mdsr(config):
             scale = config.scales[0]
         resolve_scale(config, scale, option=scale_option)

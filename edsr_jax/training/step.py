@@ -1,0 +1,134 @@
+"""The train step: one optimiser step as a pure function, its jit over the mesh, and the
+check of the non-finite steps it counted.
+
+``train_step`` guards the update: a non-finite loss or gradient leaves params, optimizer
+state and EMA unchanged and is counted in the state; ``check_finite`` reads that count on
+the host and stops the run under ``train.nan_policy = "stop"`` (``NonFiniteError``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from edsr_jax.nets import xla_options
+from edsr_jax.nets.edsr import EDSR
+from edsr_jax.nets.mdsr import MDSR
+from edsr_jax.training.loss import pixel_loss
+from edsr_jax.training.sharding import Shardings, make_shardings
+from edsr_jax.training.state import TrainState
+
+
+def train_step(state: TrainState, batch: dict, scale: int | None = None, *, model: EDSR | MDSR,
+               tx: optax.GradientTransformation, loss: str = "l1", charbonnier_eps: float = 1e-3,
+               ema_decay: float = 0.0, guard: str = "cond",
+               grads_in_param_layout: bool = False) -> tuple[TrainState, dict]:
+    """One optimiser step on ``batch = {"lr": (B,p,p,3) uint8, "hr": (B,p*s,p*s,3) uint8}``
+    (values in [0, 255]).
+
+    ``scale``: None for an EDSR; for an MDSR the batch's scale (a Python int, static under
+    ``jax.jit``), which picks the branches the step runs and updates (the other scales'
+    branches get zero gradients: Adam's moments of them decay and their momentum still moves
+    them a little, as PyTorch's Adam does with the zeroed gradients of the official code).
+    A non-finite loss or gradient leaves params, optimizer state and EMA unchanged and
+    is counted in ``state.nonfinite``. Returns ``(state, {"loss", "grad_norm"})``.
+    ``guard`` ("cond" or "select") and ``grads_in_param_layout`` choose how that is compiled,
+    per platform (``xla_options.step_formulation``); the numbers are the same.
+    """
+    lr = batch["lr"].astype(jnp.float32)
+    hr = batch["hr"].astype(jnp.float32)
+    extra = () if scale is None else (scale,)
+
+    def loss_of(params):
+        return pixel_loss(model.apply(params, lr, *extra), hr, loss, charbonnier_eps)
+
+    value, grads = jax.value_and_grad(loss_of)(state.params)
+    if grads_in_param_layout:
+        grads = jax.tree_util.tree_map(row_major, grads)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+
+    def update(state):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema is not None:
+            ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        return params, opt_state, ema
+
+    def keep(state):
+        return state.params, state.opt_state, state.ema
+
+    if guard == "cond":
+        params, opt_state, ema = jax.lax.cond(finite, update, keep, state)
+    elif guard == "select":
+        params, opt_state, ema = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(finite, new, old), update(state), keep(state))
+    else:
+        raise ValueError(f"guard must be 'cond' or 'select', got {guard!r}")
+    step = state.step + 1
+    bad = jnp.logical_not(finite)
+    new_state = TrainState(
+        step=step,
+        params=params,
+        opt_state=opt_state,
+        ema=ema,
+        nonfinite=state.nonfinite + bad.astype(jnp.int32),
+        first_nonfinite=jnp.where(bad & (state.first_nonfinite < 0), step, state.first_nonfinite),
+    )
+    return new_state, {"loss": value, "grad_norm": grad_norm}
+
+
+def row_major(x: jax.Array) -> jax.Array:
+    """``x`` constrained to the default (row-major) layout, the one parameters are stored in."""
+    from jax.experimental.layout import Layout, with_layout_constraint
+
+    return with_layout_constraint(x, Layout(tuple(range(x.ndim))))
+
+
+def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, state_shape,
+                       compiler_options: dict | None = None,
+                       shardings: Shardings | None = None,
+                       formulation: xla_options.StepFormulation | None = None) -> Callable:
+    """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated:
+    ``step(state, batch)`` for an EDSR, ``step(state, batch, scale)`` for an MDSR (``scale``
+    static: one executable per scale in the one jit cache, compiled at its first call).
+
+    ``compiler_options`` and ``formulation`` default to ``xla_options.compiler_options`` and
+    ``xla_options.step_formulation`` of the mesh's platform (pass ``{}`` for XLA's own default
+    options); ``shardings`` default to ``make_shardings``."""
+    shardings = shardings or make_shardings(mesh, state_shape)
+    replicated, batch_sharding, state_sharding = shardings
+    platform = mesh.devices.flat[0].platform
+    form = formulation or xla_options.step_formulation(platform)
+    step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
+                             charbonnier_eps=config.optim.charbonnier_eps,
+                             ema_decay=float(config.train.ema), guard=form.guard,
+                             grads_in_param_layout=form.grads_in_param_layout)
+    if compiler_options is None:
+        compiler_options = xla_options.compiler_options(
+            platform, int(config.data.batch_size) // mesh.size)
+    return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+                   static_argnums=(2,) if isinstance(model, MDSR) else (),
+                   compiler_options=compiler_options)
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a non-finite loss or gradient with ``nan_policy = "stop"``."""
+
+
+def check_finite(state: TrainState, policy: str) -> int:
+    """The number of non-finite steps ``state`` counted (their updates were not applied);
+    with ``policy`` "stop" any such step raises ``NonFiniteError`` naming the first one."""
+    count = int(state.nonfinite)
+    if count and policy == "stop":
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {int(state.first_nonfinite)}; training stopped. "
+            "The update of that step was not applied and no checkpoint of it was written; "
+            "lower config.optim.lr, set config.optim.clip_norm, or set config.train.nan_policy='skip'.")
+    return count
