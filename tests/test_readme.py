@@ -49,6 +49,31 @@ def test_fresh_clone_block_runs_as_written(tmp_path):
     assert [p.name for p in (tmp_path / "builtin").iterdir()] == ["coffee.png"]  # the built-in photo-x2
     assert (tmp_path / "scores.json").is_file() and (tmp_path / "quickstart.shlo").is_file()
     assert (tmp_path / "data" / "poster" / "manifest.json").is_file()
+    # Then every block marked runnable, in order, in the same folder, as a reader pastes it.
+    blocks = runnable_blocks()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    for lang, code in blocks:
+        command = ([sys.executable, "-c", code] if lang == "python"
+                   else ["bash", "-euo", "pipefail", "-c", code])
+        proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (code, proc.stderr[-2000:])
+
+
+def runnable_blocks() -> list[tuple[str, str]]:
+    """``(language, code)`` of every fenced block the README marks ``<!-- runnable -->``."""
+    found = re.findall(r"<!-- runnable -->\n```(python|bash)\n(.*?)```", README.read_text(), flags=re.S)
+    return [(lang, code) for lang, code in found]
+
+
+def test_runnable_blocks_are_found_and_use_the_public_api():
+    blocks = runnable_blocks()
+    assert any(lang == "python" for lang, _ in blocks)
+    research = next(code for lang, code in blocks if lang == "python" and "import edsr_jax\n" in code)
+    for name in ("preset", "apply", "Upscaler", "restore_for_inference", "degrade_batch"):
+        assert f"edsr_jax.{name}" in research, name
 
 
 def test_spec_grammar_is_one_text_naming_every_operator():
