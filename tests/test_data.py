@@ -634,6 +634,9 @@ def test_config_degrade_on_field():
     c.data.degrade_on = "gpu"
     with pytest.raises(ValueError, match=r"data\.degrade_on.*\('auto', 'host', 'device'\)"):
         config_lib.validate(c)
+    c.data.degrade_on = "device"  # refused until the step degrades on the device
+    with pytest.raises(ValueError, match=r"data\.degrade_on.*not wired"):
+        config_lib.validate(c)
 
 
 def test_index_words():

@@ -197,6 +197,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     need(d.patches_per_image >= 1, "data.patches_per_image", "must be >= 1")
     need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     need(d.get("degrade_on", "auto") in DEGRADE_ON, "data.degrade_on", f"must be one of {DEGRADE_ON}")
+    # degrade_batch and the block loader exist; the step does not call them yet, so "device" is
+    # refused rather than silently run on the host ("auto" means the host until it does).
+    need(d.get("degrade_on", "auto") != "device", "data.degrade_on",
+         "'device' is not wired into the trainer yet: use 'host' or 'auto' (both degrade on the host)")
     need(o.lr > 0, "optim.lr", "must be > 0")
     need(0 <= o.b1 < 1, "optim.b1", "must be in [0, 1)")
     need(0 <= o.b2 < 1, "optim.b2", "must be in [0, 1)")
