@@ -97,8 +97,6 @@ def import_torch(path: str | Path, out: str | Path, *, scale: int | None = None,
     upsampler's shapes; ``preset_name`` None: the preset whose blocks and features match.
     An MDSR state_dict (``pre_process.*`` keys) is imported whole, every scale
     (``import_torch_mdsr``). Returns the checkpoint step folder."""
-    from edsr_jax.training import checkpoint
-
     sd = load_torch_state_dict(path)
     if any(str(k).removeprefix("module.").startswith("pre_process.") for k in sd):
         return import_torch_mdsr(path, out, sd, scale=scale, preset_name=preset_name,
@@ -122,11 +120,7 @@ def import_torch(path: str | Path, out: str | Path, *, scale: int | None = None,
                 sd, scale, preset_name=preset_name, res_scale=1.0)
     except torch_convert.ConversionError as e:
         raise cli.UsageError(f"{path}: {e}") from None
-    try:
-        return checkpoint.save_params_checkpoint(
-            out, config, {"params": params}, note=f"imported from PyTorch weights {Path(path).name}")
-    except FileExistsError as e:
-        raise cli.UsageError(str(e)) from None
+    return _save_imported(out, config, params, f"imported from PyTorch weights {Path(path).name}")
 
 
 def import_torch_mdsr(path: str | Path, out: str | Path, sd: dict, *, scale: int | None = None,
@@ -135,8 +129,6 @@ def import_torch_mdsr(path: str | Path, out: str | Path, sd: dict, *, scale: int
     params-only checkpoint in ``out`` whose config says MDSR and its scales. ``preset_name``
     (an ``mdsr.PRESETS`` name) is checked against the weights; ``scale`` and ``res_scale``
     do not apply (UsageError naming the option). Returns the checkpoint step folder."""
-    from edsr_jax.training import checkpoint
-
     if scale is not None:
         raise cli.UsageError(f"--scale {scale}: {Path(path).name} holds MDSR weights, which serve "
                              "every scale; the checkpoint keeps them all (choose the scale when "
@@ -150,9 +142,15 @@ def import_torch_mdsr(path: str | Path, out: str | Path, sd: dict, *, scale: int
         config, params = torch_convert.mdsr_from_state_dict(sd, preset_name=preset_name)
     except torch_convert.ConversionError as e:
         raise cli.UsageError(f"{path}: {e}") from None
+    return _save_imported(out, config, params, f"imported from PyTorch MDSR weights {Path(path).name}")
+
+
+def _save_imported(out: str | Path, config, params, note: str) -> Path:
+    """``params`` as a params-only checkpoint in ``out``; an existing one is a UsageError."""
+    from edsr_jax.training import checkpoint
+
     try:
-        return checkpoint.save_params_checkpoint(
-            out, config, {"params": params}, note=f"imported from PyTorch MDSR weights {Path(path).name}")
+        return checkpoint.save_params_checkpoint(out, config, {"params": params}, note=note)
     except FileExistsError as e:
         raise cli.UsageError(str(e)) from None
 
