@@ -9,9 +9,15 @@ measurements.
     JAX_PLATFORMS=cpu .venv-tpu/bin/python benchmarks/accelerators.py --targets v5e v5p --devices 4 8
     # the largest per-device batch that fits (EDSR x4, patch 48):
     ... benchmarks/accelerators.py --targets h100 --max-batch edsr 4
+    # the train step that makes its LR on the device (data.degrade_on="device"), beside the same
+    # step fed host pairs:
+    ... benchmarks/accelerators.py --targets h100 --devices 8 --degrade-on device \
+        --spec "nearest > jpeg(30,60)"
 
 Programs: the trainer's train step (``training.step.compile_train_step``: mesh over the devices, state
-replicated and donated, batch sharded; per-device batch of 48x48 LR patches), a plain optax
+replicated and donated, batch sharded; per-device batch of 48x48 LR patches); with ``--degrade-on
+device`` also ``train_step+damage``, the same step fed HR crops, patch indices and symmetries that
+makes its LR with ``--spec`` inside the program (``training.step.DeviceDamage``); a plain optax
 Adam step with donated state on the same model and mesh (the baseline for copied bytes), and
 on one device the inference forward pass (``infer.apply_masked`` as ``infer.jitted`` compiles
 it with XLA convolutions) for one Upscaler tile (``tile_for_budget``'s default) and for one
@@ -101,10 +107,11 @@ FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
-                   batch_per_device: int, formulations: bool = False) -> dict:
+                   batch_per_device: int, formulations: bool = False, damage_spec: str | None = None) -> dict:
     """Lowered train step of the trainer and the plain-Adam baseline: ``{name: lowered}``;
     with ``formulations``, the step in each of ``FORMULATIONS`` and plain Adam with its
-    gradients constrained to the parameters' layout too."""
+    gradients constrained to the parameters' layout too; with ``damage_spec``, also
+    ``train_step+damage``: the step that makes its LR from HR crops with that spec."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -114,7 +121,7 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     from edsr_jax.training.optim import make_optimizer
     from edsr_jax.training.sharding import make_shardings
     from edsr_jax.training.state import create_train_state
-    from edsr_jax.training.step import compile_train_step, row_major
+    from edsr_jax.training.step import DeviceDamage, compile_train_step, row_major
 
     platform = platform_of(target)
     mesh = jax.sharding.Mesh(devices(target, count), ("data",))
@@ -157,11 +164,19 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
                               out_shardings=(replicated, replicated), donate_argnums=(0,)),
                       (params_opt, batch), platform)
 
-    def step(formulation=None):
+    def step(formulation=None, damage=None):
         jitted = compile_train_step(model, tx, cfg, mesh, state, shardings=shardings,
-                                    formulation=formulation)
-        return _lower(jitted, (state, batch), platform)
+                                    formulation=formulation, damage=damage)
+        if damage is None:
+            return _lower(jitted, (state, batch), platform)
+        hr_batch = {"hr": batch["hr"],
+                    "index": jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=batch_sharding),
+                    "symmetry": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)}
+        return _lower(jitted, (state, hr_batch), platform)
 
+    if damage_spec:
+        return {"train_step": step(), "train_step+damage": step(damage=DeviceDamage(damage_spec, scale, 0)),
+                "plain_adam": baseline(False)}
     if not formulations:
         return {"train_step": step(), "plain_adam": baseline(False)}
     from edsr_jax.nets.xla_options import StepFormulation
@@ -279,13 +294,17 @@ class Case:
     batch: int
 
 
-def run_train_case(case: Case, formulations: bool = False) -> list[dict]:
-    """Rows for the train step and its plain-Adam baseline (``train_programs``)."""
+def run_train_case(case: Case, formulations: bool = False, damage_spec: str | None = None) -> list[dict]:
+    """Rows for the train step and its plain-Adam baseline (``train_programs``); each row says
+    where its LR is made (``degrade_on``, ``spec``), and ``train_step+damage`` its step time
+    over the host-fed step's (``damage_ratio``)."""
     lowered = train_programs(case.target, case.devices, case.preset, case.scale, case.dtype,
-                             case.batch, formulations)
+                             case.batch, formulations, damage_spec)
     rows = []
     for name, low in lowered.items():
-        row = {"program": name, **dataclasses.asdict(case), **describe(low, case.target, case.devices)}
+        on_device = name == "train_step+damage"
+        row = {"program": name, **dataclasses.asdict(case), "degrade_on": "device" if on_device else "host",
+               "spec": damage_spec if on_device else "", **describe(low, case.target, case.devices)}
         patches = case.batch * case.devices
         device = DEVICES[case.target]
         peak = device.matrix_tflops["bf16" if case.dtype == "bfloat16" else "f32"] * 1e12
@@ -295,6 +314,10 @@ def run_train_case(case: Case, formulations: bool = False) -> list[dict]:
         if "tpu_optimal_s" in row:
             row["tpu_patches_s"] = patches / row["tpu_optimal_s"] if row["tpu_optimal_s"] > 0 else float("nan")
         rows.append(row)
+    host = next((r for r in rows if r["program"] == "train_step"), None)
+    for r in rows:
+        if r["program"] == "train_step+damage" and host:
+            r["damage_ratio"] = r["est_s"] / host["est_s"]
     return rows
 
 
@@ -345,7 +368,7 @@ def table(rows: list[dict]) -> str:
             "est ms | patches/s or MPix/s | MFU (no launch cost) | TPU compiler est ms |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
-        name = r["program"]
+        name = r["program"] + (f" ({r['damage_ratio']:.3f}x)" if "damage_ratio" in r else "")
         rate = f"{r['patches_s']:,.0f}" if "patches_s" in r else f"{r.get('mpix_s', 0):,.1f} MPix/s"
         mfu = (f"{100 * r['mfu']:.0f} % ({100 * r['mfu'] * r['est_s'] / r['est_no_launch_s']:.0f} %)"
                if "mfu" in r else "")
@@ -381,6 +404,12 @@ def main(argv=None) -> int:
                         "and plain Adam with and without the gradient layout constraint")
     p.add_argument("--max-batch", nargs=2, metavar=("PRESET", "SCALE"),
                    help="only search the largest per-device batch that fits one device")
+    p.add_argument("--degrade-on", choices=["host", "device"], default="host",
+                   help="device: also compile the train step that makes its LR from HR crops with --spec "
+                        "(data.degrade_on='device'), beside the step fed host pairs")
+    p.add_argument("--spec", default="nearest > jpeg(30,60)",
+                   help="the degradation of --degrade-on device (an open factor takes the scale); "
+                        "default: the seed's poster damage")
     p.add_argument("--json", help="also write the rows as JSON to this file ('-': stdout)")
     p.add_argument("--from-json", nargs="+", metavar="FILE",
                    help="print the table of rows written before by --json, compiling nothing")
@@ -413,7 +442,8 @@ def main(argv=None) -> int:
                     for count in args.devices:
                         for batch in args.batches:
                             new = run_train_case(Case(target, count, preset, scale, dtype, batch),
-                                                 args.formulations)
+                                                 args.formulations,
+                                                 args.spec if args.degrade_on == "device" else None)
                             rows += new
                             print("\n".join(table(new).splitlines()[2:]), file=sys.stderr, flush=True)
     if args.json:

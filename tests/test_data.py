@@ -610,19 +610,31 @@ def test_block_bad_arguments(tmp_path):
         hrtrain(src, patch_size=5)
 
 
-def test_config_degrade_on_field():
-    """config.data.degrade_on (where the training LR is made) defaults to "auto" and names the
-    field and the choices when wrong."""
+def test_config_degrade_on_and_loader_fields():
+    """config.data.degrade_on (where the training LR is made) and data.loader default to "auto"
+    and name the field and the choices when wrong; the device makes LR from HR images only,
+    with the block loader."""
     from edsr_jax.training import config as config_lib
 
     c = config_lib.base_config()
-    assert c.data.degrade_on == "auto"
+    assert c.data.degrade_on == "auto" and c.data.loader == "auto" and c.data.block == 8
+    config_lib.validate(c)
+    c.data.degrade_on = "device"
     config_lib.validate(c)
     c.data.degrade_on = "gpu"
     with pytest.raises(ValueError, match=r"data\.degrade_on.*\('auto', 'host', 'device'\)"):
         config_lib.validate(c)
-    c.data.degrade_on = "device"  # refused until the step degrades on the device
-    with pytest.raises(ValueError, match=r"data\.degrade_on.*not wired"):
+    c.data.degrade_on, c.data.loader = "device", "patch"
+    with pytest.raises(ValueError, match=r"data\.degrade_on = 'device'.*needs the block loader"):
+        config_lib.validate(c)
+    c.data.loader, c.data.source = "block", "paired"
+    with pytest.raises(ValueError, match=r"data\.degrade_on = 'device'.*prepared pairs"):
+        config_lib.validate(c)
+    c.data.degrade_on, c.data.loader = "host", "blocks"
+    with pytest.raises(ValueError, match=r"data\.loader = 'blocks'.*\('auto', 'block', 'patch'\)"):
+        config_lib.validate(c)
+    c.data.loader, c.data.block = "block", 0
+    with pytest.raises(ValueError, match=r"data\.block = 0.*integer in \[1, 4096\]"):
         config_lib.validate(c)
 
 

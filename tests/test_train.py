@@ -146,14 +146,27 @@ def straight_run(tmp_path_factory):
     return workdir
 
 
+@pytest.fixture(scope="module")
+def straight_host_run(tmp_path_factory):
+    """As ``straight_run``, the LR made on the host by the block loader."""
+    workdir = tmp_path_factory.mktemp("straight-host")
+    r = run_train(workdir, "--config.data.degrade_on=host")
+    assert r.returncode == 0, r.stderr
+    return workdir
+
+
 def _iter_state(workdir, step, process=0, count=1):
     return json.loads((Path(workdir) / "checkpoints" / str(step) / "data_iter"
                        / f"process_{process}-of-{count}.json").read_text())
 
 
-def test_stop_and_resume_gives_identical_params_and_batches(straight_run, tmp_path):
-    first = run_train(tmp_path, "--config.train.steps=3")
+@pytest.mark.parametrize("where", ["device", "host"])
+def test_stop_and_resume_gives_identical_params_and_batches(where, straight_run, straight_host_run, tmp_path):
+    """Both places the damage is made (data.degrade_on; "auto" is the device on CPU)."""
+    straight_run = straight_run if where == "device" else straight_host_run
+    first = run_train(tmp_path, "--config.train.steps=3", f"--config.data.degrade_on={where}")
     assert first.returncode == 0, first.stderr
+    assert f"made on the {where}" in first.stderr
     second = run_train(tmp_path)
     assert second.returncode == 0, second.stderr
     assert "resuming from step 3" in second.stderr
@@ -164,9 +177,10 @@ def test_stop_and_resume_gives_identical_params_and_batches(straight_run, tmp_pa
     assert (tmp_path / "metrics.jsonl").exists() and list((tmp_path / "tb").iterdir())
 
 
-def test_four_devices_match_one_device(tmp_path):
-    one = run_train(tmp_path / "one", "--config.train.steps=3", devices=1)
-    four = run_train(tmp_path / "four", "--config.train.steps=3", devices=4)
+@pytest.mark.parametrize("where", ["device", "host"])
+def test_four_devices_match_one_device(tmp_path, where):
+    one = run_train(tmp_path / "one", "--config.train.steps=3", f"--config.data.degrade_on={where}", devices=1)
+    four = run_train(tmp_path / "four", "--config.train.steps=3", f"--config.data.degrade_on={where}", devices=4)
     assert one.returncode == 0 and four.returncode == 0, one.stderr + four.stderr
     # One CPU device in float32 takes oneDNN's convolutions where built, four devices XLA's:
     # the two computations agree to float32 summation order.

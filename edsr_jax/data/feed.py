@@ -42,6 +42,10 @@ class DeviceFeed:
         self._state = iterator.get_state()
 
     def _put_global(self, batch: dict) -> dict:
+        for k, v in batch.items():  # JAX would truncate 64-bit integers to 32 bits, silently
+            if v.dtype.kind in "iu" and v.dtype.itemsize == 8 and not jax.config.jax_enable_x64:
+                raise TypeError(f"batch[{k!r}] is {v.dtype}: a device without 64-bit integers would "
+                                "truncate it; send it as 32-bit words (data.blocks.index_words)")
         return {k: jax.make_array_from_process_local_data(self._sharding, v)
                 for k, v in batch.items()}
 

@@ -20,6 +20,7 @@ NAN_POLICIES = ("stop", "skip")
 SCHEDULES = ("step", "cosine")
 SOURCES = ("hr", "paired")
 DEGRADE_ON = ("auto", "host", "device")  # data.degrade_on: where the training LR is made
+LOADERS = ("auto", "block", "patch")  # data.loader: how the host cuts patches
 ARCHS = ("edsr", "mdsr")  # model.arch: EDSR (one scale, model.scale) or MDSR (model.scales)
 SCALE_ORDERS = ("random", "cycle")  # train.scale_order (data.ScaleOrder): how an MDSR run picks each step's scale
 
@@ -52,10 +53,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 16  # global batch over all devices and processes
     c.data.patches_per_image = 1
     c.data.num_workers = 0
-    # where the training LR is made: "host" (the loader degrades each patch or reads prepared
-    # pairs), "device" (the loader sends HR crops and their indices, data.blocks.make_hr_dataset,
-    # and degrade_batch runs in the step), "auto" (the trainer chooses)
+    # where the training LR is made: "device" (the loader sends HR crops and their global patch
+    # indices and the train step degrades them with degrade_batch, keys from (seed, index)),
+    # "host" (the loader degrades each patch, or reads prepared pairs), "auto": the device for
+    # LR made from HR (data.source "hr") on every platform (measured faster, BENCHMARKS.md),
+    # the host for prepared pairs; a resumed run keeps where its damage was made
     c.data.degrade_on = "auto"
+    # how the host cuts patches: "block" (data.block patches of one image per record, cut as
+    # array ops; data/blocks.py), "patch" (one patch per record: the loader of runs made before
+    # the block loader), "auto" ("block" for a new run, what a resumed run used)
+    c.data.loader = "auto"
+    c.data.block = 8  # block loader: patches cut from each image drawn (a batch of 16 holds 2 images)
     c.data.cache_dir = ""  # decoded-image cache; "" means the library default
 
     c.optim = ml_collections.ConfigDict()
@@ -197,10 +205,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     need(d.patches_per_image >= 1, "data.patches_per_image", "must be >= 1")
     need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     need(d.get("degrade_on", "auto") in DEGRADE_ON, "data.degrade_on", f"must be one of {DEGRADE_ON}")
-    # degrade_batch and the block loader exist; the step does not call them yet, so "device" is
-    # refused rather than silently run on the host ("auto" means the host until it does).
-    need(d.get("degrade_on", "auto") != "device", "data.degrade_on",
-         "'device' is not wired into the trainer yet: use 'host' or 'auto' (both degrade on the host)")
+    need(d.get("loader", "auto") in LOADERS, "data.loader", f"must be one of {LOADERS}")
+    need(d.get("degrade_on", "auto") != "device" or d.source == "hr", "data.degrade_on",
+         "'device' makes the LR from HR images (data.source='hr'); prepared pairs "
+         "(data.source='paired') were degraded by prepare and are read as they are: use 'host' or 'auto'")
+    need(d.get("degrade_on", "auto") != "device" or d.get("loader", "auto") != "patch", "data.degrade_on",
+         "'device' needs the block loader (data.loader='block' or 'auto'), not 'patch'")
     need(o.lr > 0, "optim.lr", "must be > 0")
     need(0 <= o.b1 < 1, "optim.b1", "must be in [0, 1)")
     need(0 <= o.b2 < 1, "optim.b2", "must be in [0, 1)")
@@ -262,6 +272,7 @@ def _validate_ranges(config: ml_collections.ConfigDict, need) -> None:
     integer("data.batch_size", 1, 1 << 20)
     integer("data.patches_per_image", 1, 1 << 16)
     integer("data.num_workers", 0, 1024)
+    integer("data.block", 1, 4096, "patches cut from each image drawn")
     integer("data.val_max_images", 0, INT32_MAX, "0 means all")
     integer("optim.decay_every", 1, INT32_MAX)
     integer("optim.warmup_steps", 0, INT32_MAX)
@@ -293,6 +304,12 @@ def _validate_ranges(config: ml_collections.ConfigDict, need) -> None:
 
 PROTOCOL_FIELDS = ("data.val", "data.val_spec", "data.val_max_images")  # what PSNRs are measured on
 DATA_FIELDS = ("data.source", "data.train", "data.spec", "data.lr_name")  # what the model learns from
+# How the patches are cut and where the damage is made: a change at resume keeps the protocol
+# (the same data, the same damage) but starts the data order afresh (another stream of patches).
+STREAM_FIELDS = ("data.loader", "data.block", "data.degrade_on")
+# What a stored config that lacks a field (or left it "auto") meant: runs made before the
+# field existed cut one patch per record and made their damage on the host.
+STORED_MEANING = {"data.loader": "patch", "data.degrade_on": "host"}
 NOT_COMPARED = ("train.new_protocol",)  # a request, not a property of the run
 
 
@@ -305,6 +322,17 @@ def flatten(tree: dict, prefix: str = "") -> dict:
             out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def stored_meaning(stored: dict) -> dict:
+    """The experiment config stored with a checkpoint (nested dict), with the fields of
+    ``STORED_MEANING`` that it lacks or left "auto" replaced by what that run used."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()}
+    for field, meant in STORED_MEANING.items():
+        group, name = field.split(".")
+        if isinstance(out.get(group), dict) and out[group].get(name, "auto") == "auto":
+            out[group][name] = meant
     return out
 
 

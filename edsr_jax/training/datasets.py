@@ -1,6 +1,7 @@
 """A run's data, from ``config.data``: the LR variant of prepared pairs (``resolve_lr_name``),
-the training batches of a scale (``train_dataset``), the degradation that made them
-(``training_spec``, ``augmentation_note``) and the validation set (``validation_set``).
+where the damage is made and how patches are cut (``resolve_input``), the training batches of a
+scale (``train_dataset``), the degradation that made them (``training_spec``,
+``augmentation_note``, ``device_damage``) and the validation set (``validation_set``).
 
 Bad folders, specs or manifests are ``cli.UsageError`` lines naming the config field.
 """
@@ -45,10 +46,76 @@ def resolve_lr_name(config) -> str | None:
     return f"data.lr_name={names[0]!r}: the only LR variant of {d.train} (its manifest.json)"
 
 
+# data.degrade_on="auto" for LR made from HR images, per platform: the device everywhere. On
+# GPUs and TPUs the host cannot keep up (BENCHMARKS.md "Input rate": 10-26 cores per H100 for the
+# host path); on CPUs the device path is the faster one too (the damage is a few vectorised
+# passes in the step against per-patch Python on the host; ``benchmarks/degrade_on.py``).
+DEGRADE_ON_AUTO = {"cpu": "device", "gpu": "device", "tpu": "device"}
+
+
+def resolve_input(config, stored_experiment: dict | None, platform: str) -> str:
+    """Fill in ``data.loader`` and ``data.degrade_on`` when "auto" and return the run's line
+    saying where its damage is made.
+
+    ``stored_experiment``: the experiment config stored with the run's newest checkpoint when
+    resuming (a resumed run keeps its choices, ``config.stored_meaning``), else None: then
+    ``loader`` is "block" and ``degrade_on`` is ``DEGRADE_ON_AUTO[platform]`` for HR data,
+    "host" for prepared pairs. Raises ``cli.UsageError`` when the spec has an operator the
+    device path lacks and the device was asked for."""
+    d = config.data
+    stored = config_lib.stored_meaning(stored_experiment)["data"] if stored_experiment else None
+    how = {}
+    for field, fresh in (("loader", "block"),
+                         ("degrade_on", DEGRADE_ON_AUTO.get(platform, "host") if d.source == "hr" else "host")):
+        asked = d.get(field, "auto")
+        how[field] = f"data.{field}={asked}" + ("" if asked != "auto" else
+                                               ", as the run being resumed" if stored else f" on {platform}")
+        d[field] = asked if asked != "auto" else stored.get(field, fresh) if stored else fresh
+    scales = config_lib.train_scales(config)
+    specs = ", ".join(dict.fromkeys(repr(x) if x else "spec not recorded"
+                                    for x in (training_spec(config, s) for s in scales)))
+    if d.degrade_on == "device":
+        from edsr_jax.degradation import device
+
+        for s in scales:
+            try:
+                device.validate_spec(training_spec(config, s), s)
+            except ValueError as e:
+                raise cli.UsageError(f"config.data.spec: {e}") from None
+        return (f"damage: {specs} made on the device inside the train step from HR crops, per patch "
+                f"keys from (seed, patch index) ({how['degrade_on']}); {d.loader} loader")
+    if d.source == "paired":
+        return (f"damage: prepared pairs LR_{d.lr_name} of {d.train} ({specs}), "
+                f"read by the host ({how['degrade_on']}); {d.loader} loader")
+    return f"damage: {specs} made on the host by the loader, per patch ({how['degrade_on']}); {d.loader} loader"
+
+
+def device_damage(config, scale: int | None = None):
+    """The ``step.DeviceDamage`` of a run with ``data.degrade_on == "device"`` at ``scale`` (the
+    EDSR's own when None), else None: its spec (``training_spec``) and the key seed of its
+    stream (``train.seed``; an MDSR's scales each their ``data.scale_seed``)."""
+    from edsr_jax.data import sources as data
+    from edsr_jax.training.step import DeviceDamage
+
+    if config.data.get("degrade_on") != "device":
+        return None
+    seed = int(config.train.seed)
+    if scale is None:
+        scale = int(config.model.scale)
+    elif config_lib.is_mdsr(config):
+        seed = data.scale_seed(seed, scale)
+    return DeviceDamage(training_spec(config, scale), scale, seed)
+
+
 def train_dataset(config, process_index: int, process_count: int, scale: int | None = None):
     """This process's training batches (a Grain IterDataset) from ``config.data``:
     ``{"lr": (B, p, p, 3), "hr": (B, p*s, p*s, 3)}`` uint8 in [0, 255], ``p =
-    data.patch_size`` LR pixels at every scale (as EDSR-PyTorch's multi-scale loader).
+    data.patch_size`` LR pixels at every scale (as EDSR-PyTorch's multi-scale loader); with
+    ``data.degrade_on == "device"`` HR crops and their patch indices instead, ``{"hr": (B, p*s,
+    p*s, 3) uint8, "index": (B, 2) uint32}`` (``blocks.index_words``) for ``DeviceDamage``. The
+    block loader (``data.loader == "block"``) adds ``"symmetry": (B,) int32``: the flip or turn
+    of each patch, applied by the step. ``data.loader`` and ``data.degrade_on`` must be resolved
+    (``resolve_input``).
 
     ``scale``: the EDSR's own scale when None; for an MDSR one of ``model.scales`` (its pairs:
     the ``X<scale>`` folder of a prepared set, or HR degraded on the fly at that scale), with
@@ -74,10 +141,23 @@ def train_dataset(config, process_index: int, process_count: int, scale: int | N
                                          spec=training_spec(config, scale))
     else:
         source = data.HROnlySource(train_src, scale, spec=d.spec or None, cache_dir=cache)
-    return data.make_train_dataset(
-        source, patch_size=int(d.patch_size), batch_size=int(d.batch_size), seed=seed,
-        patches_per_image=int(d.patches_per_image), num_workers=int(d.num_workers),
-        process_index=process_index, process_count=process_count)
+    kw = dict(patch_size=int(d.patch_size), batch_size=int(d.batch_size), seed=seed,
+              patches_per_image=int(d.patches_per_image), num_workers=int(d.num_workers),
+              process_index=process_index, process_count=process_count)
+    if d.loader == "patch":
+        return data.make_train_dataset(source, **kw)
+    from edsr_jax.data import blocks
+
+    if d.degrade_on == "device":
+        return blocks.make_hr_dataset(source, block=int(d.block), augment="device", **kw).map(_index_as_words)
+    return blocks.make_block_dataset(source, block=int(d.block), augment="device", **kw)
+
+
+def _index_as_words(batch: dict) -> dict:
+    """``batch["index"] (B,) int64`` as ``(B, 2) uint32`` words (a device without int64)."""
+    from edsr_jax.data import blocks
+
+    return {**batch, "index": blocks.index_words(batch["index"])}
 
 
 def training_spec(config, scale: int) -> str | None:
@@ -94,11 +174,12 @@ def training_spec(config, scale: int) -> str | None:
 
 def augmentation_note(config, scale: int) -> str | None:
     """A line for the log when the training degradation allows fewer than the 8 flips and
-    quarter turns as augmentation (``degrade.Pipeline.symmetries``), else None."""
+    quarter turns as augmentation (``degrade.Pipeline.symmetries``), else None. Damage made
+    on the device comes after the flip or turn of the HR crop: all 8 stay, no line."""
     from edsr_jax.degradation import degrade
 
     spec = training_spec(config, scale)
-    if not spec:
+    if not spec or config.data.get("degrade_on") == "device":
         return None
     pipe = degrade.parse(spec, scale=scale)
     kept = pipe.symmetries

@@ -36,7 +36,8 @@ from edsr_jax.nets.edsr import DTYPES, count_params
 from edsr_jax.nets.mdsr import MDSRConfig
 from edsr_jax.training import checkpoint, restore
 from edsr_jax.training import config as config_lib
-from edsr_jax.training.datasets import augmentation_note, resolve_lr_name, train_dataset, validation_set
+from edsr_jax.training.datasets import (augmentation_note, device_damage, resolve_input, resolve_lr_name,
+                                        train_dataset, validation_set)
 from edsr_jax.training.finetune import finetune_params
 from edsr_jax.training.optim import make_optimizer
 from edsr_jax.training.run_log import Logger, StopRequest
@@ -95,7 +96,7 @@ class Run:
                 raise cli.UsageError(str(e)) from None
             outputs.check_appendable(self.workdir / "metrics.jsonl")
         note = resolve_lr_name(config)
-        self._check_resumable()
+        self.damage_line = self._check_resumable()  # resolves data.loader and data.degrade_on too
         from edsr_jax.data.feed import DeviceFeed
 
         try:
@@ -116,8 +117,10 @@ class Run:
         self.init = functools.partial(create_train_state, self.model, self.tx, use_ema=self.use_ema)
         state_shape = jax.eval_shape(self.init, jax.random.key(config.train.seed))
         self.shardings = make_shardings(self.mesh, state_shape)
+        damage = ({s: device_damage(config, s) for s in self.scales} if self.mdsr else device_damage(config))
         self.compiled_step = compile_train_step(self.model, self.tx, config, self.mesh, state_shape,
-                                                shardings=self.shardings)
+                                                shardings=self.shardings,
+                                                damage=None if config.data.degrade_on != "device" else damage)
         self.train_step = self._scaled_step if self.mdsr else self.compiled_step
         self.abstract_state = jax.tree_util.tree_map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -149,6 +152,7 @@ class Run:
                         f"{config.model.dtype}, convolutions by "
                         f"{'oneDNN' if self.conv_backend == 'onednn' else 'XLA'} "
                         f"(train.conv_backend={config.train.conv_backend})")
+        self.logger.say(self.damage_line)
         if note:
             self.logger.say(note)
         for line in dict.fromkeys(augmentation_note(config, s) for s in self.scales):
@@ -189,25 +193,31 @@ class Run:
         self._tick = (time.perf_counter(), int(state.step))
         return state
 
-    def _check_resumable(self) -> None:
+    def _check_resumable(self) -> str:
         """Before anything is built or written: the newest readable stored config must be of
         this architecture, and the protocol / data may change only with ``train.new_protocol``
-        (``cli.UsageError``, one line). ``_resume`` checks the step it restores again."""
+        (``cli.UsageError``, one line). ``_resume`` checks the step it restores again.
+        Resolves ``data.loader`` and ``data.degrade_on`` ("auto": a resumed run keeps its
+        choices) and returns the line saying where the damage is made."""
         directory = self.workdir / checkpoint.CHECKPOINT_DIR
+        stored, where = None, None
         for step in checkpoint.step_numbers(directory):
             try:
-                stored = restore.read_item(directory / str(step), "config", checkpoint.ocp.args.JsonRestore())
+                item = restore.read_item(directory / str(step), "config", checkpoint.ocp.args.JsonRestore())
             except checkpoint.ItemDamaged:
                 continue
-            if not isinstance(stored, dict):
-                continue
-            checkpoint.check_model_config(stored.get("model", {}), self.model_config, str(directory / str(step)))
+            if isinstance(item, dict):
+                stored, where = item, directory / str(step)
+                break
+        line = resolve_input(self.config, stored and stored.get("experiment", {}), jax.devices()[0].platform)
+        if stored is not None:
+            checkpoint.check_model_config(stored.get("model", {}), self.model_config, str(where))
             try:
-                config_lib.resume_changes(stored.get("experiment", {}), self.config.to_dict(),
-                                          bool(self.config.train.new_protocol))
+                config_lib.resume_changes(config_lib.stored_meaning(stored.get("experiment", {})),
+                                          self.config.to_dict(), bool(self.config.train.new_protocol))
             except config_lib.ProtocolChange as e:
                 raise cli.UsageError(str(e)) from None
-            return
+        return line
 
     def _resume(self, directory: Path) -> TrainState:
         """Restore with fallback over damaged steps; adapt to config changes and say each."""
@@ -215,12 +225,14 @@ class Run:
 
         def check(stored: dict) -> None:
             checkpoint.check_model_config(stored.get("model", {}), self.model_config, str(directory))
-            lines, new = config_lib.resume_changes(stored.get("experiment", {}), self.config.to_dict(),
+            experiment = config_lib.stored_meaning(stored.get("experiment", {}))
+            lines, new = config_lib.resume_changes(experiment, self.config.to_dict(),
                                                    bool(self.config.train.new_protocol))
-            old_data = config_lib.flatten(stored.get("experiment", {}))
+            old_data = config_lib.flatten(experiment)
             now = config_lib.flatten(self.config.to_dict())
             plan.update(lines=lines, new=new, protocol=int(stored.get("protocol", 0)),
-                        data_changed=any(old_data.get(k, now.get(k)) != now.get(k) for k in config_lib.DATA_FIELDS),
+                        data_changed=any(old_data.get(k, now.get(k)) != now.get(k)
+                                         for k in config_lib.DATA_FIELDS + config_lib.STREAM_FIELDS),
                         ema_stored=float(stored.get("experiment", {}).get("train", {}).get("ema", 0.0)))
 
         try:
@@ -240,7 +252,8 @@ class Run:
             say(f"starting validation protocol {self.protocol} (train.new_protocol): only PSNRs measured "
                 "under it compete for the best checkpoint; metrics.jsonl records carry it")
         if plan["data_changed"]:
-            say("note: the training data changed; the data order starts afresh from this step")
+            say("note: the training data, or how its patches are cut or damaged, changed; the data order "
+                "starts afresh from this step")
         for note in notes:
             say(f"note: {note}")
         if self.use_ema and restored["ema"] is None:
@@ -315,7 +328,7 @@ class Run:
     def _scaled_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """An MDSR step: ``batch`` of ``MultiScaleFeed`` (``"scale"`` a Python int) through the
         compiled step of that scale."""
-        return self.compiled_step(state, {"lr": batch["lr"], "hr": batch["hr"]}, batch["scale"])
+        return self.compiled_step(state, {k: v for k, v in batch.items() if k != "scale"}, batch["scale"])
 
     def save(self, step: int, state: TrainState, result: dict | None = None) -> None:
         """Start an async checkpoint of ``state`` and the data position (ranked by ``result``'s PSNR)."""

@@ -4,10 +4,16 @@ check of the non-finite steps it counted.
 ``train_step`` guards the update: a non-finite loss or gradient leaves params, optimizer
 state and EMA unchanged and is counted in the state; ``check_finite`` reads that count on
 the host and stops the run under ``train.nan_policy = "stop"`` (``NonFiniteError``).
+
+The batch comes in one of three forms (``training.datasets.train_dataset``): LR/HR pairs made
+on the host, ``{"lr", "hr"}``; the same with ``"symmetry"`` (the block loader leaves each
+patch's flip or turn to the step); or HR crops with their global patch indices, ``{"hr",
+"index", "symmetry"}``, from which ``DeviceDamage`` makes the LR inside the same program.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -15,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from edsr_jax.data.device_symmetry import apply_symmetries
+from edsr_jax.degradation.device import degrade_batch, validate_spec
 from edsr_jax.nets import xla_options
 from edsr_jax.nets.edsr import EDSR
 from edsr_jax.nets.mdsr import MDSR
@@ -23,12 +31,54 @@ from edsr_jax.training.sharding import Shardings, make_shardings
 from edsr_jax.training.state import TrainState
 
 
+DAMAGE_STREAM = 0x4C52  # folded into the run's seed: the damage's keys share nothing with init's
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceDamage:
+    """The LR batch made on the device: ``spec`` (a ``degrade`` spec whose total factor is
+    ``scale``) run by ``degrade_batch`` with patch ``g``'s key ``fold_in(fold_in(fold_in(
+    key(seed), DAMAGE_STREAM), g >> 32), g & 0xFFFFFFFF)``: a pure function of the run's seed
+    and the patch's global index, so neither the batch a patch lands in nor the number of
+    devices or processes changes its damage, and a resumed run makes the same LR."""
+
+    spec: str
+    scale: int
+    seed: int
+
+    def __post_init__(self):
+        validate_spec(self.spec, self.scale)  # SpecError naming an operator, before any compile
+
+    def __call__(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """``(lr (B, p, p, 3), hr (B, p*s, p*s, 3))`` uint8 from ``batch = {"hr": (B, p*s, p*s, 3)
+        uint8, "index": (B, 2) uint32 words of the global patch index, ["symmetry": (B,) int]}``:
+        each HR crop under its symmetry, then degraded."""
+        hr = batch["hr"]
+        if "symmetry" in batch:
+            hr = apply_symmetries(hr, batch["symmetry"])
+        base = jax.random.fold_in(jax.random.key(self.seed), DAMAGE_STREAM)
+        keys = jax.vmap(lambda w: jax.random.fold_in(jax.random.fold_in(base, w[0]), w[1]))(batch["index"])
+        return degrade_batch(self.spec, hr, keys, self.scale), hr
+
+
+def batch_pairs(batch: dict, damage: DeviceDamage | None = None) -> tuple[jax.Array, jax.Array]:
+    """``(lr, hr)`` uint8 of a training batch in any of its forms (module docstring): made by
+    ``damage`` from HR crops, or the host's pairs, each pair under its ``"symmetry"`` if given."""
+    if damage is not None:
+        return damage(batch)
+    lr, hr = batch["lr"], batch["hr"]
+    if "symmetry" in batch:
+        lr, hr = apply_symmetries(lr, batch["symmetry"]), apply_symmetries(hr, batch["symmetry"])
+    return lr, hr
+
+
 def train_step(state: TrainState, batch: dict, scale: int | None = None, *, model: EDSR | MDSR,
                tx: optax.GradientTransformation, loss: str = "l1", charbonnier_eps: float = 1e-3,
-               ema_decay: float = 0.0, guard: str = "cond",
-               grads_in_param_layout: bool = False) -> tuple[TrainState, dict]:
+               ema_decay: float = 0.0, guard: str = "cond", grads_in_param_layout: bool = False,
+               damage: DeviceDamage | dict | None = None) -> tuple[TrainState, dict]:
     """One optimiser step on ``batch = {"lr": (B,p,p,3) uint8, "hr": (B,p*s,p*s,3) uint8}``
-    (values in [0, 255]).
+    (values in [0, 255]), or another form of it (module docstring, ``batch_pairs``): ``damage``
+    makes the LR from HR crops (an MDSR: ``{scale: DeviceDamage}``).
 
     ``scale``: None for an EDSR; for an MDSR the batch's scale (a Python int, static under
     ``jax.jit``), which picks the branches the step runs and updates (the other scales'
@@ -39,8 +89,8 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     ``guard`` ("cond" or "select") and ``grads_in_param_layout`` choose how that is compiled,
     per platform (``xla_options.step_formulation``); the numbers are the same.
     """
-    lr = batch["lr"].astype(jnp.float32)
-    hr = batch["hr"].astype(jnp.float32)
+    lr, hr = batch_pairs(batch, damage[scale] if isinstance(damage, dict) else damage)
+    lr, hr = lr.astype(jnp.float32), hr.astype(jnp.float32)
     extra = () if scale is None else (scale,)
 
     def loss_of(params):
@@ -93,10 +143,13 @@ def row_major(x: jax.Array) -> jax.Array:
 def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, state_shape,
                        compiler_options: dict | None = None,
                        shardings: Shardings | None = None,
-                       formulation: xla_options.StepFormulation | None = None) -> Callable:
+                       formulation: xla_options.StepFormulation | None = None,
+                       damage: DeviceDamage | dict | None = None) -> Callable:
     """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated:
     ``step(state, batch)`` for an EDSR, ``step(state, batch, scale)`` for an MDSR (``scale``
     static: one executable per scale in the one jit cache, compiled at its first call).
+    ``damage``: the LR made in the step from HR crops (``DeviceDamage``; an MDSR's
+    ``{scale: DeviceDamage}``), None when the batch brings it.
 
     ``compiler_options`` and ``formulation`` default to ``xla_options.compiler_options`` and
     ``xla_options.step_formulation`` of the mesh's platform (pass ``{}`` for XLA's own default
@@ -108,7 +161,7 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
     step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
                              charbonnier_eps=config.optim.charbonnier_eps,
                              ema_decay=float(config.train.ema), guard=form.guard,
-                             grads_in_param_layout=form.grads_in_param_layout)
+                             grads_in_param_layout=form.grads_in_param_layout, damage=damage)
     if compiler_options is None:
         compiler_options = xla_options.compiler_options(
             platform, int(config.data.batch_size) // mesh.size)
