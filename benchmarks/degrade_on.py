@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import sys
 import tempfile
@@ -37,7 +38,7 @@ def make_run(spec: str, where: str, workdir: Path, stack, *, blocks: int, featur
     from edsr_jax.training import config as config_lib
     from edsr_jax.training.run import Run
 
-    scale = degrade.parse(spec, scale=2).scale
+    scale = next(s for s in (2, 3, 4) if _fits(spec, s))  # an open factor: x2
     c = config_lib.base_config()
     c.model.scale, c.model.num_blocks, c.model.num_features = scale, blocks, features
     c.data.spec, c.data.degrade_on, c.data.num_workers = spec, where, workers
@@ -45,6 +46,16 @@ def make_run(spec: str, where: str, workdir: Path, stack, *, blocks: int, featur
     c.data.val_max_images = 1
     c.train.steps, c.train.log_every = 10**6, 10**6
     return Run(c, workdir, stack, Upscaler)
+
+
+def _fits(spec: str, scale: int) -> bool:
+    from edsr_jax.degradation import degrade
+
+    try:
+        degrade.parse(spec, scale=scale)
+    except degrade.SpecError:
+        return False
+    return True
 
 
 def time_run(run, state, steps: int) -> tuple[float, object]:
@@ -61,7 +72,8 @@ def time_run(run, state, steps: int) -> tuple[float, object]:
 def measure(spec: str, args) -> dict:
     """``{"host": steps/s, "device": steps/s}`` for ``spec`` (best of the alternating rounds)."""
     best = {"host": 0.0, "device": 0.0}
-    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp, \
+            contextlib.redirect_stderr(io.StringIO()):  # the runs' own progress bars and lines
         runs, states = {}, {}
         for where in best:
             runs[where] = make_run(spec, where, Path(tmp) / where, stack, blocks=args.blocks,

@@ -35,7 +35,8 @@ KEPT = ("tried", "dryrun", "gpu")  # marked sections a CPU run keeps as they are
 SIDES = ["--frameworks", "jax", "jax-xla-conv", "jax-xla-default", "torch"]
 # name -> (script, quick arguments, full arguments); the EDSR train step gets its own short run.
 BENCHMARKS = {
-    "loader": ("loader.py", ["--images", "10", "--seconds", "2", "--workers", "0,1"], []),
+    "loader": ("loader.py", ["--quick"], []),
+    "degrade_on": ("degrade_on.py", ["--quick"], []),
     "inference": ("inference.py", ["--scales", "2", "--sizes", "1920x1080", "--tiles", "1"], []),
     "train_step": ("train_step.py", ["--quick", "--models", "edsr_baseline", *SIDES],
                    ["--models", "edsr_baseline", *SIDES]),
@@ -55,7 +56,8 @@ GPU_BENCHMARKS = {
 TITLES = {"gpu_tests": "GPU tests (tests/test_gpu.py)",
           "train_step_gpu": "Train step on the GPU, EDSR-baseline (benchmarks/train_step.py)",
           "train_step_gpu_edsr": "Train step on the GPU, EDSR (benchmarks/train_step.py)",
-"loader": "Input pipeline (benchmarks/loader.py)",
+          "loader": "Input pipeline (benchmarks/loader.py)",
+          "degrade_on": "Where the trainer makes its damage on this CPU (benchmarks/degrade_on.py)",
           "inference": "Inference (benchmarks/inference.py)",
           "train_step": "Train step, EDSR-baseline (benchmarks/train_step.py)",
           "train_step_edsr": "Train step, EDSR (benchmarks/train_step.py)"}
