@@ -184,3 +184,25 @@ def test_resume_keeps_where_the_damage_was_made_and_announces_a_change(tmp_path)
     assert "data order starts afresh" in moved.stderr and "made on the device" in moved.stderr
     bad = _train(tmp_path / "p", "--config.data.degrade_on=device", "--config.data.source=paired")
     assert bad.returncode == 2 and "error: config.data.degrade_on = 'device'" in bad.stderr
+
+
+def test_the_feed_refuses_64_bit_integers_it_would_truncate():
+    from edsr_jax.data.feed import DeviceFeed
+
+    class It:
+        def __init__(self):
+            self.n = 0
+
+        def __next__(self):
+            return {"index": np.array([2**40, 1], dtype=np.int64)}
+
+        def get_state(self):
+            return {"n": self.n}
+
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    feed = DeviceFeed(It(), sharding)
+    try:
+        with pytest.raises(TypeError, match=r"batch\['index'\] is int64: .*index_words"):
+            next(feed)
+    finally:
+        feed.close()
