@@ -117,10 +117,11 @@ class Run:
         self.init = functools.partial(create_train_state, self.model, self.tx, use_ema=self.use_ema)
         state_shape = jax.eval_shape(self.init, jax.random.key(config.train.seed))
         self.shardings = make_shardings(self.mesh, state_shape)
-        damage = ({s: device_damage(config, s) for s in self.scales} if self.mdsr else device_damage(config))
+        damage = None  # the LR comes with the batch, or is made in the step (one per MDSR scale)
+        if config.data.degrade_on == "device":
+            damage = {s: device_damage(config, s) for s in self.scales} if self.mdsr else device_damage(config)
         self.compiled_step = compile_train_step(self.model, self.tx, config, self.mesh, state_shape,
-                                                shardings=self.shardings,
-                                                damage=None if config.data.degrade_on != "device" else damage)
+                                                shardings=self.shardings, damage=damage)
         self.train_step = self._scaled_step if self.mdsr else self.compiled_step
         self.abstract_state = jax.tree_util.tree_map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
