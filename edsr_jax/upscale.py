@@ -41,6 +41,7 @@ from typing import Sequence
 import numpy as np
 
 from edsr_jax.io import cli
+from edsr_jax.io.video_files import ENCODERS
 from edsr_jax.io.images import (QUALITY_FORMATS, Decoded, ImageError, image_folder, image_format, is_image_file,
                                 read_image,
                                 write_kind)
@@ -148,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default .png, lossless)")
     p.add_argument("--quality", type=int, metavar="Q",
                    help="JPEG / WebP quality 1..100 for --ext .jpg/.webp (default 95)")
+    p.add_argument("--codec", choices=tuple(ENCODERS),
+                   help="video inputs: the encoder (default h264, vp9 for .webm)")
+    p.add_argument("--crf", type=int, metavar="N",
+                   help="video inputs: constant rate factor, lower is better (default 18 for h264, "
+                        "20 for h265, 24 for vp9 and av1)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return p
 
@@ -170,9 +176,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ext is not None and image_format(f"x{ext}") not in QUALITY_FORMATS:
             raise cli.UsageError(f"--quality applies to JPEG and WebP outputs, not --ext {ext}")
     _check_conv_backend(args.conv_backend, args.dtype)
-    inputs = collect_inputs(args.inputs)
+    from edsr_jax.inference import video  # videos and animations: inference/video.py
+
+    items, moving = video.split_items(args.inputs)
+    inputs, animated = video.split_animated(collect_inputs(items) if items else [])
+    moving += animated
+    video.check_options(moving, codec=args.codec, crf=args.crf)
     outputs = plan_outputs(inputs, Path(args.out), suffix=args.suffix, ext=ext, overwrite=args.overwrite)
+    moving_outputs = plan_outputs(moving, Path(args.out), suffix=args.suffix, ext=None, overwrite=args.overwrite)
+    video.check_clash(outputs, moving_outputs)
     upscaler = _load(args)
+    moving_failed = 0
+    if moving:
+        from edsr_jax.degradation.imresize import imresize
+
+        moving_failed = video.upscale_files(upscaler, moving, moving_outputs, codec=args.codec, crf=args.crf,
+                                            quality=args.quality, overwrite=args.overwrite, resize_alpha=imresize)
+        if not inputs:
+            return 1 if moving_failed else 0
 
     failed = not_written = 0
     start = time.perf_counter()
@@ -209,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not_written:
         print(f"{not_written} output(s) not written: another process wrote them first (see above)",
               file=sys.stderr)
-    return 1 if failed or not_written else 0
+    return 1 if failed or not_written or moving_failed else 0
 
 
 def upscale_decoded(upscaler, decoded: Decoded) -> tuple[np.ndarray, np.ndarray | None]:
