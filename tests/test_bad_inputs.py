@@ -129,7 +129,7 @@ CASES = {
     "sixteen_rgb.png": ("16-bit RGB PNG", dict(prepare="converted", data="converted_silently", upscale="converted",
                                               evaluate="converted")),
     "animated.png": ("animated PNG, 2 frames", dict(prepare="converted", data="converted_silently",
-                                                    upscale="converted", evaluate="converted")),
+                                                    upscale="kept", evaluate="converted")),
     "bad_exif.jpg": ("JPEG with EXIF orientation 9 (not a valid value)", dict(
         prepare="noted", data="converted_silently", upscale="noted", evaluate="noted")),
 }
@@ -1077,6 +1077,12 @@ def test_train_config_errors_name_the_override_at_fault(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
+ROUND_THREE_EVENTS += [  # tested in tests/test_video.py
+    "a video input (mp4, mkv, mov, webm, avi) where PyAV is not installed",
+    "a video that cannot be opened, or stops decoding before its end (truncated, a damaged packet)",
+    "`upscale` of a video stopped by SIGTERM or Ctrl-C",
+    "`--codec` / `--crf` that do not fit the video's container, or given without a video input",
+]
 ROUND_THREE_EVENTS += [
     "an image that is not 8-bit: 32-bit float, 16-bit or 32-bit integer, signed, 16-bit colour (all readers)",
     "an animated or multi-page file (PNG, TIFF, WebP)",
