@@ -183,14 +183,12 @@ def upscale_file(upscaler, src: Path, dst: Path, *, codec: str | None = None, cr
     except OSError as e:
         raise outputs.write_error(dst.parent, e) from None
     video = is_video_file(src)
-    reader = VideoReader(src, notes) if video else AnimationReader(src, notes)
-    s = upscaler.scale
-    size = (reader.width * s, reader.height * s)
     if video:
         codec, encoder, crf = choose_codec(dst.suffix, codec, crf)
-        label = f"{codec} crf {crf}"
-    else:
-        label = reader.format
+    reader = VideoReader(src, notes) if video else AnimationReader(src, notes)
+    label = f"{codec} crf {crf}" if video else reader.format
+    s = upscaler.scale
+    size = (reader.width * s, reader.height * s)
     count = _Progress()
     failure: list[VideoError] = []
     stages: list[_Pipeline] = []

@@ -311,7 +311,10 @@ class VideoWriter:
         self.name = Path(name or path)
         notes = notes if notes is not None else []
         self.deep = reader.deep
-        self.container = av.open(str(path), "w")
+        try:
+            self.container = av.open(str(path), "w")
+        except (av.FFmpegError, ValueError, OSError) as e:
+            raise VideoError(f"{self.name}: cannot be written ({_reason(e)})") from None
         try:
             self.container.metadata.update(reader.metadata)
             self.stream = self._video_stream(reader, scale, encoder, crf, notes)
@@ -326,6 +329,9 @@ class VideoWriter:
                 out.metadata.update(s.metadata)
                 out.disposition = s.disposition
                 self.copies[s.index] = out
+        except (av.FFmpegError, ValueError) as e:
+            self.container.close()
+            raise VideoError(f"{self.name}: cannot be written ({_reason(e)})") from None
         except BaseException:
             self.container.close()
             raise
@@ -338,8 +344,14 @@ class VideoWriter:
         stream.width, stream.height = reader.width * scale, reader.height * scale
         formats = [f.name for f in (av.codec.Codec(encoder, "w").video_formats or [])]
         self.pix_fmt = _output_format(reader.pix_fmt, reader.deep, formats)
+        why = f"{encoder} does not take {reader.pix_fmt}"
+        if (stream.width % 2 or stream.height % 2) and _subsampled(self.pix_fmt):
+            full = _output_format(self.pix_fmt.replace("420", "444").replace("422", "444"), reader.deep, formats)
+            if not _subsampled(full):  # odd sides (x3 of an odd size): no whole chroma samples
+                self.pix_fmt = full
+                why = f"{stream.width}x{stream.height} has an odd side, which {encoder} cannot subsample"
         if self.pix_fmt != reader.pix_fmt and self.pix_fmt != reader.pix_fmt.replace("yuvj", "yuv"):
-            notes.append(f"{reader.path}: {encoder} does not take {reader.pix_fmt}: written as {self.pix_fmt}")
+            notes.append(f"{reader.path}: {why}: written as {self.pix_fmt}")
         stream.pix_fmt = self.pix_fmt
         stream.time_base = reader.time_base
         stream.codec_context.time_base = reader.time_base
@@ -371,7 +383,11 @@ class VideoWriter:
         space = self.colorspace if self.colorspace in _SWS_SPACES else None
         frame = frame.reformat(format=self.pix_fmt, dst_colorspace=space, dst_color_range=self.range)
         frame.pts, frame.duration, frame.time_base = source.pts, source.duration, self.time_base
-        self._mux(self.stream.encode(frame))
+        try:
+            packets = self.stream.encode(frame)
+        except (av.FFmpegError, ValueError) as e:
+            raise VideoError(f"{self.name}: the encoder refused frame {source.index + 1} ({_reason(e)})") from None
+        self._mux(packets)
 
     def packet(self, packet) -> None:
         """Copy one packet of a copied stream as it is."""
@@ -413,6 +429,14 @@ class VideoWriter:
 
 # swscale's matrices (AVCOL_SPC_*: BT709, FCC, BT470BG, SMPTE170M, SMPTE240M, BT2020_NCL)
 _SWS_SPACES = (1, 4, 5, 6, 7, 9)
+
+
+def _subsampled(pix_fmt: str) -> bool:
+    """Whether ``pix_fmt`` stores chroma at less than full resolution (4:2:0, 4:2:2)."""
+    import av
+
+    fmt = av.VideoFormat(pix_fmt)
+    return fmt.chroma_width(16) < 16 or fmt.chroma_height(16) < 16
 
 
 def _output_format(source: str, deep: bool, formats: list[str]) -> str:
