@@ -38,6 +38,7 @@ BENCHMARKS = {
     "loader": ("loader.py", ["--quick"], []),
     "degrade_on": ("degrade_on.py", ["--quick"], []),
     "inference": ("inference.py", ["--scales", "2", "--sizes", "1920x1080", "--tiles", "1"], []),
+    "video": ("video.py", ["--frames", "2"], []),
     "train_step": ("train_step.py", ["--quick", "--models", "edsr_baseline", *SIDES],
                    ["--models", "edsr_baseline", *SIDES]),
     "train_step_edsr": ("train_step.py", ["--models", "edsr", "--batch", "2", "--rounds", "2",
@@ -59,6 +60,7 @@ TITLES = {"gpu_tests": "GPU tests (tests/test_gpu.py)",
           "loader": "Input pipeline (benchmarks/loader.py)",
           "degrade_on": "Where the trainer makes its damage on this CPU (benchmarks/degrade_on.py)",
           "inference": "Inference (benchmarks/inference.py)",
+          "video": "Video (benchmarks/video.py)",
           "train_step": "Train step, EDSR-baseline (benchmarks/train_step.py)",
           "train_step_edsr": "Train step, EDSR (benchmarks/train_step.py)"}
 

@@ -50,14 +50,14 @@ def scene(n: int, w: int = W, h: int = H, rgba: bool = False) -> list[np.ndarray
 
 def make_clip(path: Path, n: int = 10, *, pix_fmt: str = "yuv420p", codec: str = "libx264",
               time_base=Fraction(1, 12800), steps=(512,), audio: bool = True, rotation: int | None = None,
-              color_range: int | None = None, options=None) -> Path:
+              color_range: int | None = None, options=None, size: tuple[int, int] = (W, H)) -> Path:
     """A clip of ``scene(n)``: frame ``i`` lasts ``steps[i % len(steps)]`` ticks (variable
     rate when several), near-lossless video, an AAC mono track as long as the video."""
     import av
 
     with av.open(str(path), "w", options=options or {}) as out:
         video = out.add_stream(codec, rate=25)
-        video.width, video.height, video.pix_fmt = W, H, pix_fmt
+        video.width, video.height, video.pix_fmt = *size, pix_fmt
         video.time_base = video.codec_context.time_base = time_base
         video.options = {"crf": "4"} if codec == "libx264" else {"crf": "10", "b": "0"}
         if color_range is not None:
@@ -66,7 +66,7 @@ def make_clip(path: Path, n: int = 10, *, pix_fmt: str = "yuv420p", codec: str =
             video.set_display_rotation(rotation)
         sound = out.add_stream("aac", rate=8000, layout="mono") if audio else None
         pts = 0
-        for i, rgb in enumerate(scene(n)):
+        for i, rgb in enumerate(scene(n, *size)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
                 format=pix_fmt, dst_color_range=color_range or 1)
             frame.pts, frame.time_base = pts, time_base
@@ -322,3 +322,27 @@ def test_decoder_error_mid_stream_keeps_the_frames_before_it(tmp_path, capsys, m
     out = probe(tmp_path / "up" / "clip.mkv")
     assert len(out["frames"]) == 6 and out["times"] == probe(src)["times"][:6]
     assert out["audio"]  # the sound up to that point is kept too
+
+
+@needs_av
+def test_odd_output_sides_are_written_in_444(tmp_path, capsys):
+    # x3 of a 63x45 VP9 clip is 189x135: H.264 cannot subsample chroma of odd sides
+    src = make_clip(tmp_path / "odd.mkv", 3, codec="libvpx-vp9", time_base=Fraction(1, 1000), steps=(40,),
+                    audio=False, size=(63, 45))
+    code, err = run([src, "--model", "photo-x3", "--out", tmp_path / "up"], capsys)
+    assert code == 0, err
+    assert f"note: {src}: 189x135 has an odd side, which libx264 cannot subsample: written as yuv444p" in err
+    out = probe(tmp_path / "up" / "odd.mkv")
+    assert out["size"] == (189, 135) and out["pix_fmt"] == "yuv444p" and len(out["frames"]) == 3
+
+
+@needs_av
+def test_avi_frames_come_out_in_order_at_the_same_rate(tmp_path, capsys, photo_x2):
+    # AVI has no presentation times: frames are numbered at the stream's rate, in decoding order
+    src = make_clip(tmp_path / "old.avi", 5, time_base=Fraction(1, 25), steps=(1,), audio=False)
+    code, err = run([src, "--model", "photo-x2", "--crf", "8", "--out", tmp_path / "up"], capsys)
+    assert code == 0 and "note:" not in err, err
+    a, b = probe(src), probe(tmp_path / "up" / "old.avi")
+    assert b["format"] == "avi" and len(b["frames"]) == 5
+    for lr, sr in zip(a["frames"], b["frames"]):  # the same order: each frame matches its own upscale
+        assert psnr(sr, stored(photo_x2(lr), "yuv420p")) >= 40.0

@@ -158,6 +158,9 @@ class VideoReader:
         self._last_pts: int | None = None
         self._last_end = 0.0  # seconds: where the demuxed streams have got to
         self._said_pts = False
+        # AVI stores no presentation times, only frames in order at a fixed rate: the demuxer's
+        # guesses come out of order after B-frame reordering, so frames are numbered instead.
+        self._numbered = self.container.format.name == "avi"
         self._demux = self.container.demux(self.stream, *self.copied)
         self._held: list = []  # packets demuxed before the first frame, given out by items()
         self._first = self._first_frame()
@@ -270,8 +273,12 @@ class VideoReader:
         pixels = f.to_ndarray(format="rgb48le" if self.deep else "rgb24", src_color_range=rng)
         step = int(round(1 / (self.rate * self.time_base))) if self.rate else 1
         duration = int(f.duration or 0) or step
-        pts = f.pts if f.pts is not None else (None if self._last_pts is None else self._last_pts + self._last_duration)
-        pts = 0 if pts is None else int(pts)
+        if self._numbered:
+            pts = self._decoded * step
+        elif f.pts is not None:
+            pts = int(f.pts)
+        else:
+            pts = 0 if self._last_pts is None else self._last_pts + self._last_duration
         if self._last_pts is not None and pts <= self._last_pts:
             if not self._said_pts:
                 self._notes.append(f"{self.path}: frame {self._decoded + 1} has a timestamp not after the "
