@@ -17,6 +17,10 @@ that output is reported ``not written`` and the exit code is 1. An
 input that cannot be read is reported and skipped; the rest are still done and the exit
 code is 1. Bad options, a missing checkpoint or no inputs: ``error: ...`` and exit 2.
 
+Videos (mp4, mkv, mov, webm, avi; needs PyAV: ``pip install 'edsr-jax[video]'``) and animated
+GIF / WebP / PNG files are upscaled frame by frame into the same kind of file, named like the
+input (``inference/video.py``; ``--codec``, ``--crf``).
+
 An MDSR checkpoint (e.g. ``export --from-torch mdsr_baseline.pt``) serves several scales:
 ``--scale N`` chooses one (required there; with an EDSR it may only repeat the model's scale).
 
