@@ -107,11 +107,13 @@ FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
-                   batch_per_device: int, formulations: bool = False, damage_spec: str | None = None) -> dict:
+                   batch_per_device: int, formulations: bool = False, damage_spec: str | None = None,
+                   grad_reduce: str = "float32") -> dict:
     """Lowered train step of the trainer and the plain-Adam baseline: ``{name: lowered}``;
     with ``formulations``, the step in each of ``FORMULATIONS`` and plain Adam with its
     gradients constrained to the parameters' layout too; with ``damage_spec``, also
-    ``train_step+damage``: the step that makes its LR from HR crops with that spec."""
+    ``train_step+damage``: the step that makes its LR from HR crops with that spec.
+    ``grad_reduce``: ``train.grad_reduce_dtype`` (the dtype the devices' gradients are summed in)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -128,6 +130,7 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     model_config, model = _model(preset, scale, dtype)
     cfg = config_lib.base_config()
     cfg.data.batch_size = batch_per_device * count
+    cfg.model.dtype, cfg.train.grad_reduce_dtype = dtype, grad_reduce
     tx, _ = make_optimizer(cfg.optim)
     abstract = jax.eval_shape(lambda k: create_train_state(model, tx, k, use_ema=False),
                               jax.random.key(0))
@@ -294,16 +297,18 @@ class Case:
     batch: int
 
 
-def run_train_case(case: Case, formulations: bool = False, damage_spec: str | None = None) -> list[dict]:
+def run_train_case(case: Case, formulations: bool = False, damage_spec: str | None = None,
+                   grad_reduce: str = "float32") -> list[dict]:
     """Rows for the train step and its plain-Adam baseline (``train_programs``); each row says
     where its LR is made (``degrade_on``, ``spec``), and ``train_step+damage`` its step time
     over the host-fed step's (``damage_ratio``)."""
     lowered = train_programs(case.target, case.devices, case.preset, case.scale, case.dtype,
-                             case.batch, formulations, damage_spec)
+                             case.batch, formulations, damage_spec, grad_reduce)
     rows = []
     for name, low in lowered.items():
         on_device = name == "train_step+damage"
-        row = {"program": name, **dataclasses.asdict(case), "degrade_on": "device" if on_device else "host",
+        row = {"program": name, **dataclasses.asdict(case), "grad_reduce_dtype": grad_reduce,
+               "degrade_on": "device" if on_device else "host",
                "spec": damage_spec if on_device else "", **describe(low, case.target, case.devices)}
         patches = case.batch * case.devices
         device = DEVICES[case.target]
@@ -410,6 +415,9 @@ def main(argv=None) -> int:
     p.add_argument("--spec", default="nearest > jpeg(30,60)",
                    help="the degradation of --degrade-on device (an open factor takes the scale); "
                         "default: the seed's poster damage")
+    p.add_argument("--grad-reduce-dtype", choices=["float32", "compute"], default="float32",
+                   help="train.grad_reduce_dtype of the train step (bfloat16 on several devices: the "
+                        "dtype the gradients are all-reduced in)")
     p.add_argument("--json", help="also write the rows as JSON to this file ('-': stdout)")
     p.add_argument("--from-json", nargs="+", metavar="FILE",
                    help="print the table of rows written before by --json, compiling nothing")
@@ -443,7 +451,8 @@ def main(argv=None) -> int:
                         for batch in args.batches:
                             new = run_train_case(Case(target, count, preset, scale, dtype, batch),
                                                  args.formulations,
-                                                 args.spec if args.degrade_on == "device" else None)
+                                                 args.spec if args.degrade_on == "device" else None,
+                                                 args.grad_reduce_dtype)
                             rows += new
                             print("\n".join(table(new).splitlines()[2:]), file=sys.stderr, flush=True)
     if args.json:

@@ -21,6 +21,7 @@ SCHEDULES = ("step", "cosine")
 SOURCES = ("hr", "paired")
 DEGRADE_ON = ("auto", "host", "device")  # data.degrade_on: where the training LR is made
 LOADERS = ("auto", "block", "patch")  # data.loader: how the host cuts patches
+GRAD_REDUCE_DTYPES = ("float32", "compute")  # train.grad_reduce_dtype: the gradients' all-reduce
 ARCHS = ("edsr", "mdsr")  # model.arch: EDSR (one scale, model.scale) or MDSR (model.scales)
 SCALE_ORDERS = ("random", "cycle")  # train.scale_order (data.ScaleOrder): how an MDSR run picks each step's scale
 
@@ -97,6 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
     # How the train step computes convolutions: "auto" (oneDNN on one CPU device in float32
     # where built, else XLA), "xla", or "onednn" (edsr_jax/nets/onednn_conv.py).
     c.train.conv_backend = "auto"
+    # the dtype the devices' gradients are summed in: "float32" (default), or "compute" (the
+    # compute dtype: a bfloat16 model's gradients summed in bfloat16, half the all-reduce bytes,
+    # 8 bits of mantissa). One device or float32 compute: nothing to choose.
+    c.train.grad_reduce_dtype = "float32"
     # MDSR: every step trains one scale on a batch of that scale only (the paper's scheme):
     # "random" draws it uniformly, seeded by (train.seed, step); "cycle" takes model.scales in
     # turn. Either is a function of the step, so a resumed run continues the same sequence.
@@ -233,6 +238,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     need(0 <= t.ema < 1, "train.ema", "must be in [0, 1) (0 disables EMA)")
     need(t.nan_policy in NAN_POLICIES, "train.nan_policy", f"must be one of {NAN_POLICIES}")
     need(t.conv_backend in CONV_BACKENDS, "train.conv_backend", f"must be one of {CONV_BACKENDS}")
+    need(t.get("grad_reduce_dtype", "float32") in GRAD_REDUCE_DTYPES, "train.grad_reduce_dtype",
+         f"must be one of {GRAD_REDUCE_DTYPES}")
     need(t.get("scale_order", "random") in SCALE_ORDERS, "train.scale_order", f"must be one of {SCALE_ORDERS}")
     _validate_ranges(config, need)
 
@@ -308,8 +315,9 @@ DATA_FIELDS = ("data.source", "data.train", "data.spec", "data.lr_name")  # what
 # (the same data, the same damage) but starts the data order afresh (another stream of patches).
 STREAM_FIELDS = ("data.loader", "data.block", "data.degrade_on")
 # What a stored config that lacks a field (or left it "auto") meant: runs made before the
-# field existed cut one patch per record and made their damage on the host.
-STORED_MEANING = {"data.loader": "patch", "data.degrade_on": "host"}
+# field existed cut one patch per record, made their damage on the host and let XLA sum the
+# gradients in the compute dtype.
+STORED_MEANING = {"data.loader": "patch", "data.degrade_on": "host", "train.grad_reduce_dtype": "compute"}
 NOT_COMPARED = ("train.new_protocol",)  # a request, not a property of the run
 
 

@@ -72,10 +72,39 @@ def batch_pairs(batch: dict, damage: DeviceDamage | None = None) -> tuple[jax.Ar
     return lr, hr
 
 
+def reduced_in(mesh: jax.sharding.Mesh, dtype) -> Callable:
+    """A ``value_and_grad`` that sums the devices' gradients over the mesh axis ``data`` in
+    ``dtype`` (e.g. float32 for a bfloat16 model, whose weight gradients XLA would otherwise
+    all-reduce in bfloat16, as the convolutions make them): each device differentiates the mean
+    loss of its share of the batch (``shard_map``), the gradients are cast to ``dtype``,
+    summed with one ``psum``, divided by the device count and cast back to the parameters'
+    dtype. Equal shares, so the result is the gradient of the global mean loss."""
+    from jax.sharding import PartitionSpec as P
+
+    n = mesh.shape["data"]
+
+    def value_and_grad(loss_of: Callable, params, lr, hr):
+        def local(params, lr, hr):
+            value, grads = jax.value_and_grad(loss_of)(params, lr, hr)
+            summed = jax.lax.psum(jax.tree_util.tree_map(lambda g: g.astype(dtype), grads), "data")
+            grads = jax.tree_util.tree_map(lambda g, p: (g / n).astype(p.dtype), summed, params)
+            return jax.lax.psum(value, "data") / n, grads
+
+        return jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data"), P("data")),
+                             out_specs=(P(), P()), check_vma=False)(params, lr, hr)
+
+    return value_and_grad
+
+
+def _value_and_grad(loss_of: Callable, params, lr, hr):
+    return jax.value_and_grad(loss_of)(params, lr, hr)
+
+
 def train_step(state: TrainState, batch: dict, scale: int | None = None, *, model: EDSR | MDSR,
                tx: optax.GradientTransformation, loss: str = "l1", charbonnier_eps: float = 1e-3,
                ema_decay: float = 0.0, guard: str = "cond", grads_in_param_layout: bool = False,
-               damage: DeviceDamage | dict | None = None) -> tuple[TrainState, dict]:
+               damage: DeviceDamage | dict | None = None,
+               value_and_grad: Callable = _value_and_grad) -> tuple[TrainState, dict]:
     """One optimiser step on ``batch = {"lr": (B,p,p,3) uint8, "hr": (B,p*s,p*s,3) uint8}``
     (values in [0, 255]), or another form of it (module docstring, ``batch_pairs``): ``damage``
     makes the LR from HR crops (an MDSR: ``{scale: DeviceDamage}``).
@@ -88,15 +117,17 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     is counted in ``state.nonfinite``. Returns ``(state, {"loss", "grad_norm"})``.
     ``guard`` ("cond" or "select") and ``grads_in_param_layout`` choose how that is compiled,
     per platform (``xla_options.step_formulation``); the numbers are the same.
+    ``value_and_grad(loss_of, params, lr, hr)``: how the gradients are taken and summed over
+    the devices (``reduced_in``: in a chosen dtype; default: as XLA partitions them).
     """
     lr, hr = batch_pairs(batch, damage[scale] if isinstance(damage, dict) else damage)
     lr, hr = lr.astype(jnp.float32), hr.astype(jnp.float32)
     extra = () if scale is None else (scale,)
 
-    def loss_of(params):
+    def loss_of(params, lr, hr):
         return pixel_loss(model.apply(params, lr, *extra), hr, loss, charbonnier_eps)
 
-    value, grads = jax.value_and_grad(loss_of)(state.params)
+    value, grads = value_and_grad(loss_of, state.params, lr, hr)
     if grads_in_param_layout:
         grads = jax.tree_util.tree_map(row_major, grads)
     grad_norm = optax.tree.norm(grads)
@@ -158,10 +189,12 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
     replicated, batch_sharding, state_sharding = shardings
     platform = mesh.devices.flat[0].platform
     form = formulation or xla_options.step_formulation(platform)
+    reduce = grad_reduce_dtype(config, mesh)
     step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
                              charbonnier_eps=config.optim.charbonnier_eps,
                              ema_decay=float(config.train.ema), guard=form.guard,
-                             grads_in_param_layout=form.grads_in_param_layout, damage=damage)
+                             grads_in_param_layout=form.grads_in_param_layout, damage=damage,
+                             value_and_grad=_value_and_grad if reduce is None else reduced_in(mesh, reduce))
     if compiler_options is None:
         compiler_options = xla_options.compiler_options(
             platform, int(config.data.batch_size) // mesh.size)
@@ -169,6 +202,16 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,),
                    static_argnums=(2,) if isinstance(model, MDSR) else (),
                    compiler_options=compiler_options)
+
+
+def grad_reduce_dtype(config, mesh: jax.sharding.Mesh):
+    """The dtype the step sums the devices' gradients in (``train.grad_reduce_dtype``), or None
+    where XLA's own partitioning already does what was asked: one device, float32 compute, or
+    "compute" (the compute dtype: bfloat16 gradients summed in bfloat16, half the bytes)."""
+    asked = config.train.get("grad_reduce_dtype", "float32")
+    if mesh.size == 1 or config.model.dtype == "float32" or asked == "compute":
+        return None
+    return jnp.dtype(asked)
 
 
 class NonFiniteError(RuntimeError):
