@@ -21,6 +21,7 @@ from PIL import Image
 from edsr_jax import evaluate, prepare, upscale
 from edsr_jax.io import cli
 from edsr_jax.data import sources as data
+from conftest import torch_or_skip
 
 SCALE = 2
 PATCH = 8  # LR patch side in the data tests; HR patch 16
@@ -751,10 +752,9 @@ def _torch_state_dicts():
     from conftest import ROOT
 
     sys.path.insert(0, str(ROOT / "tests"))
+    torch = torch_or_skip()
     from torch_edsr import EDSR
     from torch_mdsr import MDSR
-
-    import torch
 
     torch.manual_seed(0)
     return {"edsr_x4": EDSR(4, 1, 8).state_dict(), "edsr_x3": EDSR(3, 1, 8).state_dict(),
@@ -774,7 +774,7 @@ def test_every_tensor_and_key_is_checked_against_the_architecture(model):
     """For every key of the state_dict in turn: that tensor one wider in its last axis or (a conv)
     with one input channel more, that key removed (the fixed mean shifts may be absent), an extra
     key: one-line ConversionError naming it, before anything is converted."""
-    pytest.importorskip("torch")
+    torch_or_skip()
     import torch
 
     from edsr_jax.inference import torch_convert
@@ -806,7 +806,7 @@ def test_half_precision_weights_are_accepted_and_converted(dtype):
     """A correct state_dict stored in float16 / bfloat16 (its mean shifts rounded to that precision)
     converts to float32 weights equal to the stored values exactly; a mean shift that differs by
     more than the format's rounding is still refused."""
-    pytest.importorskip("torch")
+    torch_or_skip()
     import torch
 
     from edsr_jax.inference import torch_convert
@@ -833,7 +833,7 @@ def jax_leaves(tree):
 
 
 def test_export_from_torch_refuses_a_misshapen_tensor_in_one_line_and_imports_half_weights(tmp_path, capsys):
-    pytest.importorskip("torch")
+    torch_or_skip()
     import torch
 
     from edsr_jax import export

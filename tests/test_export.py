@@ -24,12 +24,13 @@ from edsr_jax.inference import infer
 from edsr_jax.inference import stablehlo_runner
 from edsr_jax.inference import torch_convert
 from edsr_jax.nets.edsr import ModelConfig
+from conftest import torch_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def torch_model(scale, blocks=2, features=8, seed=0, res_scale=1.0):
-    pytest.importorskip("torch")
+    torch_or_skip()
     from torch_edsr import EDSR, randomize
 
     return randomize(EDSR(scale, blocks, features, res_scale), seed=seed).eval()
@@ -68,7 +69,7 @@ def test_res_scale_comes_from_the_preset_path():
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_round_trip_jax_torch_jax_is_exact(scale):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     config = ModelConfig(scale, 2, 8)
     params = jax.tree_util.tree_map(
         np.asarray, config.build().init(jax.random.key(scale), jnp.zeros((1, 8, 8, 3)))["params"])
@@ -145,7 +146,7 @@ def test_stablehlo_artifact_runs_without_the_model_code(tmp_path):
 
 
 def test_cli_import_export_round_trip(tmp_path, capsys):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     model = torch_model(2, seed=5)
     pt = tmp_path / "w.pt"
     torch.save({"state_dict": model.state_dict(), "epoch": 3}, pt)
@@ -178,7 +179,7 @@ def test_cli_import_export_round_trip(tmp_path, capsys):
 
 
 def test_cli_errors(tmp_path, capsys, monkeypatch):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     pt = tmp_path / "w.pt"
     torch.save(torch_model(2).state_dict(), pt)
     cases = [
@@ -267,7 +268,7 @@ def test_from_torch_reads_scale_and_preset_from_the_shapes(scale, tmp_path):
     """x2: one upsampler conv with 4 x features outputs, x3: 9 x, x4: two 4 x convs."""
     from edsr_jax.training.restore import restore_for_inference
 
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     pt = tmp_path / "w.pt"
     torch.save(torch_model(scale).state_dict(), pt)
     step = export_lib.import_torch(pt, tmp_path / "ckpt")

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, torch_or_skip
 from edsr_jax.training import checkpoint
 from edsr_jax.training.restore import restore_params
 
@@ -753,7 +753,7 @@ def test_every_writer_leaves_a_file_another_process_created_meanwhile(tmp_path, 
 def test_import_into_a_folder_another_process_created_meanwhile(tmp_path, two_models, rival, capsys):
     """``export --from-torch`` publishes its checkpoint folder with rename-no-replace: a folder
     another process made (and filled) meanwhile stays, one error line names it."""
-    pytest.importorskip("torch")
+    torch_or_skip()
     from edsr_jax import export
     from edsr_jax.io import cli
 
