@@ -551,6 +551,7 @@ def test_prepare_corpus_in_a_real_process_finishes_without_traceback(corpus, tmp
 CLIS = ("train", "evaluate", "upscale", "prepare", "export", "inference.stablehlo_runner")
 
 
+@pytest.mark.slow
 def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0():
     """``python -m edsr_jax.X --no-such-option`` and ``--help`` for all five CLIs and the
     StableHLO runner, as real

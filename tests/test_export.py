@@ -220,6 +220,7 @@ ALONE = ("import sys, runpy; sys.modules['edsr_jax'] = None; {block_pil}"
          "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
+@pytest.mark.slow
 def test_stablehlo_runner_copied_alone_runs_with_jax_and_numpy_only(tmp_path):
     """The runner file copied into an empty folder, run in a fresh process that cannot import
     edsr_jax (nor, in the first runs, Pillow): .npy in, .npy out, the model's numbers; the

@@ -313,6 +313,7 @@ def test_torch_export_writes_the_official_layout(imported, tmp_path, capsys):
     assert err.count("error:") == 1 and "holds every scale" in err
 
 
+@pytest.mark.slow
 def test_trainer_finetunes_an_edsr_from_an_mdsr_checkpoint(tmp_path):
     """An MDSR checkpoint as init_from of an EDSR x2 run: head, body, the x2 upsampler (as
     EDSR's upsample_0) and the tail are all taken (MDSR training itself: test_mdsr_train.py)."""

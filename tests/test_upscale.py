@@ -128,6 +128,7 @@ def test_conv_backend_option_opts_out_with_the_same_output(tmp_path, ckpt, capsy
     assert np.abs(outs["xla"] - outs["auto"]).max() <= 1
 
 
+@pytest.mark.slow
 def test_module_entry_point_tiles_ensemble_bfloat16(tmp_path, ckpt):
     path, params = ckpt
     images = make_images(tmp_path / "in", [(40, 28)])
