@@ -248,6 +248,8 @@ def test_stablehlo_runner_copied_alone_runs_with_jax_and_numpy_only(tmp_path):
 
     proc = runner("m.stablehlo", "in.npy", "out.npy")
     assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("out.npy: ")] == [
+        ln for ln in proc.stderr.splitlines() if "26x20 from in.npy (13x10)" in ln]  # the one summary line
     np.testing.assert_allclose(np.load(alone / "out.npy"), np.asarray(infer.apply(params, lr[None], config))[0],
                                atol=1e-3)
     for args, message in ((("m.stablehlo", "in.npy", "out.npy"), "out.npy: exists"),
@@ -275,3 +277,15 @@ def test_from_torch_reads_scale_and_preset_from_the_shapes(scale, tmp_path):
     step = export_lib.import_torch(pt, tmp_path / "ckpt")
     config, _ = restore_for_inference(tmp_path / "ckpt")
     assert config == ModelConfig(scale, 2, 8) and step.name == "0"
+
+
+def test_stablehlo_runner_says_what_it_wrote_in_one_line(tmp_path, capsys):
+    config = ModelConfig(2, 2, 8)
+    params = config.build().init(jax.random.key(2), jnp.zeros((1, 8, 8, 3)))["params"]
+    art = tmp_path / "m.shlo"
+    art.write_bytes(export_lib.stablehlo_artifact(config, params, platforms=["cpu"]))
+    np.save(tmp_path / "in.npy", np.round(lr_batch(2, 10, 13, seed=3)))
+    assert stablehlo_runner.run([str(art), str(tmp_path / "in.npy"), str(tmp_path / "out.npy")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{tmp_path / 'out.npy'}: 2 x 26x20 from {tmp_path / 'in.npy'} "
+                                               "(2 x 13x10), ") and " x2, " in err[0], err
