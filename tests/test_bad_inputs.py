@@ -425,18 +425,24 @@ def full_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def _torch_weights(tmp_path, tiny_checkpoint, capsys):
+    """An official-layout ``.pt`` of the tiny checkpoint (``export --format torch``; needs PyTorch)."""
+    from edsr_jax import export
+
+    torch_or_skip()
+    torch_pt = tmp_path / "w.pt"
+    assert run_cli(export.main, ["--checkpoint", tiny_checkpoint, "--format", "torch", "--out", torch_pt],
+                   capsys)[0] == 0
+    return torch_pt
+
+
 def test_full_disk_is_one_line_in_every_writer(full_disk, tmp_path, tiny_checkpoint, capsys):
     from edsr_jax import export
 
     src = _one_image(tmp_path / "in", side=40)
-    torch_pt = tmp_path / "w.pt"
-    assert run_cli(export.main, ["--checkpoint", tiny_checkpoint, "--format", "torch", "--out", torch_pt],
-                   capsys)[0] == 0
     runs = {
         "export stablehlo": (export.main, ["--checkpoint", tiny_checkpoint, "--format", "stablehlo",
                                            "--out", full_disk / "m.shlo"], full_disk / "m.shlo"),
-        "export --from-torch": (export.main, ["--from-torch", torch_pt, "--scale", 2, "--out", full_disk / "imp"],
-                                full_disk / "imp"),
         "prepare": (prepare.main, [src.parent, "--out", full_disk / "p", "--scales", 2, "--workers", 1,
                                    "--no-progress"], full_disk / "p" / "HR" / "0001.png"),
         "upscale": (upscale.main, [src, "--checkpoint", tiny_checkpoint, "--out", full_disk / "u"],
@@ -453,9 +459,22 @@ def test_full_disk_is_one_line_in_every_writer(full_disk, tmp_path, tiny_checkpo
         assert not target.exists(), what
     leftovers = [p.name for p in full_disk.rglob("*") if p.name.startswith(".tmp")]
     assert not leftovers, leftovers
+
+
+def test_full_disk_in_a_torch_import_is_one_line_and_the_retry_works(full_disk, tmp_path, tiny_checkpoint,
+                                                                     capsys):
+    from edsr_jax import export
+
+    torch_pt = _torch_weights(tmp_path, tiny_checkpoint, capsys)
+    argv = ["--from-torch", torch_pt, "--scale", 2, "--out", full_disk / "imp"]
+    code, _, err = run_cli(export.main, argv, capsys)
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
+    assert code == 2 and len(lines) == 1 and "no space left on device" in lines[0], err
+    assert not (full_disk / "imp").exists()
+    assert not [p.name for p in full_disk.rglob("*") if p.name.startswith(".tmp")]
     # Room again: the retry of the import is not blocked by anything the failure left.
     (full_disk / "filler").unlink()
-    assert run_cli(export.main, ["--from-torch", torch_pt, "--scale", 2, "--out", full_disk / "imp"], capsys)[0] == 0
+    assert run_cli(export.main, argv, capsys)[0] == 0
 
 
 # ---------------------------------------------------------------- validation at the door (issue 15.7)
