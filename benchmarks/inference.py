@@ -168,6 +168,20 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def without_missing_torch(frameworks: list[str]) -> list[str]:
+    """``frameworks`` less "torch" when PyTorch is not installed (an optional extra), said in
+    one line on stderr."""
+    if "torch" not in frameworks:
+        return frameworks
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print('note: PyTorch is not installed: the torch side is left out (pip install "torch==2.13.0" '
+              "--index-url https://download.pytorch.org/whl/cpu adds it)", file=sys.stderr)
+        return [f for f in frameworks if f != "torch"]
+    return frameworks
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--scales", type=int, nargs="+", default=[2, 4], choices=(2, 3, 4),
@@ -191,6 +205,7 @@ def main(argv=None) -> int:
         return 0
     if args.tiles < 1:
         p.error("--tiles must be >= 1")
+    args.frameworks = without_missing_torch(args.frameworks)
     results = []
     for scale in args.scales:
         for h, w in args.sizes:

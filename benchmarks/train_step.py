@@ -322,6 +322,9 @@ def main(argv=None) -> int:
     if args.device == "gpu" and jax.default_backend() != "gpu":
         print(f"error: --device gpu but JAX's backend is {jax.default_backend()}", file=sys.stderr)
         return 2
+    from inference import without_missing_torch  # benchmarks/ is on sys.path as the script's folder
+
+    args.frameworks = without_missing_torch(args.frameworks)
     rounds = args.rounds or (3 if args.quick else 7)
     steps = args.steps or (2 if args.quick else 3)
     if args.device == "gpu":

@@ -9,7 +9,10 @@ command resumes.
 
 from __future__ import annotations
 
+import os
 import sys
+import textwrap
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -24,18 +27,30 @@ from edsr_jax.training.step import NonFiniteError
 
 def build_parser() -> cli.ArgumentParser:
     """The training command's options. ``--config.FIELD=VALUE`` overrides are not declared
-    here: ``parse_args`` takes them out first and hands them to ml_collections."""
+    here: ``parse_args`` takes them out first and hands them to ml_collections. The help ends
+    with every config field, its default and its help line (``config_help.fields_help``)."""
+    import argparse
+
+    from edsr_jax.data.cache import HELP as CACHE_HELP
+    from edsr_jax.training.config_help import fields_help
+
     p = cli.ArgumentParser(
         prog="python -m edsr_jax.train",
-        description="Train EDSR (resumes when the workdir holds a checkpoint).",
-        epilog="Override any field of the config with --config.FIELD=VALUE (or --config.FIELD "
-               "VALUE), e.g. --config.optim.lr=2e-4 --config.train.steps=1000; values are "
-               "parsed by the field's type (ml_collections config_flags).")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train EDSR (resumes when the workdir holds a checkpoint; a finished run says so "
+                    "and prints its summary).",
+        epilog="Override any field of the config with --config.FIELD=VALUE (or --config.FIELD VALUE),\n"
+               "e.g. --config.optim.lr=2e-4 --config.train.steps=1000; values are parsed by the field's\n"
+               "type (ml_collections config_flags).\n\n"
+               + fields_help() + "\n\n" + "\n".join(textwrap.wrap(CACHE_HELP, 96)))
     p.add_argument("--config", required=True, metavar="FILE",
                    help="experiment config file (experiments/*.py) defining get_config()")
-    p.add_argument("--workdir", required=True, metavar="DIR",
+    p.add_argument("--workdir", metavar="DIR",
                    help="run folder: checkpoints, TensorBoard events, metrics.jsonl; re-running "
-                        "with the same workdir resumes")
+                        "with the same workdir resumes (required unless --print-config)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (the file, its overrides, and the LR variant and "
+                        "validation damage the run would choose) as JSON and exit")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() (cluster auto-detection, or the "
                         "options below)")
@@ -89,8 +104,11 @@ def load_config(path: str, overrides: Sequence[str] = ()):
     config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=fv,
                                     sys_argv=argv)
     try:
-        fv(argv)
-        return fv.config
+        with warnings.catch_warnings():  # config_flags loads the file with the deprecated load_module()
+            warnings.filterwarnings("ignore", message=r"the load_module\(\) method is deprecated",
+                                    category=DeprecationWarning)
+            fv(argv)
+            return fv.config
     except flags.Error as e:
         raise cli.UsageError(one_line(e)) from None
     except (KeyError, AttributeError) as e:  # ml_collections: an override of an unknown field
@@ -128,13 +146,40 @@ def parse_args(argv: Sequence[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides, rest = _split_overrides(argv)
     args = build_parser().parse_args(rest)
+    if args.workdir is None and not args.print_config:
+        raise cli.UsageError("the following arguments are required: --workdir")
     return args, load_config(args.config, overrides)
 
 
+def print_config(config) -> None:
+    """``--print-config``: the config after its overrides, checked (``config.validate``), with
+    what a run resolves from the data filled in (``data.lr_name``, ``data.val_spec``; the
+    lines saying so on stderr), as JSON on stdout. Bad values: ``cli.UsageError``."""
+    from edsr_jax.training import config as config_lib
+    from edsr_jax.training.config_help import config_text
+    from edsr_jax.training.datasets import resolve_lr_name, resolve_val_spec
+
+    try:
+        config_lib.validate(config, jax.device_count())
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+    for note in (resolve_lr_name(config), resolve_val_spec(config)):
+        if note:
+            print(note, file=sys.stderr)
+    try:
+        print(config_text(config), flush=True)
+    except BrokenPipeError:  # ``--print-config | head``: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The training CLI: parse, join the cluster when asked, and train. Returns 0, or 1 when
-    training stopped on non-finite values (usage errors: ``cli.UsageError``, exit 2)."""
+    """The training CLI: parse, join the cluster when asked, and train (``--print-config``:
+    print the config and return). Returns 0, or 1 when training stopped on non-finite values
+    (usage errors: ``cli.UsageError``, exit 2)."""
     args, config = parse_args(argv)
+    if args.print_config:
+        print_config(config)
+        return 0
     if args.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args.distributed or args.coordinator_address:

@@ -92,8 +92,10 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext
 
     Raises UsageError when ``out_dir`` is an input's folder, an output name (``--suffix``,
     ``--ext``) would leave ``out_dir`` or is too long for the file system, two inputs map to
-    one output, an output would replace an input (even through a link), or outputs exist
-    and ``overwrite`` is False.
+    one output, an output would replace an input (even through a link), ``out_dir`` holds an
+    image of an output's name in another file type (an earlier run's, at another scale or of
+    another model: ``comic.jpg`` beside ``comic.png``), or outputs exist and ``overwrite`` is
+    False.
     """
     from edsr_jax.io import outputs as out_files
 
@@ -116,12 +118,28 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, *, suffix: str = "", ext
         by_output[dst] = src
     for dst in outputs:
         out_files.check_not_input(dst, inputs, option="output")
+        _check_no_sibling(dst)
     if not overwrite:
         existing = [d for d in outputs if d.exists()]
         if existing:
             raise cli.UsageError(f"{len(existing)} output(s) exist already (first: {existing[0]}); "
-                                 "pass --overwrite to replace them")
+                                 "pass --overwrite to replace them, or --suffix / another --out to keep them")
     return outputs
+
+
+def _check_no_sibling(dst: Path) -> None:
+    """UsageError when ``--out`` holds another image of ``dst``'s name in another file type
+    (``comic.jpg`` beside a new ``comic.png``): an earlier run's output, perhaps at another scale
+    or of another model, which the new one could be mistaken for (or for which it is)."""
+    try:
+        siblings = sorted(p for p in dst.parent.glob(glob.escape(dst.stem) + ".*")
+                          if p.suffix.lower() != dst.suffix.lower() and p.stem == dst.stem and is_image_file(p))
+    except OSError:
+        return
+    if siblings:
+        raise cli.UsageError(f"{siblings[0]} exists beside the output {dst.name} (the same name in another file "
+                             "type: an earlier run, perhaps at another scale or of another model); use --suffix "
+                             "(e.g. --suffix _x2) or another --out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             tqdm.write(f"skipped: {e}", file=sys.stderr)
             failed += 1
             continue
-        image, alpha = upscale_decoded(upscaler, decoded)
+        inner = _image_bar(upscaler, decoded, src.name)
+        try:
+            image, alpha = upscale_decoded(upscaler, decoded,
+                                           progress=inner and (lambda done, _: inner.update(done - inner.n)))
+        finally:
+            if inner is not None:
+                inner.close()
         try:
             write_kind(dst, image, decoded.kind, alpha, icc_profile=decoded.icc_profile,
                        exif=decoded.exif, quality=args.quality, overwrite=args.overwrite, notes=notes)
@@ -237,7 +261,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed or not_written or moving_failed else 0
 
 
-def upscale_decoded(upscaler, decoded: Decoded) -> tuple[np.ndarray, np.ndarray | None]:
+def _image_bar(upscaler, decoded: Decoded, name: str):
+    """A second progress bar (tiles and ensemble passes within one image) for an image that
+    takes at least ``INNER_BAR_PASSES`` forward passes, else None."""
+    from tqdm import tqdm
+
+    h, w = decoded.pixels.shape[:2]
+    total = upscaler.passes(h, w)
+    if total < INNER_BAR_PASSES:
+        return None
+    what = "tiles x 8 ensemble passes" if upscaler.ensemble else "tiles"
+    return tqdm(total=total, desc=f"  {name} ({what})", unit="pass", leave=False, position=1,
+                file=sys.stderr)
+
+
+INNER_BAR_PASSES = 4  # an image needing this many forward passes gets its own progress bar
+
+
+def upscale_decoded(upscaler, decoded: Decoded, progress=None) -> tuple[np.ndarray, np.ndarray | None]:
     """``(image, alpha)`` upscaled by ``upscaler`` (``infer.Upscaler``) in the input's kind.
 
     RGB / RGBA: the model's uint8 output ``(H*s, W*s, 3)``. L / LA: ``(H*s, W*s)`` uint8, the
@@ -246,15 +287,16 @@ def upscale_decoded(upscaler, decoded: Decoded) -> tuple[np.ndarray, np.ndarray 
     ``(H*s, W*s)`` uint16 from the model run on the float values (value / 257), times 257.
     F (32-bit float grayscale in [0, 1]): ``(H*s, W*s)`` float32, the mean / 255, in [0, 1].
     ``alpha``: ``(H*s, W*s)`` uint8, MATLAB bicubic ``imresize(alpha, s)`` (the model is
-    trained on colour, not on alpha masks), or None.
+    trained on colour, not on alpha masks), or None. ``progress(done, total)``: after each
+    forward pass (``Upscaler.__call__``).
     """
     from edsr_jax.degradation.imresize import imresize
 
     s = upscaler.scale
     if decoded.kind in ("RGB", "RGBA"):
-        image = upscaler(decoded.pixels)
+        image = upscaler(decoded.pixels, progress)
     else:
-        gray = np.mean(np.asarray(upscaler.predict(decoded.pixels), np.float64), axis=-1)
+        gray = np.mean(np.asarray(upscaler.predict(decoded.pixels, progress), np.float64), axis=-1)
         if decoded.kind == "L16":
             image = np.clip(np.floor(gray * 257.0 + 0.5), 0, 65535).astype(np.uint16)
         elif decoded.kind == "F":

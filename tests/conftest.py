@@ -1,4 +1,5 @@
-"""Shared test set-up: a persistent XLA compile cache and paths to ../shared datasets."""
+"""Shared test set-up: a persistent XLA compile cache, paths to ../shared datasets, and PyTorch
+for the reference tests when it is installed (``torch_or_skip``)."""
 
 import os
 from pathlib import Path
@@ -11,6 +12,29 @@ SHARED = ROOT.parent / "shared" / "datasets"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+TORCH_SKIP = ('PyTorch reference test: torch is not installed; to run these: pip install "torch==2.13.0" '
+              '--index-url https://download.pytorch.org/whl/cpu (the CPU build), or pip install -e ".[torch]"')
+
+
+def torch_or_skip():
+    """``torch``, or skip the calling test with one line saying how to run it (every such skip
+    is raised here, so ``-ra`` folds them into one line). ``EDSR_JAX_REQUIRE_TORCH=1`` (CI)
+    fails the test instead."""
+    try:
+        import torch
+    except ImportError:
+        if os.environ.get("EDSR_JAX_REQUIRE_TORCH") == "1":
+            pytest.fail("EDSR_JAX_REQUIRE_TORCH=1 but torch is not installed", pytrace=False)
+        pytest.skip(TORCH_SKIP)
+    return torch
+
+
+def pytest_runtest_setup(item):
+    """Tests marked ``torch`` (those whose fixtures need it) skip through ``torch_or_skip``."""
+    if item.get_closest_marker("torch") is not None:
+        torch_or_skip()
 
 
 def shared_dataset(name: str) -> Path:

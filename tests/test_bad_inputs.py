@@ -21,6 +21,7 @@ from PIL import Image
 from edsr_jax import evaluate, prepare, upscale
 from edsr_jax.io import cli
 from edsr_jax.data import sources as data
+from conftest import torch_or_skip
 
 SCALE = 2
 PATCH = 8  # LR patch side in the data tests; HR patch 16
@@ -424,18 +425,24 @@ def full_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def _torch_weights(tmp_path, tiny_checkpoint, capsys):
+    """An official-layout ``.pt`` of the tiny checkpoint (``export --format torch``; needs PyTorch)."""
+    from edsr_jax import export
+
+    torch_or_skip()
+    torch_pt = tmp_path / "w.pt"
+    assert run_cli(export.main, ["--checkpoint", tiny_checkpoint, "--format", "torch", "--out", torch_pt],
+                   capsys)[0] == 0
+    return torch_pt
+
+
 def test_full_disk_is_one_line_in_every_writer(full_disk, tmp_path, tiny_checkpoint, capsys):
     from edsr_jax import export
 
     src = _one_image(tmp_path / "in", side=40)
-    torch_pt = tmp_path / "w.pt"
-    assert run_cli(export.main, ["--checkpoint", tiny_checkpoint, "--format", "torch", "--out", torch_pt],
-                   capsys)[0] == 0
     runs = {
         "export stablehlo": (export.main, ["--checkpoint", tiny_checkpoint, "--format", "stablehlo",
                                            "--out", full_disk / "m.shlo"], full_disk / "m.shlo"),
-        "export --from-torch": (export.main, ["--from-torch", torch_pt, "--scale", 2, "--out", full_disk / "imp"],
-                                full_disk / "imp"),
         "prepare": (prepare.main, [src.parent, "--out", full_disk / "p", "--scales", 2, "--workers", 1,
                                    "--no-progress"], full_disk / "p" / "HR" / "0001.png"),
         "upscale": (upscale.main, [src, "--checkpoint", tiny_checkpoint, "--out", full_disk / "u"],
@@ -452,9 +459,22 @@ def test_full_disk_is_one_line_in_every_writer(full_disk, tmp_path, tiny_checkpo
         assert not target.exists(), what
     leftovers = [p.name for p in full_disk.rglob("*") if p.name.startswith(".tmp")]
     assert not leftovers, leftovers
+
+
+def test_full_disk_in_a_torch_import_is_one_line_and_the_retry_works(full_disk, tmp_path, tiny_checkpoint,
+                                                                     capsys):
+    from edsr_jax import export
+
+    torch_pt = _torch_weights(tmp_path, tiny_checkpoint, capsys)
+    argv = ["--from-torch", torch_pt, "--scale", 2, "--out", full_disk / "imp"]
+    code, _, err = run_cli(export.main, argv, capsys)
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
+    assert code == 2 and len(lines) == 1 and "no space left on device" in lines[0], err
+    assert not (full_disk / "imp").exists()
+    assert not [p.name for p in full_disk.rglob("*") if p.name.startswith(".tmp")]
     # Room again: the retry of the import is not blocked by anything the failure left.
     (full_disk / "filler").unlink()
-    assert run_cli(export.main, ["--from-torch", torch_pt, "--scale", 2, "--out", full_disk / "imp"], capsys)[0] == 0
+    assert run_cli(export.main, argv, capsys)[0] == 0
 
 
 # ---------------------------------------------------------------- validation at the door (issue 15.7)
@@ -550,6 +570,7 @@ def test_prepare_corpus_in_a_real_process_finishes_without_traceback(corpus, tmp
 CLIS = ("train", "evaluate", "upscale", "prepare", "export", "inference.stablehlo_runner")
 
 
+@pytest.mark.slow
 def test_every_cli_reports_a_bad_option_in_one_error_line_and_helps_with_exit_0():
     """``python -m edsr_jax.X --no-such-option`` and ``--help`` for all five CLIs and the
     StableHLO runner, as real
@@ -751,10 +772,9 @@ def _torch_state_dicts():
     from conftest import ROOT
 
     sys.path.insert(0, str(ROOT / "tests"))
+    torch = torch_or_skip()
     from torch_edsr import EDSR
     from torch_mdsr import MDSR
-
-    import torch
 
     torch.manual_seed(0)
     return {"edsr_x4": EDSR(4, 1, 8).state_dict(), "edsr_x3": EDSR(3, 1, 8).state_dict(),
@@ -774,7 +794,7 @@ def test_every_tensor_and_key_is_checked_against_the_architecture(model):
     """For every key of the state_dict in turn: that tensor one wider in its last axis or (a conv)
     with one input channel more, that key removed (the fixed mean shifts may be absent), an extra
     key: one-line ConversionError naming it, before anything is converted."""
-    pytest.importorskip("torch")
+    torch_or_skip()
     import torch
 
     from edsr_jax.inference import torch_convert
@@ -806,7 +826,7 @@ def test_half_precision_weights_are_accepted_and_converted(dtype):
     """A correct state_dict stored in float16 / bfloat16 (its mean shifts rounded to that precision)
     converts to float32 weights equal to the stored values exactly; a mean shift that differs by
     more than the format's rounding is still refused."""
-    pytest.importorskip("torch")
+    torch_or_skip()
     import torch
 
     from edsr_jax.inference import torch_convert
@@ -833,7 +853,7 @@ def jax_leaves(tree):
 
 
 def test_export_from_torch_refuses_a_misshapen_tensor_in_one_line_and_imports_half_weights(tmp_path, capsys):
-    pytest.importorskip("torch")
+    torch_or_skip()
     import torch
 
     from edsr_jax import export

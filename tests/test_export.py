@@ -24,12 +24,13 @@ from edsr_jax.inference import infer
 from edsr_jax.inference import stablehlo_runner
 from edsr_jax.inference import torch_convert
 from edsr_jax.nets.edsr import ModelConfig
+from conftest import torch_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def torch_model(scale, blocks=2, features=8, seed=0, res_scale=1.0):
-    pytest.importorskip("torch")
+    torch_or_skip()
     from torch_edsr import EDSR, randomize
 
     return randomize(EDSR(scale, blocks, features, res_scale), seed=seed).eval()
@@ -68,7 +69,7 @@ def test_res_scale_comes_from_the_preset_path():
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_round_trip_jax_torch_jax_is_exact(scale):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     config = ModelConfig(scale, 2, 8)
     params = jax.tree_util.tree_map(
         np.asarray, config.build().init(jax.random.key(scale), jnp.zeros((1, 8, 8, 3)))["params"])
@@ -145,7 +146,7 @@ def test_stablehlo_artifact_runs_without_the_model_code(tmp_path):
 
 
 def test_cli_import_export_round_trip(tmp_path, capsys):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     model = torch_model(2, seed=5)
     pt = tmp_path / "w.pt"
     torch.save({"state_dict": model.state_dict(), "epoch": 3}, pt)
@@ -178,7 +179,7 @@ def test_cli_import_export_round_trip(tmp_path, capsys):
 
 
 def test_cli_errors(tmp_path, capsys, monkeypatch):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     pt = tmp_path / "w.pt"
     torch.save(torch_model(2).state_dict(), pt)
     cases = [
@@ -219,6 +220,7 @@ ALONE = ("import sys, runpy; sys.modules['edsr_jax'] = None; {block_pil}"
          "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
+@pytest.mark.slow
 def test_stablehlo_runner_copied_alone_runs_with_jax_and_numpy_only(tmp_path):
     """The runner file copied into an empty folder, run in a fresh process that cannot import
     edsr_jax (nor, in the first runs, Pillow): .npy in, .npy out, the model's numbers; the
@@ -246,6 +248,8 @@ def test_stablehlo_runner_copied_alone_runs_with_jax_and_numpy_only(tmp_path):
 
     proc = runner("m.stablehlo", "in.npy", "out.npy")
     assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("out.npy: ")] == [
+        ln for ln in proc.stderr.splitlines() if "26x20 from in.npy (13x10)" in ln]  # the one summary line
     np.testing.assert_allclose(np.load(alone / "out.npy"), np.asarray(infer.apply(params, lr[None], config))[0],
                                atol=1e-3)
     for args, message in ((("m.stablehlo", "in.npy", "out.npy"), "out.npy: exists"),
@@ -267,9 +271,21 @@ def test_from_torch_reads_scale_and_preset_from_the_shapes(scale, tmp_path):
     """x2: one upsampler conv with 4 x features outputs, x3: 9 x, x4: two 4 x convs."""
     from edsr_jax.training.restore import restore_for_inference
 
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     pt = tmp_path / "w.pt"
     torch.save(torch_model(scale).state_dict(), pt)
     step = export_lib.import_torch(pt, tmp_path / "ckpt")
     config, _ = restore_for_inference(tmp_path / "ckpt")
     assert config == ModelConfig(scale, 2, 8) and step.name == "0"
+
+
+def test_stablehlo_runner_says_what_it_wrote_in_one_line(tmp_path, capsys):
+    config = ModelConfig(2, 2, 8)
+    params = config.build().init(jax.random.key(2), jnp.zeros((1, 8, 8, 3)))["params"]
+    art = tmp_path / "m.shlo"
+    art.write_bytes(export_lib.stablehlo_artifact(config, params, platforms=["cpu"]))
+    np.save(tmp_path / "in.npy", np.round(lr_batch(2, 10, 13, seed=3)))
+    assert stablehlo_runner.run([str(art), str(tmp_path / "in.npy"), str(tmp_path / "out.npy")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{tmp_path / 'out.npy'}: 2 x 26x20 from {tmp_path / 'in.npy'} "
+                                               "(2 x 13x10), ") and " x2, " in err[0], err

@@ -18,6 +18,7 @@ from edsr_jax.nets import mdsr
 from edsr_jax.nets import onednn_conv
 from edsr_jax.inference import torch_convert
 from edsr_jax.nets.edsr import count_params
+from conftest import torch_or_skip
 
 # The official release's trainable parameters (EDSR-PyTorch; MeanShift is frozen).
 PUBLISHED = {"mdsr_baseline": 3_227_203, "mdsr": 7_953_987}
@@ -140,7 +141,7 @@ def test_config_validation_and_presets():
 # --- PyTorch interop ---------------------------------------------------------------------------
 
 def torch_mdsr(blocks=2, features=8, seed=0):
-    pytest.importorskip("torch")
+    torch_or_skip()
     from torch_mdsr import MDSR, randomize
 
     return randomize(MDSR(blocks, features), seed=seed).eval()
@@ -171,7 +172,7 @@ def test_torch_weights_give_the_torch_output_at_every_scale():
 
 
 def test_jax_to_torch_to_jax_is_bitwise():
-    import torch
+    torch = torch_or_skip()
 
     params = init(TINY, seed=5)
     sd = torch_convert.mdsr_to_state_dict({"params": params}, TINY)
@@ -224,7 +225,7 @@ def test_missing_and_unexpected_keys_are_named_in_one_error():
 
 
 def test_wrong_shapes_presets_and_mean_shifts_are_refused():
-    import torch
+    torch = torch_or_skip()
 
     sd = dict(torch_mdsr().state_dict())
     bad = dict(sd, **{"pre_process.0.1.body.0.weight": torch.zeros(8, 8, 3, 3)})
@@ -239,6 +240,7 @@ def test_wrong_shapes_presets_and_mean_shifts_are_refused():
 
 
 def test_edsr_and_mdsr_loaders_name_the_other_model():
+    torch_or_skip()
     from torch_edsr import EDSR
 
     with pytest.raises(torch_convert.ConversionError, match="MDSR state_dict.*mdsr_from_state_dict"):
@@ -250,7 +252,7 @@ def test_edsr_and_mdsr_loaders_name_the_other_model():
 def test_branch_order_follows_the_state_dict():
     """The official model numbers its branches by its ``scale`` list; a checkpoint of another
     order (or a subset) maps each branch to the scale its upsampler implies."""
-    pytest.importorskip("torch")
+    torch_or_skip()
     from torch_mdsr import MDSR, randomize
 
     model = randomize(MDSR(1, 8, scales=(4, 2)), seed=6).eval()

@@ -29,6 +29,7 @@ from edsr_jax.inference import infer
 from edsr_jax.nets import mdsr
 from edsr_jax.inference import stablehlo_runner
 from edsr_jax.nets.edsr import ModelConfig
+from conftest import torch_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = mdsr.MDSRConfig((2, 3, 4), num_blocks=2, num_features=8)
@@ -49,7 +50,7 @@ def reference(params, lr, scale):
 
 
 def torch_mdsr(seed=0):
-    pytest.importorskip("torch")
+    torch_or_skip()
     from torch_mdsr import MDSR, randomize
 
     return randomize(MDSR(TINY.num_blocks, TINY.num_features, TINY.scales), seed=seed).eval()
@@ -171,7 +172,7 @@ def test_checkpoint_says_mdsr_and_edsr_config_is_unchanged(tmp_path):
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     """(torch model, official .pt, checkpoint folder written by ``export --from-torch``)."""
-    import torch
+    torch = torch_or_skip()
 
     model = torch_mdsr(seed=7)
     root = tmp_path_factory.mktemp("mdsr")
@@ -182,6 +183,7 @@ def imported(tmp_path_factory):
     return model, pt, ckpt
 
 
+@pytest.mark.torch  # the imported fixture is made with PyTorch
 def test_import_gives_an_mdsr_checkpoint_equal_to_torch_at_each_scale(imported):
     model, _, ckpt = imported
     config, params = restore_for_inference(ckpt)
@@ -196,6 +198,7 @@ def test_import_gives_an_mdsr_checkpoint_equal_to_torch_at_each_scale(imported):
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+@pytest.mark.torch  # the imported fixture is made with PyTorch
 def test_import_errors(imported, tmp_path, capsys):
     _, pt, ckpt = imported
     for extra, message in ((["--scale", "2"], "holds MDSR weights, which serve every scale"),
@@ -218,6 +221,7 @@ def test_import_errors(imported, tmp_path, capsys):
     assert err.count("error:") == 1 and "holds EDSR weights; choose from edsr, edsr_baseline" in err
 
 
+@pytest.mark.torch  # the imported fixture is made with PyTorch
 def test_upscale_cli_at_each_scale(imported, tmp_path, capsys):
     _, _, ckpt = imported
     src = tmp_path / "in"
@@ -237,6 +241,7 @@ def test_upscale_cli_at_each_scale(imported, tmp_path, capsys):
     assert err.count("error:") == 1 and "serves scales 2 3 4: choose one with --scale" in err
 
 
+@pytest.mark.torch  # the imported fixture is made with PyTorch
 def test_evaluate_cli_scores_each_scale_from_one_checkpoint(imported, tmp_path, capsys):
     _, _, ckpt = imported
     folder = tmp_path / "tiny"
@@ -259,6 +264,7 @@ def test_evaluate_cli_scores_each_scale_from_one_checkpoint(imported, tmp_path, 
     assert [r["scale"] for r in json.loads((tmp_path / "d.json").read_text())["results"]] == [2, 3, 4]
 
 
+@pytest.mark.torch  # the imported fixture is made with PyTorch
 def test_stablehlo_export_per_scale_equals_the_upscaler(imported, tmp_path, capsys):
     _, _, ckpt = imported
     lr = image(11, 14, seed=12)
@@ -288,6 +294,7 @@ def test_stablehlo_export_per_scale_equals_the_upscaler(imported, tmp_path, caps
     assert not (tmp_path / "no.stablehlo").exists()
 
 
+@pytest.mark.torch  # the imported fixture is made with PyTorch
 def test_torch_export_writes_the_official_layout(imported, tmp_path, capsys):
     import torch
 
@@ -306,6 +313,7 @@ def test_torch_export_writes_the_official_layout(imported, tmp_path, capsys):
     assert err.count("error:") == 1 and "holds every scale" in err
 
 
+@pytest.mark.slow
 def test_trainer_finetunes_an_edsr_from_an_mdsr_checkpoint(tmp_path):
     """An MDSR checkpoint as init_from of an EDSR x2 run: head, body, the x2 upsampler (as
     EDSR's upsample_0) and the tail are all taken (MDSR training itself: test_mdsr_train.py)."""

@@ -188,6 +188,7 @@ def straight(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_every_scale_is_drawn_and_validated(straight):
     drawn = [data.ScaleOrder(SCALES, "random", seed=0)(n) for n in range(6)]
     assert set(drawn) == set(SCALES)  # seed 0 draws every scale in the first 6 steps
@@ -206,6 +207,7 @@ def test_every_scale_is_drawn_and_validated(straight):
     assert config == MDSRConfig(SCALES, 2, 8) and "upsample_x3" in params["params"]
 
 
+@pytest.mark.slow
 def test_stop_and_resume_continues_the_scale_sequence_exactly(straight, tmp_path):
     first = run_train(tmp_path, "--config.train.ema=0.5", "--config.train.steps=3")
     assert first.returncode == 0, first.stderr
@@ -223,6 +225,7 @@ def test_stop_and_resume_continues_the_scale_sequence_exactly(straight, tmp_path
         jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_two_devices_match_one_device(straight, tmp_path):
     r = run_train(tmp_path, "--config.train.ema=0.5", "--config.train.steps=3", devices=2)
     assert r.returncode == 0, r.stderr
@@ -234,6 +237,7 @@ def test_two_devices_match_one_device(straight, tmp_path):
     assert iter_state(tmp_path, 3) == iter_state(straight, 3)
 
 
+@pytest.mark.slow
 def test_init_from_an_mdsr_checkpoint_finetunes(straight, tmp_path, capsys):
     config = tiny_config(**{"train.steps": 1, "train.log_every": 1, "train.init_from": str(straight)})
     result = run.train(config, tmp_path / "ft", upscaler=Upscaler)
@@ -242,6 +246,7 @@ def test_init_from_an_mdsr_checkpoint_finetunes(straight, tmp_path, capsys):
     assert np.isfinite(result["psnr"]) and all(f"x{s}/psnr" in result for s in SCALES)
 
 
+@pytest.mark.slow
 def test_each_scale_compiles_its_step_once(tmp_path):
     """One jit, the scale static: three executables however often each scale comes round,
     across epochs and an evaluation (test_compile.py's listener)."""
@@ -279,6 +284,7 @@ def test_edsr_config_refuses_mdsr_fields():
         config_lib.validate(config)
 
 
+@pytest.mark.slow
 def test_resume_refuses_an_mdsr_workdir_with_an_edsr_config(straight):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-m", "edsr_jax.train", f"--config={TINY}", f"--workdir={straight}",

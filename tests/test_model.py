@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edsr_jax.nets.edsr import ModelConfig, count_params, pixel_shuffle, preset
+from conftest import torch_or_skip
 
 # The official release's counts (EDSR-PyTorch, trainable parameters; MeanShift is frozen).
 PUBLISHED = {
@@ -84,7 +85,7 @@ def test_pixel_shuffle_matches_pytorch_order(r):
 
 
 def test_pixel_shuffle_matches_torch_itself():
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     x_nchw = np.random.default_rng(7).normal(size=(1, 8, 3, 4)).astype(np.float32)
     want = torch.nn.PixelShuffle(2)(torch.from_numpy(x_nchw)).numpy()
     got = pixel_shuffle(jnp.asarray(x_nchw.transpose(0, 2, 3, 1)), 2)

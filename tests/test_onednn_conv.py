@@ -184,6 +184,7 @@ def test_choose_backend_refuses_unknown_values_and_names_the_option():
 # ------------------------------------------------------------- the extension's own guards
 
 
+@pytest.mark.slow
 @needs_onednn
 def test_plan_cache_is_bounded_and_rebuilds_evicted_shapes():
     """Each new shape adds one plan until the LRU cache is full; beyond that it stays at its

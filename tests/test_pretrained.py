@@ -137,6 +137,7 @@ def test_shipped_models_are_listed_with_cards():
         assert (pretrained.MODELS_DIR / f"{name}.npz").stat().st_size < 4_000_000
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SET5.is_dir(), reason="needs ../shared/datasets/Set5")
 @pytest.mark.parametrize("name", SHIPPED)
 def test_card_set5_score_is_reproduced_from_the_shipped_weights(name, tmp_path):

@@ -6,6 +6,7 @@ operator and whose examples parse."""
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -20,10 +21,27 @@ README = ROOT / "README.md"
 
 def fresh_clone_commands() -> list[list[str]]:
     block = README.read_text().split("<!-- fresh-clone -->")[1].split("<!-- /fresh-clone -->")[0]
-    commands = [shlex.split(line, comments=True) for line in block.splitlines()
-                if line.startswith(".venv/bin/")]
-    assert commands and all(c[0] == ".venv/bin/python" for c in commands)
+    commands = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()
+                and not line.startswith("```")]
+    assert commands and all(c[:2] == ["python", "-m"] for c in commands), commands
     return [[sys.executable] + c[1:] for c in commands]
+
+
+def test_every_python_command_follows_the_one_convention():
+    """The top says once that every command runs in the activated .venv, as `python` and `pip`:
+    so every `python -m` in the README is a bare `python` (the venv is made with `python3 -m
+    venv`), and `.venv/bin/` appears only as the activate script."""
+    text = README.read_text()
+    top = text.split("\n## ")[0]
+    assert "activate it first with `. .venv/bin/activate`" in top
+    assert "python3 -m venv .venv && . .venv/bin/activate && pip install" in top
+    uses = re.findall(r"(\S*)\s+-m\s+(\S+)", text)
+    calls = [(word, module) for word, module in uses if "python" in word]
+    assert len(calls) > 40, len(calls)
+    wrong = [(w, m) for w, m in calls if w.lstrip("`(") != "python" and (w, m) != ("python3", "venv")]
+    assert not wrong, wrong
+    assert re.findall(r"\.venv/bin/\w+", text) == [".venv/bin/activate"] * text.count(".venv/bin/")
+    assert "../shared" not in top
 
 
 def test_fresh_clone_block_names_nothing_outside_the_clone():
@@ -45,10 +63,16 @@ def test_fresh_clone_block_runs_as_written(tmp_path):
         assert proc.returncode == 0, (command, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
     assert len(list((tmp_path / "samples" / "val").iterdir())) == 2
-    assert sorted(p.name for p in (tmp_path / "upscaled").iterdir()) == ["chelsea.png", "coffee.png"]
-    assert [p.name for p in (tmp_path / "builtin").iterdir()] == ["coffee.png"]  # the built-in photo-x2
-    assert (tmp_path / "scores.json").is_file() and (tmp_path / "quickstart.shlo").is_file()
+    assert sorted(p.name for p in (tmp_path / "upscaled" / "quickstart").iterdir()) == ["chelsea.png", "coffee.png"]
+    assert [p.name for p in (tmp_path / "upscaled" / "photo-x2").iterdir()] == ["coffee.png"]  # the built-in model
+    assert (tmp_path / "runs" / "quickstart_scores.json").is_file() and (tmp_path / "runs" / "quickstart.shlo").is_file()
     assert (tmp_path / "data" / "poster" / "manifest.json").is_file()
+    # everything it wrote is covered by the project's .gitignore: a clone's git status stays clean
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=tmp_path,
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    assert [line for line in status if line and line != "?? .gitignore"] == []
     # Then every block marked runnable, in order, in the same folder, as a reader pastes it.
     blocks = runnable_blocks()
     bin_dir = tmp_path / "bin"

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, torch_or_skip
 from edsr_jax.training import checkpoint
 from edsr_jax.training.restore import restore_params
 
@@ -99,6 +99,7 @@ def reference(tmp_path_factory):
         proc.kill()
 
 
+@pytest.mark.slow
 def test_kills_and_signals_resume_from_complete_checkpoints_bitwise(reference, tmp_path):
     workdir = tmp_path / "run"
     steps = f"--config.train.steps={STEPS}"
@@ -181,6 +182,7 @@ def test_kills_and_signals_resume_from_complete_checkpoints_bitwise(reference, t
     print("interruptions:", history)
 
 
+@pytest.mark.slow
 def test_stray_temporary_folder_is_ignored_and_removed(reference, tmp_path):
     """A partial save left by a kill (named like Orbax's own) is never resumed from."""
     import shutil
@@ -221,6 +223,7 @@ def _tb_scalars(workdir, tag):
     return out
 
 
+@pytest.mark.slow
 def test_nan_guard_stop_and_skip(tmp_path):
     """lr = 1e30: step 1 makes the weights ~1e30 (finite), step 2's forward pass overflows."""
     common = ("--config.optim.lr=1e30", "--config.train.steps=6", "--config.train.checkpoint_every=1",
@@ -753,7 +756,7 @@ def test_every_writer_leaves_a_file_another_process_created_meanwhile(tmp_path, 
 def test_import_into_a_folder_another_process_created_meanwhile(tmp_path, two_models, rival, capsys):
     """``export --from-torch`` publishes its checkpoint folder with rename-no-replace: a folder
     another process made (and filled) meanwhile stays, one error line names it."""
-    pytest.importorskip("torch")
+    torch_or_skip()
     from edsr_jax import export
     from edsr_jax.io import cli
 
@@ -804,6 +807,7 @@ def test_exclusive_publish_with_and_without_hard_links(tmp_path, monkeypatch, fa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "e", "f.txt", "g.txt"], "no temporaries left"
 
 
+@pytest.mark.slow
 def test_two_upscale_processes_into_one_folder_never_replace_each_other(tmp_path, two_models):
     """Two real ``python -m edsr_jax.upscale`` processes, different models, one ``--out``, started
     together: every output file holds the model of the process that says it wrote it, and the
@@ -913,6 +917,7 @@ def _resume_and_check(hr, out, tmp_path):
                 assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_prepare_stopped_by_a_signal_says_so_leaves_nothing_running_and_resumes(hr_folder, tmp_path, sig):
     """SIGTERM (to the process) or a terminal's Ctrl-C (SIGINT to its group): one line saying
@@ -934,6 +939,7 @@ def test_prepare_stopped_by_a_signal_says_so_leaves_nothing_running_and_resumes(
     _resume_and_check(hr_folder, out, tmp_path)
 
 
+@pytest.mark.slow
 def test_prepare_killed_leaves_no_worker_running_or_writing(hr_folder, tmp_path):
     """``kill -9`` of prepare: its workers (and multiprocessing's resource tracker) end with it
     at once, nothing is written afterwards; the temporary files the kill left are removed by the
@@ -949,6 +955,7 @@ def test_prepare_killed_leaves_no_worker_running_or_writing(hr_folder, tmp_path)
     _resume_and_check(hr_folder, out, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_killed_prepare_worker_is_one_error_line_and_resumable(hr_folder, tmp_path):
     out = tmp_path / "p"
     proc, kids = _start_prepare(hr_folder, out)
@@ -963,6 +970,7 @@ def test_a_killed_prepare_worker_is_one_error_line_and_resumable(hr_folder, tmp_
     _resume_and_check(hr_folder, out, tmp_path)
 
 
+@pytest.mark.slow
 def test_one_prepare_per_output_folder(hr_folder, tmp_path):
     """A second prepare on a folder in use (here: adding another LR variant) is one error line
     naming the first one's pid, exit 2, and writes nothing; the first is undisturbed."""

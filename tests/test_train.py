@@ -111,6 +111,7 @@ def test_nonfinite_step_is_not_applied_and_counted():
     assert check_finite(state, "skip") == 1
 
 
+@pytest.mark.slow
 def test_ema_follows_params():
     model, tx, state = _tiny_state(ema=0.5)
     p0 = jax.tree_util.tree_map(np.asarray, state.params)
@@ -160,6 +161,7 @@ def _iter_state(workdir, step, process=0, count=1):
                        / f"process_{process}-of-{count}.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["device", "host"])
 def test_stop_and_resume_gives_identical_params_and_batches(where, straight_run, straight_host_run, tmp_path):
     """Both places the damage is made (data.degrade_on; "auto" is the device on CPU)."""
@@ -177,6 +179,7 @@ def test_stop_and_resume_gives_identical_params_and_batches(where, straight_run,
     assert (tmp_path / "metrics.jsonl").exists() and list((tmp_path / "tb").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["device", "host"])
 def test_four_devices_match_one_device(tmp_path, where):
     one = run_train(tmp_path / "one", "--config.train.steps=3", f"--config.data.degrade_on={where}", devices=1)
@@ -196,6 +199,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
@@ -215,6 +219,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
         assert _iter_state(tmp_path / "multi", 3, i, 2)["next_index"] == 3
 
 
+@pytest.mark.slow
 def test_finetune_x2_to_x4_from_checkpoint(straight_run, tmp_path):
     r = run_train(tmp_path, "--config.model.scale=4", "--config.train.steps=1",
                   f"--config.train.init_from={straight_run}")
@@ -230,7 +235,8 @@ def test_finetune_x2_to_x4_from_checkpoint(straight_run, tmp_path):
     ("--config.data.train=/nonexistent/folder", 1, "/nonexistent/folder"),
     ("--config.model.scale=5", 1, "config.model.scale = 5"),
     ("--config.train.conv_backend=mkl", 1, "config.train.conv_backend = 'mkl'"),
-    ("--config.train.conv_backend=onednn", 2, "'onednn' cannot be used: it runs on one device, the mesh has 2"),
+    pytest.param("--config.train.conv_backend=onednn", 2,
+                 "'onednn' cannot be used: it runs on one device, the mesh has 2", marks=pytest.mark.slow),
 ])
 def test_bad_config_stops_with_one_clear_message(tmp_path, override, devices, message):
     r = run_train(tmp_path, override, devices=devices, timeout=120)
@@ -244,6 +250,7 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(straight_run):
     assert r.returncode == 2 and "num_features: checkpoint=8, config=16" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_time_budget_stops_with_a_checkpoint(tmp_path):
     r = run_train(tmp_path, "--config.train.max_minutes=0.0001", "--config.train.steps=1000")
     assert r.returncode == 0, r.stderr

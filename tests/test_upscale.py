@@ -128,6 +128,7 @@ def test_conv_backend_option_opts_out_with_the_same_output(tmp_path, ckpt, capsy
     assert np.abs(outs["xla"] - outs["auto"]).max() <= 1
 
 
+@pytest.mark.slow
 def test_module_entry_point_tiles_ensemble_bfloat16(tmp_path, ckpt):
     path, params = ckpt
     images = make_images(tmp_path / "in", [(40, 28)])
@@ -293,3 +294,48 @@ def test_every_file_the_clis_write_has_normal_permissions(tmp_path, ckpt, capsys
     wrong = [(str(p.relative_to(out)), oct(p.stat().st_mode & 0o777)) for p in out.rglob("*")
              if p.stat().st_mode & 0o777 != (0o755 if p.is_dir() else 0o644)]
     assert wrong == []
+
+
+def test_outputs_of_another_scale_or_type_beside_are_refused_in_one_line(tmp_path, ckpt, capsys):
+    """A run at x4 wrote comic.jpg; an x2 run into the same --out would write comic.png beside
+    it, and the two would pass for one another: refused, naming the file; --suffix resolves it."""
+    path, _ = ckpt
+    make_images(tmp_path / "in", [(16, 20)], prefix="comic")
+    out = tmp_path / "out"
+    out.mkdir()
+    write_image(out / "comic0.jpg", np.zeros((64, 80, 3), np.uint8))  # an earlier x4 run's, as JPEG
+    code, err = run([tmp_path / "in", "--checkpoint", path, "--out", out], capsys)
+    assert code == 2 and err.count("error:") == 1
+    assert f"{out / 'comic0.jpg'} exists beside the output comic0.png" in err and "--suffix" in err
+    assert sorted(p.name for p in out.iterdir()) == ["comic0.jpg"]
+    code, err = run([tmp_path / "in", "--checkpoint", path, "--out", out, "--overwrite"], capsys)
+    assert code == 2  # --overwrite replaces an output of the same name, not another file beside it
+    assert run([tmp_path / "in", "--checkpoint", path, "--out", out, "--suffix", "_x2"], capsys)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["comic0.jpg", "comic0_x2.png"]
+    code, err = run([tmp_path / "in", "--checkpoint", path, "--out", out, "--suffix", "_x2"], capsys)
+    assert code == 2 and "pass --overwrite to replace them, or --suffix / another --out" in err
+
+
+def test_progress_within_an_image_counts_every_tile_and_ensemble_pass(ckpt):
+    path, params = ckpt
+    img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    for ensemble in (False, True):
+        up = infer.Upscaler(CONFIG, {"params": params}, tile=16, ensemble=ensemble)
+        seen = []
+        out = up(img, progress=lambda done, total: seen.append((done, total)))
+        total = 3 * 4 * (8 if ensemble else 1)  # 40/16 -> 3 rows, 56/16 -> 4 columns of tiles
+        assert up.passes(40, 56) == total and seen == [(k, total) for k in range(1, total + 1)]
+        assert np.array_equal(out, up(img))  # the same image with or without a listener
+    whole = infer.Upscaler(CONFIG, {"params": params})
+    calls = []
+    whole(np.stack([img] * 3), progress=lambda d, t: calls.append((d, t)))
+    assert whole.passes(40, 56, 3) == len(calls) == calls[-1][1] == 1  # 3 small images, one call
+
+
+def test_upscale_shows_a_bar_within_a_long_image(tmp_path, ckpt, capsys):
+    path, _ = ckpt
+    make_images(tmp_path / "in", [(40, 40)], prefix="big")
+    code, err = run([tmp_path / "in", "--checkpoint", path, "--out", tmp_path / "out", "--tile", "8",
+                     "--ensemble"], capsys)
+    assert code == 0, err
+    assert "big0.png (tiles x 8 ensemble passes)" in err and "/200" in err  # 5 x 5 tiles x 8

@@ -28,6 +28,11 @@ from edsr_jax.io.images import read_rgb
 
 FORMAT_VERSION = 1
 ENV_VAR = "EDSR_JAX_CACHE"
+HELP = ("decoded-image cache: training decodes each image file once into ~/.cache/edsr_jax/decoded "
+        "($EDSR_JAX_CACHE, or --config.data.cache_dir=DIR, moves it): one H x W x 3 uint8 .npy per "
+        "distinct file content, so it grows by the decoded size of every training image (DIV2K's 800 "
+        "HR PNGs: about 7 GB; a changed file adds a new entry). Nothing is ever deleted from it; "
+        "delete the folder to clear it (it is rebuilt as needed).")
 
 
 def default_cache_dir() -> Path:

@@ -39,10 +39,12 @@ def save(out: Path, manifest: dict) -> None:
                          overwrite=True)
 
 
-def lr_variant_spec(root: str | os.PathLike, name: str, scale: int) -> str | None:
+def lr_variant_spec(root: str | os.PathLike, name: str, scale: int | None) -> str | None:
     """The degradation spec that made ``root/LR_<name>/X<scale>`` (e.g. ``"nearest(2) >
-    jpeg(30,60)"``), from the prepared folder's manifest; None when ``root`` has no manifest
-    or it does not record that variant. ValueError naming an unreadable manifest."""
+    jpeg(30,60)"``), from the prepared folder's manifest; ``scale`` None: the spec as given to
+    ``prepare --spec`` (its resize left open, e.g. ``"nearest > jpeg(30,60)"``, for every
+    scale). None when ``root`` has no manifest or it does not record that variant. ValueError
+    naming an unreadable manifest."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         return None
@@ -55,6 +57,8 @@ def lr_variant_spec(root: str | os.PathLike, name: str, scale: int) -> str | Non
     settings = variants.get(name)
     if settings is None:
         return None
+    if scale is None:
+        return settings.get("spec")
     return settings.get("specs", {}).get(str(scale)) or settings.get("spec")
 
 

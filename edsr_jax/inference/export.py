@@ -72,11 +72,12 @@ def torch_state_dict(config: ModelConfig, params):
 
 def load_torch_state_dict(path: str | Path) -> dict:
     """Read a ``.pt`` file holding a plain ``state_dict`` or ``{"state_dict": ...}`` (or
-    ``{"model": ...}``); tensors only (``weights_only``), nothing is executed."""
-    torch = require_torch()
+    ``{"model": ...}``); tensors only (``weights_only``), nothing is executed. A missing file
+    is named before a missing PyTorch."""
     path = Path(path)
     if not path.is_file():
         raise cli.UsageError(f"{path}: no such file")
+    torch = require_torch()
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file

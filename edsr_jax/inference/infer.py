@@ -30,7 +30,7 @@ from __future__ import annotations
 import collections
 import copy
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -41,6 +41,8 @@ from edsr_jax.nets import mdsr
 from edsr_jax.nets import onednn_conv
 from edsr_jax.nets import xla_options
 from edsr_jax.nets.edsr import DTYPES, PRESETS, Conv, ModelConfig, receptive_radius
+
+Progress = Callable[[int, int], None]  # progress(done, total): forward passes of one Upscaler call
 
 MIN_BUCKET = 16
 
@@ -326,19 +328,31 @@ class Upscaler:
         """The upscaling factor (2, 3 or 4): the EDSR's, or the MDSR scale chosen."""
         return output_scale(self.config, self.mdsr_scale)
 
-    def __call__(self, lr) -> np.ndarray:
+    def __call__(self, lr, progress: Progress | None = None) -> np.ndarray:
         """``(H, W, 3)`` or ``(N, H, W, 3)`` uint8 -> same rank, ``H*s, W*s``, uint8
-        (rounded and clipped to [0, 255])."""
-        return self._upscale(lr, np.uint8)
+        (rounded and clipped to [0, 255]). ``progress(done, total)`` is called after each
+        forward pass (a tile, or one of the 8 ensemble passes), ``total`` known from the start."""
+        return self._upscale(lr, np.uint8, progress)
 
-    def predict(self, lr) -> np.ndarray:
+    def predict(self, lr, progress: Progress | None = None) -> np.ndarray:
         """``(H, W, 3)`` or ``(N, H, W, 3)`` uint8 (or float in [0, 255]) -> float32
-        ``(..., H*s, W*s, 3)``, not clipped."""
-        return self._upscale(lr, np.float32)
+        ``(..., H*s, W*s, 3)``, not clipped. ``progress``: as for ``__call__``."""
+        return self._upscale(lr, np.float32, progress)
+
+    def passes(self, h: int, w: int, n: int = 1) -> int:
+        """Forward passes the Upscaler makes for ``n`` images of ``h x w`` LR pixels: one per
+        group of whole images or per tile, times 8 with the ensemble."""
+        side = self.tile + 2 * self.overlap
+        bh, bw = bucket(h), bucket(w)
+        if bh * bw <= side * side:
+            calls = -(-n // min(n, side * side // (bh * bw)))
+        else:
+            calls = n * -(-h // self.tile) * -(-w // self.tile)
+        return calls * (8 if self.ensemble else 1)
 
     # -- internals ---------------------------------------------------------------------
 
-    def _upscale(self, lr, out_dtype) -> np.ndarray:
+    def _upscale(self, lr, out_dtype, progress: Progress | None = None) -> np.ndarray:
         lr = np.asarray(lr)
         if lr.ndim not in (3, 4) or lr.shape[-1] != 3 or 0 in lr.shape:
             raise ValueError(f"expected an (H, W, 3) or (N, H, W, 3) image, got shape {lr.shape}")
@@ -350,6 +364,7 @@ class Upscaler:
         out = np.empty((n, h * s, w * s, 3), out_dtype)
         side = self.tile + 2 * self.overlap
         bh, bw = bucket(h), bucket(w)
+        tick = _counter(progress, self.passes(h, w, n))
         if bh * bw <= side * side:
             # whole images, as many per call as fit in one tile's memory; the last group
             # is filled up with empty (fully masked) images so every call has one shape
@@ -359,14 +374,14 @@ class Upscaler:
                 x = np.zeros((group, bh, bw, 3), np.float32)
                 x[:m, :h, :w] = batch[i0:i0 + m]
                 bounds = np.array([[0, h, 0, w]] * m + [[0, 0, 0, 0]] * (group - m), np.int32)
-                y = self._run(x, bounds)
+                y = self._run(x, bounds, tick)
                 out[i0:i0 + m] = _cast(y[:m, :h * s, :w * s], out_dtype)
         else:
             for i in range(n):
-                self._tiled(batch[i], out[i])
+                self._tiled(batch[i], out[i], tick)
         return out if lr.ndim == 4 else out[0]
 
-    def _tiled(self, img: np.ndarray, out: np.ndarray) -> None:
+    def _tiled(self, img: np.ndarray, out: np.ndarray, tick: Callable[[], None] | None = None) -> None:
         """Fill ``out`` (H*s, W*s, 3) tile by tile from ``img`` (H, W, 3) uint8 or float32.
 
         Memory beyond ``img`` and ``out``: a padded copy of ``img`` in its own dtype and
@@ -382,7 +397,7 @@ class Upscaler:
                 x = frame[None, y0:y0 + side, x0:x0 + side].astype(np.float32)
                 # image rows [0, h) are frame rows [r, r + h): tile rows [r - y0, r + h - y0)
                 b = [max(0, r - y0), min(side, r + h - y0), max(0, r - x0), min(side, r + w - x0)]
-                y = self._run(x, np.array([b], np.int32))[0]
+                y = self._run(x, np.array([b], np.int32), tick)[0]
                 ch, cw = min(t, h - y0), min(t, w - x0)
                 out[y0 * s:(y0 + ch) * s, x0 * s:(x0 + cw) * s] = _cast(
                     y[r * s:(r + ch) * s, r * s:(r + cw) * s], out.dtype)
@@ -394,10 +409,14 @@ class Upscaler:
         full = self._full_fn is not None and bool(np.all(bounds == np.array([0, h, 0, w])))
         return np.asarray((self._full_fn if full else self._fn)(self.params, x, bounds))
 
-    def _run(self, x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-        """Jitted forward (x8 ensemble when asked) of a padded batch with its bounds."""
+    def _run(self, x: np.ndarray, bounds: np.ndarray, tick: Callable[[], None] | None = None) -> np.ndarray:
+        """Jitted forward (x8 ensemble when asked) of a padded batch with its bounds;
+        ``tick()`` after each pass."""
+        tick = tick or (lambda: None)
         if not self.ensemble:
-            return self._forward(x, bounds)
+            y = self._forward(x, bounds)
+            tick()
+            return y
         total = None
         for transpose in (False, True):
             for flip_h in (False, True):
@@ -406,7 +425,22 @@ class Upscaler:
                     xt, bt = _transform(x, bounds, op)
                     y = _untransform(self._forward(xt, bt), op)
                     total = y if total is None else total + y
+                    tick()
         return total / np.float32(8)
+
+
+def _counter(progress: Progress | None, total: int) -> Callable[[], None] | None:
+    """``tick()`` calling ``progress(done, total)`` with the passes done so far (None: none)."""
+    if progress is None:
+        return None
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        progress(done, total)
+
+    return tick
 
 
 def _transform(x: np.ndarray, bounds: np.ndarray, op) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -168,7 +169,8 @@ def _pillow(path: Path):
 
 
 def main(argv=None) -> int:
-    """Upscale one image (or ``.npy`` array) with an artifact: returns 0 (a bad option, an
+    """Upscale one image (or ``.npy`` array) with an artifact, saying so in one line on stderr
+    (output, sizes, model, seconds): returns 0 (a bad option, an
     unreadable artifact or input: ``UsageError``, one ``error:`` line and exit 2 under
     ``run``)."""
     p = ArgumentParser(prog=_PROG,
@@ -183,12 +185,22 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         raise UsageError(f"{args.model}: {e}") from None
     lr = read_input(args.input)
+    start = time.perf_counter()
     try:
         sr = model.predict(lr)
     except ValueError as e:
         raise UsageError(f"{args.input}: {e}") from None
+    seconds = time.perf_counter() - start
     write_output(args.output, sr)
+    print(f"{args.output}: {_size(sr)} from {args.input} ({_size(lr)}), {model.name} x{model.scale}, "
+          f"{seconds:.1f} s (compilation included)", file=sys.stderr)
     return 0
+
+
+def _size(array: np.ndarray) -> str:
+    """``"1020x678"`` (width x height) of an ``(H, W, 3)`` image, ``"4 x 1020x678"`` of a batch."""
+    h, w = array.shape[-3:-1]
+    return f"{array.shape[0]} x {w}x{h}" if array.ndim == 4 else f"{w}x{h}"
 
 
 def run(argv=None) -> int:

@@ -1,6 +1,7 @@
 """One process at a time per folder: an exclusive lock on a file in it. One trainer per
 workdir (``<workdir>/train.lock``, the defaults), one ``prepare`` per prepared folder
-(``<out>/prepare.lock``).
+(``<out>/prepare.lock``). A clean exit removes the file; after a kill it stays behind, naming
+the dead holder, until the next holder takes the lock and releases it.
 
 The lock is ``fcntl.flock`` on an open file, so the kernel releases it whenever the holder
 ends, by any means (exit, exception, ``kill -9``, a crash): a lock left by a dead process is
@@ -34,14 +35,15 @@ class RunLock:
 
     ``name``: the lock file's name in the folder; ``option`` and ``holder`` word the message
     ("--workdir W: another trainer is running in it ..."; prepare: ``--out``, ``prepare``);
-    ``remove``: the file is removed on release (a clean end leaves the folder as it was; after
-    a kill it stays, holding the dead holder's record, until the next holder releases it).
+    ``remove`` (default): the file is removed on release, so a clean end leaves the folder as
+    it was; after a kill it stays, holding the dead holder's record, until the next holder
+    releases it. ``remove=False`` empties it instead.
     ``lock.previous`` is the holder record (``{"host", "pid", "started"}``) left by a process
     that ended without releasing it cleanly (killed), else None.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, name: str = LOCK_NAME, option: str = "--workdir",
-                 holder: str = "trainer", remove: bool = False):
+                 holder: str = "trainer", remove: bool = True):
         self.workdir = Path(workdir)
         self.path = self.workdir / name
         self.option, self.holder, self.remove = option, holder, remove

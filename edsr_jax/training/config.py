@@ -29,83 +29,93 @@ SCALE_ORDERS = ("random", "cycle")  # train.scale_order (data.ScaleOrder): how a
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every experiment (EDSR-baseline x2, the paper's optimiser)."""
     c = ml_collections.ConfigDict()
-    c.name = "edsr_baseline_x2"
+    c.name = "edsr_baseline_x2"  # the experiment's name (logs, metrics.jsonl)
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "edsr"  # "edsr", or "mdsr": the multi-scale network (edsr_jax/nets/mdsr.py)
     c.model.scale = 2  # EDSR's scale; 0 for MDSR, whose scales are model.scales
     c.model.scales = ()  # MDSR only: the scales it serves and trains, e.g. (2, 3, 4)
-    c.model.num_blocks = 16
-    c.model.num_features = 64
-    c.model.res_scale = 1.0
+    c.model.num_blocks = 16  # residual blocks (EDSR-baseline 16, EDSR 32)
+    c.model.num_features = 64  # feature channels (EDSR-baseline 64, EDSR 256)
+    c.model.res_scale = 1.0  # residual scaling in each block (EDSR 0.1)
     c.model.dtype = "float32"  # compute dtype; params stay float32
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "hr"  # "hr": HR images, LR made on the fly; "paired": DIV2K-layout folder
     c.data.train = "builtin"  # folder, or "builtin" for the sample photographs
     c.data.spec = ""  # degradation spec for source "hr"; "" means bicubic(scale)
-    # LR_<lr_name> subfolder for source "paired"; "" (default): the only LR variant a prepared
-    # folder's manifest records, "bicubic" for a folder without one (DIV2K as distributed)
+    # LR_<lr_name> subfolder of a "paired" folder; "": the only variant its manifest records.
+    # A folder without a manifest (DIV2K as distributed) is read as "bicubic".
     c.data.lr_name = ""
     c.data.val = "builtin"  # folder of HR images, or "builtin"
-    c.data.val_spec = ""  # degradation of validation LR; "" means MATLAB bicubic
-    c.data.val_max_images = 10
+    # degradation of the validation LR; "": the training damage (announced). That is data.spec,
+    # or the spec a prepared folder's manifest records for data.lr_name; MATLAB bicubic when the
+    # training LR is plain bicubic.
+    c.data.val_spec = ""
+    c.data.val_max_images = 10  # validate on the first N images of data.val; 0: all
     c.data.patch_size = 48  # LR patch side; HR patch is patch_size * scale
     c.data.batch_size = 16  # global batch over all devices and processes
-    c.data.patches_per_image = 1
-    c.data.num_workers = 0
-    # where the training LR is made: "device" (the loader sends HR crops and their global patch
-    # indices and the train step degrades them with degrade_batch, keys from (seed, index)),
-    # "host" (the loader degrades each patch, or reads prepared pairs), "auto": the device for
-    # LR made from HR (data.source "hr") on every platform (measured faster, BENCHMARKS.md),
-    # the host for prepared pairs; a resumed run keeps where its damage was made
+    c.data.patches_per_image = 1  # random crops cut from an image each time it is read
+    c.data.num_workers = 0  # Grain worker processes for the loader; 0: in this process
+    # where the training LR is made: "device", "host" or "auto". "device": the loader sends HR
+    # crops and their global patch indices and the train step degrades them with degrade_batch
+    # (keys from (seed, index)); "host": the loader degrades each patch, or reads prepared
+    # pairs; "auto": the device for LR made from HR (data.source "hr") on every platform
+    # (measured faster, BENCHMARKS.md), the host for prepared pairs. A resumed run keeps where
+    # its damage was made.
     c.data.degrade_on = "auto"
-    # how the host cuts patches: "block" (data.block patches of one image per record, cut as
-    # array ops; data/blocks.py), "patch" (one patch per record: the loader of runs made before
-    # the block loader), "auto" ("block" for a new run, what a resumed run used)
+    # how the host cuts patches: "block", "patch" or "auto". "block": data.block patches of one
+    # image per record, cut as array ops (data/blocks.py); "patch": one patch per record (the
+    # loader of runs made before the block loader); "auto": "block" for a new run, what a
+    # resumed run used.
     c.data.loader = "auto"
     c.data.block = 8  # block loader: patches cut from each image drawn (a batch of 16 holds 2 images)
-    c.data.cache_dir = ""  # decoded-image cache; "" means the library default
+    # decoded-image cache; "": $EDSR_JAX_CACHE, else ~/.cache/edsr_jax/decoded. One
+    # H x W x 3 uint8 .npy per distinct training image file, never pruned (data/cache.py).
+    c.data.cache_dir = ""
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-4
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.schedule = "step"  # "step": lr * decay_factor every decay_every steps (the paper)
-    c.optim.decay_every = 200_000  # the learning rate is halved every this many steps
-    c.optim.decay_factor = 0.5
-    # "cosine": linear warm-up over warmup_steps, then cosine decay to 0 at cosine_steps
-    # (0: train.steps); for short runs, where ending at a low learning rate matters most
-    c.optim.warmup_steps = 0
-    c.optim.cosine_steps = 0
+    c.optim.lr = 1e-4  # Adam learning rate (the peak of the cosine schedule)
+    c.optim.b1 = 0.9  # Adam beta1
+    c.optim.b2 = 0.999  # Adam beta2
+    c.optim.eps = 1e-8  # Adam epsilon
+    # learning-rate schedule: "step" (the paper) or "cosine". "step": lr * decay_factor every
+    # decay_every steps; "cosine": linear warm-up over warmup_steps, then cosine decay to 0
+    # (for short runs, where ending at a low learning rate matters most).
+    c.optim.schedule = "step"
+    c.optim.decay_every = 200_000  # "step" schedule: lr times decay_factor every this many steps
+    c.optim.decay_factor = 0.5  # "step" schedule: the factor applied every decay_every steps
+    c.optim.warmup_steps = 0  # "cosine" schedule: steps of linear warm-up to optim.lr
+    c.optim.cosine_steps = 0  # "cosine" schedule: the step at which it reaches 0; 0: train.steps
     c.optim.clip_norm = 0.0  # 0 disables gradient clipping
-    c.optim.loss = "l1"
-    c.optim.charbonnier_eps = 1e-3
+    c.optim.loss = "l1"  # "l1" (the paper), "l2" or "charbonnier"
+    c.optim.charbonnier_eps = 1e-3  # epsilon of the Charbonnier loss
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 300_000
-    c.train.seed = 0
-    c.train.log_every = 100
-    c.train.eval_every = 5_000
-    c.train.checkpoint_every = 5_000
-    c.train.keep_last = 2
-    c.train.keep_best = 1  # best by validation PSNR (MDSR: the mean over model.scales)
+    c.train.steps = 300_000  # total optimiser steps of the run
+    c.train.seed = 0  # seeds the initial weights and the data order
+    c.train.log_every = 100  # steps between progress-bar and TensorBoard updates
+    c.train.eval_every = 5_000  # steps between validations (PSNR/SSIM against bicubic)
+    c.train.checkpoint_every = 5_000  # steps between checkpoints (and at the end, and on a signal)
+    c.train.keep_last = 2  # newest checkpoints kept
+    c.train.keep_best = 1  # checkpoints kept for the best validation PSNR (MDSR: mean over scales)
     c.train.ema = 0.0  # EMA decay of the weights; 0 disables it
     c.train.nan_policy = "stop"  # "stop" or "skip" on a non-finite loss or gradient
     c.train.init_from = ""  # checkpoint to fine-tune from (e.g. the x2 model for x3/x4)
     c.train.max_minutes = 0.0  # wall-clock budget of one invocation (checked every log_every steps); 0: none
-    # How the train step computes convolutions: "auto" (oneDNN on one CPU device in float32
-    # where built, else XLA), "xla", or "onednn" (edsr_jax/nets/onednn_conv.py).
+    # the train step's convolutions: "auto", "xla" or "onednn". "auto": oneDNN on one CPU
+    # device in float32 where built (edsr_jax/nets/onednn_conv.py), else XLA.
     c.train.conv_backend = "auto"
     # the dtype the devices' gradients are summed in: "float32" (default), or "compute" (the
     # compute dtype: a bfloat16 model's gradients summed in bfloat16, half the all-reduce bytes,
     # 8 bits of mantissa). One device or float32 compute: nothing to choose.
     c.train.grad_reduce_dtype = "float32"
-    # MDSR: every step trains one scale on a batch of that scale only (the paper's scheme):
-    # "random" draws it uniformly, seeded by (train.seed, step); "cycle" takes model.scales in
-    # turn. Either is a function of the step, so a resumed run continues the same sequence.
+    # MDSR: how each step's scale is chosen, "random" or "cycle". Every step trains one scale
+    # on a batch of that scale only (the paper's scheme): "random" draws it uniformly, seeded by
+    # (train.seed, step); "cycle" takes model.scales in turn. Either is a function of the
+    # step, so a resumed run continues the same sequence.
     c.train.scale_order = "random"
+    # True: resuming with another validation protocol or training data starts a new protocol.
     # Resuming with another validation protocol (data.val, data.val_spec, data.val_max_images)
     # or other training data (data.source, data.train, data.spec, data.lr_name) is refused
     # unless this is True: then the run starts a new protocol (metrics.jsonl records and the
@@ -319,6 +329,9 @@ STREAM_FIELDS = ("data.loader", "data.block", "data.degrade_on")
 # gradients in the compute dtype.
 STORED_MEANING = {"data.loader": "patch", "data.degrade_on": "host", "train.grad_reduce_dtype": "compute"}
 NOT_COMPARED = ("train.new_protocol",)  # a request, not a property of the run
+# Values that mean the same run: validation LR by MATLAB bicubic is written "" (before the
+# trainer filled "" in with the training damage) or "bicubic" (how to ask for it since).
+SAME_VALUE = {"data.val_spec": {"": "bicubic"}}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -355,7 +368,8 @@ def differences(stored: dict, current: dict) -> list[tuple[str, object, object]]
         if key in NOT_COMPARED:
             continue
         old, new = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
-        if old != new:
+        same = SAME_VALUE.get(key, {})
+        if old != new and (not same or same.get(old, old) != same.get(new, new)):
             out.append((key, old, new))
     return out
 

@@ -1,7 +1,8 @@
 """A run's data, from ``config.data``: the LR variant of prepared pairs (``resolve_lr_name``),
 where the damage is made and how patches are cut (``resolve_input``), the training batches of a
 scale (``train_dataset``), the degradation that made them (``training_spec``,
-``augmentation_note``, ``device_damage``) and the validation set (``validation_set``).
+``augmentation_note``, ``device_damage``) and the validation set (``validation_set``), whose LR
+is made with the training damage unless ``data.val_spec`` says otherwise (``resolve_val_spec``).
 
 Bad folders, specs or manifests are ``cli.UsageError`` lines naming the config field.
 """
@@ -190,16 +191,84 @@ def augmentation_note(config, scale: int) -> str | None:
             f"flips and quarter turns ({', '.join(names.get(k, str(k)) for k in kept)}); only those are used")
 
 
+def _lr_name(config) -> str:
+    """``data.lr_name`` as ``resolve_lr_name`` fills it in, without changing the config ("" when
+    that would be an error, which ``resolve_lr_name`` then reports)."""
+    from edsr_jax.data import manifest
+
+    d = config.data
+    if d.lr_name or d.source != "paired" or not isinstance(d.train, str) or not Path(d.train).is_dir():
+        return d.lr_name or "bicubic"
+    try:
+        names = manifest.lr_variants(d.train)
+    except ValueError:
+        return ""
+    return "bicubic" if names is None else names[0] if len(names) == 1 else ""
+
+
+def training_damage(config) -> tuple[str | None, str]:
+    """``(spec, where)``: the degradation that makes the training LR, as one spec for every
+    scale the run trains (its resize left open when it was given so), and where it was read
+    ("data.spec", "the manifest of DIR for LR_<name>"); ``(None, where)`` when it is plain
+    MATLAB bicubic at every scale or unknown (no manifest)."""
+    from edsr_jax.data import manifest
+    from edsr_jax.degradation import degrade
+
+    d = config.data
+    if d.source == "paired":
+        name = _lr_name(config)
+        where = f"the manifest of {d.train} for LR_{name}"
+        if not name or not isinstance(d.train, str) or not Path(d.train).is_dir():
+            return None, where
+        try:
+            spec = manifest.lr_variant_spec(d.train, name, None)
+        except ValueError:
+            return None, where
+    else:
+        spec, where = d.spec, "data.spec"
+    if not spec or not spec.strip():
+        return None, where
+    try:
+        plain = all(degrade.parse(spec, scale=s) == degrade.parse("bicubic", scale=s)
+                    for s in config_lib.train_scales(config))
+    except ValueError:
+        return None, where
+    return (None if plain else spec), where
+
+
+def resolve_val_spec(config) -> str | None:
+    """Fill in ``config.data.val_spec`` when it is "": the training damage
+    (``training_damage``), so a run trained on damaged LR is validated on the same damage;
+    it stays "" (MATLAB bicubic) for bicubic training data. The run stores the resolved spec.
+    Returns the line announcing it (None when nothing was filled in)."""
+    d = config.data
+    if d.val_spec:
+        return None
+    spec, where = training_damage(config)
+    if spec is None:
+        return None
+    d.val_spec = spec
+    return (f"validation: data.val_spec={spec!r}, the training damage ({where}); "
+            "--config.data.val_spec=bicubic validates on MATLAB bicubic LR instead")
+
+
 def validation_set(config, report: Callable[[str], None] | None = None,
                    scale: int | None = None) -> Evaluator:
     """The validation images of ``config.data`` loaded once (``evaluator.Evaluator``) at
-    ``scale`` (default: the EDSR's ``model.scale``; an MDSR run makes one per scale).
+    ``scale`` (default: the EDSR's ``model.scale``; an MDSR run makes one per scale), their
+    LR made with ``data.val_spec``, filled in first by ``resolve_val_spec`` (the training
+    damage; its line goes to ``report``, default stderr).
 
     Images that cannot be scored go to ``report`` (``"skipped: ..."``); raises
     ``cli.UsageError`` when the folder is missing, the spec is bad or no image is usable."""
+    import sys
+
     from edsr_jax.data import samples
     from edsr_jax.degradation import degrade
 
+    note = resolve_val_spec(config)
+    if note:
+        (report or (lambda line: print(line, file=sys.stderr)))(note)
     d = config.data
     val_src = samples.resolve(d.val, "val")
     if isinstance(val_src, str) and not Path(val_src).is_dir():

@@ -357,22 +357,46 @@ def train(config, workdir: str | Path, *, upscaler: Callable) -> dict:
     ``upscaler``: what validation applies the weights with (``inference.infer.Upscaler``; see
     ``Run``).
 
+    A run that reaches ``train.steps`` ends with its summary (``summary.summary_lines``: best
+    PSNR against bicubic, checkpoints, wall time, next commands); one that had reached it
+    already says "already finished at step N" with the summary, trains nothing and returns {}.
+
     Raises ``cli.UsageError`` for bad config or data, before anything is compiled; the feed,
     checkpoint manager and logger are closed however the loop ends.
     """
+    started = time.monotonic()
     with contextlib.ExitStack() as stack:
         run = Run(config, Path(workdir), stack, upscaler)
         state = run.restore_or_init()
+        if int(state.step) >= int(config.train.steps):
+            _say_summary(run, workdir, int(state.step), None, already=True)
+            return {}
         stop = stack.enter_context(StopRequest())
-        return loop(run, state, stop)
+        result = loop(run, state, stop)
+        if run.finished:
+            _say_summary(run, workdir, int(config.train.steps), time.monotonic() - started)
+        return result
+
+
+def _say_summary(run: Run, workdir, step: int, wall_s: float | None, already: bool = False) -> None:
+    from edsr_jax.training.summary import summary_lines
+
+    if run.main_process:
+        for line in summary_lines(workdir, run.config, step=step, protocol=run.protocol, wall_s=wall_s,
+                                  already=already):
+            run.logger.say(line)
 
 
 def loop(run: Run, state: TrainState, stop: StopRequest) -> dict:
     """Steps from ``state`` to ``train.steps``, a signal or the time budget, with logging,
-    evaluation and checkpoints at their intervals; returns the last eval result ({} if none)."""
+    evaluation and checkpoints at their intervals; returns the last eval result ({} if none).
+    Sets ``run.finished`` when it reached ``train.steps`` (its checkpoints written)."""
     t = run.config.train
     total, step = int(t.steps), int(state.step)
     saved, last_eval, out_of_time, started = step, {}, False, time.monotonic()
+    run.finished = False
+    if step < total:
+        run.logger.open_bar()
     while step < total and stop.signal is None and not out_of_time:
         state, metrics = run.train_step(state, next(run.feed))
         step += 1
@@ -389,12 +413,15 @@ def loop(run: Run, state: TrainState, stop: StopRequest) -> dict:
     if stop.signal is not None and saved != step:  # the signal came during a save
         run.save(step, state)
     run.manager.wait_until_finished()
-    if out_of_time:
+    if out_of_time and step < total:
         run.logger.say(f"time budget of {t.max_minutes:g} min used up at step {step}; checkpoint saved. "
                        "Re-run the same command to continue.")
-    if stop.signal is not None:
+    elif stop.signal is not None and step < total:
         run.logger.say(f"stopped by signal {stop.signal} at step {step}; checkpoint saved. "
                        "Re-run the same command to resume.")
+    run.finished = step >= total
+    if run.finished and run.logger.bar is not None:
+        run.logger.bar.close()  # the summary follows below the finished bar
     return last_eval
 
 

@@ -18,20 +18,19 @@ from pathlib import Path
 class Logger:
     """Progress bar, TensorBoard events and ``metrics.jsonl`` of one run; silent when not ``enabled``.
 
-    ``total`` steps of the run; the bar starts at ``start`` (``resume`` moves it). Use it as a
-    context manager, or call ``close``.
+    ``total`` steps of the run; the bar starts at ``start`` (``resume`` moves it) and is drawn
+    from ``open_bar`` (or the first ``train``) on, so a run with nothing left to train shows
+    none. Use it as a context manager, or call ``close``.
     """
 
     def __init__(self, workdir: Path, total: int, start: int, enabled: bool):
         self.enabled = enabled
         self.bar = self.tb = None
+        self.total, self.start = total, start
         self.jsonl = Path(workdir) / "metrics.jsonl"
         if enabled:
-            from tqdm import tqdm
             from tensorboardX import SummaryWriter
 
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                            file=sys.stderr, mininterval=1.0)
             self.tb = SummaryWriter(str(Path(workdir) / "tb"))
 
     def __enter__(self) -> "Logger":
@@ -45,8 +44,17 @@ class Logger:
         if self.enabled:
             (self.bar.write if self.bar else print)(text, file=sys.stderr)
 
+    def open_bar(self) -> None:
+        """Draw the progress bar (step, loss, lr, patches/s, ETA) from the current step on."""
+        if self.enabled and self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.start, unit="step", dynamic_ncols=True,
+                            file=sys.stderr, mininterval=1.0)
+
     def resume(self, step: int) -> None:
-        """Show the bar at ``step`` (a resumed run)."""
+        """Start the bar at ``step`` (a resumed run)."""
+        self.start = step
         if self.bar is not None:
             self.bar.n = step
             self.bar.refresh()
@@ -56,6 +64,7 @@ class Logger:
         the bar moved on by ``advanced`` steps."""
         if not self.enabled:
             return
+        self.open_bar()
         self.bar.update(advanced)
         self.bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{scalars['lr']:.2e}",
                              patches_s=f"{scalars['patches_per_s']:.1f}")
@@ -85,7 +94,8 @@ class Logger:
         """Close the bar and flush the event file; safe to call twice. An event file that
         cannot be flushed (a full disk) is a warning: the checkpoints are what a run keeps."""
         if self.enabled:
-            self.bar.close()
+            if self.bar is not None:
+                self.bar.close()
             self.enabled = False
             try:
                 self.tb.close()
