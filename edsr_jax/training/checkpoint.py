@@ -147,7 +147,7 @@ def step_numbers(directory: str | Path) -> list[int]:
     unfinished saves have no plain number as name and are never listed)."""
     try:
         names = [p.name for p in Path(directory).iterdir() if p.is_dir()]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet; a file in its place holds none
         return []
     return sorted((int(n) for n in names if n.isdigit()), reverse=True)
 
@@ -232,6 +232,8 @@ def candidates(path: str | Path) -> tuple[Path, list[int], bool]:
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFound(f"{path}: no such checkpoint or workdir")
+    if not path.is_dir():
+        raise CheckpointNotFound(f"{path}: is a file, not a checkpoint or workdir (a folder)")
     if path.name.isdigit() and path.is_dir() and path.parent.name != "" and (
             (path / "config").is_dir() or (path / "params").is_dir() or (path / "_CHECKPOINT_METADATA").exists()):
         return path.parent, [int(path.name)], True
