@@ -324,3 +324,29 @@ def test_refusals_before_anything_is_written(logged_run, tmp_path):
         assert message in errors[0], (what, errors)
         assert _tree(w) == before, what
     assert victim.read_text() == "someone else's log\n"
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_events_and_the_first_checkpoint_is_one_warning_and_one_error(tmp_path):
+    """On a 400 KiB tmpfs, evaluated every 2 steps (TensorBoard panels) with no checkpoint until
+    the last step: the events fill the disk (one ``warning:`` line, training goes on), then the
+    only checkpoint cannot be written (one ``error:`` line, exit 2); no traceback from the
+    writer thread nor from closing the checkpoint manager, no warnings of Orbax's at exit."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        w = mnt / "w"
+        r = _train(w, "--config.train.steps=30", "--config.train.checkpoint_every=1000",
+                   "--config.train.eval_every=2")
+        said = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.startswith(("error:", "warning:"))]
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "RuntimeWarning" not in r.stderr, r.stderr[-3000:]
+        assert said == [
+            f"warning: {w / 'tb'}: TensorBoard events are no longer written (no space left on device); training "
+            "goes on (the checkpoints and metrics.jsonl are what a run keeps)",
+            f"error: {w / 'checkpoints'}: could not write a checkpoint (no space left on device); the newest "
+            "complete one is none (an unfinished save is never resumed from)"], r.stderr[-3000:]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -61,7 +61,14 @@ def quiet_orbax_logs() -> None:
     """Hide Orbax's chatter (e.g. saves without a metric) from the console, and its logged
     tracebacks of failed background writes: those errors reach our code again (from
     ``save``/``wait_until_finished``), which reports them in one line."""
+    import warnings
+
     logging.getLogger("absl").setLevel(logging.CRITICAL)
+    # After a failed save (a full disk), Orbax's save coroutines that never ran are reported
+    # at exit ("coroutine '...CheckpointHandler.async_save' was never awaited"): the failure
+    # itself is reported once, as a WriteError.
+    warnings.filterwarnings("ignore", message=r"coroutine '\w*CheckpointHandler\.async_save' was never awaited",
+                            category=RuntimeWarning)
     quiet_failed_reads()
 
 
@@ -119,6 +126,15 @@ def wait(manager: ocp.CheckpointManager) -> None:
     ``outputs.WriteError`` line naming the folder and the newest complete step."""
     try:
         manager.wait_until_finished()
+    except Exception as e:
+        _raise_write_failure(manager, e)
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+    """Close ``manager``; its last background write failing there (a full disk: Orbax's
+    metadata is written on close) is the same one ``WriteError`` line as in ``wait``."""
+    try:
+        manager.close()
     except Exception as e:
         _raise_write_failure(manager, e)
 

@@ -353,7 +353,7 @@ def _close_manager(manager) -> None:
     try:
         checkpoint.wait(manager)  # the last checkpoint must finish writing (a full disk: WriteError)
     finally:
-        manager.close()
+        checkpoint.close(manager)
 
 
 def train(config, workdir: str | Path, *, upscaler: Callable) -> dict:
