@@ -350,3 +350,23 @@ def test_a_full_disk_under_events_and_the_first_checkpoint_is_one_warning_and_on
             "complete one is none (an unfinished save is never resumed from)"], r.stderr[-3000:]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+WORKDIR_EVENTS = [  # rows of docs/bad_inputs.md's round-three table, each tested above or in test_reliability
+    "`train` again after `rm -rf RUN/checkpoints` (a fresh start in a workdir holding an earlier run's logs)",
+    "a resume from a step older than the last logged one (a fallback from a damaged newest step; a kill between "
+    "a record and its checkpoint)",
+    "`RUN/checkpoints` or `RUN/tb` that is a file (or a broken link)",
+    "a file the run writes (`metrics.jsonl`, `metrics.superseded.jsonl`, `tb`, `train.lock`) that is a symbolic "
+    "link leading out of the workdir; a lock file (`train.lock`, `prepare.lock`) that is any link",
+    "`train.init_from` naming a run with no readable step, or a file",
+    "a full disk under TensorBoard's event writer in `train`",
+    "a `metrics.jsonl` record with an infinite PSNR or a NaN",
+    "`posters`, the StableHLO runner: a file created by another process after this one checked",
+]
+
+
+def test_documented_workdir_rows_match_the_tests():
+    doc = (ROOT / "docs" / "bad_inputs.md").read_text()
+    for event in WORKDIR_EVENTS:
+        assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"
