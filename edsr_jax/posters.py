@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse options, write the posters, print a one-line summary to stderr; returns 0."""
+    """Parse options, write the posters, print a one-line summary to stderr; returns 0, or 1
+    when another process created some of the files meanwhile (each named in a ``not written:``
+    line; its file is left as it is, the others are written)."""
     args = build_parser().parse_args(argv)
     if args.list_fonts:
         for f in available_fonts():
@@ -60,11 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.out:
         raise UsageError("--out is required")
+    not_written: list[str] = []
     paths = generate(args.out, args.count, args.size, args.seed, photos_dir=args.photos, fonts=args.fonts,
-                     words=args.words, overwrite=args.overwrite, progress=sys.stderr.isatty())
+                     words=args.words, overwrite=args.overwrite, progress=sys.stderr.isatty(),
+                     not_written=not_written)
+    for line in not_written:
+        print(f"not written: {line}", file=sys.stderr)
     print(f"{args.out}: {len(paths)} posters {args.size[0]}x{args.size[1]} (seed {args.seed}, "
           f"fonts: {', '.join(f.name for f in select_fonts(args.fonts))})", file=sys.stderr)
-    return 0
+    if not_written:
+        print(f"{len(not_written)} file(s) not written: another process created them first (see above)",
+              file=sys.stderr)
+    return 1 if not_written else 0
 
 
 if __name__ == "__main__":

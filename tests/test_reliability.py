@@ -770,6 +770,47 @@ def test_import_into_a_folder_another_process_created_meanwhile(tmp_path, two_mo
     _no_temporaries(tmp_path)
 
 
+def test_posters_and_the_stablehlo_runner_leave_a_file_another_process_created_meanwhile(
+        tmp_path, two_models, rival, capsys):
+    """``posters``: a poster (or the record) another process created between the check and the
+    write stays byte for byte, ``not written:`` names it, the other posters are written and
+    recorded, exit 1. The StableHLO runner: one ``error:`` line, exit 2, the other's file kept."""
+    import json
+
+    from edsr_jax import export, posters
+    from edsr_jax.inference import stablehlo_runner
+    from edsr_jax.io import cli
+
+    small = ["--count", "3", "--size", "256x144"]
+    for taken_name, recorded in [("poster-s0-0001.png", ["poster-s0-0000.png", "poster-s0-0002.png"]),
+                                 ("posters-s0.json", None)]:
+        out = tmp_path / taken_name.replace(".", "_")
+        out.mkdir()
+        taken = rival(out / taken_name)
+        code = cli.run(posters.main, ["--out", str(out), *small])
+        err = capsys.readouterr().err
+        assert taken and code == 1 and "Traceback" not in err, err
+        assert f"not written: {out / taken_name}: created by another process" in err, err
+        assert (out / taken_name).read_bytes() == b"rival"
+        assert len(list(out.glob("poster-*.png"))) == 3
+        if recorded:
+            assert json.loads((out / "posters-s0.json").read_text())["files"] == recorded
+
+    art = tmp_path / "m.stablehlo"
+    assert cli.run(export.main, ["--checkpoint", str(two_models[0]), "--out", str(art)]) == 0
+    src = _images(tmp_path / "in", n=1) / "0.png"
+    for name in ("sr.png", "sr.npy"):
+        target = tmp_path / name
+        taken = rival(target)
+        code = stablehlo_runner.run([str(art), str(src), str(target)])
+        err = capsys.readouterr().err
+        assert taken and code == 2, err
+        assert err.strip() == (f"error: {target}: created by another process while this one was writing it; "
+                               "left as it is (choose another output name)"), err
+        assert target.read_bytes() == b"rival"
+    _no_temporaries(tmp_path)
+
+
 @pytest.mark.parametrize("fallback", [False, True])
 def test_exclusive_publish_with_and_without_hard_links(tmp_path, monkeypatch, fallback):
     """``atomic_write`` without overwrite never replaces a file, by hard link or, on a file

@@ -28,7 +28,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -421,12 +421,17 @@ def poster_name(seed: int, index: int, count: int) -> str:
 
 def generate(out: str | os.PathLike, count: int, size: tuple[int, int], seed: int, *,
              photos_dir: str | os.PathLike | None = None, fonts: str | None = None,
-             words: str = "train", overwrite: bool = False, progress: bool = False) -> list[Path]:
+             words: str = "train", overwrite: bool = False, progress: bool = False,
+             not_written: list[str] | None = None) -> list[Path]:
     """Write ``count`` posters of ``size = (W, H)`` into ``out`` (created) and the record
-    ``posters-s<seed>.json``; returns the poster paths.
+    ``posters-s<seed>.json``; returns the poster paths written.
 
     Every target is checked first: an existing one is a UsageError unless ``overwrite``, a
     photograph of ``photos_dir`` is never a target; files appear atomically (``outputs``).
+    A file another process creates under a target's name after that check is left as it is
+    (``outputs.TakenMeanwhile``): with a ``not_written`` list its message goes there and the
+    other posters are still written (the record lists only the posters written); without
+    one, the TakenMeanwhile is raised.
     """
     from edsr_jax.io import outputs
     from edsr_jax.io.images import write_image
@@ -447,10 +452,21 @@ def generate(out: str | os.PathLike, count: int, size: tuple[int, int], seed: in
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise outputs.write_error(out, e) from None
+
+    def publish(write: Callable[[], Path]) -> Path | None:
+        try:
+            return write()
+        except outputs.TakenMeanwhile as e:
+            if not_written is None:
+                raise
+            not_written.append(str(e))
+            return None
+
     written = []
     for i, t in enumerate(targets[:-1]):
         arr = render(seed, i, size, photos=photos, fonts=faces, words=words)
-        written.append(write_image(t, arr, overwrite=overwrite, compress_level=6))
+        if publish(lambda: write_image(t, arr, overwrite=overwrite, compress_level=6)) is not None:
+            written.append(t)
         if progress:
             print(f"\r{i + 1}/{count} posters", end="", file=sys.stderr, flush=True)
     if progress and count:
@@ -459,5 +475,5 @@ def generate(out: str | os.PathLike, count: int, size: tuple[int, int], seed: in
               "photos": str(photos_dir) if photos_dir is not None else "builtin",
               "fonts": [{"name": f.name, "regular": f.regular, "bold": f.bold, "cjk": f.cjk} for f in faces],
               "files": [p.name for p in written]}
-    outputs.atomic_write(targets[-1], json.dumps(record, indent=1) + "\n", overwrite=overwrite)
+    publish(lambda: outputs.atomic_write(targets[-1], json.dumps(record, indent=1) + "\n", overwrite=overwrite))
     return written

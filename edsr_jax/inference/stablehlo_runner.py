@@ -134,8 +134,10 @@ def read_input(path: str | Path) -> np.ndarray:
 
 def write_output(path: str | Path, array: np.ndarray) -> None:
     """``.npy``: float32 as predicted; another file: rounded to uint8 RGB (atomically through
-    the package's ``outputs`` / ``images.write_image``, or NumPy / Pillow when copied alone).
-    An existing ``path`` is never replaced (UsageError)."""
+    the package's ``outputs`` / ``images.write_image``, or NumPy / Pillow into a file created
+    exclusively when copied alone). An existing ``path`` is never replaced (UsageError), also
+    one another process created while this one ran (``outputs.TakenMeanwhile`` in the
+    package: a ``FileExistsError``)."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         raise UsageError(f"{path}: exists; choose another output name")
@@ -147,17 +149,36 @@ def write_output(path: str | Path, array: np.ndarray) -> None:
     try:
         if path.suffix.lower() == ".npy":
             if outputs is None:
-                np.save(path, array)
+                _write_new(path, lambda f: np.save(f, array))
             else:
                 outputs.atomic_write(path, lambda f: np.save(f, array), binary=True)
             return
         u8 = np.clip(np.round(array), 0, 255).astype(np.uint8)
         if write_image is None:
-            _pillow(path).fromarray(u8).save(path)
+            image = _pillow(path)
+            fmt = image.registered_extensions().get(path.suffix.lower())
+            if fmt is None:
+                raise UsageError(f"{path}: unknown image file suffix; use .png, .npy, ...")
+            _write_new(path, lambda f: image.fromarray(u8).save(f, format=fmt))
         else:
             write_image(path, u8)
+    except FileExistsError:
+        raise UsageError(f"{path}: created by another process while this one was writing it; left as it "
+                         "is (choose another output name)") from None
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: cannot write ({e})") from None
+
+
+def _write_new(path: Path, fill) -> None:
+    """Copied alone: create ``path`` exclusively (FileExistsError when it exists, however late
+    another process made it), ``fill(file)``; a failure removes the partial file."""
+    with open(path, "xb") as f:
+        try:
+            fill(f)
+        except BaseException:
+            f.close()
+            path.unlink()
+            raise
 
 
 def _pillow(path: Path):

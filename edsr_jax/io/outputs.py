@@ -212,6 +212,19 @@ def _rename_noreplace(src: Path, dst: Path) -> bool:
     raise OSError(err, os.strerror(err), str(dst))
 
 
+def rename_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename the file or folder ``src`` to ``dst`` only if nothing has that name
+    (``renameat2(RENAME_NOREPLACE)``; where the kernel lacks it, checked just before the
+    rename, which suffices for a caller holding the folder's lock). ``TakenMeanwhile`` when
+    ``dst`` exists: nothing is ever replaced."""
+    src, dst = Path(src), Path(dst)
+    if _rename_noreplace(src, dst):
+        return
+    if dst.exists() or dst.is_symlink():
+        raise TakenMeanwhile(dst)
+    os.rename(src, dst)
+
+
 def json_text(data, **dumps_kw) -> str:
     """``json.dumps(data, **dumps_kw)`` that strict parsers accept: an infinite float (the PSNR
     of an image scored against itself) becomes the string ``"inf"`` / ``"-inf"`` (Python's

@@ -30,6 +30,14 @@ class WorkdirBusy(RuntimeError):
     """Another live process holds the folder's lock; the message names its host and pid."""
 
 
+class CannotLock(OSError):
+    """The folder's lock cannot be taken (no ``flock`` on this file system, or the lock file
+    is a symbolic link, which is never followed); ``str()`` is the one-line message."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 class RunLock:
     """``with RunLock(workdir) as lock:`` holds the workdir for this process.
 
@@ -51,11 +59,19 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        """Take the lock or raise WorkdirBusy (another live holder) / OSError (cannot lock)."""
+        """Take the lock or raise WorkdirBusy (another live holder) / CannotLock (an OSError: no
+        ``flock`` here, or the lock file is a symbolic link)."""
         import fcntl
 
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:  # never through a link: the holder record would be written wherever it points
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                raise CannotLock(e.errno, f"{self.option} {self.workdir}: {self.path} is a symbolic link "
+                                          f"(to {os.readlink(self.path)}); the lock is never taken through "
+                                          "a link: remove it") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -65,7 +81,7 @@ class RunLock:
                     raise WorkdirBusy(f"{self.option} {self.workdir}: another {self.holder} is running in it "
                                       f"({describe(holder)}); wait for it, stop it, or use another "
                                       f"{self.option}") from None
-                raise OSError(e.errno, f"{self.option} {self.workdir}: cannot lock {self.path} "
+                raise CannotLock(e.errno, f"{self.option} {self.workdir}: cannot lock {self.path} "
                                        f"({e.strerror}); this file system may not support locks") from None
             if _is_file_at(fd, self.path):
                 break

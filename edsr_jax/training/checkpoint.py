@@ -61,7 +61,14 @@ def quiet_orbax_logs() -> None:
     """Hide Orbax's chatter (e.g. saves without a metric) from the console, and its logged
     tracebacks of failed background writes: those errors reach our code again (from
     ``save``/``wait_until_finished``), which reports them in one line."""
+    import warnings
+
     logging.getLogger("absl").setLevel(logging.CRITICAL)
+    # After a failed save (a full disk), Orbax's save coroutines that never ran are reported
+    # at exit ("coroutine '...CheckpointHandler.async_save' was never awaited"): the failure
+    # itself is reported once, as a WriteError.
+    warnings.filterwarnings("ignore", message=r"coroutine '\w*CheckpointHandler\.async_save' was never awaited",
+                            category=RuntimeWarning)
     quiet_failed_reads()
 
 
@@ -123,6 +130,15 @@ def wait(manager: ocp.CheckpointManager) -> None:
         _raise_write_failure(manager, e)
 
 
+def close(manager: ocp.CheckpointManager) -> None:
+    """Close ``manager``; its last background write failing there (a full disk: Orbax's
+    metadata is written on close) is the same one ``WriteError`` line as in ``wait``."""
+    try:
+        manager.close()
+    except Exception as e:
+        _raise_write_failure(manager, e)
+
+
 def _raise_write_failure(manager: ocp.CheckpointManager, e: Exception) -> None:
     from edsr_jax.io import outputs
 
@@ -147,7 +163,7 @@ def step_numbers(directory: str | Path) -> list[int]:
     unfinished saves have no plain number as name and are never listed)."""
     try:
         names = [p.name for p in Path(directory).iterdir() if p.is_dir()]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet; a file in its place holds none
         return []
     return sorted((int(n) for n in names if n.isdigit()), reverse=True)
 
@@ -232,6 +248,8 @@ def candidates(path: str | Path) -> tuple[Path, list[int], bool]:
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFound(f"{path}: no such checkpoint or workdir")
+    if not path.is_dir():
+        raise CheckpointNotFound(f"{path}: is a file, not a checkpoint or workdir (a folder)")
     if path.name.isdigit() and path.is_dir() and path.parent.name != "" and (
             (path / "config").is_dir() or (path / "params").is_dir() or (path / "_CHECKPOINT_METADATA").exists()):
         return path.parent, [int(path.name)], True

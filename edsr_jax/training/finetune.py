@@ -3,6 +3,7 @@ checkpoint (``train.init_from``), an EDSR's or an MDSR's, at the same or another
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
@@ -40,18 +41,36 @@ def merge_params(fresh, loaded, skip: Sequence[str] = ()) -> tuple[Any, list[str
     return merged, took, fresh_kept
 
 
+def load_source(config, workdir: str | Path | None = None):
+    """The weights ``config.train.init_from`` names, ``(model config, {"params": ...})``
+    (``restore_params``: EMA when kept; a damaged step falls back to an older one with a
+    warning), read before a run writes anything; None when ``init_from`` is not set or
+    ``workdir`` already holds checkpoint steps (a resume does not use it).
+
+    ``cli.UsageError`` naming ``config.train.init_from`` when it is no folder, holds no
+    checkpoint, no step of it reads completely, or its model record is unknown."""
+    source = config.train.init_from
+    if not source or (workdir is not None and checkpoint.step_numbers(Path(workdir) / checkpoint.CHECKPOINT_DIR)):
+        return None
+    try:
+        loaded_config, loaded, _ = restore_params(source, prefer_ema=True)
+    except (checkpoint.CheckpointNotFound, checkpoint.CheckpointDamaged) as e:
+        raise cli.UsageError(f"config.train.init_from: {e}") from None
+    except (TypeError, ValueError) as e:  # the stored model record is not one this program builds
+        raise cli.UsageError(f"config.train.init_from: {source}: {e}") from None
+    return loaded_config, loaded
+
+
 def finetune_params(config, model: EDSR | MDSR, model_config: ModelConfig | MDSRConfig,
-                    say: Callable[[str], None]):
+                    say: Callable[[str], None], source_weights=None):
     """Fresh init (seed ``train.seed``) with every matching parameter taken from
     ``config.train.init_from`` (an EDSR or an MDSR checkpoint, for an EDSR or an MDSR run;
     ``upsamplers_as``); a different EDSR scale re-initialises the upsampler and the tail.
+    ``source_weights``: what ``load_source`` read, else it is read here.
     Host (NumPy) variables ``{"params": ...}``; what was loaded and what was not goes to
-    ``say``. ``cli.UsageError`` when ``init_from`` holds no checkpoint."""
+    ``say``. ``cli.UsageError`` when ``init_from`` holds no readable checkpoint."""
     source = config.train.init_from
-    try:
-        loaded_config, loaded, _ = restore_params(source, prefer_ema=True)
-    except checkpoint.CheckpointNotFound as e:
-        raise cli.UsageError(f"config.train.init_from: {e}") from None
+    loaded_config, loaded = source_weights or load_source(config)
     fresh = init_variables(model, jax.random.key(config.train.seed))
     loaded = upsamplers_as(jax.device_get(loaded), loaded_config, model_config)
     skip = ()

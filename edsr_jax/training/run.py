@@ -35,10 +35,11 @@ from edsr_jax.nets import onednn_conv
 from edsr_jax.nets.edsr import DTYPES, count_params
 from edsr_jax.nets.mdsr import MDSRConfig
 from edsr_jax.training import checkpoint, restore
+from edsr_jax.training import workdir as workdir_files
 from edsr_jax.training import config as config_lib
 from edsr_jax.training.datasets import (augmentation_note, device_damage, resolve_input, resolve_lr_name,
                                         train_dataset, validation_set)
-from edsr_jax.training.finetune import finetune_params
+from edsr_jax.training.finetune import finetune_params, load_source
 from edsr_jax.training.optim import make_optimizer
 from edsr_jax.training.run_log import Logger, StopRequest
 from edsr_jax.training.sharding import local_copy, make_mesh, make_shardings, replicate
@@ -87,6 +88,8 @@ class Run:
         what = checkpoint.not_a_run_folder(self.workdir)
         if what:
             raise cli.UsageError(f"--workdir {self.workdir}: is {what}")
+        workdir_files.check(self.workdir)  # checkpoints / tb not folders, log files linked out of it
+        self.init_source = load_source(config, self.workdir)  # train.init_from, read before writing
         check_workdir(self.workdir, need_bytes=n_params * 4 * (4 if config.train.ema else 3) * 3)
         self.previous_holder = None
         if self.main_process:  # one trainer per workdir, taken before anything is written there
@@ -177,7 +180,8 @@ class Run:
         Config changes since the checkpoint are printed; a changed validation protocol or
         training data needs ``train.new_protocol`` (else ``cli.UsageError``)."""
         directory = self.workdir / checkpoint.CHECKPOINT_DIR
-        if checkpoint.step_numbers(directory):
+        resumed = bool(checkpoint.step_numbers(directory))
+        if resumed:
             state = self._resume(directory)
         elif directory.is_dir() and any(p.name.endswith(".damaged") for p in directory.iterdir()):
             raise cli.UsageError(f"--workdir {self.workdir}: holds only damaged checkpoints "
@@ -187,10 +191,10 @@ class Run:
             params = None  # a fresh init, or the fine-tuning weights replicated over the mesh
             if self.config.train.init_from:
                 params = replicate(finetune_params(self.config, self.model, self.model_config,
-                                                   self.logger.say), self.mesh)
+                                                   self.logger.say, self.init_source), self.mesh)
             make = jax.jit(lambda key, p: self.init(key, params=p), out_shardings=self.shardings.state)
             state = make(jax.random.key(self.config.train.seed), params)
-        self.logger.resume(int(state.step))
+        self.logger.start(int(state.step), fresh=not resumed)  # logs kept true to the step started from
         self._tick = (time.perf_counter(), int(state.step))
         return state
 
@@ -349,7 +353,7 @@ def _close_manager(manager) -> None:
     try:
         checkpoint.wait(manager)  # the last checkpoint must finish writing (a full disk: WriteError)
     finally:
-        manager.close()
+        checkpoint.close(manager)
 
 
 def train(config, workdir: str | Path, *, upscaler: Callable) -> dict:
