@@ -190,7 +190,8 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
 
 def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int | None = None) -> dict:
     """Lowered inference forward passes on one device: an Upscaler tile (``tile`` LR pixels
-    plus the receptive radius each side; default: the Upscaler's, from its 1 GiB budget), masked
+    plus the receptive radius each side; default: the Upscaler's on that device, from
+    ``xla_options.inference_budget_mb``: a quarter of its memory), masked
     (a border tile) and as a tile inside the image runs, and an evaluation image (Set14-sized LR
     at x``scale``, bucketed): ``{name: (lowered, LR pixels)}``."""
     import jax
@@ -212,7 +213,8 @@ def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int
                                          conv_backend="xla", masked=masked),
                        compiler_options=xla_options.compiler_options(device.platform))
 
-    tile = tile or infer.tile_for_budget(model_config, 1024, dtype)
+    budget = xla_options.inference_budget_mb(platform, int(DEVICES[target].memory_gib * 2**30))
+    tile = tile or infer.tile_for_budget(model_config, budget, dtype)
     side = tile + 2 * receptive_radius(model_config)
     eval_h, eval_w = infer.bucket(512 // scale), infer.bucket(384 // scale)
     out = {}

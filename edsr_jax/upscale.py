@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upscaling factor of an MDSR checkpoint (required there; an EDSR's is fixed)")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in LR pixels (default: chosen from --memory-budget-mb)")
-    p.add_argument("--memory-budget-mb", type=float, default=1024,
-                   help="activation memory per tile used to choose the tile size (default 1024)")
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="activation memory per tile used to choose the tile size (default: 1024 on "
+                        "CPU, a quarter of the device's memory on a GPU or TPU)")
     p.add_argument("--ensemble", action="store_true", help="x8 geometric self-ensemble (EDSR+), 8x slower")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype (default float32)")
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise cli.UsageError(f"--ext {args.ext}: not an image type this program writes")
     if args.tile is not None and args.tile < 8:
         raise cli.UsageError(f"--tile {args.tile}: must be at least 8 LR pixels")
-    if not (args.memory_budget_mb > 0 and math.isfinite(args.memory_budget_mb)):
+    if args.memory_budget_mb is not None and not (args.memory_budget_mb > 0 and math.isfinite(args.memory_budget_mb)):
         raise cli.UsageError(f"--memory-budget-mb {args.memory_budget_mb}: must be a finite number > 0")
     if args.quality is not None:
         if not 1 <= args.quality <= 100:

@@ -236,3 +236,16 @@ def test_tiles_inside_the_image_skip_the_mask_where_the_platform_gains(monkeypat
     split._full_fn = lambda *a: calls.append(1) or full_fn(*a)
     np.testing.assert_array_equal(split.predict(lr), masked.predict(lr))
     assert calls and infer._TRACES[key] - before <= 1  # used, one compile for all interior tiles
+
+
+def test_the_tile_budget_is_chosen_per_platform():
+    """1 GiB of activations on CPU; a quarter of a GPU's or TPU's memory (80 GiB: 20 GiB), the
+    CPU figure where a device reports no memory; the Upscaler's default follows it."""
+    from edsr_jax.nets import xla_options
+
+    assert xla_options.inference_budget_mb("cpu") == 1024
+    assert xla_options.inference_budget_mb("gpu", 80 * 2**30) == 20 * 1024
+    assert xla_options.inference_budget_mb("tpu", 16 * 2**30) == 4 * 1024
+    assert xla_options.inference_budget_mb("gpu", 0) == 1024
+    up = infer.Upscaler(TINY, init(TINY))
+    assert up.tile == infer.tile_for_budget(TINY, xla_options.inference_budget_mb(), "float32")

@@ -239,7 +239,9 @@ class Upscaler:
 
     ``tile``: tile side in LR pixels (the part of the image each tile produces; each is
     processed with ``overlap = receptive_radius(config)`` extra pixels on every side).
-    ``None`` picks it from ``memory_budget_mb`` (see ``bytes_per_lr_pixel``); images whose
+    ``None`` picks it from ``memory_budget_mb`` (see ``bytes_per_lr_pixel``; None: the
+    platform's, ``xla_options.inference_budget_mb``: 1 GiB on CPU, a quarter of a GPU's or
+    TPU's memory); images whose
     bucketed area fits in one tile are processed whole. ``ensemble``: x8 geometric
     self-ensemble. ``dtype``: ``"float32"`` or ``"bfloat16"`` compute (weights stay float32).
     ``conv_backend``: "auto" (default: oneDNN's convolutions on CPU in float32 where the
@@ -254,7 +256,7 @@ class Upscaler:
     """
 
     def __init__(self, config: ModelConfig, params, *, tile: int | None = None,
-                 ensemble: bool = False, dtype: str = "float32", memory_budget_mb: float = 1024,
+                 ensemble: bool = False, dtype: str = "float32", memory_budget_mb: float | None = None,
                  name: str | None = None, conv_backend: str = "auto", scale: int | None = None):
         self.config = config.validate()
         self.mdsr_scale = resolve_scale(self.config, scale)
@@ -263,7 +265,8 @@ class Upscaler:
         self.ensemble = bool(ensemble)
         self.overlap = model_radius(config, self.mdsr_scale)
         self._tile_given = tile
-        self._memory_budget_mb = memory_budget_mb
+        self._memory_budget_mb = memory_budget_mb or xla_options.inference_budget_mb()
+        memory_budget_mb = self._memory_budget_mb
         if tile is None:
             tile = tile_for_budget(config, memory_budget_mb, self.dtype, self.mdsr_scale)
         if int(tile) != tile or tile < 8:

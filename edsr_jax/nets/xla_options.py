@@ -1,5 +1,6 @@
-"""Per-platform choices of how the project's jitted functions compile: XLA compiler options
-(``compiler_options``) and the formulation of the train step (``step_formulation``).
+"""Per-platform choices of how the project's jitted functions compile and run: XLA compiler
+options (``compiler_options``), the formulation of the train step (``step_formulation``) and
+the memory an inference tile may take (``inference_budget_mb``).
 
 On CPU, jaxlib 0.10 hands lone convolutions to YNNPACK fusions by default. For EDSR's 3x3
 convolutions XLA's own Eigen convolutions are faster in the input and weight gradients
@@ -120,3 +121,32 @@ def unmask_full_batches(platform: str | None = None) -> bool:
     708 unmasked) and a second program would only add a compile."""
     platform = _platform(platform)
     return platform != "cpu"
+
+
+# Inference tiles (``inference.infer.Upscaler``): on a CPU 1 GiB of activations (larger tiles
+# were no faster there and cost resident memory the user's other programs need); on a GPU or TPU
+# a quarter of the device's memory, which the model's activations may take while the weights,
+# XLA's workspace and the next tile's transfer keep the rest.
+CPU_INFERENCE_BUDGET_MB = 1024.0
+DEVICE_INFERENCE_FRACTION = 0.25
+
+
+def inference_budget_mb(platform: str | None = None, device_bytes: int | None = None) -> float:
+    """The default memory budget of one inference tile, in MiB, on ``platform`` (default: JAX's
+    default backend): ``CPU_INFERENCE_BUDGET_MB`` on CPU; ``DEVICE_INFERENCE_FRACTION`` of the
+    device's memory elsewhere (``device_bytes``, default: what the first device reports as its
+    ``bytes_limit``; the CPU figure when it reports nothing)."""
+    platform = _platform(platform)
+    if platform == "cpu":
+        return CPU_INFERENCE_BUDGET_MB
+    if device_bytes is None:
+        import jax
+
+        try:
+            stats = jax.devices(platform)[0].memory_stats() or {}
+        except (RuntimeError, ValueError):
+            stats = {}
+        device_bytes = stats.get("bytes_limit")
+    if not device_bytes:
+        return CPU_INFERENCE_BUDGET_MB
+    return DEVICE_INFERENCE_FRACTION * float(device_bytes) / 2**20
