@@ -170,8 +170,8 @@ def _tiny_step_inputs():
     return train_step, model, tx, state, batch
 
 
-@pytest.mark.parametrize("grads_in_param_layout", [False, True])
-def test_select_guard_steps_as_the_cond_guard(grads_in_param_layout):
+@pytest.mark.parametrize("grads_in_param_layout,flat_norm", [(False, False), (True, False), (True, True)])
+def test_select_guard_steps_as_the_cond_guard(grads_in_param_layout, flat_norm):
     """GPU/TPU's formulation (select, gradients in the parameters' layout) and CPU's (cond)
     compute the same step: same params, Adam moments, EMA and counters (float32 rounding of
     differently fused kernels allowed: rtol 1e-6), on CPU where both compile."""
@@ -180,9 +180,10 @@ def test_select_guard_steps_as_the_cond_guard(grads_in_param_layout):
     train_step, model, tx, state, batch = _tiny_step_inputs()
     step = functools.partial(train_step, model=model, tx=tx, ema_decay=0.9)
     a, ma = jax.jit(functools.partial(step, guard="cond"))(state, batch)
-    b, mb = jax.jit(functools.partial(step, guard="select",
-                                      grads_in_param_layout=grads_in_param_layout))(state, batch)
+    b, mb = jax.jit(functools.partial(step, guard="select", grads_in_param_layout=grads_in_param_layout,
+                                      flat_norm=flat_norm))(state, batch)
     assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-6)
+    assert float(ma["grad_norm"]) == pytest.approx(float(mb["grad_norm"]), rel=1e-6)
     jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9),
                            (a.params, a.opt_state, a.ema), (b.params, b.opt_state, b.ema))
     assert int(b.step) == 1 and int(b.nonfinite) == 0
@@ -207,6 +208,8 @@ def test_step_formulation_is_chosen_per_platform():
         assert xla_options.step_formulation(platform).guard == "select"
     assert xla_options.step_formulation("gpu").grads_in_param_layout
     assert not xla_options.step_formulation("tpu").grads_in_param_layout
+    assert xla_options.step_formulation("gpu").flat_norm
+    assert not xla_options.step_formulation("cpu").flat_norm
 
 
 def test_reader_counts_what_a_fusion_reads_by_parameter_index():

@@ -40,6 +40,7 @@ temporary files a kill leaves (``.tmp-*``) are removed by the next run. Interrup
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import multiprocessing
@@ -259,6 +260,22 @@ def process_source(path: str, index: int, out: str, settings: Settings, width: i
     return result
 
 
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Start worker processes with SIGINT ignored from their first instruction: an ignored
+    signal stays ignored across exec, and Python then installs no KeyboardInterrupt handler, so
+    a Ctrl-C to the process group while a worker is still importing prints no traceback from
+    it (the parent handles Ctrl-C and stops the workers). Only the main thread can do this."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _worker_init(parent: int) -> None:
     """Run in each worker as it starts: the worker dies with its parent (``parent``: its pid),
     however the parent ends. On Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` makes the kernel kill
@@ -435,7 +452,8 @@ def _prepare_locked(hr_dir: Path, out: Path, settings: Settings, sources: list[P
             with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
                                      mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-                futures = [pool.submit(process_source, *task) for task in tasks]
+                with _workers_ignore_sigint():  # the submissions start every worker
+                    futures = [pool.submit(process_source, *task) for task in tasks]
                 try:
                     for fut in as_completed(futures):
                         collect(fut.result())

@@ -78,10 +78,14 @@ class StepFormulation:
     ``guard``: "cond" (``lax.cond`` around the optimiser update) or "select" (the update always
     runs; ``where(finite, new, old)`` keeps the old state after a non-finite step).
     ``grads_in_param_layout``: constrain every gradient to its parameter's row-major layout.
+    ``flat_norm``: the gradient norm of the non-finite guard as one reduction over the
+    gradients laid end to end (one concatenation and one reduction instead of one per
+    parameter array); the same number to float32 summation order.
     """
 
     guard: str
     grads_in_param_layout: bool
+    flat_norm: bool = False
 
 
 def step_formulation(platform: str | None = None) -> StepFormulation:
@@ -106,7 +110,17 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     # gradient and the update copies nothing. TPU needs no constraint: there the state already
     # updates in place (v5e: no copy within device memory, as for plain Adam; its copies are
     # VMEM prefetches and write-backs placed by memory-space assignment).
-    return StepFormulation(guard="select", grads_in_param_layout=platform in ("gpu", "cuda", "rocm"))
+    # GPU: the guard's gradient norm as one reduction over the gradients laid end to end: XLA
+    # made one reduction kernel per parameter array (72 for EDSR-baseline); one concatenation
+    # and one reduction instead took EDSR-baseline x2's step (bfloat16, batch 64, one H100)
+    # from 492 to 388 kernels and its estimate from 3.27 to 3.07 ms (BENCHMARKS.md). CPU keeps
+    # the per-array norms inside its fused branch (the concatenation would be a copy of every
+    # gradient); TPU: see FLAT_NORM_TPU.
+    gpu = platform in ("gpu", "cuda", "rocm")
+    return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu or FLAT_NORM_TPU)
+
+
+FLAT_NORM_TPU = False  # the v5e dry-run (BENCHMARKS.md) decides
 
 
 def unmask_full_batches(platform: str | None = None) -> bool:

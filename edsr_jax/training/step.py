@@ -104,7 +104,7 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
                tx: optax.GradientTransformation, loss: str = "l1", charbonnier_eps: float = 1e-3,
                ema_decay: float = 0.0, guard: str = "cond", grads_in_param_layout: bool = False,
                damage: DeviceDamage | dict | None = None,
-               value_and_grad: Callable = _value_and_grad) -> tuple[TrainState, dict]:
+               value_and_grad: Callable = _value_and_grad, flat_norm: bool = False) -> tuple[TrainState, dict]:
     """One optimiser step on ``batch = {"lr": (B,p,p,3) uint8, "hr": (B,p*s,p*s,3) uint8}``
     (values in [0, 255]), or another form of it (module docstring, ``batch_pairs``): ``damage``
     makes the LR from HR crops (an MDSR: ``{scale: DeviceDamage}``).
@@ -130,7 +130,11 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     value, grads = value_and_grad(loss_of, state.params, lr, hr)
     if grads_in_param_layout:
         grads = jax.tree_util.tree_map(row_major, grads)
-    grad_norm = optax.tree.norm(grads)
+    if flat_norm:  # one reduction over the gradients end to end (xla_options.StepFormulation)
+        flat = jnp.concatenate([g.ravel().astype(jnp.float32) for g in jax.tree_util.tree_leaves(grads)])
+        grad_norm = jnp.sqrt(jnp.sum(jnp.square(flat)))
+    else:
+        grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
 
     def update(state):
@@ -194,6 +198,7 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
                              charbonnier_eps=config.optim.charbonnier_eps,
                              ema_decay=float(config.train.ema), guard=form.guard,
                              grads_in_param_layout=form.grads_in_param_layout, damage=damage,
+                             flat_norm=form.flat_norm,
                              value_and_grad=_value_and_grad if reduce is None else reduced_in(mesh, reduce))
     if compiler_options is None:
         compiler_options = xla_options.compiler_options(
