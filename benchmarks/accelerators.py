@@ -103,7 +103,8 @@ def _model(preset: str, scale: int, dtype: str):
 # --formulations: the train step written each way xla_options.step_formulation chooses among,
 # and plain optax Adam with and without the gradient layout constraint.
 FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
-                "select+layout": ("select", True), "select+layout+flatnorm": ("select", True, True)}
+                "select+layout": ("select", True), "select+flatnorm": ("select", False, True),
+                "select+layout+flatnorm": ("select", True, True)}
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
