@@ -25,26 +25,35 @@ def resolve_lr_name(config) -> str | None:
     so a variant added to the folder later never changes what a resumed run reads.
     Returns a line saying what was chosen (None when nothing was); UsageError when the
     manifest records several variants (naming them) or cannot be read."""
-    from edsr_jax.data import manifest
-
     d = config.data
     if d.lr_name:
         return None
-    if d.source != "paired" or not isinstance(d.train, str) or not Path(d.train).is_dir():
-        d.lr_name = "bicubic"  # unused by these sources; stored as runs always stored it
+    d.lr_name, from_manifest = _lr_variant(config)
+    if not from_manifest:
         return None
+    return f"data.lr_name={d.lr_name!r}: the only LR variant of {d.train} (its manifest.json)"
+
+
+def _lr_variant(config) -> tuple[str, bool]:
+    """``(name, read from the manifest)``: the LR variant ``resolve_lr_name`` fills in for an
+    empty ``data.lr_name``, without changing the config. "bicubic" for sources other than a
+    prepared folder (unused there; stored as runs always stored it) and for a folder without a
+    manifest. UsageError when the manifest records several variants or cannot be read."""
+    from edsr_jax.data import manifest
+
+    d = config.data
+    if d.source != "paired" or not isinstance(d.train, str) or not Path(d.train).is_dir():
+        return "bicubic", False
     try:
         names = manifest.lr_variants(d.train)
     except ValueError as e:
         raise cli.UsageError(f"config.data.train: {e}") from None
     if names is None:
-        d.lr_name = "bicubic"
-        return None
+        return "bicubic", False
     if len(names) != 1:
         raise cli.UsageError(f"config.data.lr_name: {d.train} holds {len(names)} LR variants "
                              f"({', '.join(names)}); choose one, e.g. --config.data.lr_name={names[0]}")
-    d.lr_name = names[0]
-    return f"data.lr_name={names[0]!r}: the only LR variant of {d.train} (its manifest.json)"
+    return names[0], True
 
 
 # data.degrade_on="auto" for LR made from HR images, per platform: the device everywhere. On
@@ -72,15 +81,14 @@ def resolve_input(config, stored_experiment: dict | None, platform: str) -> str:
         how[field] = f"data.{field}={asked}" + ("" if asked != "auto" else
                                                ", as the run being resumed" if stored else f" on {platform}")
         d[field] = asked if asked != "auto" else stored.get(field, fresh) if stored else fresh
-    scales = config_lib.train_scales(config)
-    specs = ", ".join(dict.fromkeys(repr(x) if x else "spec not recorded"
-                                    for x in (training_spec(config, s) for s in scales)))
+    per_scale = {s: training_spec(config, s) for s in config_lib.train_scales(config)}
+    specs = ", ".join(dict.fromkeys(repr(x) if x else "spec not recorded" for x in per_scale.values()))
     if d.degrade_on == "device":
         from edsr_jax.degradation import device
 
-        for s in scales:
+        for s, spec in per_scale.items():
             try:
-                device.validate_spec(training_spec(config, s), s)
+                device.validate_spec(spec, s)
             except ValueError as e:
                 raise cli.UsageError(f"config.data.spec: {e}") from None
         return (f"damage: {specs} made on the device inside the train step from HR crops, per patch "
@@ -95,17 +103,23 @@ def device_damage(config, scale: int | None = None):
     """The ``step.DeviceDamage`` of a run with ``data.degrade_on == "device"`` at ``scale`` (the
     EDSR's own when None), else None: its spec (``training_spec``) and the key seed of its
     stream (``train.seed``; an MDSR's scales each their ``data.scale_seed``)."""
-    from edsr_jax.data import sources as data
     from edsr_jax.training.step import DeviceDamage
 
     if config.data.get("degrade_on") != "device":
         return None
+    scale, seed = _stream(config, scale)
+    return DeviceDamage(training_spec(config, scale), scale, seed)
+
+
+def _stream(config, scale: int | None) -> tuple[int, int]:
+    """``(scale, seed)`` of a training stream: the EDSR's ``model.scale`` when ``scale`` is None,
+    and ``train.seed``, an MDSR's scales each with their own (``data.scale_seed``)."""
+    from edsr_jax.data import sources as data
+
     seed = int(config.train.seed)
     if scale is None:
-        scale = int(config.model.scale)
-    elif config_lib.is_mdsr(config):
-        seed = data.scale_seed(seed, scale)
-    return DeviceDamage(training_spec(config, scale), scale, seed)
+        return int(config.model.scale), seed
+    return scale, data.scale_seed(seed, scale) if config_lib.is_mdsr(config) else seed
 
 
 def train_dataset(config, process_index: int, process_count: int, scale: int | None = None):
@@ -126,11 +140,7 @@ def train_dataset(config, process_index: int, process_count: int, scale: int | N
     from edsr_jax.data import sources as data
 
     d = config.data
-    seed = int(config.train.seed)
-    if scale is None:
-        scale = int(config.model.scale)
-    elif config_lib.is_mdsr(config):
-        seed = data.scale_seed(seed, scale)
+    scale, seed = _stream(config, scale)
     cache = d.cache_dir or None
     train_src = samples.resolve(d.train, "train")
     if isinstance(train_src, str) and not Path(train_src).is_dir():
@@ -194,16 +204,12 @@ def augmentation_note(config, scale: int) -> str | None:
 def _lr_name(config) -> str:
     """``data.lr_name`` as ``resolve_lr_name`` fills it in, without changing the config ("" when
     that would be an error, which ``resolve_lr_name`` then reports)."""
-    from edsr_jax.data import manifest
-
-    d = config.data
-    if d.lr_name or d.source != "paired" or not isinstance(d.train, str) or not Path(d.train).is_dir():
-        return d.lr_name or "bicubic"
+    if config.data.lr_name:
+        return config.data.lr_name
     try:
-        names = manifest.lr_variants(d.train)
-    except ValueError:
+        return _lr_variant(config)[0]
+    except cli.UsageError:
         return ""
-    return "bicubic" if names is None else names[0] if len(names) == 1 else ""
 
 
 def training_damage(config) -> tuple[str | None, str]:
