@@ -1,5 +1,6 @@
-"""Shared test set-up: a persistent XLA compile cache, paths to ../shared datasets, and PyTorch
-for the reference tests when it is installed (``torch_or_skip``)."""
+"""Shared test set-up: a persistent XLA compile cache, paths to ../shared datasets, PyTorch
+for the reference tests when it is installed (``torch_or_skip``), and the check that
+docs/bad_inputs.md holds a row for every event a test covers (``assert_documented_rows``)."""
 
 import os
 from pathlib import Path
@@ -43,3 +44,10 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not present")
     return path
+
+
+def assert_documented_rows(events) -> None:
+    """docs/bad_inputs.md holds a table row starting with each of ``events`` (their tests exist)."""
+    doc = (ROOT / "docs" / "bad_inputs.md").read_text()
+    for event in events:
+        assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"

@@ -21,7 +21,7 @@ from PIL import Image
 from edsr_jax import evaluate, prepare, upscale
 from edsr_jax.io import cli
 from edsr_jax.data import sources as data
-from conftest import torch_or_skip
+from conftest import assert_documented_rows, torch_or_skip
 
 SCALE = 2
 PATCH = 8  # LR patch side in the data tests; HR patch 16
@@ -734,9 +734,7 @@ ROUND_THREE_EVENTS = [
 
 
 def test_documented_round_three_table_matches_the_tests():
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
-    for event in ROUND_THREE_EVENTS:
-        assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"
+    assert_documented_rows(ROUND_THREE_EVENTS)
 ROUND_THREE_EVENTS.append(
     "two writers into one output (two `upscale` runs into one `--out`, `evaluate --json / --save-images`, `export`, "
     "`export --from-torch`, `prepare`): a file created by another process after this one checked")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, assert_documented_rows
 from edsr_jax.io import cli
 from edsr_jax.io.run_lock import CannotLock, RunLock
 from edsr_jax.training import run_log, workdir
@@ -367,6 +367,4 @@ WORKDIR_EVENTS = [  # rows of docs/bad_inputs.md's round-three table, each teste
 
 
 def test_documented_workdir_rows_match_the_tests():
-    doc = (ROOT / "docs" / "bad_inputs.md").read_text()
-    for event in WORKDIR_EVENTS:
-        assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"
+    assert_documented_rows(WORKDIR_EVENTS)
