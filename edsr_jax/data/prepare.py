@@ -60,7 +60,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edsr_jax.data import manifest as manifest_lib
-from edsr_jax.degradation.degrade import SCALES, SpecError, parse
+from edsr_jax.degradation.degrade import SCALES, Mixture, SpecError, parse
 from edsr_jax.io import cli
 from edsr_jax.io.images import ImageError, image_folder, read_rgb, write_image
 
@@ -140,7 +140,8 @@ def make_settings(spec: str, scales: Sequence[int], name: str | None, tiling: di
         except SpecError as e:
             raise cli.UsageError(f"--spec: {e}") from None
     if name is None:
-        name = "_".join(st.op for st in parse(spec, scale=scales[0]).steps)
+        pipe = parse(spec, scale=scales[0])
+        name = "mixture" if isinstance(pipe, Mixture) else "_".join(st.op for st in pipe.steps)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise cli.UsageError(f"--name {name!r}: use letters, digits, '_', '-' or '.'")
     if not 0 <= int(seed) < 2**63:

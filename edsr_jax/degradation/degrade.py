@@ -32,6 +32,12 @@ Operators (``s`` in 2, 3, 4; all lengths in pixels of the image the operator see
 - ``jpeg(quality)``: encoded and decoded by Pillow's libjpeg in memory (quality
   1..100, default 4:2:0 chroma subsampling).
 
+Mixtures: alternatives joined by ``|``, ``"bicubic | nearest > jpeg(30,90) | blur(0.5,2) >
+bilinear > noise(1,10)"``, give a ``Mixture``: each image (each training patch) is degraded by
+one alternative drawn uniformly, then with that chain's own sampled parameters (the random
+degradation chains a model for unknown damage trains on). Every alternative must downscale by
+the same factor. ``>`` binds tighter than ``|``.
+
 A resizing operator may leave its factor open, ``bicubic`` or ``bicubic(S)``; then
 ``parse(spec, scale=s)`` fills it in (``prepare`` uses one spec for several scales).
 
@@ -48,21 +54,19 @@ sampled ranges are random: only a chain's deterministic part is reproduced by a 
 from __future__ import annotations
 
 import difflib
-import functools
-import io
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
-from scipy import ndimage
 
 from edsr_jax import SCALES
-from edsr_jax.degradation.imresize import apply_taps, imresize, strided_taps
-
-TRUNCATE = 4.0  # Gaussian kernels reach ceil(TRUNCATE * sigma) pixels.
+# The host operators, re-exported: degrade.bicubic, degrade.jpeg, ... are the library's names.
+from edsr_jax.degradation.operators import (TRUNCATE, _check_image, _to_uint8,  # noqa: F401
+                                            _triangle_geometry, aniso_blur, aniso_kernel,
+                                            bicubic, bilinear, blur, gaussian_kernel1d, jpeg,
+                                            nearest, noise)
 
 # The spec grammar in a few lines, for the --help of prepare and evaluate (and the README).
 SPEC_HELP = """\
@@ -80,176 +84,13 @@ degradation spec (--spec): operators applied left to right, joined by '>':
     jpeg(quality)               JPEG encode and decode in memory, quality 1..100
   a number may be a range lo,hi sampled uniformly per image: blur(0.2,1.5), jpeg(30,60)
   (jpeg: integers); aniso_blur takes 3 values or 3 ranges (6 numbers).
+  alternatives joined by '|': each image drawn uniformly from one chain, e.g.
+  "bicubic | nearest > jpeg(30,90) | blur(0.5,2) > bilinear > noise(1,10)"
 """
 
 
 class SpecError(ValueError):
     """A degradation spec that cannot be parsed; the message names the fault."""
-
-
-# --------------------------------------------------------------------------- operators
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """Round half up and clip float pixels to ``uint8`` (as MATLAB does)."""
-    return np.clip(x + 0.5, 0.0, 255.0).astype(np.uint8)
-
-
-def _check_image(img: np.ndarray, name: str) -> np.ndarray:
-    img = np.asarray(img)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"{name} expects an (H, W, 3) uint8 image, got {img.shape} {img.dtype}")
-    return img
-
-
-def _check_factor(img: np.ndarray, s: int, name: str) -> None:
-    if s not in SCALES:
-        raise ValueError(f"{name} factor must be one of {SCALES}, got {s!r}")
-    h, w = img.shape[:2]
-    if h % s or w % s:
-        raise ValueError(f"{name}({s}) needs height and width divisible by {s}, got {h}x{w}")
-
-
-def bicubic(img: np.ndarray, scale: int) -> np.ndarray:
-    """MATLAB bicubic downscale by ``scale`` in (2, 3, 4).
-
-    ``(H, W, 3) uint8 -> (H/scale, W/scale, 3) uint8``: ``imresize(img, 1/scale)``, bit for bit.
-    """
-    img = _check_image(img, "bicubic")
-    _check_factor(img, scale, "bicubic")
-    return imresize(img, 1.0 / scale)
-
-
-def nearest(img: np.ndarray, scale: int) -> np.ndarray:
-    """Decimation ``img[::scale, ::scale]`` (top-left pixel of each block).
-
-    ``(H, W, 3) uint8 -> (H/scale, W/scale, 3) uint8``.
-    """
-    img = _check_image(img, "nearest")
-    _check_factor(img, scale, "nearest")
-    return np.ascontiguousarray(img[::scale, ::scale])
-
-
-def _triangle_taps(s: int) -> tuple[np.ndarray, int]:
-    """Weights and first-tap offset of MATLAB's antialiased triangle kernel for 1/s.
-
-    Output pixel ``j`` is centred at input ``(j + 0.5) s - 0.5`` (0-based); the taps are
-    inputs ``j*s + offset + k``. Weights float64 summing to 1.
-    """
-    center = 0.5 * s - 0.5  # for j = 0
-    first = math.floor(center - s) + 1  # strictly inside the support |d| < s
-    pos = np.arange(first, math.ceil(center + s))
-    w = np.maximum(0.0, 1.0 - np.abs(pos - center) / s)
-    keep = w > 0
-    return w[keep] / w[keep].sum(), int(pos[keep][0])
-
-
-@functools.lru_cache(maxsize=256)
-def _triangle_geometry(n: int, s: int):
-    """``(weights (n/s, taps) float32, indices (n/s, taps), imresize.StridedTaps)`` of
-    ``_triangle_taps(s)`` along an axis of ``n`` pixels, edges reflected symmetrically."""
-    w, offset = _triangle_taps(s)
-    m = n // s
-    raw = np.arange(m)[:, None] * s + offset + np.arange(len(w))[None, :]
-    mirror = np.concatenate([np.arange(n), np.arange(n - 1, -1, -1)])
-    indices = mirror[np.mod(raw, 2 * n)]
-    weights = np.broadcast_to(w.astype(np.float32), (m, len(w)))
-    return weights, indices, strided_taps(indices, n)
-
-
-def bilinear(img: np.ndarray, scale: int) -> np.ndarray:
-    """Antialiased bilinear downscale by ``scale`` (MATLAB ``imresize(..., 'bilinear')``).
-
-    ``(H, W, 3) uint8 -> (H/scale, W/scale, 3) uint8``; computed in float32.
-    """
-    img = _check_image(img, "bilinear")
-    _check_factor(img, scale, "bilinear")
-    x = img.astype(np.float32)
-    x = apply_taps(x, 0, *_triangle_geometry(x.shape[0], scale))
-    x = apply_taps(x, 1, *_triangle_geometry(x.shape[1], scale))
-    return _to_uint8(x)
-
-
-def gaussian_kernel1d(sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian, ``(2r+1,) float64`` with ``r = ceil(4 sigma)``; ``[1.]`` for sigma 0."""
-    if sigma <= 0:
-        return np.ones(1)
-    r = math.ceil(TRUNCATE * sigma)
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Isotropic Gaussian blur, symmetric edges. ``(H, W, 3) uint8 -> same shape uint8``."""
-    img = _check_image(img, "blur")
-    if sigma <= 0:
-        return img.copy()
-    k = gaussian_kernel1d(sigma)
-    x = ndimage.correlate1d(img, k, axis=0, output=np.float32, mode="reflect")
-    x = ndimage.correlate1d(x, k, axis=1, output=np.float32, mode="reflect")
-    return _to_uint8(x)
-
-
-def aniso_kernel(sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
-    """Normalised 2-D anisotropic Gaussian, ``(2ry+1, 2rx+1) float64`` (rows = y).
-
-    ``theta`` in degrees rotates the ``sigma_x`` axis counter-clockwise on screen
-    (rows point down). Weights outside the 4-sigma ellipse are 0 (and skipped by the
-    correlation). Sigmas below 0.05 count as 0.05 (a delta for practical purposes).
-    """
-    sx, sy = max(sigma_x, 0.05), max(sigma_y, 0.05)
-    t = math.radians(theta)
-    c, s = math.cos(t), -math.sin(t)  # y axis points down: flip the sign of the angle
-    rot = np.array([[c, -s], [s, c]])
-    cov = rot @ np.diag([sx * sx, sy * sy]) @ rot.T  # in (x, y) coordinates
-    rx = max(0, math.ceil(TRUNCATE * math.sqrt(cov[0, 0]) - 1e-9))
-    ry = max(0, math.ceil(TRUNCATE * math.sqrt(cov[1, 1]) - 1e-9))
-    y, x = np.mgrid[-ry:ry + 1, -rx:rx + 1].astype(np.float64)
-    inv = np.linalg.inv(cov)
-    q = inv[0, 0] * x * x + 2 * inv[0, 1] * x * y + inv[1, 1] * y * y
-    k = np.where(q <= TRUNCATE * TRUNCATE, np.exp(-0.5 * q), 0.0)  # the 4-sigma ellipse
-    return k / k.sum()
-
-
-def aniso_blur(img: np.ndarray, sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
-    """Anisotropic Gaussian blur (see ``aniso_kernel``), symmetric edges.
-
-    ``(H, W, 3) uint8 -> same shape uint8``; computed in float32.
-    """
-    img = _check_image(img, "aniso_blur")
-    k = aniso_kernel(sigma_x, sigma_y, theta)
-    if k.size == 1:
-        return img.copy()
-    x = img.astype(np.float32)
-    out = np.empty_like(x)
-    k32 = k.astype(np.float32)
-    for c in range(3):
-        ndimage.correlate(x[..., c], k32, output=out[..., c], mode="reflect")
-    return _to_uint8(out)
-
-
-def noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Additive Gaussian noise of std ``sigma`` (0-255 scale), rounded and clipped.
-
-    ``(H, W, 3) uint8 -> same shape uint8``; draws ``H*W*3`` normals from ``rng``.
-    """
-    img = _check_image(img, "noise")
-    n = rng.standard_normal(img.shape, dtype=np.float32)
-    return _to_uint8(img + n * np.float32(sigma))
-
-
-def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    """JPEG round trip through Pillow at ``quality`` in 1..100 (4:2:0), in memory.
-
-    ``(H, W, 3) uint8 -> same shape uint8``; deterministic.
-    """
-    img = _check_image(img, "jpeg")
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as im:
-        im.load()
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- operator table
@@ -425,6 +266,60 @@ class Pipeline:
         return (lr, params) if return_params else lr
 
 
+@dataclass(frozen=True)
+class Mixture:
+    """Alternative chains (``"a | b | c"``): each image is degraded by one of ``alternatives``
+    drawn uniformly, then by that chain's own sampled parameters. The same interface as
+    ``Pipeline``: ``spec``, ``scale`` (every alternative's), ``margin`` (the largest),
+    ``symmetries`` (those every alternative keeps), ``sample``, ``apply``, ``__call__``."""
+
+    alternatives: tuple[Pipeline, ...]
+    scale: int = field(init=False)
+    margin: int = field(init=False)
+
+    def __post_init__(self):
+        if len(self.alternatives) < 2:
+            raise SpecError("a mixture needs at least two alternatives")
+        scales = {p.scale for p in self.alternatives}
+        if len(scales) != 1:
+            raise SpecError(f"{self.spec!r}: every alternative must downscale by the same factor, "
+                            f"got {', '.join(f'{p.spec!r} by {p.scale}' for p in self.alternatives)}")
+        object.__setattr__(self, "scale", scales.pop())
+        object.__setattr__(self, "margin", max(p.margin for p in self.alternatives))
+
+    @property
+    def spec(self) -> str:
+        return " | ".join(p.spec for p in self.alternatives)
+
+    @property
+    def symmetries(self) -> tuple[int, ...]:
+        """The symmetries every alternative commutes with (``Pipeline.symmetries``)."""
+        return tuple(sorted(set.intersection(*(set(p.symmetries) for p in self.alternatives))))
+
+    def sample(self, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """``[{"op": "choose", "alternative": i, "of": n}, <alternative i's parameters>...]``:
+        the alternative drawn first, then its chain's parameters (``Pipeline.sample``)."""
+        i = int(rng.integers(len(self.alternatives)))
+        return [{"op": "choose", "alternative": i, "of": len(self.alternatives)},
+                *self.alternatives[i].sample(rng)]
+
+    def apply(self, hr: np.ndarray, params: list[dict[str, Any]],
+              rng: np.random.Generator) -> np.ndarray:
+        """Run the alternative ``params[0]`` names with the rest of ``params`` (from ``sample``);
+        ``hr (H, W, 3) uint8 -> (H/scale, W/scale, 3) uint8``."""
+        first = params[0] if params else {}
+        if first.get("op") != "choose" or not 0 <= first.get("alternative", -1) < len(self.alternatives):
+            raise ValueError(f"mixture {self.spec!r}: parameters must start with the chosen "
+                             f"alternative (Mixture.sample), got {first!r}")
+        return self.alternatives[first["alternative"]].apply(hr, params[1:], rng)
+
+    def __call__(self, hr: np.ndarray, rng: np.random.Generator, return_params: bool = False):
+        """``Pipeline.__call__`` with one alternative drawn from ``rng``."""
+        params = self.sample(rng)
+        lr = self.apply(hr, params, rng)
+        return (lr, params) if return_params else lr
+
+
 ALL_SYMMETRIES = tuple(range(8))
 TRANSPOSE = 5  # data.symmetry(x, 5): flip left-right, then a quarter turn = the transpose
 HALF_TURN = 2
@@ -471,8 +366,9 @@ def image_rng(name: str) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(name.encode()))
 
 
-def parse(spec: str, scale: int | None = None) -> Pipeline:
-    """Parse a spec such as ``"blur(0.2,1.5) > bicubic(4) > noise(0,8) > jpeg(30,90)"``.
+def parse(spec: str, scale: int | None = None) -> Pipeline | Mixture:
+    """Parse a spec such as ``"blur(0.2,1.5) > bicubic(4) > noise(0,8) > jpeg(30,90)"``
+    (a ``Pipeline``) or alternatives ``"bicubic | nearest > jpeg(30,90)"`` (a ``Mixture``).
 
     A resizing operator written without a factor (``bicubic``) or with ``S``
     (``bicubic(S)``) takes ``scale``; when ``scale`` is given the chain's total factor
@@ -482,6 +378,22 @@ def parse(spec: str, scale: int | None = None) -> Pipeline:
         raise SpecError(f"a degradation spec must be text, got {type(spec).__name__}")
     if scale is not None and scale not in SCALES:
         raise SpecError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
+    if "|" not in spec:
+        return _parse_chain(spec, scale)
+    pieces = spec.split("|")
+    chains = []
+    for k, piece in enumerate(pieces, 1):
+        if not piece.strip():
+            raise SpecError(f"alternative {k} of {spec!r} is empty: write chains between the '|'")
+        try:
+            chains.append(_parse_chain(piece.strip(), scale))
+        except SpecError as e:
+            raise SpecError(f"alternative {k} of {spec!r}: {e}") from None
+    return Mixture(tuple(chains))
+
+
+def _parse_chain(spec: str, scale: int | None) -> Pipeline:
+    """One chain ``op > op > ...`` (``parse`` without alternatives)."""
     if not spec.strip():
         raise SpecError(f"empty degradation spec; known operators: {_known()}")
     steps: list[Step] = []

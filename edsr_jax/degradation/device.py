@@ -13,6 +13,11 @@ up, clip to [0, 255], uint8 after each operator):
 - ``noise``: the host's formula on ``jax.random.normal`` draws (the same distribution).
 - ``jpeg``: ``jpeg_device.jpeg_batch`` (libjpeg's integer DCT path), imported on first use.
 
+Mixtures (``"a | b | c"``, ``degrade.Mixture``): sample ``i`` draws its alternative from
+``fold_in(key_i, n)`` (``n`` alternatives) and runs it with the key ``fold_in(key_i, a)``. Every
+alternative runs on the whole batch and each sample keeps its own (no branch on the device), so
+a mixture costs the sum of its chains.
+
 Parameters: a ``lo,hi`` range is drawn per sample inside the program (uniform floats in
 float32, ``jpeg`` qualities uniform integers), so one compiled program serves every draw.
 Sample ``i`` draws everything (its parameters, its noise) from its own key: pass ``N`` keys
@@ -31,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edsr_jax.degradation.degrade import OPS, TRUNCATE, Pipeline, SpecError, Step, parse
+from edsr_jax.degradation.degrade import OPS, TRUNCATE, Mixture, Pipeline, SpecError, Step, parse
 from edsr_jax.degradation.device_resize import RESIZES
 
 _JPEG_MODULE = "edsr_jax.degradation.jpeg_device"
@@ -203,14 +208,14 @@ RUNNERS = {"bicubic": _resize, "bilinear": _resize, "nearest": _resize, "blur": 
 
 
 @functools.lru_cache(maxsize=128)
-def validate_spec(spec: str, scale: int | None = None) -> Pipeline:
+def validate_spec(spec: str, scale: int | None = None) -> Pipeline | Mixture:
     """Parse ``spec`` (``degrade.parse(spec, scale)``, the same errors) and check that the
     device path runs every operator of it, before anything compiles.
 
-    Returns the ``Pipeline``; raises ``SpecError`` with one line naming the operator the
-    device path cannot run (e.g. ``jpeg`` while ``jpeg_device`` is missing)."""
+    Returns the ``Pipeline`` or ``Mixture``; raises ``SpecError`` with one line naming the
+    operator the device path cannot run (e.g. ``jpeg`` while ``jpeg_device`` is missing)."""
     pipe = parse(spec, scale)
-    for st in pipe.steps:
+    for st in (st for chain in _chains(pipe) for st in chain.steps):
         if st.op not in RUNNERS:
             raise SpecError(f"{st.op}: the device path (degrade_batch) has no such operator; "
                             f"it runs {', '.join(sorted(RUNNERS))} (spec {spec!r})")
@@ -284,6 +289,24 @@ def degrade_batch(spec: str, hr: jax.Array, key: jax.Array, scale: int | None = 
         raise ValueError(f"degradation '{pipe.spec}' needs height and width divisible by "
                          f"{pipe.scale}, got {h}x{w}")
     keys = sample_keys(key, n)
+    if isinstance(pipe, Pipeline):
+        return _run_chain(pipe, hr, keys)
+    alts = pipe.alternatives
+    chosen = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, len(alts)), (), 0,
+                                                   len(alts)))(keys)
+    out = None
+    for a, chain in enumerate(alts):
+        y = _run_chain(chain, hr, jax.vmap(lambda k, a=a: jax.random.fold_in(k, a))(keys))
+        out = y if out is None else jnp.where((chosen == a)[:, None, None, None], y, out)
+    return out
+
+
+def _chains(pipe: Pipeline | Mixture) -> tuple[Pipeline, ...]:
+    return pipe.alternatives if isinstance(pipe, Mixture) else (pipe,)
+
+
+def _run_chain(pipe: Pipeline, hr: jax.Array, keys: jax.Array) -> jax.Array:
+    """One chain on ``hr (N, H, W, 3) uint8`` with per-sample ``keys (N,)``."""
     x = hr
     for st, params in zip(pipe.steps, chain_params(pipe, keys)):
         x = RUNNERS[st.op](st, x, params, params.pop("key"))

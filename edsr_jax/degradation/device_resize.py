@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edsr_jax import SCALES
-from edsr_jax.degradation.degrade import _triangle_geometry
+from edsr_jax.degradation.operators import _triangle_geometry
 from edsr_jax.degradation.imresize import contributions, strided_taps
 
 _MAX_DENOMINATOR = 4096  # bicubic x4; every resize's weights are a_k / D with D at most this
