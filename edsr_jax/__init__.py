@@ -8,6 +8,8 @@ commands' ``--help`` stay light; docs/ARCHITECTURE.md draws where each lives)::
     params = edsr_jax.EDSR(config).init(key, lr)          # Flax Linen: model.apply(params, x)
     sr = edsr_jax.apply(params, lr, config)               # (N, H, W, 3) float32 in [0, 255]
     up = edsr_jax.Upscaler.from_pretrained("photo-x2")    # tiles, ensemble, any image size
+    choice = edsr_jax.choose_model("poster.jpg", 2)       # the built-in model for its damage, and why
+    sr, choice = edsr_jax.AutoUpscaler(2).upscale("poster.jpg")  # chosen and run (each model loaded once)
     lr = edsr_jax.degrade_batch("nearest > jpeg(30,60)", hr, key)  # damage on the device
 """
 
@@ -28,6 +30,8 @@ _PUBLIC = {
     "MDSRConfig": "edsr_jax.nets.mdsr",
     "apply": "edsr_jax.inference.infer",
     "Upscaler": "edsr_jax.inference.infer",
+    "AutoUpscaler": "edsr_jax.inference.choice",
+    "choose_model": "edsr_jax.inference.choice",
     "restore_for_inference": "edsr_jax.training.restore",
     "base_config": "edsr_jax.training.config",
     "make_optimizer": "edsr_jax.training.optim",

@@ -9,6 +9,11 @@ method's upscaling of LR, then PSNR and SSIM on the Y channel (``--rgb``: on RGB
     python -m edsr_jax.evaluate --baselines nearest bilinear bicubic --scales 2 3 4 --json r.json DATASET_DIR...
     python -m edsr_jax.evaluate --checkpoint WORKDIR --bicubic DATASET_DIR...
     python -m edsr_jax.evaluate --checkpoint MDSR_DIR --scales 2 3 4 DATASET_DIR...   (one MDSR, each scale)
+    python -m edsr_jax.evaluate --bicubic --model photo-x2 poster-x2 auto --spec 'nearest > jpeg(30,60)' DIR
+
+``--model auto`` is a row of its own: per image the built-in model chosen from the damage
+diagnosed in its LR (``inference/choice.py``), named in the JSON's per-image rows (``model``,
+``choice``), with the count per model on stderr and in the row (``models``).
 
 The protocol itself (pairs, scoring, panels) is ``edsr_jax.evaluation.evaluator``, which the trainer
 uses too; ``evaluator.evaluate_folder`` is this CLI's scoring as a function, for research code.
@@ -77,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pre-made LR files")
     model = p.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", metavar="DIR", help="score a trained model (a workdir or checkpoint dir)")
-    model.add_argument("--model", metavar="NAME",
-                       help="score a built-in trained model (python -m edsr_jax.pretrained lists them)")
+    model.add_argument("--model", nargs="+", metavar="NAME",
+                       help="score built-in trained models (python -m edsr_jax.pretrained lists them), "
+                            "each a row; auto: per image the one trained on the damage diagnosed in its LR")
     p.add_argument("--scales", nargs="+", metavar="S",
                    help="scales to score, from 2 3 4 (default: all three for --bicubic alone; "
                         "the model's scale with --checkpoint, every scale of an MDSR)")
@@ -133,6 +139,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.bicubic and "bicubic" not in baselines:
         baselines.append("bicubic")
     args.baselines = list(dict.fromkeys(baselines))
+    # "--model photo-x2 auto Set5" : the same for the built-in model names.
+    if args.model:
+        from edsr_jax.inference import pretrained
+
+        known = {*pretrained.names(), pretrained.AUTO}
+        cut = next((i for i, t in enumerate(args.model) if i and t not in known), len(args.model))
+        extra = list(args.model[cut:]) + extra
+        args.model = list(dict.fromkeys(args.model[:cut]))
     args.datasets = list(args.datasets) + extra
     if not args.datasets:
         parser.error("the following arguments are required: DATASET_DIR")
@@ -187,18 +201,21 @@ def _check_datasets(args, scales: Sequence[int]) -> list[TestSet]:
     return out
 
 
-def _load_upscaler(args):
-    """The ``infer.Upscaler`` of ``--checkpoint`` (an MDSR at its first scale: the caller
-    takes the others with ``at_scale``) or of the built-in ``--model``; a bad checkpoint or
-    name is a UsageError naming it."""
+def _load_builtin(args, name: str):
+    """The ``infer.Upscaler`` of built-in model ``name``; an unknown name is a UsageError."""
     from edsr_jax.inference.infer import Upscaler  # lazily: only a model needs JAX
 
-    if args.model:
-        try:
-            return Upscaler.from_pretrained(args.model, ensemble=args.ensemble, tile=args.tile,
-                                            conv_backend=args.conv_backend)
-        except ValueError as e:
-            raise cli.UsageError(f"--model {args.model}: {e}") from None
+    try:
+        return Upscaler.from_pretrained(name, ensemble=args.ensemble, tile=args.tile,
+                                        conv_backend=args.conv_backend)
+    except ValueError as e:
+        raise cli.UsageError(f"--model {name}: {e}") from None
+
+
+def _load_upscaler(args):
+    """The ``infer.Upscaler`` of ``--checkpoint`` (an MDSR at its first scale: the caller
+    takes the others with ``at_scale``); a bad checkpoint is a UsageError naming it."""
+    from edsr_jax.inference.infer import Upscaler  # lazily: only a model needs JAX
 
     path = Path(args.checkpoint)
     if not path.exists():
@@ -208,6 +225,60 @@ def _load_upscaler(args):
                                         conv_backend=args.conv_backend, any_scale=True)
     except (OSError, ValueError) as e:
         raise cli.UsageError(f"--checkpoint {path}: {e}") from None
+
+
+class _AutoMethod:
+    """``--model auto`` as an evaluation method: ``(lr, scale) -> sr`` through the model chosen
+    for each LR (one ``choice.AutoUpscaler`` per scale), the choices kept in order until
+    ``annotate`` adds them to a result's per-image rows."""
+
+    name = "auto"
+
+    def __init__(self, by_scale: dict):
+        self.by_scale = by_scale
+        self.choices: list = []
+
+    def __call__(self, lr: np.ndarray, scale: int) -> np.ndarray:
+        auto = self.by_scale[scale]
+        choice = auto.choose(lr)
+        self.choices.append(choice)
+        return auto.upscaler(choice.model)(lr)
+
+    def annotate(self, result: dict) -> None:
+        """Per image of ``result`` (``evaluate_folder``'s, whose images were upscaled by this
+        method in order): ``model`` and ``choice`` (``Choice.record()``); ``models``: how many
+        images each model upscaled. Says the counts on stderr."""
+        rows, choices = result["per_image"], self.choices
+        self.choices = []
+        if len(choices) != len(rows):  # evaluate_folder calls the method once per image it scores
+            raise RuntimeError(f"auto: {len(choices)} choices for {len(rows)} scored images")
+        counts: dict[str, int] = {}
+        for row, choice in zip(rows, choices):
+            row["model"], row["choice"] = choice.model, choice.record()
+            counts[choice.model] = counts.get(choice.model, 0) + 1
+        result["models"] = counts
+        uncertain = sum(c.uncertain for c in choices)
+        print(f"note: {result['dataset']} x{result['scale']} auto: "
+              + ", ".join(f"{m} for {n} image(s)" for m, n in sorted(counts.items()))
+              + (f" ({uncertain} uncertain)" if uncertain else ""), file=sys.stderr)
+
+
+def _auto(args, scales: Sequence[int]) -> _AutoMethod | None:
+    """``--model auto`` at every scale of ``scales``, or None when not asked; a scale without a
+    built-in model is a UsageError."""
+    from edsr_jax.inference import pretrained
+
+    if pretrained.AUTO not in (args.model or []):
+        return None
+    from edsr_jax.inference.choice import AutoUpscaler
+
+    by_scale = {}
+    for s in scales:
+        try:
+            by_scale[s] = AutoUpscaler(s, ensemble=args.ensemble, tile=args.tile, conv_backend=args.conv_backend)
+        except ValueError as e:
+            raise cli.UsageError(f"--model {pretrained.AUTO} at x{s}: {e}") from None
+    return _AutoMethod(by_scale)
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -299,7 +370,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     upscaler = None
     scales = list(dict.fromkeys(args.scales or []))
     model_scales: list[int] = []
-    if has_model:
+    builtins: list = []  # (name, Upscaler) of --model, auto's at each scale below
+    if args.model:
+        from edsr_jax.inference import pretrained
+
+        builtins = [(name, _load_builtin(args, name)) for name in args.model if name != pretrained.AUTO]
+        for name, up in builtins:
+            if scales and up.scale not in scales:
+                raise cli.UsageError(f"--model {name}: the model is a x{up.scale} model but --scales asks for "
+                                     f"{' '.join(map(str, scales))}")
+        scales = scales or sorted({up.scale for _, up in builtins}) or [2]
+    elif has_model:
         upscaler = _load_upscaler(args)
         if upscaler.mdsr_scale is not None:  # an MDSR: every scale asked, from the one checkpoint
             served = list(upscaler.config.scales)
@@ -331,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (method, upscale_fn, scales, checkpoint step or None); baselines first, in the order given
     methods: list[tuple[str, UpscaleFn, list[int], int | None]] = [
         (name, BASELINES[name], scales, None) for name in args.baselines]
+    methods += [(name, (lambda up: lambda lr, scale: up(lr))(up), [up.scale], None) for name, up in builtins]
+    auto = _auto(args, scales)
+    if auto is not None:
+        methods.append((auto.name, auto, scales, None))
     if upscaler is not None:
         from edsr_jax.inference import infer
 
@@ -378,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     y_channel=not args.rgb, dataset=t.name,
                                     save_sr_dir=args.save_images, step=step)
                 first = False
+                if auto is not None and method == auto.name:
+                    auto.annotate(r)
                 for f in r.pop("failed"):
                     failed.setdefault(f["image"], f)
                 not_written += r.pop("not_written")

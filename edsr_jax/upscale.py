@@ -1,12 +1,17 @@
 """Upscale image files with a trained EDSR checkpoint or a built-in model.
 
-    python -m edsr_jax.upscale photo.png          # built-in photo-x2 -> upscaled/photo.png
+    python -m edsr_jax.upscale photo.png          # a built-in model chosen for it -> upscaled/photo.png
     python -m edsr_jax.upscale poster.png --model poster-x2
     python -m edsr_jax.upscale photos/ extra/*.jpg --checkpoint runs/x2 --out upscaled/
 
 Without ``--checkpoint`` the built-in model ``--model NAME`` runs (``python -m
-edsr_jax.pretrained`` lists them; default ``photo-x2``, announced on stderr). Outputs go to
-``--out`` (default ``upscaled`` in the current folder).
+edsr_jax.pretrained`` lists them). ``--model auto``, the default with neither option (announced
+on stderr), diagnoses each input and runs the built-in model trained on the nearest damage at
+``--scale`` (default 2), the general model where the diagnosis is uncertain
+(``inference/choice.py``), with one line per input saying which and why; a video is diagnosed
+from a few frames and gets one model. ``--json FILE`` records each input's output and model
+(and with auto the choice: reason, confidence, diagnosis). Outputs go to ``--out`` (default
+``upscaled`` in the current folder).
 
 Inputs are files, folders (their image files, not recursive) or glob patterns. Each
 output keeps its input's name (``<stem><suffix>.png`` by default; ``--ext same``: the input's
@@ -151,10 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="training workdir or checkpoint folder")
     source.add_argument("--model", metavar="NAME",
                         help="a built-in trained model (python -m edsr_jax.pretrained lists them: "
-                             "photo-x2, poster-x2, photo-x3, photo-x4); with neither option the built-in photo-x2 is used")
+                             "photo-x2, poster-x2, photo-x3, photo-x4), or auto: per image the one "
+                             "trained on the damage diagnosed in it (the default with neither option)")
     p.add_argument("--out", default="upscaled", help="output folder (created when missing; default upscaled)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4),
-                   help="upscaling factor of an MDSR checkpoint (required there; an EDSR's is fixed)")
+                   help="upscaling factor of an MDSR checkpoint (required there; an EDSR's is fixed), "
+                        "or of --model auto (default 2)")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in LR pixels (default: chosen from --memory-budget-mb)")
     p.add_argument("--memory-budget-mb", type=float, default=None,
@@ -177,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, metavar="N",
                    help="video inputs: constant rate factor, lower is better (default 18 for h264, "
                         "20 for h265, 24 for vp9 and av1)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write a record of each input: its output, the model, and with "
+                        "--model auto the choice (reason, confidence, diagnosis)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (and --json)")
     return p
 
 
@@ -208,32 +218,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     outputs = plan_outputs(inputs, Path(args.out), suffix=args.suffix, ext=ext, overwrite=args.overwrite)
     moving_outputs = plan_outputs(moving, Path(args.out), suffix=args.suffix, ext=None, overwrite=args.overwrite)
     video.check_clash(outputs, moving_outputs)
+    json_path = _check_json(args, [*inputs, *moving], [*outputs, *moving_outputs])
     upscaler = _load(args)
+    from edsr_jax.inference.choice import AutoUpscaler
+
+    auto = upscaler if isinstance(upscaler, AutoUpscaler) else None
+    records = [{"input": str(src), "output": str(dst), "model": None if auto else upscaler.name}
+               for src, dst in zip(moving, moving_outputs)]
     moving_failed = 0
     if moving:
         from edsr_jax.degradation.imresize import imresize
 
-        moving_failed = video.upscale_files(upscaler, moving, moving_outputs, codec=args.codec, crf=args.crf,
-                                            quality=args.quality, overwrite=args.overwrite, resize_alpha=imresize)
+        pick = None
+        if auto is not None:
+            def pick(src: Path):
+                choice = auto.choose_frames(video.sample_frames(src), src.name)
+                tqdm.write(choice.line(src.name), file=sys.stderr)
+                records[moving.index(src)].update(model=choice.model, choice=choice.record())
+                return auto.upscaler(choice.model)
+
+        moving_failed = video.upscale_files(None if auto else upscaler, moving, moving_outputs, codec=args.codec,
+                                            crf=args.crf, quality=args.quality, overwrite=args.overwrite,
+                                            resize_alpha=imresize, pick=pick)
         if not inputs:
+            _write_json(json_path, args, upscaler.scale, records)
             return 1 if moving_failed else 0
 
     failed = not_written = 0
     start = time.perf_counter()
     megapixels = 0.0
+    used: dict[str, int] = {}
     bar = tqdm(list(zip(inputs, outputs)), desc=f"{upscaler.name}", unit="img", file=sys.stderr)
     for src, dst in bar:
         bar.set_postfix_str(src.name)
+        record: dict = {"input": str(src), "output": str(dst), "model": None}
+        records.append(record)
         notes: list[str] = []
         try:
             decoded = read_image(src, notes)
         except ImageError as e:
             tqdm.write(f"skipped: {e}", file=sys.stderr)
+            record.update(output=None, error=str(e))
             failed += 1
             continue
-        inner = _image_bar(upscaler, decoded, src.name)
+        model = upscaler
+        if auto is not None:
+            choice = auto.choose(src)
+            tqdm.write(choice.line(src.name), file=sys.stderr)
+            model = auto.upscaler(choice.model)
+            record.update(model=model.name, choice=choice.record())
+        record["model"] = model.name
+        inner = _image_bar(model, decoded, src.name)
         try:
-            image, alpha = upscale_decoded(upscaler, decoded,
+            image, alpha = upscale_decoded(model, decoded,
                                            progress=inner and (lambda done, _: inner.update(done - inner.n)))
         finally:
             if inner is not None:
@@ -243,23 +280,63 @@ def main(argv: Sequence[str] | None = None) -> int:
                        exif=decoded.exif, quality=args.quality, overwrite=args.overwrite, notes=notes)
         except FileExistsError as e:  # outputs.TakenMeanwhile: another process wrote it since the check
             tqdm.write(f"not written: {e}", file=sys.stderr)
+            record.update(output=None, error=f"not written: {e}")
             not_written += 1
             continue
         finally:
             for note in notes:
                 tqdm.write(f"note: {note}", file=sys.stderr)
         megapixels += image.shape[0] * image.shape[1] / 1e6
+        used[model.name] = used.get(model.name, 0) + 1
     bar.close()
     seconds = time.perf_counter() - start
     done = len(inputs) - failed - not_written
-    print(f"{done} of {len(inputs)} image(s) upscaled x{upscaler.scale} into {args.out} "
+    by = f" by {', '.join(f'{m} ({n})' for m, n in sorted(used.items()))}" if auto is not None and used else ""
+    print(f"{done} of {len(inputs)} image(s) upscaled x{upscaler.scale}{by} into {args.out} "
           f"({megapixels:.2f} output megapixels in {seconds:.1f} s)", file=sys.stderr)
     if failed:
         print(f"{failed} input(s) skipped (see above)", file=sys.stderr)
     if not_written:
         print(f"{not_written} output(s) not written: another process wrote them first (see above)",
               file=sys.stderr)
+    _write_json(json_path, args, upscaler.scale, records)
     return 1 if failed or not_written or moving_failed else 0
+
+
+def _check_json(args, inputs: Sequence[Path], outputs: Sequence[Path]) -> Path | None:
+    """``--json FILE`` checked before anything runs: not an input or an output, its folder
+    existing, not an existing file without ``--overwrite`` (UsageError naming it)."""
+    if args.json is None:
+        return None
+    from edsr_jax.io import outputs as out_files
+
+    path = Path(args.json)
+    out_files.check_not_input(path, [*inputs, *outputs], option="--json")
+    if path.is_dir():
+        raise cli.UsageError(f"--json {path}: is a folder; give a file name, e.g. {path / 'upscale.json'}")
+    if not path.parent.is_dir():
+        raise cli.UsageError(f"--json {path}: folder {path.parent} does not exist")
+    if path.exists() and not args.overwrite:
+        raise cli.UsageError(f"--json {path}: exists (pass --overwrite to replace it)")
+    return path
+
+
+def _write_json(path: Path | None, args, scale: int, records: list[dict]) -> None:
+    """Write the ``--json`` record: ``{"model", "scale", "inputs": [{"input", "output", "model",
+    "choice"?, "error"?}]}`` (``choice``: ``choice.Choice.record()`` with ``--model auto``)."""
+    if path is None:
+        return
+    from edsr_jax.inference import pretrained
+    from edsr_jax.io import outputs as out_files
+
+    model = args.model or (None if args.checkpoint else pretrained.DEFAULT)
+    record = {"model": model, "checkpoint": args.checkpoint, "scale": int(scale), "inputs": records}
+    try:
+        out_files.atomic_write(path, out_files.json_text(record, indent=1) + "\n", overwrite=args.overwrite)
+    except FileExistsError as e:  # outputs.TakenMeanwhile: another process wrote it since the check
+        print(f"not written: {e}", file=sys.stderr)
+        return
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _image_bar(upscaler, decoded: Decoded, name: str):
@@ -326,9 +403,19 @@ def _load(args):
                    memory_budget_mb=args.memory_budget_mb, conv_backend=args.conv_backend)
     if args.checkpoint is None:
         name = args.model or pretrained.DEFAULT
-        if args.model is None:
-            print(f"note: no --checkpoint or --model: using the built-in model {pretrained.describe(name)}",
-                  file=sys.stderr)
+        if name == pretrained.AUTO:
+            from edsr_jax.inference.choice import AutoUpscaler
+
+            scale = args.scale or 2
+            try:
+                auto = AutoUpscaler(scale, **options)
+            except ValueError as e:
+                raise cli.UsageError(f"--model {pretrained.AUTO} at x{scale}: {e}") from None
+            if args.model is None:
+                print(f"note: no --checkpoint or --model: --model {pretrained.AUTO}, a built-in model chosen "
+                      f"per image from the damage diagnosed in it (x{scale}: {', '.join(auto.models)})",
+                      file=sys.stderr)
+            return auto
         try:
             upscaler = Upscaler.from_pretrained(name, **options)
         except ValueError as e:

@@ -25,7 +25,7 @@ WINGS = {
     "degradation": {"io"},
     "evaluation": {"io", "degradation"},
     "data": {"io", "degradation"},
-    "inference": {"io", "nets", "training"},
+    "inference": {"io", "nets", "training", "evaluation", "degradation"},
     "training": {"io", "nets", "data", "degradation", "evaluation"},
 }
 
@@ -147,8 +147,8 @@ def test_library_modules_stay_small():
     assert not long, long
 
 
-PUBLIC = ("EDSR", "MDSR", "ModelConfig", "MDSRConfig", "preset", "apply", "Upscaler",
-          "restore_for_inference", "base_config", "make_optimizer", "create_train_state",
+PUBLIC = ("EDSR", "MDSR", "ModelConfig", "MDSRConfig", "preset", "apply", "Upscaler", "AutoUpscaler",
+          "choose_model", "restore_for_inference", "base_config", "make_optimizer", "create_train_state",
           "compile_train_step", "degrade_batch", "SCALES")
 
 

@@ -133,17 +133,21 @@ class _Progress:
 
 def upscale_files(upscaler, sources: Sequence[Path], outputs: Sequence[Path], *, codec: str | None = None,
                   crf: int | None = None, quality: int | None = None, overwrite: bool = False,
-                  resize_alpha: Callable | None = None) -> int:
+                  resize_alpha: Callable | None = None, pick: Callable[[Path], object] | None = None) -> int:
     """Upscale each video / animation in ``sources`` into the matching path of ``outputs``,
     reporting on stderr (a progress bar in frames, one summary line per file, ``error: ...``
     for a file that failed). Returns how many failed; KeyboardInterrupt passes through with a
-    ``hint`` saying how far the file in hand got."""
+    ``hint`` saying how far the file in hand got. ``pick(src)``, when given, returns the
+    ``Upscaler`` for each file instead of ``upscaler`` (``--model auto``: chosen from
+    ``sample_frames``); a VideoError it raises fails that file like any other."""
     from tqdm import tqdm
 
     failed = 0
     for src, dst in zip(sources, outputs):
         notes: list[str] = []
         try:
+            if pick is not None:
+                upscaler = pick(src)
             result = upscale_file(upscaler, src, dst, codec=codec, crf=crf, quality=quality,
                                   overwrite=overwrite, resize_alpha=resize_alpha, notes=notes)
         except VideoError as e:
@@ -162,6 +166,36 @@ def upscale_files(upscaler, sources: Sequence[Path], outputs: Sequence[Path], *,
               f"{dst} in {result.seconds:.1f} s ({result.frames / max(result.seconds, 1e-9):.2f} frames/s)",
               file=sys.stderr)
     return failed
+
+
+DIAGNOSED_FRAMES = 3  # frames of a video ``--model auto`` diagnoses: the first, and two spread over
+DIAGNOSED_SPAN = 48   # the first this many frames (decoding further to sample the whole clip would
+                      # double the decoding time of a long video for one choice)
+
+
+def sample_frames(src: Path, count: int = DIAGNOSED_FRAMES, span: int = DIAGNOSED_SPAN) -> list[np.ndarray]:
+    """Up to ``count`` frames of video or animation ``src``, evenly spread over its first
+    ``span`` frames (fewer when it is shorter): ``(H, W, 3)`` uint8, or uint16 for a deep video.
+    VideoError naming the file when it cannot be opened or no frame decodes."""
+    reader = VideoReader(src) if is_video_file(src) else AnimationReader(src)
+    total = min(span, reader.expected or span)
+    wanted = sorted({round(k * (total - 1) / max(count - 1, 1)) for k in range(count)})
+    frames: list[np.ndarray] = []
+    items = reader.items()
+    try:
+        for item in items:
+            if isinstance(item, Frame):
+                if item.index in wanted:
+                    frames.append(item.pixels)
+                if item.index >= wanted[-1]:
+                    break
+    except VideoError:
+        if not frames:
+            raise
+    finally:
+        items.close()
+        reader.close()
+    return frames
 
 
 def upscale_file(upscaler, src: Path, dst: Path, *, codec: str | None = None, crf: int | None = None,
