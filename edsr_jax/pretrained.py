@@ -1,6 +1,6 @@
 """List the trained models shipped inside the package (``edsr_jax.inference.pretrained``):
 
-    python -m edsr_jax.pretrained                  # name, summary and Set5 PSNR of each
+    python -m edsr_jax.pretrained                  # name, summary and Set5 PSNR of each, and auto
     python -m edsr_jax.pretrained --card NAME      # one model's whole card (JSON)
 
 ``upscale``, ``evaluate`` and ``export`` run them with ``--model NAME``.
@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for name in pretrained.names():
         print(pretrained.describe(name) + (" (default)" if name == pretrained.DEFAULT else ""))
+    if pretrained.DEFAULT == pretrained.AUTO:
+        print(f"{pretrained.AUTO}: per image, the model above whose training damage is nearest the one "
+              "diagnosed in it; the general model where that is uncertain (default)")
     return 0
 
 

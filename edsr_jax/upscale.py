@@ -416,6 +416,9 @@ def _load(args):
                       f"per image from the damage diagnosed in it (x{scale}: {', '.join(auto.models)})",
                       file=sys.stderr)
             return auto
+        if args.model is None:
+            print(f"note: no --checkpoint or --model: using the built-in model {pretrained.describe(name)}",
+                  file=sys.stderr)
         try:
             upscaler = Upscaler.from_pretrained(name, **options)
         except ValueError as e:

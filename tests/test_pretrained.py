@@ -129,7 +129,7 @@ def test_evaluate_and_export_take_model(models_dir, tmp_path, capsys):
 
 def test_shipped_models_are_listed_with_cards():
     assert set(SHIPPED) <= set(pretrained.names())
-    assert pretrained.DEFAULT in pretrained.names()
+    assert pretrained.DEFAULT == pretrained.AUTO  # upscale with neither --model nor --checkpoint: auto
     for name in SHIPPED:
         info = pretrained.card(name)
         assert info["model"]["scale"] == int(name[-1]) and info["training"]["steps"] > 0
