@@ -246,7 +246,25 @@ def test_upscale_chooses_by_default_announces_and_records(hr_images, tmp_path, c
     assert "--model auto" not in capsys.readouterr().err
     assert json.loads((tmp_path / "o3.json").read_text())["inputs"][0]["model"] == "photo-x2"
     assert cli.run(upscale.main, ["in/photo.png", "--model", "nope", "--out", "o4"]) == 2
-    assert "--model nope: unknown built-in model 'nope'; choose from photo-x2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: --model nope: unknown built-in model 'nope'; choose from " in err
+    assert "photo-x2, " in err and err.endswith(", or auto (chosen per image)\n")
+
+
+def test_upscale_auto_gives_an_animation_one_model(hr_images, tmp_path, capsys):
+    lr = damaged(hr_images["poster"][:128, :128], "nearest", "poster")
+    frames = [Image.fromarray(np.roll(lr, 2 * k, axis=0)) for k in range(4)]
+    frames[0].save(tmp_path / "loop.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert cli.run(upscale.main, [str(tmp_path / "loop.gif"), "--out", str(tmp_path / "up"),
+                                  "--json", str(tmp_path / "up.json")]) == 0
+    err = capsys.readouterr().err
+    (row,) = json.loads((tmp_path / "up.json").read_text())["inputs"]
+    model = row["choice"]["model"]
+    assert row["model"] == model and model in pretrained.names()
+    assert err.count(f"loop.gif: {model} (") == 1  # one choice for the clip
+    assert len(row["choice"]["diagnosis"]["frames"]) == 3
+    with Image.open(tmp_path / "up" / "loop.gif") as out:
+        assert (out.n_frames, out.size) == (4, (128, 128))
 
 
 def test_evaluate_scores_auto_as_a_row_with_the_model_per_image(hr_images, tmp_path, capsys):
