@@ -96,13 +96,14 @@ def test_distance_is_zero_inside_the_training_damage_and_sums_its_terms():
     photo = choice.Damage("bicubic")
     seen = choice.Seen(p_nearest=0.9, jpeg=45, jpeg_confidence=1.0)
     assert choice.distance(seen, poster) == pytest.approx(0.1)  # only 1 - P(nearest)
-    # photo: P(nearest) + the JPEG strength (100 - 45) / 70 beyond none
-    assert choice.distance(seen, photo) == pytest.approx(0.9 + 55 / 70)
+    # photo: P(nearest) + the JPEG strength (100 - 45) / 70 beyond none, weighed as more than trained on
+    assert choice.distance(seen, photo) == pytest.approx(0.9 + 55 / 70 * choice.JPEG_OVER)
     noisy = choice.Seen(p_nearest=0.0, jpeg=None, jpeg_confidence=1.0, noise=5.0, noise_confidence=0.8,
                         blur=3.0, blur_confidence=0.5)
     assert choice.distance(noisy, photo) == pytest.approx(5 / 10 * 0.8 + 3 / 4 * 0.5)
-    # no JPEG seen, the model trained with q 30-60: the weakest of its strengths, (100 - 60) / 70
-    assert choice.distance(choice.Seen(1.0, None, 1.0), poster) == pytest.approx(40 / 70)
+    # no JPEG seen, the model trained with q 30-60: the weakest of its strengths, (100 - 60) / 70, less
+    assert choice.distance(choice.Seen(1.0, None, 1.0), poster) == pytest.approx(40 / 70 * choice.JPEG_UNDER)
+    assert choice.JPEG_OVER > choice.JPEG_UNDER
 
 
 @pytest.mark.parametrize("spec, want", [("bicubic", "tiny-photo-x2"),

@@ -42,15 +42,26 @@ from edsr_jax.inference import pretrained
 
 # Distance units: a term reaches 1 at these differences from the training damage.
 JPEG_SPAN = 70.0   # JPEG strength (100 - q) / JPEG_SPAN, clipped to [0, 1]: q 30 and below are all "strong"
+# JPEG is weighed by which side of the training range an image lies: stronger compression than
+# a model was trained on leaves blocks it never learnt to remove (JPEG_OVER), weaker costs less
+# (JPEG_UNDER): poster-x2, trained with jpeg(30,60), beats photo-x2 by 2-4 dB on pixel-dropped
+# LR without any JPEG (9 of 11 images). The pair was chosen on the diagnoses and per-image PSNR
+# of photo-x2 and poster-x2 on 11 images (8 photographs, 3 posters, 128 x 128 LR) under six
+# damages (bicubic, nearest, nearest > jpeg(30,60), bilinear > jpeg(60,90), blur(1.5) > bicubic,
+# bicubic > noise(5)): the better of the two taken for 56 of 66 images with (1.5, 0.5), 53 with
+# (1, 1), 51-55 with an UNDER of 0.3 or less (OVER 1, 1.5 or 2).
+JPEG_OVER = 1.5
+JPEG_UNDER = 0.5
 BLUR_UNIT = 4.0    # HR pixels of Gaussian sigma (soft photographs read as 1.2-1.5 without any blur added)
 NOISE_UNIT = 10.0  # sigma on the 0-255 scale
 # Certainty: confidence = min(margin / (2 MARGIN), 1 - nearest / (2 NEAR)), clipped to [0, 1];
 # below CONFIDENT the choice is uncertain. So a choice is certain when the nearest model's
 # distance is under NEAR and the next one's is MARGIN further, or better in one than the other
-# lacks. Set from the diagnoses of the built-in photographs and posters under six damages
-# (tests/test_auto_model.py; the report of issue 29): bicubic LR stays certain for photo-x2,
-# pixel dropping with JPEG for poster-x2, while noise, JPEG on a filtered downscale and an
-# unclear resampling (P(nearest) 0.3-0.7) are uncertain.
+# lacks. Set by hand from the diagnoses of the same 11 images under the same six damages, before
+# any general model existed: on those, bicubic LR is certain for photo-x2 in 9 of 11 images and
+# pixel dropping with JPEG for poster-x2 in 6 of 11, while noise (11 of 11), JPEG on a filtered
+# downscale (9 of 11) and an unclear resampling (P(nearest) 0.3-0.7) are uncertain. To be checked
+# against the general model's scores once it ships.
 NEAR = 0.4
 MARGIN = 0.3
 CONFIDENT = 0.5
@@ -202,17 +213,19 @@ def _jpeg_strength(q: int | None) -> float:
 
 def distance(seen: Seen, damage: Damage) -> float:
     """How far the damage ``seen`` in an image is from a model's training ``damage``: 0 inside
-    it, a sum of four terms each in [0, 1]. Resampling: ``1 - p_nearest`` for a model trained
-    on pixel dropping, ``p_nearest`` for a filtered one (bicubic and bilinear alike). JPEG: the
-    strength ``(100 - q) / JPEG_SPAN`` (no JPEG: 0) outside the range of the training
-    qualities' strengths, times the JPEG confidence. Blur and noise: the sigma outside the
-    training range in ``BLUR_UNIT`` / ``NOISE_UNIT``, times their confidence, at most 1."""
+    it, a sum of four terms. Resampling: ``1 - p_nearest`` for a model trained on pixel
+    dropping, ``p_nearest`` for a filtered one (bicubic and bilinear alike). JPEG: how far the
+    strength ``(100 - q) / JPEG_SPAN`` (no JPEG: 0) lies outside the training qualities'
+    strengths, times ``JPEG_OVER`` above them and ``JPEG_UNDER`` below, times the JPEG
+    confidence. Blur and noise: the sigma outside the training range in ``BLUR_UNIT`` /
+    ``NOISE_UNIT``, times their confidence, at most 1 each."""
     resampling = 1.0 - seen.p_nearest if damage.kind == "nearest" else seen.p_nearest
     if damage.jpeg is None:
         lo = hi = 0.0
     else:
         lo, hi = _jpeg_strength(damage.jpeg[1]), _jpeg_strength(damage.jpeg[0])
-    jpeg = _outside(_jpeg_strength(seen.jpeg), lo, hi) * seen.jpeg_confidence
+    strength = _jpeg_strength(seen.jpeg)
+    jpeg = (max(strength - hi, 0.0) * JPEG_OVER + max(lo - strength, 0.0) * JPEG_UNDER) * seen.jpeg_confidence
     blur = min(1.0, _outside(seen.blur, *damage.blur) / BLUR_UNIT) * seen.blur_confidence
     noise = min(1.0, _outside(seen.noise, *damage.noise) / NOISE_UNIT) * seen.noise_confidence
     return float(resampling + jpeg + blur + noise)
@@ -292,7 +305,7 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
     if seen is None:
         if generals:
             return made(generals[0].name, f"{what}; the general model", 0.0, True)
-        return made(best.name, f"{what}; trained on {best.spec!r}, the papers' damage; "
+        return made(best.name, f"{what}; trained on {best.spec!r}, the nearest to a clean downscale; "
                                f"no general model at x{scale}", 0.0, True)
     if generals:
         return made(generals[0].name, f"uncertain: {what}; nearest {best.name} at confidence "
