@@ -58,8 +58,9 @@ NOISE_UNIT = 10.0  # sigma on the 0-255 scale
 # below CONFIDENT the choice is uncertain. So a choice is certain when the nearest model's
 # distance is under NEAR and the next one's is MARGIN further, or better in one than the other
 # lacks. Set by hand from the diagnoses of the same 11 images under the same six damages, before
-# any general model existed: on those, bicubic LR is certain for photo-x2 in 9 of 11 images and
-# pixel dropping with JPEG for poster-x2 in 6 of 11, while noise (11 of 11), JPEG on a filtered
+# any general model existed: on those, bicubic LR is certain for photo-x2 in 8 of 11 images (one
+# more, a photograph whose LR aliases as if pixels were dropped, certain for poster-x2) and pixel
+# dropping with JPEG for poster-x2 in 6 of 11, while noise (11 of 11), JPEG on a filtered
 # downscale (9 of 11) and an unclear resampling (P(nearest) 0.3-0.7) are uncertain. To be checked
 # against the general model's scores once it ships.
 NEAR = 0.4
