@@ -268,6 +268,19 @@ def test_upscale_auto_gives_an_animation_one_model(hr_images, tmp_path, capsys):
         assert (out.n_frames, out.size) == (4, (128, 128))
 
 
+def test_upscale_auto_diagnoses_a_video_once_from_its_first_frames(tmp_path, capsys):
+    pytest.importorskip("av", reason="PyAV not installed (pip install 'edsr-jax[video]')")
+    from test_video import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", n=10)
+    assert len(video.sample_frames(clip)) == 3  # frames 0, 4 (or 5) and 9 of the ten
+    assert cli.run(upscale.main, [str(clip), "--out", str(tmp_path / "up"), "--json", str(tmp_path / "up.json")]) == 0
+    (row,) = json.loads((tmp_path / "up.json").read_text())["inputs"]
+    assert len(row["choice"]["diagnosis"]["frames"]) == 3
+    assert capsys.readouterr().err.count(f"clip.mp4: {row['model']} (") == 1
+    assert (tmp_path / "up" / "clip.mp4").stat().st_size > 0
+
+
 def test_evaluate_scores_auto_as_a_row_with_the_model_per_image(hr_images, tmp_path, capsys):
     (tmp_path / "set").mkdir()
     write_image(tmp_path / "set" / "poster0.png", hr_images["poster"])
