@@ -81,11 +81,16 @@ class StepFormulation:
     ``flat_norm``: the gradient norm of the non-finite guard as one reduction over the
     gradients laid end to end (one concatenation and one reduction instead of one per
     parameter array); the same number to float32 summation order.
+    ``flat_state``: the trainer keeps its train state in the flat form
+    (``training.state.to_flat``: parameters, Adam's moments and the EMA each one array), so the
+    optimiser update, the EMA and the guard's select run once over all parameters; checkpoints,
+    evaluation and export read the tree form (``training.state.to_tree``). Implies the flat norm.
     """
 
     guard: str
     grads_in_param_layout: bool
     flat_norm: bool = False
+    flat_state: bool = False
 
 
 def step_formulation(platform: str | None = None) -> StepFormulation:
@@ -118,8 +123,15 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     # gradient). TPU neither: there XLA already folds the norms into its fusions, and the flat
     # norm added ops (v5e, 4 chips, EDSR-baseline x2 bfloat16 batch 64: 919 -> 953 ops, est.
     # 25.68 -> 25.74 ms; the TPU compiler's own estimate 31.61 -> 31.64 ms).
+    # GPU: the state kept flat (parameters, Adam's mu and nu, EMA one array each): the per-array
+    # Adam, EMA and select fusions (74 for EDSR-baseline) become one, the per-array norms one, and
+    # the parameters' slices fuse into the bfloat16 casts the forward pass makes anyway.
+    # EDSR-baseline x2 bfloat16 batch 64, one H100: 388 -> 256 kernels, 3.07 -> 2.82 ms
+    # (BENCHMARKS.md). Raveling a tree state inside the step instead costs more than it saves:
+    # the update's outputs are cut back into 216 arrays that XLA can no longer write in place
+    # (559 kernels, 216 copies of the state). CPU and TPU keep the tree (not measured better).
     gpu = platform in ("gpu", "cuda", "rocm")
-    return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu)
+    return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu, flat_state=gpu)
 
 
 def unmask_full_batches(platform: str | None = None) -> bool:

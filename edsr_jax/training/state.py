@@ -1,7 +1,15 @@
-"""The train state and how a fresh one is made: pure functions of a model, an optimiser and a key."""
+"""The train state and how a fresh one is made: pure functions of a model, an optimiser and a key.
+
+The state comes in two forms with the same values: the tree form (``params``, Adam's moments and
+the EMA as trees of arrays, one per parameter array), which checkpoints, evaluation and export
+read; and the flat form (``to_flat``), in which each of those trees is one array, its leaves laid
+end to end (a ``Flat``). A GPU updates the flat form in one kernel instead of one per parameter
+array (``xla_options.StepFormulation.flat_state``); ``to_tree`` gives the tree form back.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -29,6 +37,88 @@ class TrainState:
     first_nonfinite: jax.Array
 
 
+@jax.tree_util.register_pytree_node_class
+class Flat:
+    """A tree of arrays of one dtype (the parameters, or a tree shaped like them: Adam's moments,
+    the EMA) as one 1-D ``array`` of their total size, leaves in ``tree_leaves`` order;
+    ``layout`` = (tree structure, each leaf's shape, dtype name) is static (part of the pytree
+    structure, so a jitted function compiles once per layout)."""
+
+    def __init__(self, array, layout):
+        self.array, self.layout = array, layout
+
+    def tree_flatten(self):
+        return (self.array,), self.layout
+
+    @classmethod
+    def tree_unflatten(cls, layout, children):
+        return cls(children[0], layout)
+
+    def unravel(self):
+        """The tree: each leaf cut from ``array`` in order and reshaped."""
+        treedef, shapes, _ = self.layout
+        out, at = [], 0
+        for shape in shapes:
+            size = math.prod(shape)
+            out.append(self.array[at:at + size].reshape(shape))
+            at += size
+        return treedef.unflatten(out)
+
+
+def ravel(tree) -> Flat:
+    """``tree`` (arrays of one dtype) as a ``Flat``: its leaves laid end to end."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    layout = (treedef, tuple(tuple(x.shape) for x in leaves), jnp.dtype(leaves[0].dtype).name)
+    return Flat(jnp.concatenate([jnp.ravel(x) for x in leaves]), layout)
+
+
+def _is_flat(x) -> bool:
+    return isinstance(x, Flat)
+
+
+def can_flatten(params) -> bool:
+    """Whether ``params`` may be kept flat: one floating dtype for every leaf."""
+    dtypes = {jnp.dtype(x.dtype) for x in jax.tree_util.tree_leaves(params)}
+    return len(dtypes) == 1 and jnp.issubdtype(dtypes.pop(), jnp.floating)
+
+
+def to_flat(state: TrainState) -> TrainState:
+    """The flat form of ``state`` (module docstring): ``params``, ``ema`` and every subtree of
+    ``opt_state`` shaped as ``params`` (Adam's ``mu``, ``nu``) become ``Flat``; counters stay.
+    Unchanged when already flat, or when the parameters mix dtypes (``can_flatten``)."""
+    if _is_flat(state.params) or not can_flatten(state.params):
+        return state
+    treedef = jax.tree_util.tree_structure(state.params)
+    like = lambda x: jax.tree_util.tree_structure(x) == treedef  # noqa: E731
+    return state.replace(
+        params=ravel(state.params),
+        opt_state=jax.tree_util.tree_map(lambda s: ravel(s) if like(s) else s, state.opt_state,
+                                         is_leaf=like),
+        ema=None if state.ema is None else ravel(state.ema))
+
+
+def tree_of(x):
+    """``x`` with every ``Flat`` in it unravelled (``Flat.unravel``): the tree form."""
+    return jax.tree_util.tree_map(lambda v: v.unravel() if _is_flat(v) else v, x, is_leaf=_is_flat)
+
+
+def to_tree(state: TrainState) -> TrainState:
+    """The tree form of ``state`` (``to_flat``'s inverse; unchanged when already a tree)."""
+    return state.replace(params=tree_of(state.params), opt_state=tree_of(state.opt_state),
+                         ema=tree_of(state.ema))
+
+
+def arrays_of(x):
+    """``x`` with every ``Flat`` replaced by its 1-D array (what an optimiser updates)."""
+    return jax.tree_util.tree_map(lambda v: v.array if _is_flat(v) else v, x, is_leaf=_is_flat)
+
+
+def rewrap(form, arrays):
+    """``arrays`` (``arrays_of(form)``'s structure) put back into ``form``'s ``Flat`` wrappers."""
+    return jax.tree_util.tree_map(lambda f, a: Flat(a, f.layout) if _is_flat(f) else a,
+                                  form, arrays, is_leaf=_is_flat)
+
+
 def init_variables(model: EDSR | MDSR, key: jax.Array):
     """Freshly initialised variables ``{"params": ...}`` of an EDSR or an MDSR (every scale's
     branches), float32."""
@@ -37,10 +127,12 @@ def init_variables(model: EDSR | MDSR, key: jax.Array):
 
 
 def create_train_state(model: EDSR | MDSR, tx: optax.GradientTransformation, key: jax.Array,
-                       use_ema: bool, params=None) -> TrainState:
-    """Fresh state; ``params`` (e.g. fine-tuning weights) replace the random init when given."""
+                       use_ema: bool, params=None, flat: bool = False) -> TrainState:
+    """Fresh state; ``params`` (e.g. fine-tuning weights) replace the random init when given;
+    ``flat``: in the flat form (``to_flat``)."""
     if params is None:
         params = init_variables(model, key)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema=params if use_ema else None, nonfinite=jnp.zeros((), jnp.int32),
-                      first_nonfinite=jnp.full((), -1, jnp.int32))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       ema=params if use_ema else None, nonfinite=jnp.zeros((), jnp.int32),
+                       first_nonfinite=jnp.full((), -1, jnp.int32))
+    return to_flat(state) if flat else state
