@@ -28,7 +28,7 @@ from edsr_jax.nets.edsr import EDSR
 from edsr_jax.nets.mdsr import MDSR
 from edsr_jax.training.loss import pixel_loss
 from edsr_jax.training.sharding import Shardings, make_shardings
-from edsr_jax.training.state import Flat, TrainState, arrays_of, ravel, rewrap, tree_of
+from edsr_jax.training.state import Flat, TrainState, arrays_of, rewrap
 
 
 DAMAGE_STREAM = 0x4C52  # folded into the run's seed: the damage's keys share nothing with init's
@@ -131,11 +131,14 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
         return pixel_loss(model.apply(params, lr, *extra), hr, loss, charbonnier_eps)
 
     flat = isinstance(state.params, Flat)  # the state's flat form (training.state.to_flat)
-    value, grads = value_and_grad(loss_of, tree_of(state.params), lr, hr)
-    if grads_in_param_layout:
+    if flat:  # the gradient of the parameters laid end to end: one array, one update, one sum
+        layout = state.params.layout
+        value, grads = value_and_grad(lambda p, lr, hr: loss_of(Flat(p, layout).unravel(), lr, hr),
+                                      state.params.array, lr, hr)
+    else:
+        value, grads = value_and_grad(loss_of, state.params, lr, hr)
+    if grads_in_param_layout and not flat:
         grads = jax.tree_util.tree_map(row_major, grads)
-    if flat:  # laid end to end as the parameters are: one update for all of them
-        grads = ravel(grads).array
     if flat or flat_norm:  # one reduction over the gradients end to end (xla_options.StepFormulation)
         flat_grads = grads if flat else jnp.concatenate(
             [g.ravel().astype(jnp.float32) for g in jax.tree_util.tree_leaves(grads)])
