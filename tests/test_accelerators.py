@@ -233,3 +233,26 @@ ENTRY %main (a: f32[1000], b: f32[4]) -> f32[4] {
     (kernel,) = hlo_stats.program_stats(text).kernels
     assert kernel.bytes == 16 + 16 + 16  # the 4-element slice, b, and the output
     assert kernel.vpu_flops == 4
+
+
+def test_reader_counts_a_fused_parameter_read_through_a_convert_and_slices_by_its_slices():
+    """The flat train state's parameters (f32[1000]) are converted and sliced inside the fusions
+    that cast each weight: only the slices are read, at the parameter's dtype."""
+    text = """HloModule m
+
+%fused (param_0.1: f32[1000]) -> (bf16[2,2], bf16[8]) {
+  %param_0.1 = f32[1000]{0} parameter(0)
+  %convert.1 = bf16[1000]{0} convert(%param_0.1)
+  %slice.1 = bf16[4]{0} slice(%convert.1), slice={[0:4]}
+  %bitcast.1 = bf16[2,2]{1,0} bitcast(%slice.1)
+  %slice.2 = bf16[8]{0} slice(%convert.1), slice={[4:12]}
+  ROOT %tuple.1 = (bf16[2,2]{1,0}, bf16[8]{0}) tuple(%bitcast.1, %slice.2)
+}
+
+ENTRY %main (a: f32[1000]) -> (bf16[2,2], bf16[8]) {
+  %a = f32[1000]{0} parameter(0)
+  ROOT %fusion.1 = (bf16[2,2]{1,0}, bf16[8]{0}) fusion(%a), kind=kLoop, calls=%fused
+}
+"""
+    (kernel,) = hlo_stats.program_stats(text).kernels
+    assert kernel.bytes == (4 + 8) * 4 + (4 + 8) * 2  # 12 f32 elements read, 12 bf16 written
