@@ -105,7 +105,10 @@ def _model(preset: str, scale: int, dtype: str):
 FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
                 "select+layout": ("select", True), "select+flatnorm": ("select", False, True),
                 "select+layout+flatnorm": ("select", True, True),
-                "select+layout+flatstate": ("select", True, True, True)}
+                "select+layout+flatstate": ("select", True, True, True),
+                "select+flatstate": ("select", False, False, True),
+                "select+layout+flatstate+ohwi": ("select", True, True, True, (3, 0, 1, 2)),
+                "select+flatstate+ohwi": ("select", False, False, True, (3, 0, 1, 2))}
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
@@ -146,8 +149,10 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     batch = {"lr": jax.ShapeDtypeStruct((n, PATCH, PATCH, 3), jnp.uint8, sharding=batch_sharding),
              "hr": jax.ShapeDtypeStruct((n, PATCH * scale, PATCH * scale, 3), jnp.uint8,
                                         sharding=batch_sharding)}
-    flat_state = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(to_flat, abstract))
+    def flat_state(kernel_order):
+        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                                      jax.eval_shape(lambda a: to_flat(a, kernel_order), abstract))
+
     adam = optax.adam(cfg.optim.lr)
 
     def plain_adam(params_opt, batch, layout=False):
@@ -176,7 +181,7 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     def step(formulation=None, damage=None):
         # the state in the form the trainer keeps it under this formulation (StepFormulation.flat_state)
         form = formulation or step_formulation(platform)
-        st = flat_state if form.flat_state else state
+        st = flat_state(form.kernel_order) if form.flat_state else state
         jitted = compile_train_step(model, tx, cfg, mesh, st, shardings=make_shardings(mesh, st),
                                     formulation=form, damage=damage)
         if damage is None:

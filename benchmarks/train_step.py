@@ -105,8 +105,9 @@ class JaxSide:
         mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                              devices=jax.devices()[:1])
         # the state in the form the trainer keeps it on this platform (StepFormulation.flat_state)
-        flat = xla_options.step_formulation(jax.devices()[0].platform).flat_state
-        init = lambda key: create_train_state(model, tx, key, use_ema=False, flat=flat)  # noqa: E731
+        form = xla_options.step_formulation(jax.devices()[0].platform)
+        init = lambda key: create_train_state(model, tx, key, use_ema=False, flat=form.flat_state,  # noqa: E731
+                                              kernel_order=form.kernel_order)
         shape = jax.eval_shape(init, jax.random.key(0))
         self.step = compile_train_step(model, tx, config, mesh, shape, compiler_options)
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ROOT
 from edsr_jax.nets.edsr import ModelConfig
+from edsr_jax.nets.xla_options import CUDNN_FILTER_ORDER
 from edsr_jax.training.state import Flat, create_train_state, to_flat, to_tree, tree_of
 from edsr_jax.training.step import train_step
 from test_train import CACHE, TINY, assert_close, final_params
@@ -28,13 +29,20 @@ def _inputs(tx, use_ema=True):
     return model, state, batch
 
 
-def test_flat_form_round_trips_bit_for_bit():
+@pytest.mark.parametrize("order", [None, CUDNN_FILTER_ORDER])
+def test_flat_form_round_trips_bit_for_bit(order):
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
     _, state, _ = _inputs(tx)
-    flat = to_flat(state)
+    flat = to_flat(state, order)
     assert isinstance(flat.params, Flat) and isinstance(flat.ema, Flat)
     mu = flat.opt_state[1][0].mu
     assert isinstance(mu, Flat) and mu.array.shape == (sum(x.size for x in jax.tree_util.tree_leaves(state.params)),)
+    leaves = jax.tree_util.tree_leaves(state.params)
+    at = sum(x.size for x in leaves[:1])  # leaves: conv0's bias (8,), then its HWIO kernel (3, 3, 8, 8)
+    kernel = np.asarray(leaves[1])
+    stored = np.asarray(flat.params.array[at:at + kernel.size])
+    # the kernel kept as OHWI (output feature first) in cuDNN's order, else as it is
+    np.testing.assert_array_equal(stored, np.ravel(np.transpose(kernel, order) if order else kernel))
     back = to_tree(flat)
     assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(state)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, state)
@@ -42,19 +50,21 @@ def test_flat_form_round_trips_bit_for_bit():
     jax.tree_util.tree_map(np.testing.assert_array_equal, tree_of(flat.params), state.params)
 
 
-@pytest.mark.parametrize("guard,clip", [("cond", 0.0), ("select", 0.0), ("select", 1.0)])
-def test_a_step_over_the_flat_form_is_the_tree_step(guard, clip):
+@pytest.mark.parametrize("guard,clip,order", [("cond", 0.0, None), ("select", 0.0, CUDNN_FILTER_ORDER),
+                                               ("select", 1.0, CUDNN_FILTER_ORDER)])
+def test_a_step_over_the_flat_form_is_the_tree_step(guard, clip, order):
     """Same loss, gradient norm, params, Adam moments, EMA and counters as the tree step (the
     CPU's cond guard): the same elementwise Adam, run as one fused kernel instead of one per
     array, may round its multiply-adds differently, and the gradient norm is summed in another
     order, so rtol 1e-6 (a few float32 ulps) with atol 1e-9 for moments near zero. ``clip``:
-    ``optax.clip_by_global_norm`` chained before Adam (its norm over the one flat array)."""
+    ``optax.clip_by_global_norm`` chained before Adam (its norm over the one flat array);
+    ``order``: the kernels stored in cuDNN's order (the GPU's form)."""
     adam = optax.adam(1e-3)
     tx = optax.chain(optax.clip_by_global_norm(clip), adam) if clip else adam
     model, state, batch = _inputs(tx)
     step = functools.partial(train_step, model=model, tx=tx, ema_decay=0.9)
     a, ma = jax.jit(functools.partial(step, guard="cond"))(state, batch)
-    b, mb = jax.jit(functools.partial(step, guard=guard))(to_flat(state), batch)
+    b, mb = jax.jit(functools.partial(step, guard=guard))(to_flat(state, order), batch)
     assert isinstance(b.params, Flat)  # the state comes back in the form it came in
     for k in ("loss", "grad_norm"):
         assert float(ma[k]) == pytest.approx(float(mb[k]), rel=1e-6)
@@ -68,7 +78,7 @@ def test_the_flat_step_keeps_the_state_after_a_non_finite_step():
     model, state, batch = _inputs(tx)
     bad = state.replace(params=jax.tree_util.tree_map(lambda p: p.at[(0,) * p.ndim].set(np.inf), state.params))
     new, metrics = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, ema_decay=0.9,
-                                                   guard="select"))(to_flat(bad), batch)
+                                                   guard="select"))(to_flat(bad, CUDNN_FILTER_ORDER), batch)
     assert not np.isfinite(float(metrics["loss"]))
     jax.tree_util.tree_map(np.testing.assert_array_equal, to_tree(new).params, bad.params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, to_tree(new).opt_state, bad.opt_state)
@@ -77,7 +87,8 @@ def test_the_flat_step_keeps_the_state_after_a_non_finite_step():
 
 # The trainer on CPU with the flat form forced (the GPU's choice), through the CLI in a fresh process.
 FLAT = ("import dataclasses, sys; from edsr_jax.nets import xla_options as x; f = x.step_formulation; "
-        "x.step_formulation = lambda p=None: dataclasses.replace(f(p), flat_state=True); "
+        "x.step_formulation = lambda p=None: dataclasses.replace(f(p), flat_state=True, "
+        "kernel_order=x.CUDNN_FILTER_ORDER); "
         "from edsr_jax.io import cli; from edsr_jax.train import main; sys.exit(cli.run(main))")
 
 

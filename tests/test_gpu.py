@@ -38,8 +38,10 @@ def _step_and_state(dtype: str, batch_per_device: int = 4, flat: bool | None = N
     mesh = make_mesh()
     cfg.data.batch_size = batch_per_device * mesh.size
     tx, _ = make_optimizer(cfg.optim)
-    flat = xla_options.step_formulation().flat_state if flat is None else flat
-    init = lambda key: create_train_state(model, tx, key, use_ema=False, flat=flat)  # noqa: E731
+    form = xla_options.step_formulation()
+    flat = form.flat_state if flat is None else flat
+    init = lambda key: create_train_state(model, tx, key, use_ema=False, flat=flat,  # noqa: E731
+                                          kernel_order=form.kernel_order)
     shardings = make_shardings(mesh, jax.eval_shape(init, jax.random.key(0)))
     step = compile_train_step(model, tx, cfg, mesh, jax.eval_shape(init, jax.random.key(0)),
                               shardings=shardings)

@@ -124,11 +124,14 @@ class Run:
         # that in one pass (xla_options.StepFormulation.flat_state); checkpoints hold the tree.
         self.formulation = xla_options.step_formulation(self.mesh.devices.flat[0].platform)
         self.flat = self.formulation.flat_state and can_flatten(tree_shape.params)
-        state_shape = jax.eval_shape(to_flat, tree_shape) if self.flat else tree_shape
+        state_shape = (jax.eval_shape(lambda s: to_flat(s, self.formulation.kernel_order), tree_shape)
+                       if self.flat else tree_shape)
         self.shardings = make_shardings(self.mesh, state_shape)
         tree_sharding = make_shardings(self.mesh, tree_shape).state
         same = lambda s: s  # noqa: E731
-        self.to_step_form = jax.jit(to_flat, out_shardings=self.shardings.state) if self.flat else same
+        order = self.formulation.kernel_order
+        self.to_step_form = (jax.jit(lambda s: to_flat(s, order), out_shardings=self.shardings.state)
+                             if self.flat else same)
         self.to_tree = jax.jit(to_tree, out_shardings=tree_sharding) if self.flat else same
         damage = None  # the LR comes with the batch, or is made in the step (one per MDSR scale)
         if config.data.degrade_on == "device":
@@ -206,7 +209,8 @@ class Run:
             if self.config.train.init_from:
                 params = replicate(finetune_params(self.config, self.model, self.model_config,
                                                    self.logger.say, self.init_source), self.mesh)
-            make = jax.jit(lambda key, p: self.init(key, params=p, flat=self.flat),
+            make = jax.jit(lambda key, p: self.init(key, params=p, flat=self.flat,
+                                                    kernel_order=self.formulation.kernel_order),
                            out_shardings=self.shardings.state)
             state = make(jax.random.key(self.config.train.seed), params)
         self.logger.start(int(state.step), fresh=not resumed)  # logs kept true to the step started from

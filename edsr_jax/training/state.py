@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -41,9 +42,11 @@ class TrainState:
 @jax.tree_util.register_pytree_node_class
 class Flat:
     """A tree of arrays of one dtype (the parameters, or a tree shaped like them: Adam's moments,
-    the EMA) as one 1-D ``array`` of their total size, leaves in ``tree_leaves`` order;
-    ``layout`` = (tree structure, each leaf's shape, dtype name) is static (part of the pytree
-    structure, so a jitted function compiles once per layout)."""
+    the EMA) as one 1-D ``array`` of their total size, leaves in ``tree_leaves`` order, each
+    stored with its axes in ``order`` (e.g. a convolution's HWIO kernel as OHWI, the order cuDNN
+    reads it in; None: as it is). ``layout`` = (tree structure, each leaf's shape, dtype name,
+    each leaf's order) is static (part of the pytree structure: a jitted function compiles once
+    per layout)."""
 
     def __init__(self, array, layout):
         self.array, self.layout = array, layout
@@ -56,18 +59,27 @@ class Flat:
         return cls(children[0], layout)
 
     def unravel(self):
-        """The tree: each leaf cut from ``array`` in order and reshaped. Differentiable: the
-        gradient of ``array`` is the leaves' gradients laid end to end (one concatenation)."""
+        """The tree: each leaf cut from ``array`` in order, reshaped and its axes put back.
+        Differentiable: the gradient of ``array`` is the leaves' gradients stored the same way
+        (one concatenation)."""
         return _unravel(self.array, self.layout)
+
+
+def _stored(x, order):
+    return jnp.ravel(x if order is None else jnp.transpose(x, order))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _unravel(array, layout):
-    treedef, shapes, _ = layout
+    treedef, shapes, _, orders = layout
     out, at = [], 0
-    for shape in shapes:
+    for shape, order in zip(shapes, orders):
         size = math.prod(shape)
-        out.append(array[at:at + size].reshape(shape))
+        piece = array[at:at + size]
+        if order is None:
+            out.append(piece.reshape(shape))
+        else:  # stored with axes ``order``: back to the leaf's own
+            out.append(jnp.transpose(piece.reshape([shape[i] for i in order]), np.argsort(order)))
         at += size
     return treedef.unflatten(out)
 
@@ -80,17 +92,20 @@ def _unravel_bwd(layout, _, cotangents):
     # One concatenation of the leaves' gradients; JAX's own transpose of the slices would pad each
     # to the whole array and sum the pads (EDSR x2, one H100: 7.3 GiB of temporaries, 38 % slower).
     leaves = layout[0].flatten_up_to(cotangents)
-    return (jnp.concatenate([jnp.ravel(g).astype(layout[2]) for g in leaves]),)
+    return (jnp.concatenate([_stored(g, o).astype(layout[2]) for g, o in zip(leaves, layout[3])]),)
 
 
 _unravel.defvjp(_unravel_fwd, _unravel_bwd)
 
 
-def ravel(tree) -> Flat:
-    """``tree`` (arrays of one dtype) as a ``Flat``: its leaves laid end to end."""
+def ravel(tree, kernel_order: tuple[int, ...] | None = None) -> Flat:
+    """``tree`` (arrays of one dtype) as a ``Flat``: its leaves laid end to end, each leaf of
+    ``len(kernel_order)`` dimensions (a convolution kernel) stored with its axes in that order."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    layout = (treedef, tuple(tuple(x.shape) for x in leaves), jnp.dtype(leaves[0].dtype).name)
-    return Flat(jnp.concatenate([jnp.ravel(x) for x in leaves]), layout)
+    orders = tuple(tuple(kernel_order) if kernel_order and x.ndim == len(kernel_order) else None
+                   for x in leaves)
+    layout = (treedef, tuple(tuple(x.shape) for x in leaves), jnp.dtype(leaves[0].dtype).name, orders)
+    return Flat(jnp.concatenate([_stored(x, o) for x, o in zip(leaves, orders)]), layout)
 
 
 def _is_flat(x) -> bool:
@@ -103,19 +118,20 @@ def can_flatten(params) -> bool:
     return len(dtypes) == 1 and jnp.issubdtype(dtypes.pop(), jnp.floating)
 
 
-def to_flat(state: TrainState) -> TrainState:
+def to_flat(state: TrainState, kernel_order: tuple[int, ...] | None = None) -> TrainState:
     """The flat form of ``state`` (module docstring): ``params``, ``ema`` and every subtree of
-    ``opt_state`` shaped as ``params`` (Adam's ``mu``, ``nu``) become ``Flat``; counters stay.
-    Unchanged when already flat, or when the parameters mix dtypes (``can_flatten``)."""
+    ``opt_state`` shaped as ``params`` (Adam's ``mu``, ``nu``) become ``Flat``, convolution
+    kernels stored with their axes in ``kernel_order`` (``ravel``); counters stay. Unchanged
+    when already flat, or when the parameters mix dtypes (``can_flatten``)."""
     if _is_flat(state.params) or not can_flatten(state.params):
         return state
     treedef = jax.tree_util.tree_structure(state.params)
     like = lambda x: jax.tree_util.tree_structure(x) == treedef  # noqa: E731
+    lay = functools.partial(ravel, kernel_order=kernel_order)
     return state.replace(
-        params=ravel(state.params),
-        opt_state=jax.tree_util.tree_map(lambda s: ravel(s) if like(s) else s, state.opt_state,
-                                         is_leaf=like),
-        ema=None if state.ema is None else ravel(state.ema))
+        params=lay(state.params),
+        opt_state=jax.tree_util.tree_map(lambda s: lay(s) if like(s) else s, state.opt_state, is_leaf=like),
+        ema=None if state.ema is None else lay(state.ema))
 
 
 def tree_of(x):
@@ -148,12 +164,13 @@ def init_variables(model: EDSR | MDSR, key: jax.Array):
 
 
 def create_train_state(model: EDSR | MDSR, tx: optax.GradientTransformation, key: jax.Array,
-                       use_ema: bool, params=None, flat: bool = False) -> TrainState:
+                       use_ema: bool, params=None, flat: bool = False,
+                       kernel_order: tuple[int, ...] | None = None) -> TrainState:
     """Fresh state; ``params`` (e.g. fine-tuning weights) replace the random init when given;
-    ``flat``: in the flat form (``to_flat``)."""
+    ``flat``: in the flat form (``to_flat``, kernels stored in ``kernel_order``)."""
     if params is None:
         params = init_variables(model, key)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        ema=params if use_ema else None, nonfinite=jnp.zeros((), jnp.int32),
                        first_nonfinite=jnp.full((), -1, jnp.int32))
-    return to_flat(state) if flat else state
+    return to_flat(state, kernel_order) if flat else state
