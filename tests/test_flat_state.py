@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT
 from edsr_jax.nets.edsr import ModelConfig
 from edsr_jax.nets.xla_options import CUDNN_FILTER_ORDER
+from edsr_jax.training.restore import restore_params
 from edsr_jax.training.state import Flat, create_train_state, to_flat, to_tree, tree_of
 from edsr_jax.training.step import train_step
 from test_train import CACHE, TINY, assert_close, final_params
@@ -109,8 +110,11 @@ def test_a_checkpoint_of_one_form_resumes_under_the_other(first, second, tmp_pat
     """3 steps in one form, checkpointed; 3 more resumed in the other; against 6 straight steps
     in the tree form (CPU's own): equal to float32 rounding of the differently fused update
     (rtol 1e-5 after 6 steps, the tolerance of the 4-device test). The flat run's checkpoint
-    is the tree form: the plain restore (``restore_params``) reads it."""
-    _train(tmp_path / "straight", "tree")
-    _train(tmp_path / "resumed", first, "--config.train.steps=3")
-    assert "resuming from step 3" in _train(tmp_path / "resumed", second).stderr
+    is the tree form: the plain restore (``restore_params``) reads it, params and EMA."""
+    ema = "--config.train.ema=0.9"  # evaluation and checkpoints read the EMA weights too
+    _train(tmp_path / "straight", "tree", ema)
+    _train(tmp_path / "resumed", first, ema, "--config.train.steps=3")
+    assert "resuming from step 3" in _train(tmp_path / "resumed", second, ema).stderr
     assert_close(final_params(tmp_path / "resumed"), final_params(tmp_path / "straight"), 1e-5)
+    ema_of = lambda w: restore_params(w, prefer_ema=True)[1]  # noqa: E731
+    assert_close(ema_of(tmp_path / "resumed"), ema_of(tmp_path / "straight"), 1e-5)
