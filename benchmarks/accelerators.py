@@ -15,7 +15,8 @@ measurements.
         --spec "nearest > jpeg(30,60)"
 
 Programs: the trainer's train step (``training.step.compile_train_step``: mesh over the devices, state
-replicated and donated, batch sharded; per-device batch of 48x48 LR patches); with ``--degrade-on
+replicated and donated, in the form the trainer keeps it on that platform (GPU: flat,
+``training.state.to_flat``), batch sharded; per-device batch of 48x48 LR patches); with ``--degrade-on
 device`` also ``train_step+damage``, the same step fed HR crops, patch indices and symmetries that
 makes its LR with ``--spec`` inside the program (``training.step.DeviceDamage``); a plain optax
 Adam step with donated state on the same model and mesh (the baseline for copied bytes), and
@@ -104,15 +105,20 @@ def _model(preset: str, scale: int, dtype: str):
 # and plain optax Adam with and without the gradient layout constraint.
 FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
                 "select+layout": ("select", True), "select+flatnorm": ("select", False, True),
-                "select+layout+flatnorm": ("select", True, True)}
+                "select+layout+flatnorm": ("select", True, True),
+                "select+layout+flatstate": ("select", True, True, True),
+                "select+flatstate": ("select", False, False, True),
+                "select+layout+flatstate+ohwi": ("select", True, True, True, (3, 0, 1, 2)),
+                "select+flatstate+ohwi": ("select", False, False, True, (3, 0, 1, 2))}
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
-                   batch_per_device: int, formulations: bool = False, damage_spec: str | None = None,
+                   batch_per_device: int, formulations=False, damage_spec: str | None = None,
                    grad_reduce: str = "float32") -> dict:
     """Lowered train step of the trainer and the plain-Adam baseline: ``{name: lowered}``;
-    with ``formulations``, the step in each of ``FORMULATIONS`` and plain Adam with its
-    gradients constrained to the parameters' layout too; with ``damage_spec``, also
+    with ``formulations`` (True, or a list of names), the step in each (those) of
+    ``FORMULATIONS`` and (True) plain Adam with its gradients constrained to the parameters'
+    layout too; with ``damage_spec``, also
     ``train_step+damage``: the step that makes its LR from HR crops with that spec.
     ``grad_reduce``: ``train.grad_reduce_dtype`` (the dtype the devices' gradients are summed in)."""
     import jax
@@ -123,7 +129,8 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     from edsr_jax.training.loss import pixel_loss
     from edsr_jax.training.optim import make_optimizer
     from edsr_jax.training.sharding import make_shardings
-    from edsr_jax.training.state import create_train_state
+    from edsr_jax.nets.xla_options import step_formulation
+    from edsr_jax.training.state import create_train_state, to_flat
     from edsr_jax.training.step import DeviceDamage, compile_train_step, row_major
 
     platform = platform_of(target)
@@ -143,6 +150,10 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     batch = {"lr": jax.ShapeDtypeStruct((n, PATCH, PATCH, 3), jnp.uint8, sharding=batch_sharding),
              "hr": jax.ShapeDtypeStruct((n, PATCH * scale, PATCH * scale, 3), jnp.uint8,
                                         sharding=batch_sharding)}
+    def flat_state(kernel_order):
+        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                                      jax.eval_shape(lambda a: to_flat(a, kernel_order), abstract))
+
     adam = optax.adam(cfg.optim.lr)
 
     def plain_adam(params_opt, batch, layout=False):
@@ -169,14 +180,17 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
                       (params_opt, batch), platform)
 
     def step(formulation=None, damage=None):
-        jitted = compile_train_step(model, tx, cfg, mesh, state, shardings=shardings,
-                                    formulation=formulation, damage=damage)
+        # the state in the form the trainer keeps it under this formulation (StepFormulation.flat_state)
+        form = formulation or step_formulation(platform)
+        st = flat_state(form.kernel_order) if form.flat_state else state
+        jitted = compile_train_step(model, tx, cfg, mesh, st, shardings=make_shardings(mesh, st),
+                                    formulation=form, damage=damage)
         if damage is None:
-            return _lower(jitted, (state, batch), platform)
+            return _lower(jitted, (st, batch), platform)
         hr_batch = {"hr": batch["hr"],
                     "index": jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=batch_sharding),
                     "symmetry": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)}
-        return _lower(jitted, (state, hr_batch), platform)
+        return _lower(jitted, (st, hr_batch), platform)
 
     if damage_spec:
         return {"train_step": step(), "train_step+damage": step(damage=DeviceDamage(damage_spec, scale, 0)),
@@ -185,7 +199,10 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
         return {"train_step": step(), "plain_adam": baseline(False)}
     from edsr_jax.nets.xla_options import StepFormulation
 
-    out = {f"train_step {name}": step(StepFormulation(*form)) for name, form in FORMULATIONS.items()}
+    names = list(FORMULATIONS) if formulations is True else formulations
+    out = {f"train_step {name}": step(StepFormulation(*FORMULATIONS[name])) for name in names}
+    if formulations is not True:
+        return out
     return {**out, "plain_adam": baseline(False), "plain_adam +layout": baseline(True)}
 
 
@@ -300,7 +317,7 @@ class Case:
     batch: int
 
 
-def run_train_case(case: Case, formulations: bool = False, damage_spec: str | None = None,
+def run_train_case(case: Case, formulations=False, damage_spec: str | None = None,
                    grad_reduce: str = "float32") -> list[dict]:
     """Rows for the train step and its plain-Adam baseline (``train_programs``); each row says
     where its LR is made (``degrade_on``, ``spec``), and ``train_step+damage`` its step time
@@ -407,9 +424,10 @@ def main(argv=None) -> int:
     p.add_argument("--programs", nargs="+", default=["train", "forward"], choices=["train", "forward"])
     p.add_argument("--tile", type=int, default=None,
                    help="Upscaler tile side in LR pixels (default: the Upscaler's own)")
-    p.add_argument("--formulations", action="store_true",
+    p.add_argument("--formulations", nargs="*", choices=list(FORMULATIONS), default=None,
                    help="the train step in each formulation of xla_options.step_formulation "
-                        "and plain Adam with and without the gradient layout constraint")
+                        "and plain Adam with and without the gradient layout constraint; with "
+                        "names, only those formulations (no plain Adam)")
     p.add_argument("--max-batch", nargs=2, metavar=("PRESET", "SCALE"),
                    help="only search the largest per-device batch that fits one device")
     p.add_argument("--degrade-on", choices=["host", "device"], default="host",
@@ -453,7 +471,8 @@ def main(argv=None) -> int:
                     for count in args.devices:
                         for batch in args.batches:
                             new = run_train_case(Case(target, count, preset, scale, dtype, batch),
-                                                 args.formulations,
+                                                 (True if args.formulations == [] else
+                                                  args.formulations or False),
                                                  args.spec if args.degrade_on == "device" else None,
                                                  args.grad_reduce_dtype)
                             rows += new

@@ -257,8 +257,34 @@ def _sum_pair(pairs) -> tuple[float, float]:
     return a, b
 
 
+# Ops through which a fused parameter is still read element for element (a slice after them
+# reads only the sliced elements: a GPU fusion computes each output element from its inputs).
+PASS_THROUGH = {"convert", "bitcast", "reshape", "copy", "negate", "abs"}
+
+
+def _sliced_elements(name: str, users: dict[str, list[Instr]]) -> int | None:
+    """Elements of fused value ``name`` that its users read, when every path from it reaches a
+    slice (through ``PASS_THROUGH`` ops): the slices' elements; else None (read in full)."""
+    us = users.get(name, [])
+    if not us:
+        return None
+    total = 0
+    for u in us:
+        if u.opcode in ("slice", "dynamic-slice", "gather"):
+            total += _elements(u.shape)
+        elif u.opcode in PASS_THROUGH:
+            inner = _sliced_elements(u.name, users)
+            if inner is None:
+                return None
+            total += inner
+        else:
+            return None
+    return total
+
+
 def _fusion_read_bytes(comps, ins: Instr, shapes: dict[str, str]) -> int:
-    """Bytes a fusion reads: each operand in full, unless the fused body only slices it."""
+    """Bytes a fusion reads: each operand in full, unless the fused body only slices it
+    (directly, or after converts, bitcasts and the like: ``PASS_THROUGH``)."""
     body = comps.get((_called(ins, "calls") or [""])[0], [])
     params = {i.name: int(i.args) for i in body if i.opcode == "parameter" and i.args.strip().isdigit()}
     users: dict[str, list[Instr]] = {}
@@ -269,10 +295,11 @@ def _fusion_read_bytes(comps, ins: Instr, shapes: dict[str, str]) -> int:
     for pname, idx in params.items():
         if idx >= len(ins.operands):
             continue
-        full = nbytes(shapes.get(ins.operands[idx], ""))
-        us = users.get(pname, [])
-        if us and all(u.opcode in ("slice", "dynamic-slice", "gather") for u in us):
-            full = min(full, sum(nbytes(u.shape) for u in us))
+        operand = shapes.get(ins.operands[idx], "")
+        full = nbytes(operand)
+        sliced = _sliced_elements(pname, users)
+        if sliced is not None and arrays(operand):
+            full = min(full, int(sliced * DTYPE_BYTES[arrays(operand)[0][0]]))
         read[idx] = full
     if not params:  # parameters not found: count every operand once
         return sum(nbytes(shapes.get(o, "")) for o in set(ins.operands))

@@ -9,7 +9,9 @@ The file gets the command, the machine (CPU model, cores, JAX device), the date 
 benchmark's stdout (its tables). Sections between markers ``<!-- NAME:begin -->`` and
 ``<!-- NAME:end -->`` are kept as they are: the hand-written ``tried`` section, the GPU/TPU
 ``dryrun`` tables (``benchmarks/accelerators.py``), and the ``gpu`` section, which
-``--device gpu`` rewrites alone: the GPU-marked tests, the train step against PyTorch CUDA at
+``--device gpu`` rewrites alone: the trainer's step with its kernels per step (compiled and
+traced) and step time beside the dry-run's estimates (``benchmarks/gpu_step.py``), the
+GPU-marked tests, the train step against PyTorch CUDA at
 per-device batch 16 / 64 / 256 in bfloat16 and float32 (with the real loader beside synthetic
 batches, and the dry-run's roofline estimate beside the measurement).
 """
@@ -48,13 +50,16 @@ BENCHMARKS = {
 GPU_BUDGET_S = 480
 GPU_STEP = ["--device", "gpu", "--dtype", "bfloat16", "float32", "--quick"]
 GPU_BENCHMARKS = {
+    "gpu_step": ("gpu_step.py", [], []),
     "gpu_tests": ("-m pytest", ["-q", "-m", "gpu", "tests/test_gpu.py"], []),
     "train_step_gpu": ("train_step.py", [*GPU_STEP, "--models", "edsr_baseline", "--batch", "16", "64",
                                          "256", "--frameworks", "jax", "jax-loader", "torch"], []),
     "train_step_gpu_edsr": ("train_step.py", [*GPU_STEP, "--models", "edsr", "--batch", "16", "64",
                                               "--frameworks", "jax", "torch"], []),
 }
-TITLES = {"gpu_tests": "GPU tests (tests/test_gpu.py)",
+TITLES = {"gpu_step": "Kernels per train step and step time, measured beside the dry-run's estimates "
+                      "(benchmarks/gpu_step.py)",
+          "gpu_tests": "GPU tests (tests/test_gpu.py)",
           "train_step_gpu": "Train step on the GPU, EDSR-baseline (benchmarks/train_step.py)",
           "train_step_gpu_edsr": "Train step on the GPU, EDSR (benchmarks/train_step.py)",
           "loader": "Input pipeline (benchmarks/loader.py)",

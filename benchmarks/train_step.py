@@ -92,7 +92,7 @@ class JaxSide:
         from edsr_jax.training.optim import make_optimizer
         from edsr_jax.training.state import create_train_state
         from edsr_jax.training.step import compile_train_step
-        from edsr_jax.nets import onednn_conv
+        from edsr_jax.nets import onednn_conv, xla_options
         from edsr_jax.nets.edsr import DTYPES
 
         config = config_lib.base_config()
@@ -104,7 +104,10 @@ class JaxSide:
         tx, _ = make_optimizer(config.optim)
         mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                              devices=jax.devices()[:1])
-        init = lambda key: create_train_state(model, tx, key, use_ema=False)  # noqa: E731
+        # the state in the form the trainer keeps it on this platform (StepFormulation.flat_state)
+        form = xla_options.step_formulation(jax.devices()[0].platform)
+        init = lambda key: create_train_state(model, tx, key, use_ema=False, flat=form.flat_state,  # noqa: E731
+                                              kernel_order=form.kernel_order)
         shape = jax.eval_shape(init, jax.random.key(0))
         self.step = compile_train_step(model, tx, config, mesh, shape, compiler_options)
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -80,8 +80,8 @@ def _check_train_step(rows: list[dict], dtype: str) -> dict:
 
 @pytest.mark.slow
 def test_gpu_dry_run_train_step_upscaler_and_evaluation():
-    """2 H100s, bfloat16 and float32: no conditional, host transfer or state copy (the
-    gradients in the parameters' layout leave the update nothing to copy but a scalar); every
+    """2 H100s, bfloat16 and float32: no conditional, host transfer or state copy (the flat
+    state is updated in place: nothing to copy but a scalar); fewer kernels than plain Adam; every
     convolution in cuDNN; and the convolution FLOPs read from the optimised HLO equal the
     architecture's (forward, input and weight gradients of every convolution, less the head's
     input gradient: the images need none)."""
@@ -93,6 +93,9 @@ def test_gpu_dry_run_train_step_upscaler_and_evaluation():
         step = _check_train_step(rows, dtype)
         assert step["cudnn"] >= 3 * 6 - 1
         assert step["copy_bytes"] <= 16, step["copy_bytes"]
+        # The flat state's one update (and no kernel transposes) against plain Adam's per-array
+        # updates and their copies: the guarded step launches fewer kernels than unguarded Adam.
+        assert step["kernels"] < _by_program(rows, dtype)["plain_adam"]["kernels"]
         expected = BATCH * (train_flops(2, 8, 2, 48) - 2 * 48 * 48 * 9 * 3 * 8)
         assert step["flops"] == pytest.approx(expected, rel=1e-9)
 
@@ -210,6 +213,10 @@ def test_step_formulation_is_chosen_per_platform():
     assert not xla_options.step_formulation("tpu").grads_in_param_layout
     assert xla_options.step_formulation("gpu").flat_norm
     assert not xla_options.step_formulation("cpu").flat_norm
+    gpu = xla_options.step_formulation("gpu")
+    assert gpu.flat_state and gpu.kernel_order == xla_options.CUDNN_FILTER_ORDER == (3, 0, 1, 2)
+    for platform in ("cpu", "tpu"):
+        assert not xla_options.step_formulation(platform).flat_state
 
 
 def test_reader_counts_what_a_fusion_reads_by_parameter_index():
@@ -233,3 +240,26 @@ ENTRY %main (a: f32[1000], b: f32[4]) -> f32[4] {
     (kernel,) = hlo_stats.program_stats(text).kernels
     assert kernel.bytes == 16 + 16 + 16  # the 4-element slice, b, and the output
     assert kernel.vpu_flops == 4
+
+
+def test_reader_counts_a_fused_parameter_read_through_a_convert_and_slices_by_its_slices():
+    """The flat train state's parameters (f32[1000]) are converted and sliced inside the fusions
+    that cast each weight: only the slices are read, at the parameter's dtype."""
+    text = """HloModule m
+
+%fused (param_0.1: f32[1000]) -> (bf16[2,2], bf16[8]) {
+  %param_0.1 = f32[1000]{0} parameter(0)
+  %convert.1 = bf16[1000]{0} convert(%param_0.1)
+  %slice.1 = bf16[4]{0} slice(%convert.1), slice={[0:4]}
+  %bitcast.1 = bf16[2,2]{1,0} bitcast(%slice.1)
+  %slice.2 = bf16[8]{0} slice(%convert.1), slice={[4:12]}
+  ROOT %tuple.1 = (bf16[2,2]{1,0}, bf16[8]{0}) tuple(%bitcast.1, %slice.2)
+}
+
+ENTRY %main (a: f32[1000]) -> (bf16[2,2], bf16[8]) {
+  %a = f32[1000]{0} parameter(0)
+  ROOT %fusion.1 = (bf16[2,2]{1,0}, bf16[8]{0}) fusion(%a), kind=kLoop, calls=%fused
+}
+"""
+    (kernel,) = hlo_stats.program_stats(text).kernels
+    assert kernel.bytes == (4 + 8) * 4 + (4 + 8) * 2  # 12 f32 elements read, 12 bf16 written

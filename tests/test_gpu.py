@@ -22,7 +22,10 @@ pytestmark = [pytest.mark.gpu,
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def _step_and_state(dtype: str, batch_per_device: int = 4):
+def _step_and_state(dtype: str, batch_per_device: int = 4, flat: bool | None = None):
+    """The trainer's step and a fresh state, in the form the trainer keeps it on the GPU
+    (``flat`` None: ``StepFormulation.flat_state``), and a batch."""
+    from edsr_jax.nets import xla_options
     from edsr_jax.training import config as config_lib
     from edsr_jax.training.optim import make_optimizer
     from edsr_jax.training.sharding import make_mesh, make_shardings
@@ -35,7 +38,10 @@ def _step_and_state(dtype: str, batch_per_device: int = 4):
     mesh = make_mesh()
     cfg.data.batch_size = batch_per_device * mesh.size
     tx, _ = make_optimizer(cfg.optim)
-    init = lambda key: create_train_state(model, tx, key, use_ema=False)  # noqa: E731
+    form = xla_options.step_formulation()
+    flat = form.flat_state if flat is None else flat
+    init = lambda key: create_train_state(model, tx, key, use_ema=False, flat=flat,  # noqa: E731
+                                          kernel_order=form.kernel_order)
     shardings = make_shardings(mesh, jax.eval_shape(init, jax.random.key(0)))
     step = compile_train_step(model, tx, cfg, mesh, jax.eval_shape(init, jax.random.key(0)),
                               shardings=shardings)
@@ -62,6 +68,21 @@ def test_train_step_on_the_gpu_has_no_conditional_host_transfer_or_state_copy(dt
         losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert int(state.step) == 5 and int(state.nonfinite) == 0
+
+
+def test_the_flat_state_steps_as_the_tree_state_on_the_gpu():
+    """The GPU's flat state (one update over all parameters) and the tree state: the same loss
+    and, after 3 steps, the same parameters to float32 rounding of differently fused kernels
+    (rtol 1e-5; Adam's first steps move each weight by about lr whatever its gradient)."""
+    from edsr_jax.training.state import to_tree
+
+    (sf, stf, b), (st, stt, _) = _step_and_state("float32", flat=True), _step_and_state("float32", flat=False)
+    for _ in range(3):
+        stf, mf = sf(stf, b)
+        stt, mt = st(stt, b)
+        assert float(mf["loss"]) == pytest.approx(float(mt["loss"]), rel=1e-5)
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
+                           to_tree(stf).params, stt.params)
 
 
 def test_bfloat16_and_float32_steps_agree():

@@ -71,21 +71,34 @@ def compiler_options(platform: str | None = None,
     return dict(TRAIN_OPTIONS)
 
 
+# HWIO's axes in the order of cuDNN's filter layout for NHWC convolutions (OHWI).
+CUDNN_FILTER_ORDER = (3, 0, 1, 2)
+
+
 @dataclasses.dataclass(frozen=True)
 class StepFormulation:
     """How ``train.train_step`` is written for one platform.
 
     ``guard``: "cond" (``lax.cond`` around the optimiser update) or "select" (the update always
     runs; ``where(finite, new, old)`` keeps the old state after a non-finite step).
-    ``grads_in_param_layout``: constrain every gradient to its parameter's row-major layout.
+    ``grads_in_param_layout``: constrain every gradient to its parameter's row-major layout
+    (a state in the tree form; the flat form's gradient is one array).
     ``flat_norm``: the gradient norm of the non-finite guard as one reduction over the
     gradients laid end to end (one concatenation and one reduction instead of one per
     parameter array); the same number to float32 summation order.
+    ``flat_state``: the trainer keeps its train state in the flat form
+    (``training.state.to_flat``: parameters, Adam's moments and the EMA each one array), so the
+    optimiser update, the EMA and the guard's select run once over all parameters; checkpoints,
+    evaluation and export read the tree form (``training.state.to_tree``). Implies the flat norm.
+    ``kernel_order``: with ``flat_state``, the order the flat form stores each convolution
+    kernel's axes in (HWIO's axes; None: HWIO itself).
     """
 
     guard: str
     grads_in_param_layout: bool
     flat_norm: bool = False
+    flat_state: bool = False
+    kernel_order: tuple[int, ...] | None = None
 
 
 def step_formulation(platform: str | None = None) -> StepFormulation:
@@ -118,8 +131,21 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     # gradient). TPU neither: there XLA already folds the norms into its fusions, and the flat
     # norm added ops (v5e, 4 chips, EDSR-baseline x2 bfloat16 batch 64: 919 -> 953 ops, est.
     # 25.68 -> 25.74 ms; the TPU compiler's own estimate 31.61 -> 31.64 ms).
+    # GPU: the state kept flat (parameters, Adam's mu and nu, EMA one array each): the per-array
+    # Adam, EMA and select fusions (74 for EDSR-baseline) become one, the per-array norms one, and
+    # the parameters' slices fuse into the bfloat16 casts the forward pass makes anyway; its
+    # convolution kernels stored OHWI, the filter layout cuDNN reads and writes, so that neither
+    # the weights nor their gradients are transposed each step (37 kernels for EDSR-baseline).
+    # EDSR-baseline x2 bfloat16 batch 64, one H100: 388 -> 257 (flat) -> 215 (OHWI) kernels,
+    # 3.07 -> 2.80 -> 2.72 ms (BENCHMARKS.md). Raveling a tree state inside the step instead costs
+    # more than it saves: the update's outputs, cut back into 216 arrays, could no longer be
+    # written in place (559 kernels, 216 copies). CPU and TPU keep the tree: on TPU the flat state
+    # (HWIO order) cut the ops but not the time (v5e, 4 chips, EDSR-baseline x2 bfloat16 batch 64:
+    # 919 -> 756 ops, estimate 25.68 -> 26.18 ms, more bytes); CPU was not measured with it (its
+    # tree update already runs as one fused branch of the cond).
     gpu = platform in ("gpu", "cuda", "rocm")
-    return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu)
+    return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu, flat_state=gpu,
+                           kernel_order=CUDNN_FILTER_ORDER if gpu else None)
 
 
 def unmask_full_batches(platform: str | None = None) -> bool:

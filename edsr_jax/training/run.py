@@ -31,7 +31,7 @@ import numpy as np
 
 from edsr_jax.io import cli, outputs, run_lock
 from edsr_jax.io.images import ImageError
-from edsr_jax.nets import onednn_conv
+from edsr_jax.nets import onednn_conv, xla_options
 from edsr_jax.nets.edsr import DTYPES, count_params
 from edsr_jax.nets.mdsr import MDSRConfig
 from edsr_jax.training import checkpoint, restore
@@ -43,7 +43,8 @@ from edsr_jax.training.finetune import finetune_params, load_source
 from edsr_jax.training.optim import make_optimizer
 from edsr_jax.training.run_log import Logger, StopRequest
 from edsr_jax.training.sharding import local_copy, make_mesh, make_shardings, replicate
-from edsr_jax.training.state import TrainState, create_train_state, init_variables
+from edsr_jax.training.state import (TrainState, can_flatten, create_train_state, init_variables, to_flat,
+                                     to_tree, tree_of)
 from edsr_jax.training.step import check_finite, compile_train_step
 
 
@@ -118,17 +119,29 @@ class Run:
         self.tx, self.schedule = make_optimizer(config.optim, int(config.train.steps))
         self.use_ema = config.train.ema > 0
         self.init = functools.partial(create_train_state, self.model, self.tx, use_ema=self.use_ema)
-        state_shape = jax.eval_shape(self.init, jax.random.key(config.train.seed))
+        tree_shape = jax.eval_shape(self.init, jax.random.key(config.train.seed))
+        # The state the step takes: the tree, or its flat form where the platform's step updates
+        # that in one pass (xla_options.StepFormulation.flat_state); checkpoints hold the tree.
+        self.formulation = xla_options.step_formulation(self.mesh.devices.flat[0].platform)
+        self.flat = self.formulation.flat_state and can_flatten(tree_shape.params)
+        state_shape = (jax.eval_shape(lambda s: to_flat(s, self.formulation.kernel_order), tree_shape)
+                       if self.flat else tree_shape)
         self.shardings = make_shardings(self.mesh, state_shape)
+        tree_sharding = make_shardings(self.mesh, tree_shape).state
+        same = lambda s: s  # noqa: E731
+        order = self.formulation.kernel_order
+        self.to_step_form = (jax.jit(lambda s: to_flat(s, order), out_shardings=self.shardings.state)
+                             if self.flat else same)
+        self.to_tree = jax.jit(to_tree, out_shardings=tree_sharding) if self.flat else same
         damage = None  # the LR comes with the batch, or is made in the step (one per MDSR scale)
         if config.data.degrade_on == "device":
             damage = {s: device_damage(config, s) for s in self.scales} if self.mdsr else device_damage(config)
         self.compiled_step = compile_train_step(self.model, self.tx, config, self.mesh, state_shape,
-                                                shardings=self.shardings, damage=damage)
+                                                shardings=self.shardings, damage=damage,
+                                                formulation=self.formulation)
         self.train_step = self._scaled_step if self.mdsr else self.compiled_step
-        self.abstract_state = jax.tree_util.tree_map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            state_shape, self.shardings.state)
+        self.abstract_state = jax.tree_util.tree_map(  # the tree form: what checkpoints hold
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree_shape, tree_sharding)
         if self.mdsr:  # batch n has scale order(n); each scale reads its own stream
             from edsr_jax.data.sources import ScaleOrder
             from edsr_jax.data.feed import MultiScaleFeed
@@ -156,6 +169,10 @@ class Run:
                         f"{config.model.dtype}, convolutions by "
                         f"{'oneDNN' if self.conv_backend == 'onednn' else 'XLA'} "
                         f"(train.conv_backend={config.train.conv_backend})")
+        if self.flat:
+            self.logger.say("train state kept flat: parameters, Adam moments and EMA one array each, "
+                            "updated in one pass (xla_options.StepFormulation.flat_state); checkpoints "
+                            "hold the usual trees")
         self.logger.say(self.damage_line)
         if note:
             self.logger.say(note)
@@ -192,7 +209,9 @@ class Run:
             if self.config.train.init_from:
                 params = replicate(finetune_params(self.config, self.model, self.model_config,
                                                    self.logger.say, self.init_source), self.mesh)
-            make = jax.jit(lambda key, p: self.init(key, params=p), out_shardings=self.shardings.state)
+            make = jax.jit(lambda key, p: self.init(key, params=p, flat=self.flat,
+                                                    kernel_order=self.formulation.kernel_order),
+                           out_shardings=self.shardings.state)
             state = make(jax.random.key(self.config.train.seed), params)
         self.logger.start(int(state.step), fresh=not resumed)  # logs kept true to the step started from
         self._tick = (time.perf_counter(), int(state.step))
@@ -275,7 +294,7 @@ class Run:
                 (directory / str(newer)).rename(target)
                 say(f"note: set the damaged step {newer} aside as {target}")
             self.manager.reload()
-        state = _from_items(restored)
+        state = self.to_step_form(_from_items(restored))
         say(f"resuming from step {int(state.step)} (checkpoint in {self.manager.directory})")
         return state
 
@@ -300,7 +319,7 @@ class Run:
         ``bicubic_ssim`` their means over the scales (``psnr`` ranks the checkpoints); ``images``
         is the total, ``panel`` the largest scale's."""
         check_finite(state, self.config.train.nan_policy)
-        weights = local_copy(state.ema if self.use_ema else state.params)
+        weights = tree_of(local_copy(state.ema if self.use_ema else state.params))
         if not self.mdsr:
             upscaler = self.upscaler(self.model_config, weights, dtype=self.config.model.dtype)
             result = {**self.evaluator(lambda lr, _: upscaler(lr)), **self.evaluator.baseline,
@@ -338,7 +357,7 @@ class Run:
     def save(self, step: int, state: TrainState, result: dict | None = None) -> None:
         """Start an async checkpoint of ``state`` and the data position (ranked by ``result``'s PSNR)."""
         check_finite(state, self.config.train.nan_policy)
-        checkpoint.save(self.manager, step, _as_items(state), config=self.saved_config, data_iter=self.feed,
+        checkpoint.save(self.manager, step, _as_items(self.to_tree(state)), config=self.saved_config, data_iter=self.feed,
                         metrics={"psnr": result["psnr"], "protocol": self.protocol} if result else None)
 
     def out_of_time(self, started: float, step: int) -> bool:

@@ -28,7 +28,7 @@ from edsr_jax.nets.edsr import EDSR
 from edsr_jax.nets.mdsr import MDSR
 from edsr_jax.training.loss import pixel_loss
 from edsr_jax.training.sharding import Shardings, make_shardings
-from edsr_jax.training.state import TrainState
+from edsr_jax.training.state import Flat, TrainState, arrays_of, rewrap
 
 
 DAMAGE_STREAM = 0x4C52  # folded into the run's seed: the damage's keys share nothing with init's
@@ -115,8 +115,11 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     them a little, as PyTorch's Adam does with the zeroed gradients of the official code).
     A non-finite loss or gradient leaves params, optimizer state and EMA unchanged and
     is counted in ``state.nonfinite``. Returns ``(state, {"loss", "grad_norm"})``.
-    ``guard`` ("cond" or "select") and ``grads_in_param_layout`` choose how that is compiled,
-    per platform (``xla_options.step_formulation``); the numbers are the same.
+    ``guard`` ("cond" or "select"), ``grads_in_param_layout`` and ``flat_norm`` choose how that
+    is compiled, per platform (``xla_options.step_formulation``); the numbers are the same to
+    float32 rounding. ``state`` may be in its tree or its flat form (``training.state.to_flat``:
+    the update then runs over the parameters, gradients and moments laid end to end); the
+    state returned is in the same form.
     ``value_and_grad(loss_of, params, lr, hr)``: how the gradients are taken and summed over
     the devices (``reduced_in``: in a chosen dtype; default: as XLA partitions them).
     """
@@ -127,34 +130,39 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     def loss_of(params, lr, hr):
         return pixel_loss(model.apply(params, lr, *extra), hr, loss, charbonnier_eps)
 
-    value, grads = value_and_grad(loss_of, state.params, lr, hr)
-    if grads_in_param_layout:
+    flat = isinstance(state.params, Flat)  # the state's flat form (training.state.to_flat)
+    if flat:  # the gradient of the parameters laid end to end: one array, one update, one sum
+        layout = state.params.layout
+        value, grads = value_and_grad(lambda p, lr, hr: loss_of(Flat(p, layout).unravel(), lr, hr),
+                                      state.params.array, lr, hr)
+    else:
+        value, grads = value_and_grad(loss_of, state.params, lr, hr)
+    if grads_in_param_layout and not flat:
         grads = jax.tree_util.tree_map(row_major, grads)
-    if flat_norm:  # one reduction over the gradients end to end (xla_options.StepFormulation)
-        flat = jnp.concatenate([g.ravel().astype(jnp.float32) for g in jax.tree_util.tree_leaves(grads)])
-        grad_norm = jnp.sqrt(jnp.sum(jnp.square(flat)))
+    if flat or flat_norm:  # one reduction over the gradients end to end (xla_options.StepFormulation)
+        flat_grads = grads if flat else jnp.concatenate(
+            [g.ravel().astype(jnp.float32) for g in jax.tree_util.tree_leaves(grads)])
+        grad_norm = jnp.sqrt(jnp.sum(jnp.square(flat_grads.astype(jnp.float32))))
     else:
         grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
 
-    def update(state):
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = state.ema
+    def update(old):
+        params, opt_state, ema = old
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
         if ema is not None:
             ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
         return params, opt_state, ema
 
-    def keep(state):
-        return state.params, state.opt_state, state.ema
-
+    old = arrays_of((state.params, state.opt_state, state.ema))  # a Flat's 1-D array
     if guard == "cond":
-        params, opt_state, ema = jax.lax.cond(finite, update, keep, state)
+        new = jax.lax.cond(finite, update, lambda old: old, old)
     elif guard == "select":
-        params, opt_state, ema = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(finite, new, old), update(state), keep(state))
+        new = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), update(old), old)
     else:
         raise ValueError(f"guard must be 'cond' or 'select', got {guard!r}")
+    params, opt_state, ema = rewrap((state.params, state.opt_state, state.ema), new)
     step = state.step + 1
     bad = jnp.logical_not(finite)
     new_state = TrainState(
