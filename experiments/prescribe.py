@@ -10,7 +10,7 @@ DejaVuSerif and DejaVuSansCondensed, Set14's photographs) and 6 held-out Chinese
 each cut into 2x2 tiles of 1024x576. The mixed folder holds BSD68 and both poster sets, each
 image degraded by one of the five damages (a mixture spec, one chain per image by its name).
 
-Writes ``results/prescribe/eval_<model>_<damage>.json`` and ``results/prescribe/table.md``
+Writes ``results/prescribe/eval_<damage>.json`` and ``results/prescribe/table.md``
 (the README's table), with the goals checked: ``auto`` within 0.1 dB of the best single
 built-in on each damage and above every single model on the mixed folder; ``general-x2``
 above bicubic on every damage.
@@ -81,38 +81,38 @@ def make_data() -> None:
 
 
 def score() -> None:
-    """evaluate: every model on every damage (bicubic upscaling beside the first)."""
+    """evaluate: per damage one call, bicubic upscaling and every model side by side (the LR made
+    once, each model loaded once)."""
     for key, (_, spec, sets) in DAMAGES.items():
-        for i, model in enumerate(MODELS):
-            target = OUT / f"eval_{model}_{key}.json"
-            if not target.exists():
-                run([PY, "-m", "edsr_jax.evaluate", "--model", model, *(["--bicubic"] if i == 0 else []),
-                     "--spec", spec, *map(str, sets), "--json", str(target)])
+        target = OUT / f"eval_{key}.json"
+        if not target.exists():
+            run([PY, "-m", "edsr_jax.evaluate", "--bicubic", "--model", *MODELS, "--spec", spec,
+                 *map(str, sets), "--json", str(target)])
 
 
 def load() -> dict:
     """{(method, damage): (psnr, ssim, images)}: image-weighted means over a damage's folders."""
     sums: dict = {}
     for key in DAMAGES:
-        for model in MODELS:
-            path = OUT / f"eval_{model}_{key}.json"
-            if not path.exists():
-                continue
-            for r in json.loads(path.read_text())["results"]:
-                who = "bicubic" if r["method"] == "bicubic" else model
-                s = sums.setdefault((who, key), [0.0, 0.0, 0])
-                s[0] += r["psnr"] * r["images"]
-                s[1] += r["ssim"] * r["images"]
-                s[2] += r["images"]
+        path = OUT / f"eval_{key}.json"
+        if not path.exists():
+            continue
+        for r in json.loads(path.read_text())["results"]:
+            s = sums.setdefault((r["method"], key), [0.0, 0.0, 0])
+            s[0] += r["psnr"] * r["images"]
+            s[1] += r["ssim"] * r["images"]
+            s[2] += r["images"]
     return {k: (p / n, q / n, n) for k, (p, q, n) in sums.items()}
 
 
 def choices(key: str) -> dict[str, int]:
     """How often ``auto`` chose each model on damage ``key`` (from its JSON's per-image records)."""
-    path = OUT / f"eval_auto_{key}.json"
+    path = OUT / f"eval_{key}.json"
     counts: dict[str, int] = {}
     if path.exists():
         for r in json.loads(path.read_text())["results"]:
+            if r["method"] != "auto":
+                continue
             for im in r.get("per_image", []):
                 name = im.get("model")
                 if name:

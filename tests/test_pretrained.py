@@ -21,7 +21,7 @@ from edsr_jax.nets.edsr import ModelConfig
 ROOT = Path(__file__).resolve().parents[1]
 SET5 = ROOT.parent / "shared" / "datasets" / "Set5"
 CONFIG = ModelConfig(scale=2, num_blocks=2, num_features=8)
-SHIPPED = ("photo-x2", "poster-x2", "photo-x3", "photo-x4")
+SHIPPED = ("photo-x2", "poster-x2", "photo-x3", "photo-x4", "general-x2")
 
 
 @pytest.fixture
