@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "auto_choice"
 DAMAGES = ("bicubic", "nearest > jpeg(30,60)", "nearest", "bilinear > jpeg(60,90)", "blur(1.5) > bicubic",
            "bicubic > noise(5)")
-MODELS = ("photo-x2", "poster-x2")
+MODELS = ("photo-x2", "poster-x2", "general-x2")
 
 
 def make_set(folder: Path) -> None:
@@ -78,30 +78,47 @@ def load(files: list[Path]) -> list[tuple[str, dict, dict, dict]]:
 
 
 def summary(rows) -> None:
-    print(f"{'damage':<24} {'bicubic':>8} {'photo-x2':>9} {'poster-x2':>9} {'auto':>8}  better-of-two  uncertain")
+    methods = ("bicubic", *MODELS, "auto")
+    print(f"{'damage':<24} " + " ".join(f"{m:>10}" for m in methods) + "  best-of-models  uncertain")
     for damage in (*DAMAGES, "all"):
         mine = [r for r in rows if damage in (r[0], "all")]
-        mean = {m: np.mean([p[m] for _, _, p, _ in mine]) for m in ("bicubic", *MODELS, "auto")}
+        mean = {m: np.mean([p[m] for _, _, p, _ in mine]) for m in methods}
         right = sum(c["model"] == max(MODELS, key=p.get) for _, _, p, c in mine)
-        print(f"{damage:<24} {mean['bicubic']:8.3f} {mean['photo-x2']:9.3f} {mean['poster-x2']:9.3f} "
-              f"{mean['auto']:8.3f}  {right:>5} of {len(mine):<5}  {sum(c['uncertain'] for *_, c in mine):>5}")
+        print(f"{damage:<24} " + " ".join(f"{mean[m]:10.3f}" for m in methods)
+              + f"  {right:>5} of {len(mine):<5}  {sum(c['uncertain'] for *_, c in mine):>5}")
+
+
+def rechoose(rows, **constants) -> tuple[int, float]:
+    """The choice again from the recorded diagnoses with ``choice``'s constants set as given (no
+    model runs): how many images get the best of the models, and auto's mean PSNR."""
+    from edsr_jax.inference import choice
+
+    saved = {k: getattr(choice, k) for k in constants}
+    for k, v in constants.items():
+        setattr(choice, k, v)
+    try:
+        options = [c for c in choice.candidates(2) if c.name in MODELS]
+        picks = [choice.choose(choice.Seen.of(SimpleNamespace(**c["diagnosis"])) if c["diagnosis"] else None,
+                               options, 2).model for _, _, _, c in rows]
+    finally:
+        for k, v in saved.items():
+            setattr(choice, k, v)
+    right = sum(m == max(MODELS, key=p.get) for m, (_, _, p, _) in zip(picks, rows))
+    return right, float(np.mean([p[m] for m, (_, _, p, _) in zip(picks, rows)]))
 
 
 def grid(rows) -> None:
-    from edsr_jax.inference import choice
-
-    options = [c for c in choice.candidates(2) if c.name in MODELS]
-    print("JPEG_OVER JPEG_UNDER  images given the better of the two")
-    for over, under in itertools.product((1.0, 1.5, 2.0), (1.0, 0.5, 0.3, 0.15, 0.0)):
-        choice.JPEG_OVER, choice.JPEG_UNDER = over, under
-        right = sum(choice.choose(choice.Seen.of(SimpleNamespace(**c["diagnosis"])), options, 2).model
-                    == max(MODELS, key=p.get) for _, _, p, c in rows)
-        print(f"{over:9.2f} {under:10.2f}  {right} of {len(rows)}")
+    print("JPEG_OVER JPEG_UNDER   NEAR MARGIN CONFIDENT  best-of-models  mean PSNR of the choice")
+    for over, under, near, margin, confident in itertools.product(
+            (1.0, 1.5), (1.0, 0.5), (0.3, 0.4, 0.6), (0.2, 0.3, 0.5), (0.3, 0.5, 0.7)):
+        right, mean = rechoose(rows, JPEG_OVER=over, JPEG_UNDER=under, NEAR=near, MARGIN=margin,
+                               CONFIDENT=confident)
+        print(f"{over:9.2f} {under:10.2f} {near:6.2f} {margin:6.2f} {confident:9.2f}  {right:>5} of {len(rows):<5}  {mean:.3f}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--grid", action="store_true", help="also re-run the choice under other JPEG weights")
+    p.add_argument("--grid", action="store_true", help="also re-run the choice under other weights and thresholds")
     args = p.parse_args()
     make_set(ROOT / "data" / "auto_choice")
     rows = load(evaluate(ROOT / "data" / "auto_choice"))
