@@ -343,3 +343,22 @@ def test_latin_posters_do_not_depend_on_a_cjk_font_among_the_fonts():
     b = posters.render(2, index, (512, 288), photos=photos, fonts=[*latin, face], cjk_share=0.5, texts=texts)
     assert np.array_equal(a, b)
     assert texts and not any(is_cjk(c) for t in texts for c in t)
+
+
+def test_default_share_is_half_with_a_cjk_font_and_none_without(tmp_path, capsys, monkeypatch):
+    face = cjk_face_or_skip()
+    assert run(["--out", str(tmp_path / "a"), "--count", "1", "--fonts", f"{fonts.PILLOW_DEFAULT},{face.name}",
+                *SMALL]) == 0
+    assert json.loads((tmp_path / "a" / "posters-s0.json").read_text())["cjk_share"] == 0.5
+    assert "Chinese share 0.5" in capsys.readouterr().err
+    monkeypatch.setattr(fonts, "_font_dirs", lambda: [])
+    fonts._font_index.cache_clear()
+    fonts.available_fonts.cache_clear()
+    try:
+        assert run(["--out", str(tmp_path / "b"), "--count", "1", *SMALL]) == 0
+        assert json.loads((tmp_path / "b" / "posters-s0.json").read_text())["cjk_share"] == 0.0
+        err = capsys.readouterr().err
+        assert "Chinese share 0: no CJK font installed, install Debian fonts-wqy-microhei" in err, err
+    finally:
+        fonts._font_index.cache_clear()
+        fonts.available_fonts.cache_clear()
