@@ -92,13 +92,20 @@ def make_data(data: Path) -> None:
             shutil.copytree(data / out / "HR", data / name)
 
 
-def start_checkpoint(runs: Path) -> Path:
-    """The built-in poster-x2 (float16 weights, widened) as a step-0 checkpoint."""
+def start_checkpoint(runs: Path, start: str | None) -> Path:
+    """``start`` when given (a checkpoint of the Latin poster-x2, e.g. experiments/posters.py's
+    ``runs/posters_x2``), else the built-in poster-x2 (float16 weights, widened) as a step-0
+    checkpoint: refused once the built-in is this experiment's own result."""
     from edsr_jax.inference import pretrained
     from edsr_jax.training import checkpoint
 
+    if start:
+        return ROOT / start
     path = runs / START
     if not path.exists():
+        if "posters_cjk" in pretrained.card("poster-x2")["training"]["recipe"]:
+            raise SystemExit("error: the built-in poster-x2 is already this experiment's result; pass --start "
+                             "runs/posters_x2 (experiments/posters.py's run) or another checkpoint of the Latin model")
         config, variables = pretrained.load("poster-x2")
         checkpoint.save_params_checkpoint(path, config, variables, note="the built-in poster-x2 before issue 29")
         print(f"wrote {path}")
@@ -143,12 +150,12 @@ def choose(runs: Path, data: Path, out: Path) -> tuple[int, dict]:
     return max(val, key=val.get), val
 
 
-def score(runs: Path, data: Path, out: Path) -> dict:
-    """evaluate before (the built-in's weights as checkpointed by ``start_checkpoint``, so that
-    a re-run after packing still scores the old model) and each candidate step, bicubic beside,
+def score(runs: Path, data: Path, out: Path, start: Path) -> dict:
+    """evaluate before (``start``: the built-in's weights as checkpointed by ``start_checkpoint``,
+    so that a re-run after packing still scores the old model) and each candidate step, bicubic beside,
     on both held-out sets; returns {(who, dataset): (psnr, ssim)} with who in before /
     bicubic / the step number."""
-    who = {"before": ["--checkpoint", str(runs / START)],
+    who = {"before": ["--checkpoint", str(start)],
            **{step: ["--checkpoint", str(step_dir(runs, step))] for step in candidates()}}
     scores = {}
     for name, model in who.items():
@@ -189,7 +196,7 @@ def report(scores: dict, chosen: int, val: dict, out: Path) -> bool:
     return ships
 
 
-def figure(runs: Path, data: Path, out: Path, chosen: int) -> None:
+def figure(runs: Path, data: Path, out: Path, start: Path, chosen: int) -> None:
     """small_text_cjk.png: the smallest Chinese text of three held-out Chinese tiles (HR
     192x112 crops shown 2x, nearest): HR, the damaged LR, bicubic, poster-x2 before and after."""
     import numpy as np
@@ -203,7 +210,7 @@ def figure(runs: Path, data: Path, out: Path, chosen: int) -> None:
     target = out / "small_text_cjk.png"
     if target.exists():
         return
-    models = {"poster-x2 before": Upscaler.from_checkpoint(runs / START),
+    models = {"poster-x2 before": Upscaler.from_checkpoint(start),
               f"fine-tuned (step {chosen})": Upscaler.from_checkpoint(step_dir(runs, chosen))}
     make_lr = lr_maker(2, POSTER)
     rows, (h, w) = [], (112, 192)
@@ -262,6 +269,8 @@ def main() -> int:
     p.add_argument("--runs", default="runs", help="parent folder of the workdirs (default runs)")
     p.add_argument("--data", default="data/posters_cjk", help="poster data folder (default data/posters_cjk)")
     p.add_argument("--out", default="results/posters_cjk", help="results folder (default results/posters_cjk)")
+    p.add_argument("--start", default=None,
+                   help="checkpoint to fine-tune from (default: the built-in poster-x2 while it is the Latin one)")
     p.add_argument("--no-pack", action="store_true", help="do not rewrite the built-in poster-x2")
     args = p.parse_args()
     for name in ("Set5", "Set14", "BSD68"):
@@ -276,11 +285,11 @@ def main() -> int:
     runs, data, out = ROOT / args.runs, ROOT / args.data, ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     make_data(data)
-    start = start_checkpoint(runs)
+    start = start_checkpoint(runs, args.start)
     train(runs, data, start)
     chosen, val = choose(runs, data, out)
-    ships = report(score(runs, data, out), chosen, val, out)
-    figure(runs, data, out, chosen)
+    ships = report(score(runs, data, out, start), chosen, val, out)
+    figure(runs, data, out, start, chosen)
     if ships and not args.no_pack:
         pack(runs, data, out, chosen)
     return 0
