@@ -108,7 +108,7 @@ def test_photos_from_a_folder_are_framed(tmp_path):
 
 
 def test_words_heldout_disjoint_and_changes_the_text():
-    train, held = posters.word_list("train"), posters.word_list("heldout")
+    train, held = poster_text.word_list("train"), poster_text.word_list("heldout")
     assert train and held and not set(train) & set(held)
     photos = [np.full((40, 60, 3), 128, np.uint8)]
     a = posters.render(0, 0, (256, 144), photos=photos, words="train")
@@ -277,7 +277,7 @@ def test_chinese_texts_train_and_heldout_disjoint_and_chinese():
         letters = [c for c in line if c.isalpha()]
         assert letters and all(is_cjk(c) for c in letters), line
     assert all(s.endswith("。") for s in train.sentences + held.sentences)
-    assert poster_text.text_source("train", False).words == posters.word_list("train")
+    assert poster_text.text_source("train", False).words == poster_text.word_list("train")
 
 
 def test_chinese_share_is_drawn_from_the_seed_and_index():

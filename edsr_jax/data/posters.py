@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edsr_jax.data.fonts import CJK_PACKAGE, FontFace, available_fonts, load_font, select_fonts
-from edsr_jax.data.poster_text import TextSource, text_source, word_list
+from edsr_jax.data.poster_text import TextSource, text_source
 from edsr_jax.io.cli import UsageError
 
 MIN_SIZE = 64
