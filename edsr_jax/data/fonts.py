@@ -4,8 +4,10 @@
 Pillow >= 10.1), matplotlib's DejaVu fonts when matplotlib is installed
 (``edsr-jax[experiments]``), and DejaVu / Liberation / FreeFont / Noto files in the system font
 folders (Debian ``fonts-dejavu-core`` and the like). Nothing is downloaded. Fonts load with
-Pillow's basic layout (no libraqm), so the same fonts give the same pixels. A CJK family counts
-only when its glyphs for ``CJK_PHRASES`` (the CJK lines posters draw) are really there.
+Pillow's basic layout (no libraqm), so the same fonts give the same pixels. A CJK family (Debian
+``fonts-wqy-microhei``, ``fonts-noto-cjk``; ``CJK_PACKAGE`` says what to install) counts only
+when its glyphs for every character the Chinese posters draw (``poster_text.cjk_characters``)
+are really there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from edsr_jax.data.poster_text import cjk_characters
 from edsr_jax.io.cli import UsageError
 
 PILLOW_DEFAULT = "pillow-default"
@@ -42,10 +45,8 @@ FONT_FILES = (
 CJK_FONT_FILES = ("NotoSansCJK-Regular.ttc", "NotoSerifCJK-Regular.ttc", "wqy-microhei.ttc",
                   "wqy-zenhei.ttc", "DroidSansFallbackFull.ttf")
 SYSTEM_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts")
-
-# The CJK lines posters draw; a CJK family counts only when it has all their glyphs.
-CJK_PHRASES = ("年度设计论坛", "公共交通规划", "科学与艺术展览", "城市更新报告", "音乐节开幕",
-               "研究成果发布")
+# What to install for Chinese posters (the smallest of the fonts above; .ci/run installs it).
+CJK_PACKAGE = "Debian fonts-wqy-microhei (apt-get install fonts-wqy-microhei)"
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def available_fonts() -> tuple[FontFace, ...]:
                 font = ImageFont.truetype(index[fname], 32, layout_engine=ImageFont.Layout.BASIC)
             except OSError:
                 continue
-            if has_glyphs(font, "".join(CJK_PHRASES)):
+            if has_glyphs(font, cjk_characters()):
                 faces.append(FontFace(Path(fname).stem, index[fname], None, cjk=True))
     return tuple(sorted(faces, key=lambda f: f.name))
 

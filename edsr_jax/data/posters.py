@@ -10,14 +10,19 @@ such posters with Pillow (``ImageDraw``), deterministically per seed:
 - a grid of blocks: paragraphs and bullet lists at several sizes, photographs in frames with
   captions, a bar chart, a table, boxes joined by arrows, a call-out figure; rules between them.
 
-Fonts come from installed files only (``edsr_jax.data.fonts``). A CJK line is drawn only
-when a font with CJK glyphs is installed (checked, not assumed).
+Fonts come from installed files only (``edsr_jax.data.fonts``). A share of the posters
+(``cjk_share``; each poster's lot is drawn from its seed and index alone, ``is_chinese``) are
+Chinese: every line of text (title, subtitle, paragraphs, labels, cells, captions, footer) is
+Chinese (``edsr_jax.data.poster_text``) in a CJK face whose glyphs were checked to be there
+(``fonts.has_glyphs``), with the same red rules, black and grey ink. Chinese posters need a
+CJK font among the fonts; the other posters are pixel for pixel the Latin posters drawn
+without one.
 
 The same seed and the same installed fonts give bit-identical PNG files; poster ``i`` of a
-seed does not depend on the count. Held-out sets: another seed, ``words="heldout"`` (a word
-list disjoint from ``train``'s) and a subset of the fonts. ``generate`` writes
-``poster-s<S>-<i>.png`` (RGB) and ``posters-s<S>.json`` (what was drawn with);
-``python -m edsr_jax.posters`` is its command line.
+seed does not depend on the count. Held-out sets: another seed, ``words="heldout"`` (Latin
+words and Chinese terms and sentences disjoint from ``train``'s) and a subset of the fonts.
+``generate`` writes ``poster-s<S>-<i>.png`` (RGB) and ``posters-s<S>.json`` (what was drawn
+with, which posters are Chinese); ``python -m edsr_jax.posters`` is its command line.
 """
 
 from __future__ import annotations
@@ -33,47 +38,29 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from edsr_jax.data.fonts import CJK_PHRASES, FontFace, available_fonts, load_font, select_fonts
+from edsr_jax.data.fonts import CJK_PACKAGE, FontFace, available_fonts, load_font, select_fonts
+from edsr_jax.data.poster_text import TextSource, text_source
 from edsr_jax.io.cli import UsageError
 
 MIN_SIZE = 64
 MAX_SIDE = 16384
 
-WORDS = tuple(dict.fromkeys("""
-annual summit design motion energy river forum future light market garden school studio
-vision harbor signal public transit museum archive science ocean theatre festival concert
-gallery digital network program review station season capital winter summer autumn spring
-north south central urban coastal modern classic open access series lecture workshop
-exhibit research project report quarter growth budget member council service health water
-climate field survey sample result method model figure table chart value index total
-average change region sector product launch update notice event ticket entry hall room
-floor level route bridge tower square street avenue district village county nation world
-global local history culture nature travel sport music dance film photo print paper poster
-letter number record system engine circuit metal timber stone glass cotton silver golden
-bright quiet rapid steady simple active direct formal urgent daily weekly monthly yearly
-""".split()))  # unique words, in order
 BACKGROUNDS = ((255, 255, 255), (250, 248, 242), (246, 246, 246), (252, 250, 246),
                (244, 242, 236), (255, 253, 248))
 REDS = ((200, 16, 46), (220, 32, 32), (178, 8, 24), (230, 46, 40), (190, 30, 45))
 BLACKS = ((0, 0, 0), (20, 20, 20), (28, 24, 24), (12, 12, 20))
+NO_LINE_START = "，。、；：！？）》」”"  # Chinese lines never start with these
 GREYS = ((64, 64, 64), (80, 80, 80), (96, 92, 90), (56, 60, 66), (110, 110, 110))
-
-
-def word_list(words: str) -> tuple[str, ...]:
-    """``"train"`` (even positions of ``WORDS``) or ``"heldout"`` (odd positions): disjoint."""
-    if words == "train":
-        return WORDS[0::2]
-    if words == "heldout":
-        return WORDS[1::2]
-    raise ValueError(f"words must be 'train' or 'heldout', got {words!r}")
 
 
 class _Painter:
     """One poster being drawn: the canvas, its random generator, palette, fonts and words."""
 
     def __init__(self, rng: np.random.Generator, w: int, h: int, fonts: Sequence[FontFace],
-                 words: Sequence[str], photos: Sequence[np.ndarray]):
-        self.rng, self.w, self.h, self.words, self.photos = rng, w, h, words, photos
+                 text: TextSource, photos: Sequence[np.ndarray], cjk_face: FontFace | None = None):
+        self.rng, self.w, self.h, self.photos = rng, w, h, photos
+        self.words, self.sentences, self.sep = text
+        self.drawn: list[str] = []  # every string drawn, in order
         self.u = min(w, h) / 1152.0  # one unit: a pixel of a 2048x1152 poster
         self.bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
         self.red = REDS[rng.integers(len(REDS))]
@@ -81,10 +68,10 @@ class _Painter:
         self.grey = GREYS[rng.integers(len(GREYS))]
         self.light = tuple(int(round(0.85 * c + 0.15 * g)) for c, g in zip(self.bg, self.grey))
         latin = [f for f in fonts if not f.cjk]
-        cjk = [f for f in fonts if f.cjk]
         self.title_face = latin[rng.integers(len(latin))]
         self.body_face = latin[rng.integers(len(latin))]
-        self.cjk_face = cjk[rng.integers(len(cjk))] if cjk else None
+        if cjk_face is not None:  # a Chinese poster: all its text in the CJK face
+            self.title_face = self.body_face = cjk_face
         self.image = Image.new("RGB", (w, h), self.bg)
         self.draw = ImageDraw.Draw(self.image)
 
@@ -94,10 +81,16 @@ class _Painter:
         return max(1, int(round(units * self.u)))
 
     def phrase(self, lo: int, hi: int, capital: bool = True) -> str:
-        """``lo``..``hi`` random words joined by spaces."""
+        """``lo``..``hi`` random words (Chinese: terms) joined by spaces (Chinese: nothing)."""
         n = int(self.rng.integers(lo, hi + 1))
-        s = " ".join(self.words[i] for i in self.rng.integers(len(self.words), size=n))
+        s = self.sep.join(self.words[i] for i in self.rng.integers(len(self.words), size=n))
         return s[:1].upper() + s[1:] if capital else s
+
+    def sentence(self) -> str:
+        """A paragraph's sentence: 6-18 random words and a full stop, or a Chinese sentence."""
+        if self.sentences:
+            return self.sentences[int(self.rng.integers(len(self.sentences)))]
+        return self.phrase(6, 18) + "."
 
     def ink(self) -> tuple[int, int, int]:
         """One of the three inks, red somewhat less often than black and grey."""
@@ -113,13 +106,23 @@ class _Painter:
             while len(s) > 1 and font.getlength(s) > max_width:
                 s = s.rsplit(" ", 1)[0] if " " in s else s[:-1]
         stroke = self.px(size) // 24 if bold and not face.bold else 0  # synthetic bold from 24 px
+        self.drawn.append(s)
         self.draw.text(xy, s, font=font, fill=fill, anchor=anchor, stroke_width=stroke, stroke_fill=fill)
         return self.draw.textbbox(xy, s, font=font, anchor=anchor, stroke_width=stroke)
 
     def wrap(self, s: str, size: float, width: int, bold: bool = False) -> list[str]:
-        """``s`` broken greedily into lines no wider than ``width`` pixels."""
+        """``s`` broken greedily into lines no wider than ``width`` pixels: between words, or
+        (Chinese) between characters, never before a closing punctuation mark."""
         font = load_font(self.title_face if bold else self.body_face, self.px(size), bold)
         lines, line = [], ""
+        if not self.sep:
+            for ch in s:
+                if line and font.getlength(line + ch) > width and ch not in NO_LINE_START:
+                    lines.append(line)
+                    line = ch
+                else:
+                    line += ch
+            return lines + ([line] if line else [])
         for word in s.split():
             cand = f"{line} {word}".strip()
             if line and font.getlength(cand) > width:
@@ -156,7 +159,7 @@ class _Painter:
                 cy = y + self.px(size * 0.55)
                 shape = self.draw.rectangle if self.rng.random() < 0.5 else self.draw.ellipse
                 shape([x0 + r, cy - r, x0 + 3 * r, cy + r], fill=self.red)
-            for line in self.wrap(self.phrase(6, 18) + ".", size, max(8, x1 - x0 - indent)):
+            for line in self.wrap(self.sentence(), size, max(8, x1 - x0 - indent)):
                 if y + lead > y1:
                     break
                 self.text((x0 + indent, y), line, size, colour)
@@ -299,7 +302,8 @@ class _Painter:
     # -- the page ------------------------------------------------------------------------------
     def header(self, m: int) -> int:
         """Title and subtitle (plain, or white on a red/black band); returns the body's top."""
-        title, sub = self.phrase(2, 4), self.phrase(4, 9)
+        title = self.phrase(2, 4)
+        sub = self.sentence() if self.sentences else self.phrase(4, 9)  # Chinese: a sentence
         tsize, ssize = float(self.rng.uniform(80, 120)), float(self.rng.uniform(34, 48))
         while tsize > 30 and load_font(self.title_face, self.px(tsize), True).getlength(title) > self.w - 2 * m:
             tsize *= 0.9
@@ -317,10 +321,6 @@ class _Painter:
         sb = self.text((m, top), sub, ssize, self.grey if self.rng.random() < 0.6 else self.black,
                        max_width=self.w - 2 * m)
         top = sb[3] + self.px(12)
-        if self.cjk_face is not None and self.rng.random() < 0.6:
-            cb = self.text((m, top), CJK_PHRASES[int(self.rng.integers(len(CJK_PHRASES)))], ssize * 0.9,
-                           self.red, face=self.cjk_face)
-            top = cb[3] + self.px(12)
         rule = self.px(float(self.rng.choice([2, 4, 8])))
         self.draw.rectangle([m, top + self.px(8), self.w - m, top + self.px(8) + rule],
                             fill=self.red if not banded or band != self.red else self.black)
@@ -343,8 +343,8 @@ class _Painter:
         bottom = self.footer(m)
         cols = int(self.rng.integers(2, 5 if self.w >= self.h else 3))
         rows = int(np.clip((bottom - top) // self.px(350), 1, 3))
-        cols = max(cols, math.ceil(4 / rows))  # room for each of the four kinds below
-        kinds = ["photo", "chart", "table", "diagram"]
+        kinds = ["photo", "chart", "table", "diagram"] + (["paragraph"] if self.sentences else [])
+        cols = max(cols, math.ceil(len(kinds) / rows))  # room for each of these kinds
         extra = ["paragraph", "paragraph", "photo", "callout", "paragraph", "diagram"]
         while len(kinds) < rows * cols:
             kinds.append(extra[int(self.rng.integers(len(extra)))])
@@ -366,20 +366,50 @@ class _Painter:
         return np.asarray(self.image, dtype=np.uint8).copy()
 
 
+def _lot(seed: int, index: int) -> np.random.Generator:
+    """The random stream that decides whether poster ``index`` of ``seed`` is Chinese and in
+    which CJK face: apart from the drawing's, so that Latin posters do not depend on it."""
+    return np.random.default_rng([int(seed), int(index), 0xC7C])
+
+
+def is_chinese(seed: int, index: int, cjk_share: float) -> bool:
+    """Whether poster ``index`` of ``seed`` is Chinese at ``cjk_share`` (in [0, 1]): a draw
+    from the seed and index alone, so raising the share only turns more posters Chinese."""
+    if not 0.0 <= cjk_share <= 1.0:
+        raise ValueError(f"cjk_share must be in [0, 1], got {cjk_share}")
+    return bool(_lot(seed, index).random() < cjk_share)
+
+
 def render(seed: int, index: int, size: tuple[int, int], *, photos: Sequence[np.ndarray],
-           fonts: Sequence[FontFace] | None = None, words: str = "train") -> np.ndarray:
+           fonts: Sequence[FontFace] | None = None, words: str = "train", cjk_share: float = 0.0,
+           texts: list[str] | None = None) -> np.ndarray:
     """Poster ``index`` of ``seed``: ``(H, W, 3) uint8`` with ``size = (W, H)``.
 
     ``photos``: at least one ``(h, w, 3) uint8`` image to place in frames; ``fonts``: the
     families to draw with (default ``available_fonts()``); ``words``: ``"train"`` or
-    ``"heldout"``. Pure function of its arguments (and the font files).
+    ``"heldout"``; ``cjk_share``: the chance (in [0, 1]) that the poster is Chinese
+    (``is_chinese``), drawn in one of the CJK faces of ``fonts`` (ValueError when it is above
+    0 and there is none). ``texts``: when given, every string drawn is appended to it.
+    Pure function of its arguments (and the font files).
     """
     w, h = size
     if not photos:
         raise ValueError("render needs at least one photo")
     fonts = list(fonts or available_fonts())
+    cjk = [f for f in fonts if f.cjk]
+    if cjk_share > 0 and not cjk:
+        raise ValueError(f"cjk_share {cjk_share} needs a CJK font among the fonts; install {CJK_PACKAGE}")
+    chinese, face = is_chinese(seed, index, cjk_share), None
+    if chinese:  # the face: the lot's second draw (its first decided the language)
+        lot = _lot(seed, index)
+        lot.random()
+        face = cjk[int(lot.integers(len(cjk)))]
     rng = np.random.default_rng([int(seed), int(index), 0x9057E5])
-    return _Painter(rng, w, h, fonts, word_list(words), photos).paint()
+    painter = _Painter(rng, w, h, fonts, text_source(words, chinese), photos, cjk_face=face)
+    image = painter.paint()
+    if texts is not None:
+        texts.extend(painter.drawn)
+    return image
 
 
 def load_photos(folder: str | os.PathLike | None, size: tuple[int, int]) -> list[np.ndarray]:
@@ -421,10 +451,12 @@ def poster_name(seed: int, index: int, count: int) -> str:
 
 def generate(out: str | os.PathLike, count: int, size: tuple[int, int], seed: int, *,
              photos_dir: str | os.PathLike | None = None, fonts: str | None = None,
-             words: str = "train", overwrite: bool = False, progress: bool = False,
+             words: str = "train", cjk_share: float = 0.0, overwrite: bool = False, progress: bool = False,
              not_written: list[str] | None = None) -> list[Path]:
     """Write ``count`` posters of ``size = (W, H)`` into ``out`` (created) and the record
-    ``posters-s<seed>.json``; returns the poster paths written.
+    ``posters-s<seed>.json``; returns the poster paths written. ``cjk_share`` (in [0, 1]): the
+    share of Chinese posters (``render``); above 0 it needs a CJK font among ``fonts``
+    (UsageError naming ``--cjk-share`` and the package to install).
 
     Every target is checked first: an existing one is a UsageError unless ``overwrite``, a
     photograph of ``photos_dir`` is never a target; files appear atomically (``outputs``).
@@ -437,6 +469,11 @@ def generate(out: str | os.PathLike, count: int, size: tuple[int, int], seed: in
     from edsr_jax.io.images import write_image
 
     faces = select_fonts(fonts)
+    if not 0.0 <= cjk_share <= 1.0:
+        raise UsageError(f"--cjk-share {cjk_share}: must be in [0, 1]")
+    if cjk_share > 0 and not any(f.cjk for f in faces):
+        raise UsageError(f"--cjk-share {cjk_share}: no CJK font among the fonts "
+                         f"({', '.join(f.name for f in faces)}); install {CJK_PACKAGE}")
     photos = load_photos(photos_dir, size)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -464,14 +501,16 @@ def generate(out: str | os.PathLike, count: int, size: tuple[int, int], seed: in
 
     written = []
     for i, t in enumerate(targets[:-1]):
-        arr = render(seed, i, size, photos=photos, fonts=faces, words=words)
+        arr = render(seed, i, size, photos=photos, fonts=faces, words=words, cjk_share=cjk_share)
         if publish(lambda: write_image(t, arr, overwrite=overwrite, compress_level=6)) is not None:
             written.append(t)
         if progress:
             print(f"\r{i + 1}/{count} posters", end="", file=sys.stderr, flush=True)
     if progress and count:
         print(file=sys.stderr)
-    record = {"seed": seed, "count": count, "size": list(size), "words": words,
+    record = {"seed": seed, "count": count, "size": list(size), "words": words, "cjk_share": cjk_share,
+              "chinese": [t.name for i, t in enumerate(targets[:-1])
+                          if t in written and is_chinese(seed, i, cjk_share)],
               "photos": str(photos_dir) if photos_dir is not None else "builtin",
               "fonts": [{"name": f.name, "regular": f.regular, "bold": f.bold, "cjk": f.cjk} for f in faces],
               "files": [p.name for p in written]}
