@@ -109,7 +109,9 @@ FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
                 "select+layout+flatstate": ("select", True, True, True),
                 "select+flatstate": ("select", False, False, True),
                 "select+layout+flatstate+ohwi": ("select", True, True, True, (3, 0, 1, 2)),
-                "select+flatstate+ohwi": ("select", False, False, True, (3, 0, 1, 2))}
+                "select+flatstate+ohwi": ("select", False, False, True, (3, 0, 1, 2)),
+                "select+layout+flatstate+ohwi+relu": ("select", True, True, True, (3, 0, 1, 2), True),
+                "select+relu": ("select", False, False, False, None, True)}
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,

@@ -217,6 +217,9 @@ def test_step_formulation_is_chosen_per_platform():
     assert gpu.flat_state and gpu.kernel_order == xla_options.CUDNN_FILTER_ORDER == (3, 0, 1, 2)
     for platform in ("cpu", "tpu"):
         assert not xla_options.step_formulation(platform).flat_state
+    assert gpu.relu_from_output
+    for platform in ("cpu", "tpu"):
+        assert not xla_options.step_formulation(platform).relu_from_output
 
 
 def test_reader_counts_what_a_fusion_reads_by_parameter_index():

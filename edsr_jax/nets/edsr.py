@@ -63,6 +63,30 @@ def torch_bias_init(fan_in: int):
 CONV_BACKENDS = onednn_conv.BACKENDS
 
 
+@jax.custom_vjp
+def relu_from_output(x: jnp.ndarray) -> jnp.ndarray:
+    """``max(x, 0)`` (any shape and float dtype) whose derivative reads the output instead of
+    the input: ``g * (y > 0)`` with ``y = relu(x)``. The same numbers as ``jax.nn.relu`` and its
+    gradient, at 0 too (y > 0 exactly where x > 0; both pass 0 where x is 0 or NaN), but the
+    pre-activation is dead after the ReLU, so a compiler may fuse the activation into the
+    convolution that makes it (XLA:GPU's cuDNN conv + bias + ReLU call)."""
+    return jax.nn.relu(x)
+
+
+def _relu_fwd(x):
+    y = jax.nn.relu(x)
+    # The barrier keeps XLA from rewriting ``max(x, 0) > 0`` back to ``x > 0`` (which would
+    # read the pre-activation again); it computes nothing.
+    return y, jax.lax.optimization_barrier(y)
+
+
+def _relu_bwd(y, g):
+    return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
+
+
+relu_from_output.defvjp(_relu_fwd, _relu_bwd)
+
+
 class Conv(nn.Module):
     """k x k 'SAME' convolution plus bias (``kernel_size`` k odd: 3 everywhere in EDSR, 5 in
     MDSR's pre-processing blocks), initialised as PyTorch's ``nn.Conv2d`` (the official
@@ -119,7 +143,8 @@ def conv3x3(features: int, in_features: int, name: str, dtype: Any, param_dtype:
 class ResBlock(nn.Module):
     """conv -> ReLU -> conv (``kernel_size`` x ``kernel_size``, 3 in EDSR, 5 in MDSR's
     pre-processing), branch scaled by ``res_scale``, plus identity. (N, H, W, features) in
-    and out."""
+    and out. ``relu_grad_from_output``: the ReLU's derivative reads its output
+    (``relu_from_output``): the same numbers, a different program (``EDSR``)."""
 
     features: int
     res_scale: float = 1.0
@@ -127,6 +152,7 @@ class ResBlock(nn.Module):
     param_dtype: Any = jnp.float32
     conv_backend: str = "xla"
     kernel_size: int = 3
+    relu_grad_from_output: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -134,7 +160,7 @@ class ResBlock(nn.Module):
             self.features, c_in, self.dtype, self.param_dtype, self.conv_backend,
             self.kernel_size, name=name)
         y = conv("conv0", x.shape[-1])(x)
-        y = nn.relu(y)
+        y = relu_from_output(y) if self.relu_grad_from_output else nn.relu(y)
         y = conv("conv1", self.features)(y)
         if self.res_scale != 1.0:
             y = y * jnp.asarray(self.res_scale, y.dtype)
@@ -149,7 +175,9 @@ class EDSR(nn.Module):
     (e.g. ``jnp.bfloat16``), ``param_dtype`` the storage dtype of the weights.
     Weights are initialised as in the official PyTorch release (see ``Conv3x3``).
     ``conv_backend`` ("xla" or "onednn", see ``Conv3x3``) changes how the convolutions are
-    computed, not the parameters or the function.
+    computed, not the parameters or the function; ``relu_grad_from_output`` (the blocks' ReLUs
+    as ``relu_from_output``) how their gradient is written, not the parameters or the numbers
+    (the train step sets it per platform: ``xla_options.StepFormulation.relu_from_output``).
     """
 
     scale: int = 2
@@ -161,6 +189,7 @@ class EDSR(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     conv_backend: str = "xla"
+    relu_grad_from_output: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -171,8 +200,9 @@ class EDSR(nn.Module):
         x = conv(self.num_features, "head", x.shape[-1])(x)
         res = x
         for i in range(self.num_blocks):
-            res = ResBlock(self.num_features, self.res_scale, self.dtype,
-                           self.param_dtype, self.conv_backend, name=f"block_{i}")(res)
+            res = ResBlock(self.num_features, self.res_scale, self.dtype, self.param_dtype,
+                           self.conv_backend, relu_grad_from_output=self.relu_grad_from_output,
+                           name=f"block_{i}")(res)
         res = conv(self.num_features, "body_conv", self.num_features)(res)
         x = x + res
         for k, r in enumerate(upsample_stages(self.scale)):

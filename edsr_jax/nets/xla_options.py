@@ -92,6 +92,9 @@ class StepFormulation:
     evaluation and export read the tree form (``training.state.to_tree``). Implies the flat norm.
     ``kernel_order``: with ``flat_state``, the order the flat form stores each convolution
     kernel's axes in (HWIO's axes; None: HWIO itself).
+    ``relu_from_output``: the residual blocks' ReLUs differentiated from their output
+    (``nets.edsr.relu_from_output``; an EDSR's ``relu_grad_from_output``): the same numbers,
+    the pre-activation dead after the ReLU.
     """
 
     guard: str
@@ -99,6 +102,7 @@ class StepFormulation:
     flat_norm: bool = False
     flat_state: bool = False
     kernel_order: tuple[int, ...] | None = None
+    relu_from_output: bool = False
 
 
 def step_formulation(platform: str | None = None) -> StepFormulation:
@@ -143,9 +147,16 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     # (HWIO order) cut the ops but not the time (v5e, 4 chips, EDSR-baseline x2 bfloat16 batch 64:
     # 919 -> 756 ops, estimate 25.68 -> 26.18 ms, more bytes); CPU was not measured with it (its
     # tree update already runs as one fused branch of the cond).
+    # GPU: the residual blocks' ReLUs differentiated from their output (relu_from_output): the
+    # pre-activation is then dead after the ReLU and XLA fuses the ReLU into cuDNN's conv + bias
+    # call, and the ReLU's backward reads the output. EDSR-baseline x2 bfloat16 batch 64, one
+    # H100: 215 -> 199 kernels, 2.72 -> 2.50 ms, temporaries 1048 -> 760 MiB; EDSR x2 bfloat16
+    # batch 16: 426 -> 394 kernels, 12.79 -> 12.37 ms (BENCHMARKS.md). TPU: the same program
+    # (v5e, 4 chips, EDSR-baseline x2 bfloat16 batch 64: 919 ops, 25.68 ms either way), so not
+    # used there; CPU not measured with it.
     gpu = platform in ("gpu", "cuda", "rocm")
     return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu, flat_state=gpu,
-                           kernel_order=CUDNN_FILTER_ORDER if gpu else None)
+                           kernel_order=CUDNN_FILTER_ORDER if gpu else None, relu_from_output=gpu)
 
 
 def unmask_full_batches(platform: str | None = None) -> bool:

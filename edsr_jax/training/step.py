@@ -196,11 +196,15 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
 
     ``compiler_options`` and ``formulation`` default to ``xla_options.compiler_options`` and
     ``xla_options.step_formulation`` of the mesh's platform (pass ``{}`` for XLA's own default
-    options); ``shardings`` default to ``make_shardings``."""
+    options); ``shardings`` default to ``make_shardings``. A formulation with
+    ``relu_from_output`` runs an EDSR's block ReLUs differentiated from their output (the same
+    parameters and numbers; an MDSR keeps ``nn.relu``)."""
     shardings = shardings or make_shardings(mesh, state_shape)
     replicated, batch_sharding, state_sharding = shardings
     platform = mesh.devices.flat[0].platform
     form = formulation or xla_options.step_formulation(platform)
+    if form.relu_from_output and isinstance(model, EDSR):  # same parameters, same numbers
+        model = model.clone(relu_grad_from_output=True)
     reduce = grad_reduce_dtype(config, mesh)
     step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
                              charbonnier_eps=config.optim.charbonnier_eps,
