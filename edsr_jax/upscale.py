@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="training workdir or checkpoint folder")
     source.add_argument("--model", metavar="NAME",
                         help="a built-in trained model (python -m edsr_jax.pretrained lists them: "
-                             "photo-x2, poster-x2, photo-x3, photo-x4), or auto: per image the one "
+                             "photo-x2, poster-x2, general-x2, photo-x3, photo-x4), or auto: per image the one "
                              "trained on the damage diagnosed in it (the default with neither option)")
     p.add_argument("--out", default="upscaled", help="output folder (created when missing; default upscaled)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4),
