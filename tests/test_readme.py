@@ -64,7 +64,7 @@ def test_fresh_clone_block_runs_as_written(tmp_path):
         assert "Traceback" not in proc.stderr
     assert len(list((tmp_path / "samples" / "val").iterdir())) == 2
     assert sorted(p.name for p in (tmp_path / "upscaled" / "quickstart").iterdir()) == ["chelsea.png", "coffee.png"]
-    assert [p.name for p in (tmp_path / "upscaled" / "photo-x2").iterdir()] == ["coffee.png"]  # the built-in model
+    assert [p.name for p in (tmp_path / "upscaled" / "auto").iterdir()] == ["coffee.png"]  # the built-in model
     assert (tmp_path / "runs" / "quickstart_scores.json").is_file() and (tmp_path / "runs" / "quickstart.shlo").is_file()
     assert (tmp_path / "data" / "poster" / "manifest.json").is_file()
     # everything it wrote is covered by the project's .gitignore: a clone's git status stays clean
