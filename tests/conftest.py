@@ -51,3 +51,21 @@ def assert_documented_rows(events) -> None:
     doc = (ROOT / "docs" / "bad_inputs.md").read_text()
     for event in events:
         assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"
+
+
+def tiny_state_and_batch(tx, num_blocks: int = 1, use_ema: bool = True):
+    """``(model, state, batch)`` for train-step tests: an EDSR x2 of ``num_blocks`` blocks and 8
+    features, its train state under optimiser ``tx`` (seed 0, EMA with ``use_ema``), and a batch
+    ``{"lr": (2, 6, 6, 3), "hr": (2, 12, 12, 3)}`` uint8 in [0, 255] (NumPy seed 0)."""
+    import jax
+    import numpy as np
+
+    from edsr_jax.nets.edsr import ModelConfig
+    from edsr_jax.training.state import create_train_state
+
+    model = ModelConfig(2, num_blocks, 8, 1.0).build()
+    state = create_train_state(model, tx, jax.random.key(0), use_ema=use_ema)
+    rng = np.random.default_rng(0)
+    batch = {"lr": rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8),
+             "hr": rng.integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)}
+    return model, state, batch

@@ -160,16 +160,11 @@ ENTRY %main (p: f32[4,8]) -> f32[4,8] {
 def _tiny_step_inputs():
     import optax
 
-    from edsr_jax.training.state import create_train_state
+    from conftest import tiny_state_and_batch
     from edsr_jax.training.step import train_step
-    from edsr_jax.nets.edsr import ModelConfig
 
-    model = ModelConfig(2, 1, 8, 1.0).build()
     tx = optax.adam(1e-3)
-    state = create_train_state(model, tx, jax.random.key(0), use_ema=True)
-    rng = np.random.default_rng(0)
-    batch = {"lr": rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8),
-             "hr": rng.integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)}
+    model, state, batch = tiny_state_and_batch(tx)
     return train_step, model, tx, state, batch
 
 

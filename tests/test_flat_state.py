@@ -12,22 +12,16 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT
-from edsr_jax.nets.edsr import ModelConfig
+from conftest import ROOT, tiny_state_and_batch
 from edsr_jax.nets.xla_options import CUDNN_FILTER_ORDER
 from edsr_jax.training.restore import restore_params
-from edsr_jax.training.state import Flat, create_train_state, to_flat, to_tree, tree_of
+from edsr_jax.training.state import Flat, to_flat, to_tree, tree_of
 from edsr_jax.training.step import train_step
 from test_train import CACHE, TINY, assert_close, final_params
 
 
 def _inputs(tx, use_ema=True):
-    model = ModelConfig(2, 1, 8, 1.0).build()
-    state = create_train_state(model, tx, jax.random.key(0), use_ema=use_ema)
-    rng = np.random.default_rng(0)
-    batch = {"lr": rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8),
-             "hr": rng.integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)}
-    return model, state, batch
+    return tiny_state_and_batch(tx, use_ema=use_ema)
 
 
 @pytest.mark.parametrize("order", [None, CUDNN_FILTER_ORDER])

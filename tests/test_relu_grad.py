@@ -15,7 +15,7 @@ import pytest
 from edsr_jax.nets import xla_options
 from edsr_jax.nets.edsr import ModelConfig, relu_from_output
 from edsr_jax.training import config as config_lib
-from edsr_jax.training.state import create_train_state
+from conftest import tiny_state_and_batch
 from edsr_jax.training.step import compile_train_step, train_step
 
 # 0, -0, the smallest subnormals and normals either side, +-inf, NaN and ordinary values
@@ -52,13 +52,8 @@ def test_the_option_keeps_the_parameters():
 
 
 def _inputs():
-    model = ModelConfig(2, 2, 8, 1.0).build()
     tx = optax.adam(1e-3)
-    state = create_train_state(model, tx, jax.random.key(0), use_ema=True)
-    rng = np.random.default_rng(0)
-    batch = {"lr": rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8),
-             "hr": rng.integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)}
-    return model, tx, state, batch
+    return (tx, *tiny_state_and_batch(tx, num_blocks=2))
 
 
 @pytest.mark.parametrize("guard", ["cond", "select"])
@@ -66,7 +61,7 @@ def test_train_step_with_the_relu_from_output_matches_todays(guard):
     """One train step with the blocks' ReLUs differentiated from their output gives the same
     loss, gradient norm, gradients, parameters, Adam moments and EMA as with ``nn.relu``, to
     float32 rounding of differently fused kernels (rtol 1e-6, atol 1e-9), on CPU."""
-    model, tx, state, batch = _inputs()
+    tx, model, state, batch = _inputs()
     other = model.clone(relu_grad_from_output=True)
     lr, hr = batch["lr"].astype(np.float32), batch["hr"].astype(np.float32)
     grad = lambda m: jax.jit(jax.grad(lambda p: jnp.mean(jnp.abs(m.apply(p, lr) - hr))))(state.params)  # noqa: E731
@@ -85,7 +80,7 @@ def test_compile_train_step_threads_the_formulation_to_the_model():
     """``compile_train_step`` with a formulation asking for it runs the ReLU differentiated from
     its output (its forward's barrier is in the program), CPU's own formulation does not, and both
     steps compute the same state (rtol 1e-6)."""
-    model, tx, state, batch = _inputs()
+    tx, model, state, batch = _inputs()
     cfg = config_lib.base_config()
     cfg.data.batch_size, cfg.train.ema = 2, 0.9
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
