@@ -215,9 +215,24 @@ def quiet_failed_reads() -> None:
     sys.unraisablehook = hook
     # The sibling reads and writes of a failed one end as "Task exception was never retrieved"
     # or "_GatheringFuture exception was never retrieved" (asyncio names the future's class).
+    # A failed write's sibling (a plain Future) names Orbax only in its traceback.
     logging.getLogger("asyncio").addFilter(
         lambda r: not (str(r.msg).split("\n", 1)[0].endswith("exception was never retrieved")
-                       and "orbax" in r.getMessage()))
+                       and _names_orbax(r)))
+
+
+def _names_orbax(record: logging.LogRecord) -> bool:
+    """True when a log record's message or the traceback it carries passes through Orbax."""
+    import traceback
+
+    if "orbax" in record.getMessage():
+        return True
+    exc = record.exc_info[1] if record.exc_info else None
+    while exc is not None:
+        if any("orbax" in f.filename for f in traceback.extract_tb(exc.__traceback__)):
+            return True
+        exc = exc.__context__ or exc.__cause__
+    return False
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
