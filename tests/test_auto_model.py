@@ -21,6 +21,7 @@ import edsr_jax
 from edsr_jax import evaluate, upscale
 from edsr_jax.data import posters, samples
 from edsr_jax.degradation import degrade
+from edsr_jax.evaluation.jpeg_quality import luma
 from edsr_jax.inference import choice, infer, pretrained, video
 from edsr_jax.io import cli
 from edsr_jax.io.images import read_rgb, write_image
@@ -136,13 +137,27 @@ def test_uncertain_damage_goes_to_the_general_model_or_says_so(model_dirs, hr_im
     assert c.model == "tiny-photo-x2" and c.uncertain
     assert c.reason.endswith("no general model at x2") and "nearest to 'bicubic' at confidence" in c.reason
     # an image that cannot be diagnosed: the general model, else the model of the papers' LR
-    gray = np.repeat(hr_images["coffee"][::2, ::2, :1], 3, axis=2)
-    c = choice.AutoUpscaler(2, models_dir=with_general).choose(gray)
+    small = damaged(hr_images["coffee"], "bicubic", "coffee")[:20]
+    c = choice.AutoUpscaler(2, models_dir=with_general).choose(small)
     assert (c.model, c.uncertain) == ("tiny-general-x2", True)
-    assert c.reason == "not diagnosed: grayscale image (R = G = B); the general model"
-    assert c.record()["diagnosis"] == {"not_diagnosed": "grayscale image (R = G = B)"}
-    c = choice.AutoUpscaler(2, models_dir=specialists).choose(gray[:20])
+    assert c.reason == "not diagnosed: 128x20 is too small to diagnose (under 32 pixels a side); the general model"
+    assert c.record()["diagnosis"] == {"not_diagnosed": "128x20 is too small to diagnose (under 32 pixels a side)"}
+    c = choice.AutoUpscaler(2, models_dir=specialists).choose(small)
     assert c.model == "tiny-photo-x2" and c.reason.startswith("not diagnosed: 128x20 is too small")
+
+
+@pytest.mark.parametrize("spec, want", [("bicubic", "tiny-photo-x2"), ("nearest > jpeg(30,60)", "tiny-poster-x2")])
+def test_grayscale_images_are_diagnosed_from_their_one_channel(model_dirs, hr_images, spec, want):
+    """A grayscale LR (R = G = B) gets the specialist of its damage, as its colour original
+    does, and its line says the noise was not measured."""
+    _, with_general = model_dirs
+    for name in ("chelsea", "coffee"):
+        gray_hr = np.repeat(np.round(luma(hr_images[name])).astype(np.uint8)[..., None], 3, axis=2)
+        lr = damaged(gray_hr, spec, name)
+        lr = np.repeat(lr[..., :1], 3, axis=2)  # one channel's damage (JPEG, per channel rounding)
+        c = choice.AutoUpscaler(2, models_dir=with_general).choose(lr, name)
+        assert (c.model, c.uncertain) == (want, False), c.reason
+        assert "noise not measured (grayscale)" in c.reason
 
 
 def test_the_only_model_at_a_scale_is_taken_and_said_so(model_dirs, hr_images):
@@ -301,7 +316,7 @@ BAD_INPUTS = (
     "`upscale` / `evaluate` `--model auto` at a scale with no built-in model that names its training damage",
     "`upscale --json FILE` that exists, is an input or output, or lies in a missing folder",
     "an unknown `--model NAME` in `upscale`, `evaluate`, `export`",
-    "an input `--model auto` cannot diagnose (grayscale, 16-bit, under 32 pixels a side)",
+    "an input `--model auto` cannot diagnose (16-bit, under 32 pixels a side)",
 )
 
 

@@ -1057,10 +1057,10 @@ def test_diagnose_says_why_each_file_could_not_be_diagnosed(tmp_path, capsys):
     (folder / "empty.png").write_bytes(b"")
     (folder / "text.jpg").write_text("not an image")
     Image.fromarray(_rgb(8, 8)).save(folder / "tiny.png")
-    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(folder / "gray.png")
+    Image.fromarray(np.full((40, 40), 700, np.uint16)).save(folder / "deep.png")
     Image.fromarray(np.linspace(0, 1, 1600).reshape(40, 40).astype(np.float32), "F").save(folder / "f.tif")
     why = {"empty.png": "empty file (0 bytes)", "text.jpg": "not a readable image",
-           "tiny.png": "8x8 is too small to diagnose", "gray.png": "grayscale image", "f.tif": "grayscale image"}
+           "tiny.png": "8x8 is too small to diagnose", "deep.png": "16-bit image", "f.tif": "32-bit float grayscale image"}
     code, _, err = run_cli(diagnose.main, [folder], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "none of its 5 image files could be diagnosed: " in lines[0], err

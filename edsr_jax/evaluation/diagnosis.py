@@ -18,7 +18,8 @@ its spec ("no downscale found") instead of an assumed ``bicubic(2)``. A folder w
 disagree (pixel dropping against filtering beyond that confusion, some JPEG'd and some not,
 noisy and clean, qualities spread over more than 40) gets a per-image table and a warning that
 one spec will not fit them all (``report``). Files that cannot be read, are tiny
-(under ``MIN_SIDE`` pixels a side), grayscale or 16-bit are named and skipped (``Skipped``).
+(under ``MIN_SIDE`` pixels a side), 16- or 32-bit are named and skipped (``Skipped``). A
+grayscale image is diagnosed from its one channel (read as R = G = B).
 ``python -m edsr_jax.diagnose`` is the command line.
 """
 
@@ -113,7 +114,11 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
     if max(h, w) > MAX_SIDE:  # a central crop holds the statistics; keeps large files fast
         r0, c0 = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
         work = work[r0:r0 + MAX_SIDE, c0:c0 + MAX_SIDE]
-    nz = noise_sigma(work)
+    # A grayscale image (R = G = B) gets no noise estimate: the patch method reads the noise in
+    # the directions texture leaves unused, which one channel's 5x5 patches do not have (on clean
+    # grayscale LR it reads 5-6; experiments/auto_choice.py's set). Its other parts are luma's.
+    gray = np.array_equal(work[..., 0], work[..., 1]) and np.array_equal(work[..., 1], work[..., 2])
+    nz = float("nan") if gray else noise_sigma(work)
     feats = features(work, nz, jq)
     probs = kind_probabilities(feats)[0]
     k = int(np.argmax(probs))
@@ -127,7 +132,7 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
     bconf = min(0.95, 0.5 + 0.45 * abs(e2 - thr) / 0.25) if np.isfinite(e2) else 0.0
     # JPEG quantises away the high frequencies the noise estimate reads: noise added before
     # a JPEG step is not measured (experiments/diagnose.py), only what lies on top of it.
-    nconf = 0.9 if jq is None else 0.2
+    nconf = 0.0 if gray else 0.9 if jq is None else 0.2
     spec = _spec(kind, s, blur if blur >= BLUR_MIN else None, nz if nz >= NOISE_MIN else None, jq)
     return ImageDiagnosis(
         name=name, width=int(rgb.shape[1]), height=int(rgb.shape[0]), format=fmt, scale=s,
@@ -172,8 +177,9 @@ class Skipped(Exception):
 
 def diagnose_file(path: str | Path, scale: int | None = None) -> ImageDiagnosis:
     """Diagnose one image file. Raises ``Skipped`` naming the file when it is unreadable,
-    smaller than ``MIN_SIDE`` pixels a side, grayscale or 16-bit (its history cannot be
-    read from 8-bit colour statistics)."""
+    smaller than ``MIN_SIDE`` pixels a side, or 16- or 32-bit (its history is read from 8-bit
+    statistics). Grayscale files (mode L, LA, 1, or R = G = B) are diagnosed from their one
+    channel."""
     path = Path(path)
     try:
         head = images.file_header(path)
@@ -183,13 +189,12 @@ def diagnose_file(path: str | Path, scale: int | None = None) -> ImageDiagnosis:
         raise Skipped(str(e)) from None
     if head["bits"] == 16:
         raise Skipped(f"{path}: 16-bit image (mode {head['mode']}): diagnose 8-bit images")
-    if head["mode"] in ("L", "LA", "1", "I", "F") or head["mode"].startswith("I;16"):
-        raise Skipped(f"{path}: grayscale image (mode {head['mode']}): diagnose colour images")
+    if head["mode"] in ("I", "F"):
+        kind = "float" if head["mode"] == "F" else "integer"
+        raise Skipped(f"{path}: 32-bit {kind} grayscale image (mode {head['mode']}): diagnose 8-bit images")
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise Skipped(f"{path}: {w}x{h} is too small to diagnose (under {MIN_SIDE} pixels a side)")
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-        raise Skipped(f"{path}: grayscale image (R = G = B): diagnose colour images")
     return diagnose_array(rgb, name=path.name, fmt=head["format"] or path.suffix.lstrip("."),
                           quantization=head["quantization"], scale=scale)
 

@@ -34,9 +34,11 @@ KINDS = ("nearest", "bicubic", "bilinear")
 
 
 def noise_sigma(rgb: np.ndarray, patch: int = 5, max_patches: int = 6000) -> float:
-    """Gaussian noise std (0-255 scale, per channel) of ``rgb (H, W, 3) uint8``.
+    """Gaussian noise std (0-255 scale, per channel) of ``rgb (H, W, C) uint8`` (C = 3; 1 works
+    but reads texture as noise, several units on clean photographs: 5x5 patches of one channel
+    leave texture few unused directions).
 
-    Chen, Zhu & Heng (ICCV 2015): the covariance of ``patch x patch x 3`` patches has
+    Chen, Zhu & Heng (ICCV 2015): the covariance of ``patch x patch x C`` patches has
     eigenvalues ``sigma^2`` in the directions texture does not use; the largest set of the
     smallest eigenvalues whose mean equals their median is taken as the noise. Patches
     touching 0 or 255 (clipped noise) are left out; at most ``max_patches``, evenly
@@ -46,7 +48,7 @@ def noise_sigma(rgb: np.ndarray, patch: int = 5, max_patches: int = 6000) -> flo
     win = np.lib.stride_tricks.sliding_window_view(x, (patch, patch), axis=(0, 1))
     n_y, n_x = win.shape[:2]
     step = max(1, int(math.sqrt(n_y * n_x / max_patches)))
-    p = win[::step, ::step].reshape(-1, 3 * patch * patch)
+    p = win[::step, ::step].reshape(-1, x.shape[2] * patch * patch)
     ok = (p.min(axis=1) > 0) & (p.max(axis=1) < 255)
     if ok.sum() >= 10 * p.shape[1]:
         p = p[ok]

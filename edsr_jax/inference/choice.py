@@ -13,7 +13,7 @@ A card whose spec has alternatives (``"bicubic | nearest > jpeg(30,90) | ..."``)
 model, trained on many damages: it is not ranked beside the specialists (it would tie with each
 on its own damage and lose to it) but taken when the choice is uncertain: the image's damage is
 far from every specialist's, or two are about as near, or the image cannot be diagnosed
-(grayscale, 16-bit, under 32 pixels a side). Where no general model exists at that scale the
+(16-bit, under 32 pixels a side). Where no general model exists at that scale the
 nearest specialist is kept and the reason says the choice was uncertain. Each choice carries a
 one-line reason (``Choice.line``: ``poster.png: poster-x2 (pixel dropping p=0.93, JPEG q=45;
 nearest to 'nearest > jpeg(30,60)')``) and a JSON record (``Choice.record``).
@@ -196,6 +196,8 @@ class Seen:
             parts.append(f"blur {self.blur:.1f}")
         if self.noise:
             parts.append(f"noise {self.noise:.1f}")
+        elif self.noise_confidence == 0:
+            parts.append("noise not measured (grayscale)")
         if self.upscaled_by > 1:
             parts.append(f"upscaled back x{self.upscaled_by}")
         return ", ".join(parts)
@@ -320,8 +322,9 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
 # --------------------------------------------------------------------------- diagnosing
 
 def _array_problem(rgb: np.ndarray) -> str:
-    """Why ``rgb`` cannot be diagnosed ("" when it can): not ``(H, W, 3) uint8``, too small,
-    or gray (R = G = B), the checks ``diagnosis.diagnose_file`` makes for a file."""
+    """Why ``rgb`` cannot be diagnosed ("" when it can): not ``(H, W, 3) uint8`` or too small,
+    the checks ``diagnosis.diagnose_file`` makes for a file (a grayscale image, R = G = B, is
+    diagnosed without its noise)."""
     from edsr_jax.evaluation.diagnosis import MIN_SIDE
 
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -329,8 +332,6 @@ def _array_problem(rgb: np.ndarray) -> str:
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         return f"{w}x{h} is too small to diagnose (under {MIN_SIDE} pixels a side)"
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-        return "grayscale image (R = G = B)"
     return ""
 
 
