@@ -111,7 +111,10 @@ FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
                 "select+layout+flatstate+ohwi": ("select", True, True, True, (3, 0, 1, 2)),
                 "select+flatstate+ohwi": ("select", False, False, True, (3, 0, 1, 2)),
                 "select+layout+flatstate+ohwi+relu": ("select", True, True, True, (3, 0, 1, 2), True),
-                "select+relu": ("select", False, False, False, None, True)}
+                "select+relu": ("select", False, False, False, None, True),
+                "select+layout+flatstate+ohwi+relu+fold": ("select", True, True, True, (3, 0, 1, 2), True, True),
+                "select+relu+fold": ("select", False, False, False, None, True, True),
+                "select+fold": ("select", False, False, False, None, False, True)}
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,

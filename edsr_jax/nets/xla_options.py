@@ -95,6 +95,9 @@ class StepFormulation:
     ``relu_from_output``: the residual blocks' ReLUs differentiated from their output
     (``nets.edsr.relu_from_output``; an EDSR's ``relu_grad_from_output``): the same numbers,
     the pre-activation dead after the ReLU.
+    ``fold_res_scale``: an EDSR's ``res_scale`` (when not 1) folded into its residual blocks'
+    second convolutions' kernels and biases (``nets.edsr.fold_res_scale``), so each block ends
+    in conv + bias + residual: the same parameters, the rounding of another order.
     """
 
     guard: str
@@ -103,6 +106,7 @@ class StepFormulation:
     flat_state: bool = False
     kernel_order: tuple[int, ...] | None = None
     relu_from_output: bool = False
+    fold_res_scale: bool = False
 
 
 def step_formulation(platform: str | None = None) -> StepFormulation:
