@@ -101,6 +101,22 @@ def test_gpu_dry_run_train_step_upscaler_and_evaluation():
 
 
 @pytest.mark.slow
+def test_gpu_dry_run_folds_res_scale_without_kernels_of_its_own():
+    """One H100, bfloat16, a tiny EDSR with EDSR's res_scale (0.1, 2 blocks): with the fold
+    (``StepFormulation.fold_res_scale``) the step launches at least one kernel fewer per block
+    (the ``res_scale * branch + residual`` kernels go into cuDNN's conv + bias + side input)
+    and the same cuDNN calls: the factor vector fuses into the weight casts and the gradient's
+    readers (per array it was 2 kernels a block more, forward and backward)."""
+    rows = _dry_run("cuda", "--targets", "h100", "--devices", "1", "--dtypes", "bfloat16",
+                    "--presets", "tiny_scaled", "--programs", "train", "--formulations",
+                    "select+layout+flatstate+ohwi+relu", "select+layout+flatstate+ohwi+relu+fold")
+    before, after = (next(r for r in rows if r["program"].endswith(name)) for name in ("+relu", "+fold"))
+    assert after["cudnn"] == before["cudnn"]
+    assert after["kernels"] <= before["kernels"] - 2, (before["kernels"], after["kernels"])
+    assert after["copy_bytes"] <= before["copy_bytes"]
+
+
+@pytest.mark.slow
 def test_tpu_dry_run_train_step_upscaler_and_evaluation():
     """A TPU v5e 2x2 slice, bfloat16: the same checks, and the TPU compiler's own estimate."""
     rows = _dry_run("tpu", "--targets", "v5e", "--devices", "4", "--dtypes", "bfloat16")
