@@ -5,6 +5,8 @@ the EMA as trees of arrays, one per parameter array), which checkpoints, evaluat
 read; and the flat form (``to_flat``), in which each of those trees is one array, its leaves laid
 end to end (a ``Flat``). A GPU updates the flat form in one kernel instead of one per parameter
 array (``xla_options.StepFormulation.flat_state``); ``to_tree`` gives the tree form back.
+``Flat.unravel`` may scale leaves on the way out (an EDSR's ``res_scale`` folded into its blocks'
+second convolutions, ``StepFormulation.fold_res_scale``): the stored parameters stay as they are.
 """
 
 from __future__ import annotations
@@ -89,22 +91,26 @@ def _runs(sizes, factors) -> dict[float, list[tuple[int, int]]]:
 
 
 def factor_vector(layout, factors: tuple[float, ...]) -> jax.Array:
-    """The vector (the flat array's size and dtype) holding each leaf's factor over its range,
-    computed from an iota, not stored: per factor, one range is two comparisons; ranges of one
-    width at a constant stride (an EDSR's blocks) a remainder and three; otherwise two per range."""
+    """``(N,)`` of the flat array's dtype (N its size, < 2**31): each leaf's factor (``factors``,
+    one Python float per leaf of ``layout``, in order) over the leaf's range. Computed from an
+    iota, not stored, so that it fuses into whatever reads it: per factor, one range is two
+    comparisons; ranges of one width at one stride (an EDSR's blocks) a remainder and three;
+    other ranges two comparisons each."""
     sizes = [math.prod(shape) for shape in layout[1]]
+    if sum(sizes) >= 2**31:
+        raise ValueError(f"factor_vector indexes with int32: {sum(sizes)} elements is too many")
     dtype = jnp.dtype(layout[2])
     i = jax.lax.iota(jnp.int32, sum(sizes))
     out = jnp.ones((), dtype)
     for f, ranges in _runs(sizes, factors).items():
-        (a, b), widths = ranges[0], {e - s for s, e in ranges}
+        (a, b), widths = ranges[0], {end - start for start, end in ranges}
         strides = {ranges[k + 1][0] - ranges[k][0] for k in range(len(ranges) - 1)}
         if len(ranges) == 1:
             mask = (i >= a) & (i < b)
         elif len(widths) == 1 and len(strides) == 1:
             mask = (i >= a) & (i < ranges[-1][1]) & (jax.lax.rem(i - a, jnp.int32(strides.pop())) < b - a)
         else:
-            mask = functools.reduce(jnp.logical_or, [(i >= s) & (i < e) for s, e in ranges])
+            mask = functools.reduce(jnp.logical_or, [(i >= start) & (i < end) for start, end in ranges])
         out = jnp.where(mask, jnp.asarray(f, dtype), out)
     return jnp.broadcast_to(out, i.shape)
 
