@@ -124,6 +124,7 @@ def _body(model, params, lr, fold, blocks):
     return seen["intermediates"][f"block_{blocks - 1}"]["__call__"][0].astype(jnp.float32)
 
 
+@pytest.mark.slow
 def test_bfloat16_fold_is_no_less_accurate_than_todays():
     """bfloat16 compute, res_scale 0.1, 4 blocks, 5 seeds: the relative error of the last block's
     output and of the step's gradients (tree and flat forms), each against the float32 model's
