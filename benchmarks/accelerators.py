@@ -93,8 +93,8 @@ def _lower(jitted, args, platform: str):
 def _model(preset: str, scale: int, dtype: str):
     from edsr_jax.nets.edsr import DTYPES, PRESETS, ModelConfig
 
-    if preset == "tiny":
-        config = ModelConfig(scale, 2, 8, 1.0)
+    if preset in ("tiny", "tiny_scaled"):  # tiny_scaled: EDSR's res_scale (0.1), folded on GPU
+        config = ModelConfig(scale, 2, 8, 1.0 if preset == "tiny" else PRESETS["edsr"][2])
     else:
         blocks, features, res_scale = PRESETS[preset]
         config = ModelConfig(scale, blocks, features, res_scale)
@@ -111,7 +111,10 @@ FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
                 "select+layout+flatstate+ohwi": ("select", True, True, True, (3, 0, 1, 2)),
                 "select+flatstate+ohwi": ("select", False, False, True, (3, 0, 1, 2)),
                 "select+layout+flatstate+ohwi+relu": ("select", True, True, True, (3, 0, 1, 2), True),
-                "select+relu": ("select", False, False, False, None, True)}
+                "select+relu": ("select", False, False, False, None, True),
+                "select+layout+flatstate+ohwi+relu+fold": ("select", True, True, True, (3, 0, 1, 2), True, True),
+                "select+relu+fold": ("select", False, False, False, None, True, True),
+                "select+fold": ("select", False, False, False, None, False, True)}
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
@@ -419,7 +422,7 @@ def main(argv=None) -> int:
     p.add_argument("--targets", nargs="+", default=["h100"], choices=sorted(DEVICES))
     p.add_argument("--devices", nargs="+", type=int, default=[1, 8], help="devices per train step mesh")
     p.add_argument("--presets", nargs="+", default=["edsr_baseline", "edsr"],
-                   choices=["tiny", "edsr_baseline", "edsr"])
+                   choices=["tiny", "tiny_scaled", "edsr_baseline", "edsr"])
     p.add_argument("--scales", nargs="+", type=int, default=[2, 4], choices=[2, 3, 4])
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
     p.add_argument("--batches", nargs="+", type=int, default=[16, 64, 256], help="per-device batch")

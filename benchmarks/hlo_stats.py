@@ -258,8 +258,11 @@ def _sum_pair(pairs) -> tuple[float, float]:
 
 
 # Ops through which a fused parameter is still read element for element (a slice after them
-# reads only the sliced elements: a GPU fusion computes each output element from its inputs).
-PASS_THROUGH = {"convert", "bitcast", "reshape", "copy", "negate", "abs"}
+# reads only the sliced elements: a GPU fusion computes each output element from its inputs):
+# the elementwise ones (a multiply by a vector made from an iota, as the flat state's
+# ``Flat.unravel`` factors, included).
+PASS_THROUGH = {"convert", "bitcast", "reshape", "copy", "negate", "abs", "multiply", "add",
+                "subtract", "divide", "select", "maximum", "minimum"}
 
 
 def _sliced_elements(name: str, users: dict[str, list[Instr]]) -> int | None:

@@ -53,19 +53,21 @@ def assert_documented_rows(events) -> None:
         assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"
 
 
-def tiny_state_and_batch(tx, num_blocks: int = 1, use_ema: bool = True):
+def tiny_state_and_batch(tx, num_blocks: int = 1, use_ema: bool = True, res_scale: float = 1.0,
+                         dtype: str = "float32", seed: int = 0):
     """``(model, state, batch)`` for train-step tests: an EDSR x2 of ``num_blocks`` blocks and 8
-    features, its train state under optimiser ``tx`` (seed 0, EMA with ``use_ema``), and a batch
-    ``{"lr": (2, 6, 6, 3), "hr": (2, 12, 12, 3)}`` uint8 in [0, 255] (NumPy seed 0)."""
+    features (``res_scale``, compute ``dtype`` "float32" or "bfloat16"), its train state under
+    optimiser ``tx`` (key ``seed``, EMA with ``use_ema``), and a batch ``{"lr": (2, 6, 6, 3),
+    "hr": (2, 12, 12, 3)}`` uint8 in [0, 255] (NumPy ``seed``)."""
     import jax
     import numpy as np
 
-    from edsr_jax.nets.edsr import ModelConfig
+    from edsr_jax.nets.edsr import DTYPES, ModelConfig
     from edsr_jax.training.state import create_train_state
 
-    model = ModelConfig(2, num_blocks, 8, 1.0).build()
-    state = create_train_state(model, tx, jax.random.key(0), use_ema=use_ema)
-    rng = np.random.default_rng(0)
+    model = ModelConfig(2, num_blocks, 8, res_scale).build(dtype=DTYPES[dtype])
+    state = create_train_state(model, tx, jax.random.key(seed), use_ema=use_ema)
+    rng = np.random.default_rng(seed)
     batch = {"lr": rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8),
              "hr": rng.integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)}
     return model, state, batch

@@ -101,6 +101,22 @@ def test_gpu_dry_run_train_step_upscaler_and_evaluation():
 
 
 @pytest.mark.slow
+def test_gpu_dry_run_folds_res_scale_without_kernels_of_its_own():
+    """One H100, bfloat16, a tiny EDSR with EDSR's res_scale (0.1, 2 blocks): with the fold
+    (``StepFormulation.fold_res_scale``) the step launches at least one kernel fewer per block
+    (the ``res_scale * branch + residual`` kernels go into cuDNN's conv + bias + side input)
+    and the same cuDNN calls: the factor vector fuses into the weight casts and the gradient's
+    readers (per array it was 2 kernels a block more, forward and backward)."""
+    rows = _dry_run("cuda", "--targets", "h100", "--devices", "1", "--dtypes", "bfloat16",
+                    "--presets", "tiny_scaled", "--programs", "train", "--formulations",
+                    "select+layout+flatstate+ohwi+relu", "select+layout+flatstate+ohwi+relu+fold")
+    before, after = (next(r for r in rows if r["program"].endswith(name)) for name in ("+relu", "+fold"))
+    assert after["cudnn"] == before["cudnn"]
+    assert after["kernels"] <= before["kernels"] - 2, (before["kernels"], after["kernels"])
+    assert after["copy_bytes"] <= before["copy_bytes"]
+
+
+@pytest.mark.slow
 def test_tpu_dry_run_train_step_upscaler_and_evaluation():
     """A TPU v5e 2x2 slice, bfloat16: the same checks, and the TPU compiler's own estimate."""
     rows = _dry_run("tpu", "--targets", "v5e", "--devices", "4", "--dtypes", "bfloat16")
@@ -215,6 +231,9 @@ def test_step_formulation_is_chosen_per_platform():
     assert gpu.relu_from_output
     for platform in ("cpu", "tpu"):
         assert not xla_options.step_formulation(platform).relu_from_output
+    assert gpu.fold_res_scale
+    for platform in ("cpu", "tpu"):
+        assert not xla_options.step_formulation(platform).fold_res_scale
 
 
 def test_reader_counts_what_a_fusion_reads_by_parameter_index():
@@ -261,3 +280,52 @@ ENTRY %main (a: f32[1000]) -> (bf16[2,2], bf16[8]) {
 """
     (kernel,) = hlo_stats.program_stats(text).kernels
     assert kernel.bytes == (4 + 8) * 4 + (4 + 8) * 2  # 12 f32 elements read, 12 bf16 written
+
+
+def test_reader_counts_a_fused_parameter_scaled_then_sliced_by_its_slices():
+    """The flat parameters multiplied by a factor vector made from an iota (``Flat.unravel``'s
+    factors), converted and sliced: only the slices are read; a parameter read in full by an
+    elementwise op whose result is not only sliced counts in full."""
+    text = """HloModule m
+
+%fused (param_0.1: f32[1000]) -> (bf16[4], bf16[8]) {
+  %param_0.1 = f32[1000]{0} parameter(0)
+  %iota.1 = s32[1000]{0} iota(), iota_dimension=0
+  %c.1 = s32[] constant(4)
+  %b.1 = s32[1000]{0} broadcast(%c.1), dimensions={}
+  %lt.1 = pred[1000]{0} compare(%iota.1, %b.1), direction=LT
+  %s.1 = f32[] constant(0.1)
+  %bs.1 = f32[1000]{0} broadcast(%s.1), dimensions={}
+  %o.1 = f32[] constant(1)
+  %bo.1 = f32[1000]{0} broadcast(%o.1), dimensions={}
+  %f.1 = f32[1000]{0} select(%lt.1, %bs.1, %bo.1)
+  %mul.1 = f32[1000]{0} multiply(%param_0.1, %f.1)
+  %convert.1 = bf16[1000]{0} convert(%mul.1)
+  %slice.1 = bf16[4]{0} slice(%convert.1), slice={[0:4]}
+  %slice.2 = bf16[8]{0} slice(%convert.1), slice={[4:12]}
+  ROOT %tuple.1 = (bf16[4]{0}, bf16[8]{0}) tuple(%slice.1, %slice.2)
+}
+
+%fused.2 (param_0.2: f32[1000]) -> f32[] {
+  %param_0.2 = f32[1000]{0} parameter(0)
+  %mul.2 = f32[1000]{0} multiply(%param_0.2, %param_0.2)
+  %z.2 = f32[] constant(0)
+  ROOT %r.2 = f32[] reduce(%mul.2, %z.2), dimensions={0}, to_apply=%add
+}
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %s = f32[] add(%x, %y)
+}
+
+ENTRY %main (a: f32[1000]) -> ((bf16[4], bf16[8]), f32[]) {
+  %a = f32[1000]{0} parameter(0)
+  %fusion.1 = (bf16[4]{0}, bf16[8]{0}) fusion(%a), kind=kLoop, calls=%fused
+  %fusion.2 = f32[] fusion(%a), kind=kInput, calls=%fused.2
+  ROOT %t = ((bf16[4]{0}, bf16[8]{0}), f32[]) tuple(%fusion.1, %fusion.2)
+}
+"""
+    first, second = hlo_stats.program_stats(text).kernels
+    assert first.bytes == (4 + 8) * 4 + (4 + 8) * 2  # 12 f32 elements read, 12 bf16 written
+    assert second.bytes == 1000 * 4 + 4

@@ -263,6 +263,33 @@ def receptive_radius(config: ModelConfig) -> int:
     return 1 + 2 * config.num_blocks + 1 + len(upsample_stages(config.scale)) + 1
 
 
+def res_scale_factors(params, res_scale: float):
+    """A tree like ``params`` (an EDSR's variables or its ``params`` collection; arrays or
+    ``jax.ShapeDtypeStruct``s) of Python floats: ``res_scale`` (> 0) for each residual block's
+    second convolution (``block_<i>/conv1``, kernel and bias), 1.0 elsewhere. Those parameters
+    times their factors, run with ``res_scale`` 1 (``fold_res_scale``), are the same function:
+    ``x + s * (k * y + b) = x + (s k) * y + s b``, so the block ends in conv + bias + residual
+    (cuDNN's fused side input on a GPU) instead of a separate ``s * branch + x``."""
+    def factor(path, _):
+        names = [str(getattr(key, "key", "")) for key in path]
+        in_block = any(name.startswith("block_") for name in names)
+        return float(res_scale) if in_block and "conv1" in names else 1.0
+
+    return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def fold_res_scale(params, res_scale: float):
+    """``params`` (an EDSR's, float) with ``res_scale`` folded into the residual blocks' second
+    convolutions (``res_scale_factors``): ``model.clone(res_scale=1.0).apply(fold_res_scale(
+    params, model.res_scale), x)`` computes ``model.apply(params, x)`` in another rounding
+    order (in bfloat16 one rounding of each block's branch fewer, and ``res_scale`` applied in
+    float32 rather than rounded to bfloat16: 0.1 is 0.10009765625 there). Unchanged at 1.0."""
+    if res_scale == 1.0:
+        return params
+    return jax.tree_util.tree_map(lambda p, f: p if f == 1.0 else p * jnp.asarray(f, p.dtype),
+                                  params, res_scale_factors(params, res_scale))
+
+
 def count_params(params) -> int:
     """Number of scalars in a parameter pytree (arrays or ``jax.ShapeDtypeStruct``s, e.g. from
     ``jax.eval_shape``): EDSR-baseline x2 has 1,369,859."""

@@ -95,6 +95,9 @@ class StepFormulation:
     ``relu_from_output``: the residual blocks' ReLUs differentiated from their output
     (``nets.edsr.relu_from_output``; an EDSR's ``relu_grad_from_output``): the same numbers,
     the pre-activation dead after the ReLU.
+    ``fold_res_scale``: an EDSR's ``res_scale`` (when not 1) folded into its residual blocks'
+    second convolutions' kernels and biases (``nets.edsr.fold_res_scale``), so each block ends
+    in conv + bias + residual: the same parameters, the rounding of another order.
     """
 
     guard: str
@@ -103,6 +106,7 @@ class StepFormulation:
     flat_state: bool = False
     kernel_order: tuple[int, ...] | None = None
     relu_from_output: bool = False
+    fold_res_scale: bool = False
 
 
 def step_formulation(platform: str | None = None) -> StepFormulation:
@@ -154,9 +158,19 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     # batch 16: 426 -> 394 kernels, 12.79 -> 12.37 ms (BENCHMARKS.md). TPU: the same program
     # (v5e, 4 chips, EDSR-baseline x2 bfloat16 batch 64: 919 ops, 25.68 ms either way), so not
     # used there; CPU not measured with it.
+    # GPU: EDSR's res_scale folded into the blocks' second convolutions (fold_res_scale), so each
+    # block ends in cuDNN's conv + bias + side input instead of a kernel of its own for
+    # res_scale * branch + residual. The flat parameters are multiplied by a vector made from an
+    # iota (Flat.unravel's factors), which fuses into the bfloat16 weight casts, and so is the
+    # gradient (per array the scaling was 92 kernels of its own). EDSR x2 bfloat16 batch 16, one
+    # H100: 394 -> 360 kernels, 12.37 -> 11.58 ms; 8 H100s: 399 -> 365, 13.14 -> 12.34 ms
+    # (BENCHMARKS.md). EDSR-baseline (res_scale 1): the same program. TPU: 2705 -> 2737 ops,
+    # estimate 91.04 -> 91.01 ms, the TPU compiler's own 61.40 ms either way (v5e, 4 chips,
+    # EDSR x2 bfloat16 batch 16), so not used there; CPU not measured (other rounding, no need).
     gpu = platform in ("gpu", "cuda", "rocm")
     return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu, flat_state=gpu,
-                           kernel_order=CUDNN_FILTER_ORDER if gpu else None, relu_from_output=gpu)
+                           kernel_order=CUDNN_FILTER_ORDER if gpu else None, relu_from_output=gpu,
+                           fold_res_scale=gpu)
 
 
 def unmask_full_batches(platform: str | None = None) -> bool:

@@ -5,6 +5,8 @@ the EMA as trees of arrays, one per parameter array), which checkpoints, evaluat
 read; and the flat form (``to_flat``), in which each of those trees is one array, its leaves laid
 end to end (a ``Flat``). A GPU updates the flat form in one kernel instead of one per parameter
 array (``xla_options.StepFormulation.flat_state``); ``to_tree`` gives the tree form back.
+``Flat.unravel`` may scale leaves on the way out (an EDSR's ``res_scale`` folded into its blocks'
+second convolutions, ``StepFormulation.fold_res_scale``): the stored parameters stay as they are.
 """
 
 from __future__ import annotations
@@ -58,20 +60,66 @@ class Flat:
     def tree_unflatten(cls, layout, children):
         return cls(children[0], layout)
 
-    def unravel(self):
-        """The tree: each leaf cut from ``array`` in order, reshaped and its axes put back.
-        Differentiable: the gradient of ``array`` is the leaves' gradients stored the same way
+    def unravel(self, factors: tuple[float, ...] | None = None):
+        """The tree: each leaf cut from ``array`` in order, reshaped and its axes put back;
+        with ``factors`` (one Python float per leaf, in order), each leaf times its factor,
+        computed as one multiply of ``array`` by a vector made from an iota (``factor_vector``),
+        which fuses into the cuts and casts that read the array anyway. Differentiable: the
+        gradient of ``array`` is the leaves' gradients (times their factors) stored the same way
         (one concatenation)."""
-        return _unravel(self.array, self.layout)
+        return _unravel(self.array, self.layout, None if factors is None else tuple(map(float, factors)))
 
 
 def _stored(x, order):
     return jnp.ravel(x if order is None else jnp.transpose(x, order))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _unravel(array, layout):
+def _runs(sizes, factors) -> dict[float, list[tuple[int, int]]]:
+    """{factor: [(start, end), ...]}: the ranges of the flat array whose leaves have each factor
+    other than 1 (neighbours with the same factor merged)."""
+    runs: dict[float, list[tuple[int, int]]] = {}
+    at = 0
+    for size, f in zip(sizes, factors):
+        if f != 1.0:
+            mine = runs.setdefault(f, [])
+            if mine and mine[-1][1] == at:
+                mine[-1] = (mine[-1][0], at + size)
+            else:
+                mine.append((at, at + size))
+        at += size
+    return runs
+
+
+def factor_vector(layout, factors: tuple[float, ...]) -> jax.Array:
+    """``(N,)`` of the flat array's dtype (N its size, < 2**31): each leaf's factor (``factors``,
+    one Python float per leaf of ``layout``, in order) over the leaf's range. Computed from an
+    iota, not stored, so that it fuses into whatever reads it: per factor, one range is two
+    comparisons; ranges of one width at one stride (an EDSR's blocks) a remainder and three;
+    other ranges two comparisons each."""
+    sizes = [math.prod(shape) for shape in layout[1]]
+    if sum(sizes) >= 2**31:
+        raise ValueError(f"factor_vector indexes with int32: {sum(sizes)} elements is too many")
+    dtype = jnp.dtype(layout[2])
+    i = jax.lax.iota(jnp.int32, sum(sizes))
+    out = jnp.ones((), dtype)
+    for f, ranges in _runs(sizes, factors).items():
+        (a, b), widths = ranges[0], {end - start for start, end in ranges}
+        strides = {ranges[k + 1][0] - ranges[k][0] for k in range(len(ranges) - 1)}
+        if len(ranges) == 1:
+            mask = (i >= a) & (i < b)
+        elif len(widths) == 1 and len(strides) == 1:
+            mask = (i >= a) & (i < ranges[-1][1]) & (jax.lax.rem(i - a, jnp.int32(strides.pop())) < b - a)
+        else:
+            mask = functools.reduce(jnp.logical_or, [(i >= start) & (i < end) for start, end in ranges])
+        out = jnp.where(mask, jnp.asarray(f, dtype), out)
+    return jnp.broadcast_to(out, i.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _unravel(array, layout, factors):
     treedef, shapes, _, orders = layout
+    if factors is not None:
+        array = array * factor_vector(layout, factors)
     out, at = [], 0
     for shape, order in zip(shapes, orders):
         size = math.prod(shape)
@@ -84,15 +132,18 @@ def _unravel(array, layout):
     return treedef.unflatten(out)
 
 
-def _unravel_fwd(array, layout):
-    return _unravel(array, layout), None
+def _unravel_fwd(array, layout, factors):
+    return _unravel(array, layout, factors), None
 
 
-def _unravel_bwd(layout, _, cotangents):
+def _unravel_bwd(layout, factors, _, cotangents):
     # One concatenation of the leaves' gradients; JAX's own transpose of the slices would pad each
     # to the whole array and sum the pads (EDSR x2, one H100: 7.3 GiB of temporaries, 38 % slower).
+    # The factors as one multiply of the whole (fused into its readers); per leaf they were one
+    # kernel each (EDSR x2, one H100: 64).
     leaves = layout[0].flatten_up_to(cotangents)
-    return (jnp.concatenate([_stored(g, o).astype(layout[2]) for g, o in zip(leaves, layout[3])]),)
+    grad = jnp.concatenate([_stored(g, o).astype(layout[2]) for g, o in zip(leaves, layout[3])])
+    return (grad if factors is None else grad * factor_vector(layout, factors),)
 
 
 _unravel.defvjp(_unravel_fwd, _unravel_bwd)

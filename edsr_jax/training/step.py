@@ -24,7 +24,7 @@ import optax
 from edsr_jax.data.device_symmetry import apply_symmetries
 from edsr_jax.degradation.device import degrade_batch, validate_spec
 from edsr_jax.nets import xla_options
-from edsr_jax.nets.edsr import EDSR
+from edsr_jax.nets.edsr import EDSR, fold_res_scale, res_scale_factors
 from edsr_jax.nets.mdsr import MDSR
 from edsr_jax.training.loss import pixel_loss
 from edsr_jax.training.sharding import Shardings, make_shardings
@@ -104,7 +104,8 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
                tx: optax.GradientTransformation, loss: str = "l1", charbonnier_eps: float = 1e-3,
                ema_decay: float = 0.0, guard: str = "cond", grads_in_param_layout: bool = False,
                damage: DeviceDamage | dict | None = None,
-               value_and_grad: Callable = _value_and_grad, flat_norm: bool = False) -> tuple[TrainState, dict]:
+               value_and_grad: Callable = _value_and_grad, flat_norm: bool = False,
+               fold_scale: bool = False) -> tuple[TrainState, dict]:
     """One optimiser step on ``batch = {"lr": (B,p,p,3) uint8, "hr": (B,p*s,p*s,3) uint8}``
     (values in [0, 255]), or another form of it (module docstring, ``batch_pairs``): ``damage``
     makes the LR from HR crops (an MDSR: ``{scale: DeviceDamage}``).
@@ -122,10 +123,16 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     state returned is in the same form.
     ``value_and_grad(loss_of, params, lr, hr)``: how the gradients are taken and summed over
     the devices (``reduced_in``: in a chosen dtype; default: as XLA partitions them).
+    ``fold_scale``: an EDSR whose ``res_scale`` is not 1 runs with it folded into its blocks'
+    second convolutions (``nets.edsr.fold_res_scale``; the flat form: ``Flat.unravel``'s
+    factors): the same parameters and gradients, to the rounding of another order.
     """
     lr, hr = batch_pairs(batch, damage[scale] if isinstance(damage, dict) else damage)
     lr, hr = lr.astype(jnp.float32), hr.astype(jnp.float32)
     extra = () if scale is None else (scale,)
+    res_scale = model.res_scale if fold_scale and isinstance(model, EDSR) else 1.0
+    if res_scale != 1.0:  # the parameters given to the model carry res_scale (nets.edsr.fold_res_scale)
+        model = model.clone(res_scale=1.0)
 
     def loss_of(params, lr, hr):
         return pixel_loss(model.apply(params, lr, *extra), hr, loss, charbonnier_eps)
@@ -133,10 +140,12 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     flat = isinstance(state.params, Flat)  # the state's flat form (training.state.to_flat)
     if flat:  # the gradient of the parameters laid end to end: one array, one update, one sum
         layout = state.params.layout
-        value, grads = value_and_grad(lambda p, lr, hr: loss_of(Flat(p, layout).unravel(), lr, hr),
+        factors = None if res_scale == 1.0 else leaf_factors(layout, res_scale)
+        value, grads = value_and_grad(lambda p, lr, hr: loss_of(Flat(p, layout).unravel(factors), lr, hr),
                                       state.params.array, lr, hr)
     else:
-        value, grads = value_and_grad(loss_of, state.params, lr, hr)
+        value, grads = value_and_grad(lambda p, lr, hr: loss_of(fold_res_scale(p, res_scale), lr, hr),
+                                      state.params, lr, hr)
     if grads_in_param_layout and not flat:
         grads = jax.tree_util.tree_map(row_major, grads)
     if flat or flat_norm:  # one reduction over the gradients end to end (xla_options.StepFormulation)
@@ -176,6 +185,13 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     return new_state, {"loss": value, "grad_norm": grad_norm}
 
 
+def leaf_factors(layout, res_scale: float) -> tuple[float, ...]:
+    """``nets.edsr.res_scale_factors`` of a ``Flat``'s ``layout``'s tree, one float per leaf in
+    the flat array's order (what ``Flat.unravel`` multiplies each leaf by)."""
+    tree = layout[0].unflatten([jax.ShapeDtypeStruct(shape, layout[2]) for shape in layout[1]])
+    return tuple(jax.tree_util.tree_leaves(res_scale_factors(tree, res_scale)))
+
+
 def row_major(x: jax.Array) -> jax.Array:
     """``x`` constrained to the default (row-major) layout, the one parameters are stored in."""
     from jax.experimental.layout import Layout, with_layout_constraint
@@ -198,7 +214,8 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
     ``xla_options.step_formulation`` of the mesh's platform (pass ``{}`` for XLA's own default
     options); ``shardings`` default to ``make_shardings``. A formulation with
     ``relu_from_output`` runs an EDSR's block ReLUs differentiated from their output (the same
-    parameters and numbers; an MDSR keeps ``nn.relu``)."""
+    parameters and numbers; an MDSR keeps ``nn.relu``), one with ``fold_res_scale`` its
+    ``res_scale`` folded into the blocks' second convolutions (``train_step``'s ``fold_scale``)."""
     shardings = shardings or make_shardings(mesh, state_shape)
     replicated, batch_sharding, state_sharding = shardings
     platform = mesh.devices.flat[0].platform
@@ -210,7 +227,7 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
                              charbonnier_eps=config.optim.charbonnier_eps,
                              ema_decay=float(config.train.ema), guard=form.guard,
                              grads_in_param_layout=form.grads_in_param_layout, damage=damage,
-                             flat_norm=form.flat_norm,
+                             flat_norm=form.flat_norm, fold_scale=form.fold_res_scale,
                              value_and_grad=_value_and_grad if reduce is None else reduced_in(mesh, reduce))
     if compiler_options is None:
         compiler_options = xla_options.compiler_options(
