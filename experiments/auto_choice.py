@@ -1,21 +1,30 @@
-"""How ``--model auto`` chooses on images of known damage (issue 29): the check behind the
-weights of ``edsr_jax/inference/choice.py`` (``JPEG_OVER``, ``JPEG_UNDER``, ``NEAR``, ``MARGIN``).
+"""How ``--model auto`` chooses on images of known damage (issue 29), and the calibration the
+built-in models ship with (``edsr_jax/inference/calibration.py``).
 
-  python experiments/auto_choice.py            # set, six evaluate runs (CPU: ~6 min), summary
-  python experiments/auto_choice.py --grid     # also: the choice again under other JPEG weights
+  python experiments/auto_choice.py            # set, six evaluate runs (CPU: ~25 min), summary, CV
+  python experiments/auto_choice.py --grid     # also: the distance rule again under other constants
+  python experiments/auto_choice.py --write    # also: write inference/weights/choice_calibration.json
 
-1. set: ``data/auto_choice/``: 11 HR images, 256 x 256 (the centres of the 8 built-in
-   photographs, ``data.samples``; 3 generated posters, ``posters.render(7, i)``).
-2. for each damage of ``DAMAGES``: ``python -m edsr_jax.evaluate data/auto_choice --bicubic
-   --model photo-x2 poster-x2 auto --spec DAMAGE --json results/auto_choice/<n>.json`` (LR
-   128 x 128, seeded per image name; ``auto`` records each image's choice).
-3. summary: per damage, and over all 66 images (one folder of mixed damage), the mean PSNR of
-   bicubic, photo-x2, poster-x2 and auto, how many images auto gave the better of the two
-   models, how many choices were uncertain. ``--grid`` re-runs the choice from the recorded
-   diagnoses (no model runs) for other JPEG weights.
+1. set: ``data/auto_calibration/``: 81 HR images of 320 x 320 or less (``make_set``): up to five
+   crops of each of the 8 built-in photographs (``data.samples``) and of Set5 (when ../shared is
+   present), and two crops of each of 16 generated posters (8 Latin, 8 Chinese; seed 2001, the
+   training words and fonts). None is in a built-in model's training data or in
+   experiments/prescribe.py's held-out table.
+2. for each damage of ``DAMAGES``: ``python -m edsr_jax.evaluate data/auto_calibration --bicubic
+   --model photo-x2 poster-x2 general-x2 auto --spec DAMAGE --json results/auto_choice/<n>.json``
+   (LR 160 x 160 at most, seeded per image name; ``auto`` records each image's choice).
+3. summary: per damage, and over all 486 images, the mean PSNR of bicubic, each model and auto,
+   how many images auto gave the best of the models, how many choices were uncertain.
+   ``--grid`` re-runs the distance rule from the recorded diagnoses (no model runs) under other
+   constants (``JPEG_OVER``, ``JPEG_UNDER``, ``BLUR_UNIT``, ``NOISE_UNIT``, ``NEAR``, ``MARGIN``,
+   ``CONFIDENT``).
+4. calibration: each LR made again as evaluate made it and diagnosed
+   (``calibration.features``); ``k`` and the flat-share weight chosen by leave-one-source-out
+   cross-validation of the choice as shipped (the distance rule where it is certain, the
+   calibration where it is uncertain). ``--write`` stores the table.
 
-The 66 images are few and small, and the weights were chosen on them: a check that the choice
-does what the measurements say, not a held-out score (issue 29's item 4 is that).
+The calibration was chosen on these images only. experiments/prescribe.py's held-out table is
+the score (README "Which model for which damage").
 """
 
 from __future__ import annotations
@@ -37,19 +46,46 @@ DAMAGES = ("bicubic", "nearest > jpeg(30,60)", "nearest", "bilinear > jpeg(60,90
 MODELS = ("photo-x2", "poster-x2", "general-x2")
 
 
+SIDE = 320          # HR side of every calibration image (LR 160 x 160 at x2)
+TRAIN_FONTS = ("DejaVuSans", "DejaVuSansMono", "pillow-default", "wqy-microhei")  # not the table's held-out fonts
+
+
+def _crops(im: np.ndarray, side: int) -> list[np.ndarray]:
+    """Up to five ``side`` x ``side`` crops: the four corners and the centre (fewer when the
+    image is small: distinct origins only)."""
+    h, w = im.shape[:2]
+    side = min(side, h, w) // 4 * 4
+    origins = dict.fromkeys([(0, 0), (0, w - side), (h - side, 0), (h - side, w - side),
+                             ((h - side) // 2, (w - side) // 2)])
+    return [im[t:t + side, l:l + side] for t, l in origins]
+
+
 def make_set(folder: Path) -> None:
-    from edsr_jax.data import posters, samples
+    """The calibration images, none of them in any built-in model's training data nor in
+    experiments/prescribe.py's held-out table: crops of the 8 built-in photographs
+    (``data.samples``) and of Set5 (when ../shared is present), and 16 generated posters (8
+    Latin, 8 Chinese; seed 2001, the training word list and fonts, so neither the table's
+    held-out words nor its fonts), two crops each."""
+    from edsr_jax.data import fonts, posters, samples
     from edsr_jax.io.images import read_rgb, write_image
 
+    if folder.is_dir() and any(folder.iterdir()):
+        return
     folder.mkdir(parents=True, exist_ok=True)
     paths = samples.builtin_images("train") + samples.builtin_images("val")
-    photos = [read_rgb(p) for p in paths]
-    for p, im in zip(paths, photos):
-        h, w = im.shape[:2]
-        top, left = max(0, (h - 256) // 2), max(0, (w - 256) // 2)
-        write_image(folder / f"{p.stem}.png", im[top:top + 256, left:left + 256], overwrite=True)
-    for i in range(3):
-        write_image(folder / f"poster{i}.png", posters.render(7, i, (256, 256), photos=photos[:2]), overwrite=True)
+    set5 = ROOT.parent / "shared" / "datasets" / "Set5"
+    if set5.is_dir():
+        paths += sorted(q for q in set5.iterdir() if q.suffix.lower() == ".png")
+    photos = [read_rgb(q) for q in paths]
+    for q, im in zip(paths, photos):
+        for k, crop in enumerate(_crops(im, SIDE)):
+            write_image(folder / f"{q.stem}_{k}.png", crop, overwrite=True)
+    faces = [f for f in fonts.available_fonts() if f.name in TRAIN_FONTS]
+    for i in range(16):
+        poster = posters.render(2001, i, (2 * SIDE, SIDE + 40), photos=photos[:8], fonts=faces, words="train",
+                                cjk_share=1.0 if i % 2 else 0.0)
+        for k, crop in enumerate((poster[:SIDE, :SIDE], poster[-SIDE:, -SIDE:])):
+            write_image(folder / f"poster{i:02d}_{k}.png", crop, overwrite=True)
 
 
 def evaluate(folder: Path) -> list[Path]:
@@ -107,24 +143,111 @@ def rechoose(rows, **constants) -> tuple[int, float]:
     return right, float(np.mean([p[m] for m, (_, _, p, _) in zip(picks, rows)]))
 
 
+GRID = {"JPEG_OVER": (1.0, 1.5), "JPEG_UNDER": (0.5, 1.0), "BLUR_UNIT": (2.0, 4.0, 8.0),
+        "NOISE_UNIT": (10.0, 20.0, 40.0), "NEAR": (0.3, 0.4, 0.6, 0.8), "MARGIN": (0.2, 0.3, 0.5),
+        "CONFIDENT": (0.3, 0.5, 0.7)}
+
+
 def grid(rows) -> None:
-    print("JPEG_OVER JPEG_UNDER   NEAR MARGIN CONFIDENT  best-of-models  mean PSNR of the choice")
-    for over, under, near, margin, confident in itertools.product(
-            (1.0, 1.5), (1.0, 0.5), (0.3, 0.4, 0.6), (0.2, 0.3, 0.5), (0.3, 0.5, 0.7)):
-        right, mean = rechoose(rows, JPEG_OVER=over, JPEG_UNDER=under, NEAR=near, MARGIN=margin,
-                               CONFIDENT=confident)
-        print(f"{over:9.2f} {under:10.2f} {near:6.2f} {margin:6.2f} {confident:9.2f}  {right:>5} of {len(rows):<5}  {mean:.3f}")
+    """Every combination of ``GRID`` (the choice's constants), from the recorded diagnoses:
+    the ten with the highest mean PSNR of the choice, and the shipped one."""
+    from edsr_jax.inference import choice
+
+    shipped = tuple(getattr(choice, k) for k in GRID)
+    results = []
+    for values in itertools.product(*GRID.values()):
+        right, mean = rechoose(rows, **dict(zip(GRID, values)))
+        results.append((mean, right, values))
+    results.sort(key=lambda r: -r[0])
+    print(" ".join(f"{k:>10}" for k in GRID) + "  best-of-models  mean PSNR of the choice")
+    for mean, right, values in results[:10] + [r for r in results if r[2] == shipped]:
+        mark = "  (shipped)" if values == shipped else ""
+        print(" ".join(f"{v:10.2f}" for v in values) + f"  {right:>5} of {len(rows):<5}  {mean:.3f}{mark}")
+
+
+def features_of(rows, folder: Path) -> np.ndarray:
+    """``(N, 5)``: ``calibration.features`` of each row's LR, made again exactly as evaluate made
+    it (``evaluator.lr_maker``, seeded by the file name) and diagnosed with today's code."""
+    from edsr_jax.evaluation import diagnosis, evaluator
+    from edsr_jax.inference import calibration, choice
+
+    makers = {spec: evaluator.lr_maker(2, spec) for spec in DAMAGES}
+    out = []
+    for spec, name, _, record in rows:
+        lr = makers[spec](evaluator.read_hr(folder / name, 2), name)
+        d = diagnosis.diagnose_array(lr, scale=2)
+        was = record["diagnosis"]["kind_probabilities"]["nearest"]
+        assert abs(d.kind_probabilities["nearest"] - was) < 1e-6, (spec, name, "not the LR evaluate scored")
+        out.append(calibration.features(choice.Seen.of(d)))
+    return np.array(out)
+
+
+def sources(rows) -> np.ndarray:
+    """Each row's source image (``coffee_3.png`` -> ``coffee``, ``poster05_1.png`` -> ``poster05``):
+    cross-validation leaves out every crop of one source at a time."""
+    return np.array([name.rsplit("_", 1)[0] for _, name, _, _ in rows])
+
+
+KS = (5, 10, 20)
+FLAT_WEIGHTS = (0.0, 1.0, 2.0, 4.0)
+
+
+def calibrate(rows, feats: np.ndarray) -> "object":
+    """The calibration table, its ``k`` and flat-share weight chosen by leave-one-source-out
+    cross-validation: the mean PSNR of the models ``choice.choose`` takes with it (the
+    distance rule where it is certain, the calibration where it is uncertain) for images of
+    sources the table does not hold, printed beside the calibration alone, the distance rule
+    alone (the general model when uncertain), general-x2 and the oracle."""
+    from edsr_jax.inference import choice
+    from edsr_jax.inference.calibration import Calibration
+
+    psnr = np.array([[p[m] for m in MODELS] for _, _, p, _ in rows])
+    src = sources(rows)
+    idx = np.arange(len(rows))
+    options = [c for c in choice.candidates(2) if c.name in MODELS]
+    rule = [choice.choose(choice.Seen.of(SimpleNamespace(**c["diagnosis"])), options, 2) for *_, c in rows]
+
+    def mean(picks) -> float:
+        return float(psnr[idx, [MODELS.index(m) for m in picks]].mean())
+
+    print(f"\ncalibration by leave-one-source-out cross-validation ({len(set(src))} sources, {len(rows)} images)")
+    print(f"{'k':>4} {'flat weight':>12}  {'as shipped':>10}  {'alone':>6}")
+    best = None
+    for k, flat in itertools.product(KS, FLAT_WEIGHTS):
+        cal = Calibration(2, MODELS, feats, psnr, k, (1.0, 1.0, 1.0, 1.0, flat))
+        alone = [cal.rank(feats[i], exclude=src == src[i]).best for i in idx]
+        shipped = mean([r.model if not r.uncertain else a for r, a in zip(rule, alone)])
+        print(f"{k:>4} {flat:>12.1f}  {shipped:10.3f}  {mean(alone):6.3f}")
+        if best is None or shipped > best[0]:
+            best = (shipped, cal)
+    print(f"distance rule alone: {mean([r.model for r in rule]):.3f}; general-x2: "
+          f"{psnr[:, MODELS.index('general-x2')].mean():.3f}; oracle: {psnr.max(axis=1).mean():.3f}")
+    cal = best[1]
+    return Calibration(cal.scale, cal.models, cal.features, cal.psnr, cal.k, cal.weights,
+                       f"experiments/auto_choice.py: {len(rows)} LR images ({len(set(src))} sources x "
+                       f"{len(DAMAGES)} damages), leave-one-source-out PSNR {best[0]:.3f} dB as shipped")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", action="store_true", help="also re-run the choice under other weights and thresholds")
+    p.add_argument("--write", action="store_true",
+                   help="write the calibration the built-in models ship with (inference/weights/"
+                        "choice_calibration.json)")
     args = p.parse_args()
-    make_set(ROOT / "data" / "auto_choice")
-    rows = load(evaluate(ROOT / "data" / "auto_choice"))
+    folder = ROOT / "data" / "auto_calibration"
+    make_set(folder)
+    rows = load(evaluate(folder))
     summary(rows)
     if args.grid:
         grid(rows)
+    cal = calibrate(rows, features_of(rows, folder))
+    if args.write:
+        from edsr_jax.inference import calibration, pretrained
+
+        target = pretrained.MODELS_DIR / calibration.FILE
+        target.write_text(json.dumps(cal.to_json()) + "\n")
+        print(f"wrote {target} (k {cal.k}, weights {cal.weights})")
     return 0
 
 

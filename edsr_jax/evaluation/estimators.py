@@ -66,6 +66,19 @@ def noise_sigma(rgb: np.ndarray, patch: int = 5, max_patches: int = 6000) -> flo
     return math.sqrt(max(var - 1.0 / 12.0, 0.0))
 
 
+def flat_share(y: np.ndarray, noise: float = 0.0, block: int = 4) -> float:
+    """Share in [0, 1] of the ``block`` x ``block`` tiles of luma ``y (H, W) float`` (0-255)
+    whose standard deviation is under ``2 + 1.5 noise`` (``noise``: the image's noise sigma,
+    NaN read as 0): flat colour, noise allowed. On experiments/auto_choice.py's calibration set
+    (LR at x2, six damages) drawn content (posters) reads 0.5 on average, photographs 0.2. NaN
+    when ``y`` holds no whole tile."""
+    h, w = y.shape[0] // block * block, y.shape[1] // block * block
+    if not h or not w:
+        return float("nan")
+    tiles = y[:h, :w].reshape(h // block, block, w // block, block).std(axis=(1, 3))
+    return float((tiles < 2.0 + 1.5 * (noise if np.isfinite(noise) else 0.0)).mean())
+
+
 def edge_stats(y: np.ndarray, s1: float = 1.0, s2: float = 2.0, top: float = 0.97) -> tuple[float, float]:
     """Width and overshoot of the strongest edges of luma ``y (H, W) float`` in [0, 255].
 

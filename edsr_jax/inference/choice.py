@@ -155,7 +155,9 @@ class Seen:
     of pixel dropping (against a filtered downscale) in [0, 1]; ``jpeg``, the JPEG quality or
     None; ``blur`` (HR pixels at the wanted scale) and ``noise`` (0-255), 0 below what
     ``diagnose`` reports (``BLUR_MIN``, ``NOISE_MIN``); a confidence in [0, 1] for each;
-    ``upscaled_by``, the factor an image was already upscaled back by (1: none)."""
+    ``upscaled_by``, the factor an image was already upscaled back by (1: none); ``flat``, the
+    share of flat tiles in [0, 1] (``estimators.flat_share``; NaN: not measured);
+    ``noise_measured``, False for a grayscale image (``diagnose`` reads no noise there)."""
 
     p_nearest: float
     jpeg: int | None
@@ -165,16 +167,22 @@ class Seen:
     noise: float = 0.0
     noise_confidence: float = 0.0
     upscaled_by: int = 1
+    flat: float = float("nan")
+    noise_measured: bool = True
 
     @classmethod
     def of(cls, d) -> "Seen":
         """From an ``evaluation.diagnosis.ImageDiagnosis``."""
         from edsr_jax.evaluation.diagnosis import BLUR_MIN, NOISE_MIN
 
-        blur = float(d.blur) if np.isfinite(d.blur) and d.blur >= BLUR_MIN else 0.0
-        noise = float(d.noise) if np.isfinite(d.noise) and d.noise >= NOISE_MIN else 0.0
+        def num(x) -> float:  # a JSON record writes NaN as null
+            return float("nan") if x is None else float(x)
+
+        blur, noise = num(d.blur), num(d.noise)
         return cls(float(d.kind_probabilities["nearest"]), d.jpeg_quality, float(d.jpeg_confidence),
-                   blur, float(d.blur_confidence), noise, float(d.noise_confidence), int(d.upscaled_by))
+                   blur if np.isfinite(blur) and blur >= BLUR_MIN else 0.0, float(d.blur_confidence),
+                   noise if np.isfinite(noise) and noise >= NOISE_MIN else 0.0, float(d.noise_confidence),
+                   int(d.upscaled_by), num(getattr(d, "flat_share", None)), bool(np.isfinite(noise)))
 
     @classmethod
     def mean(cls, seen: Sequence["Seen"]) -> "Seen":
@@ -185,7 +193,8 @@ class Seen:
         avg = lambda key: float(np.mean([getattr(s, key) for s in seen]))  # noqa: E731
         return cls(avg("p_nearest"), int(statistics.median(qs)) if 2 * len(qs) > len(seen) else None,
                    avg("jpeg_confidence"), avg("blur"), avg("blur_confidence"), avg("noise"),
-                   avg("noise_confidence"), max(s.upscaled_by for s in seen))
+                   avg("noise_confidence"), max(s.upscaled_by for s in seen), avg("flat"),
+                   all(s.noise_measured for s in seen))
 
     def text(self) -> str:
         """What was seen, briefly: ``"pixel dropping p=0.93, JPEG q=45"``."""
@@ -196,7 +205,7 @@ class Seen:
             parts.append(f"blur {self.blur:.1f}")
         if self.noise:
             parts.append(f"noise {self.noise:.1f}")
-        elif self.noise_confidence == 0:
+        elif not self.noise_measured:
             parts.append("noise not measured (grayscale)")
         if self.upscaled_by > 1:
             parts.append(f"upscaled back x{self.upscaled_by}")
@@ -254,6 +263,7 @@ class Choice:
     seen: Seen | None = None
     distances: dict[str, float] = field(default_factory=dict)
     diagnosis: dict[str, Any] = field(default_factory=dict)
+    calibrated: dict[str, Any] = field(default_factory=dict)
 
     def line(self, name: str) -> str:
         """``"NAME: MODEL (REASON)"``, the line ``upscale`` prints per image."""
@@ -261,14 +271,18 @@ class Choice:
 
     def record(self) -> dict:
         """JSON-ready: ``{"model", "scale", "reason", "confidence", "uncertain", "distances",
-        "diagnosis"}``."""
-        return {"model": self.model, "scale": self.scale, "reason": self.reason,
-                "confidence": round(self.confidence, 3), "uncertain": self.uncertain,
-                "distances": dict(self.distances), "diagnosis": dict(self.diagnosis)}
+        "diagnosis"}``, and ``"calibrated"`` (``{"k", "mean_psnr", "wins"}`` of the calibration's
+        nearest images) when the calibration chose."""
+        out = {"model": self.model, "scale": self.scale, "reason": self.reason,
+               "confidence": round(self.confidence, 3), "uncertain": self.uncertain,
+               "distances": dict(self.distances), "diagnosis": dict(self.diagnosis)}
+        if self.calibrated:
+            out["calibrated"] = dict(self.calibrated)
+        return out
 
 
 def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], scale: int,
-           not_diagnosed: str = "") -> Choice:
+           not_diagnosed: str = "", calibration=None) -> Choice:
     """The model for an image whose damage is ``seen`` (several: a video's frames, taken as
     one by ``Seen.mean``; None: not diagnosed, ``not_diagnosed`` says why), among ``options``
     (``candidates(scale)``). Pure: the same inputs give the same choice.
@@ -278,7 +292,12 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
     general model when there is one (the nearest general model if several), else still the
     nearest specialist, said uncertain. An image not diagnosed gets the general model, else
     the specialist nearest to a clean filtered downscale (the papers' LR). ValueError when
-    ``options`` is empty."""
+    ``options`` is empty.
+
+    ``calibration`` (``calibration.Calibration``): when it covers exactly ``options`` at
+    ``scale``, an uncertain choice of a diagnosed image takes the model with the best mean PSNR
+    on the calibration images diagnosed most like it, instead of the general model. A certain
+    choice stays with the specialist: its training damage is the image's."""
     if not options:
         raise ValueError(f"no built-in model at x{scale} to choose from")
     if seen is not None and not isinstance(seen, Seen):
@@ -290,8 +309,9 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
     rounded = {k: round(v, 3) for k, v in dist.items()} if seen is not None else {}
     what = seen.text() if seen is not None else f"not diagnosed: {not_diagnosed or 'no diagnosis'}"
 
-    def made(model: str, reason: str, confidence: float, uncertain: bool) -> Choice:
-        return Choice(model, int(scale), reason, float(confidence), uncertain, seen, rounded)
+    def made(model: str, reason: str, confidence: float, uncertain: bool, calibrated=None) -> Choice:
+        return Choice(model, int(scale), reason, float(confidence), uncertain, seen, rounded,
+                      calibrated=calibrated or {})
 
     if not specialists:  # only general models at this scale
         g = generals[0]
@@ -310,6 +330,16 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
             return made(generals[0].name, f"{what}; the general model", 0.0, True)
         return made(best.name, f"{what}; trained on {best.spec!r}, the nearest to a clean downscale; "
                                f"no general model at x{scale}", 0.0, True)
+    if calibration is not None and calibration.covers([c.name for c in options], scale):
+        from edsr_jax.inference.calibration import features
+
+        r = calibration.rank(features(seen))
+        top, *rest = r.means
+        than = f", {r.means[top] - r.means[rest[0]]:+.2f} dB over {rest[0]}" if rest else ""
+        return made(top, f"uncertain: {what}; nearest {best.name} at confidence {confidence:.2f}; best on "
+                         f"{r.wins[top]} of the {r.k} calibration images diagnosed most like it{than}",
+                    confidence, True, {"k": r.k, "mean_psnr": {m: round(v, 3) for m, v in r.means.items()},
+                                       "wins": r.wins})
     if generals:
         return made(generals[0].name, f"uncertain: {what}; nearest {best.name} at confidence "
                                       f"{confidence:.2f}; the general model", confidence, True)
@@ -337,7 +367,7 @@ def _array_problem(rgb: np.ndarray) -> str:
 
 def _diagnosis_record(d) -> dict:
     keys = ("kind", "kind_probabilities", "jpeg_quality", "jpeg_source", "jpeg_confidence", "blur",
-            "blur_confidence", "noise", "noise_confidence", "upscaled_by", "spec", "seconds")
+            "blur_confidence", "noise", "noise_confidence", "upscaled_by", "flat_share", "spec", "seconds")
     return {k: getattr(d, k) for k in keys}
 
 
@@ -361,7 +391,9 @@ class AutoUpscaler:
         self.models_dir = models_dir
         self.candidates = candidates(self.scale, models_dir)
         from edsr_jax.evaluation import diagnosis
+        from edsr_jax.inference import calibration
 
+        self.calibration = calibration.load(models_dir)
         self._diagnose_file = diagnose_file or diagnosis.diagnose_file
         self._diagnose_array = diagnose_array or diagnosis.diagnose_array
         self._options = upscaler_options
@@ -447,9 +479,10 @@ class AutoUpscaler:
         return Seen.of(d), _diagnosis_record(d), ""
 
     def _choose_seen(self, seen, record: dict, why: str) -> Choice:
-        c = choose(seen, self.candidates, self.scale, not_diagnosed=why)
+        c = choose(seen, self.candidates, self.scale, not_diagnosed=why, calibration=self.calibration)
         info = dict(record) if seen is not None else {"not_diagnosed": why}
-        return Choice(c.model, c.scale, c.reason, c.confidence, c.uncertain, c.seen, c.distances, info)
+        return Choice(c.model, c.scale, c.reason, c.confidence, c.uncertain, c.seen, c.distances, info,
+                      c.calibrated)
 
 
 def choose_model(image, scale: int = 2, *, models_dir: str | os.PathLike | None = None) -> Choice:
