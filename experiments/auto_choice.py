@@ -14,7 +14,10 @@ built-in models ship with (``edsr_jax/inference/calibration.py``).
    --model photo-x2 poster-x2 general-x2 auto --spec DAMAGE --json results/auto_choice/<n>.json``
    (LR 160 x 160 at most, seeded per image name; ``auto`` records each image's choice).
 3. summary: per damage, and over all 486 images, the mean PSNR of bicubic, each model and auto,
-   how many images auto gave the best of the models, how many choices were uncertain.
+   how many images auto gave the best of the models, how many choices were uncertain. (The
+   recorded auto column was measured before the calibration existed: the distance rule with
+   general-x2 as the fallback. Evaluated again with the calibration present it would be
+   in-sample; step 4's cross-validation is the out-of-sample number.)
    ``--grid`` re-runs the distance rule from the recorded diagnoses (no model runs) under other
    constants (``JPEG_OVER``, ``JPEG_UNDER``, ``BLUR_UNIT``, ``NOISE_UNIT``, ``NEAR``, ``MARGIN``,
    ``CONFIDENT``).
