@@ -1,8 +1,9 @@
 """EDSR's tail convolution on the grid before its last pixel shuffle (``nets.edsr.lr_grid_kernel``,
 ``Conv``'s ``input_shuffle``, ``EDSR.tail_on_lr_grid``; the TPU's ``StepFormulation.tail_on_lr_grid``
 and ``xla_options.tail_on_lr_grid``): the same parameters and function, the HR kernel remapped to
-a kernel over the un-shuffled channels so that only the 3 r r-channel result is shuffled. The
-remap is exact (float64 reference); the model, its gradients and the masked inference agree with
+a kernel over the un-shuffled channels so that only the 3 r r-channel result is shuffled (by a
+transposed convolution, ``pixel_shuffle_conv``). The remap is exact (float64 reference), the
+shuffle bit for bit; the model, its gradients and the masked inference agree with
 today's to float32 rounding at x2, x3, x4; CPU and GPU keep today's program."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 
 from edsr_jax.inference import infer
 from edsr_jax.nets import xla_options
-from edsr_jax.nets.edsr import EDSR, Conv, ModelConfig, lr_grid_kernel
+from edsr_jax.nets.edsr import (EDSR, Conv, ModelConfig, lr_grid_kernel, pixel_shuffle,
+                                 pixel_shuffle_conv)
 from edsr_jax.training import config as config_lib
 from edsr_jax.training.step import compile_train_step
 from conftest import tiny_state_and_batch
@@ -58,6 +60,20 @@ def test_lr_grid_kernel_is_the_shuffled_convolution_exactly(k, r):
     want = _conv64(_shuffle64(u, r), kernel.astype(np.float64))
     got = _shuffle64(_conv64(u, big), r)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("r", [2, 3])
+def test_pixel_shuffle_as_a_transposed_convolution_is_the_pixel_shuffle(dtype, r):
+    """``pixel_shuffle_conv`` (the LR tail's shuffle) gives ``pixel_shuffle``'s values and input
+    gradient bit for bit (one input times 1 per output), large values included."""
+    rng = np.random.default_rng(r)
+    x = jnp.asarray(rng.standard_normal((2, 5, 7, 3 * r * r)) * 1e3, dtype)
+    g = jnp.asarray(rng.standard_normal((2, 5 * r, 7 * r, 3)), dtype)
+    (a, vjp_a), (b, vjp_b) = (jax.vjp(lambda v: f(v, r), x) for f in (pixel_shuffle_conv, pixel_shuffle))
+    assert a.dtype == b.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    np.testing.assert_array_equal(np.asarray(vjp_a(g)[0], np.float32), np.asarray(vjp_b(g)[0], np.float32))
 
 
 def _close(x, y):
