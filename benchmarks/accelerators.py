@@ -114,7 +114,8 @@ FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
                 "select+relu": ("select", False, False, False, None, True),
                 "select+layout+flatstate+ohwi+relu+fold": ("select", True, True, True, (3, 0, 1, 2), True, True),
                 "select+relu+fold": ("select", False, False, False, None, True, True),
-                "select+fold": ("select", False, False, False, None, False, True)}
+                "select+fold": ("select", False, False, False, None, False, True),
+                "select+tail": ("select", False, False, False, None, False, False, True)}
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
@@ -211,12 +212,14 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     return {**out, "plain_adam": baseline(False), "plain_adam +layout": baseline(True)}
 
 
-def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int | None = None) -> dict:
+def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int | None = None,
+                     hr_tail: bool = False) -> dict:
     """Lowered inference forward passes on one device: an Upscaler tile (``tile`` LR pixels
     plus the receptive radius each side; default: the Upscaler's on that device, from
     ``xla_options.inference_budget_mb``: a quarter of its memory), masked
     (a border tile) and as a tile inside the image runs, and an evaluation image (Set14-sized LR
-    at x``scale``, bucketed): ``{name: (lowered, LR pixels)}``."""
+    at x``scale``, bucketed): ``{name: (lowered, LR pixels)}``. The tail where the Upscaler runs
+    it on the target (``xla_options.tail_on_lr_grid``), or after the last shuffle (``hr_tail``)."""
     import jax
     import jax.numpy as jnp
 
@@ -231,9 +234,11 @@ def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int
     params = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3))), jax.random.key(0))
     params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one),
                                     infer._plain_dict(infer._inner(params)))
+    lr_tail = xla_options.tail_on_lr_grid(device.platform) and not hr_tail
+
     def fn(masked: bool):
         return jax.jit(functools.partial(infer.apply_masked, config=model_config, dtype=dtype,
-                                         conv_backend="xla", masked=masked),
+                                         conv_backend="xla", masked=masked, tail_on_lr_grid=lr_tail),
                        compiler_options=xla_options.compiler_options(device.platform))
 
     budget = xla_options.inference_budget_mb(platform, int(DEVICES[target].memory_gib * 2**30))
@@ -352,10 +357,10 @@ def run_train_case(case: Case, formulations=False, damage_spec: str | None = Non
 
 
 def run_forward_cases(target: str, preset: str, scale: int, dtype: str,
-                      tile: int | None = None) -> list[dict]:
-    """Rows for the inference forward passes."""
+                      tile: int | None = None, hr_tail: bool = False) -> list[dict]:
+    """Rows for the inference forward passes (``forward_programs``)."""
     rows = []
-    for name, (low, pixels) in forward_programs(target, preset, scale, dtype, tile).items():
+    for name, (low, pixels) in forward_programs(target, preset, scale, dtype, tile, hr_tail).items():
         row = {"program": name, "target": target, "devices": 1, "preset": preset, "scale": scale,
                "dtype": dtype, "batch": 1, **describe(low, target, 1)}
         row["mpix_s"] = pixels * scale * scale / row["est_s"] / 1e6
@@ -429,6 +434,9 @@ def main(argv=None) -> int:
     p.add_argument("--programs", nargs="+", default=["train", "forward"], choices=["train", "forward"])
     p.add_argument("--tile", type=int, default=None,
                    help="Upscaler tile side in LR pixels (default: the Upscaler's own)")
+    p.add_argument("--hr-tail", action="store_true",
+                   help="inference programs with the tail after the last pixel shuffle on every "
+                        "target (default: where xla_options.tail_on_lr_grid says, TPU)")
     p.add_argument("--formulations", nargs="*", choices=list(FORMULATIONS), default=None,
                    help="the train step in each formulation of xla_options.step_formulation "
                         "and plain Adam with and without the gradient layout constraint; with "
@@ -470,7 +478,7 @@ def main(argv=None) -> int:
             for scale in args.scales:
                 for dtype in args.dtypes:
                     if "forward" in args.programs:
-                        rows += run_forward_cases(target, preset, scale, dtype, args.tile)
+                        rows += run_forward_cases(target, preset, scale, dtype, args.tile, args.hr_tail)
                     if "train" not in args.programs:
                         continue
                     for count in args.devices:

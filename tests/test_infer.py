@@ -229,7 +229,7 @@ def test_tiles_inside_the_image_skip_the_mask_where_the_platform_gains(monkeypat
     assert masked._full_fn is None  # CPU: one program
     monkeypatch.setattr(xla_options, "unmask_full_batches", lambda platform=None: True)
     split = infer.Upscaler(TINY, params, tile=16, ensemble=ensemble)
-    key = next(k for k in infer._JITTED if k[0] == TINY and k[-1] is False)
+    key = next(k for k in infer._JITTED if k[0] == TINY and k[4] is False)  # unmasked
     before = infer._TRACES[key]
     calls = []
     full_fn = split._full_fn

@@ -47,9 +47,9 @@ Progress = Callable[[int, int], None]  # progress(done, total): forward passes o
 MIN_BUCKET = 16
 
 # Traces of the jitted forward pass per (config, dtype name, conv backend "xla"/"onednn",
-# MDSR scale or None): one per compiled shape.
+# MDSR scale or None, masked, tail on the LR grid): one per compiled shape.
 _TRACES: collections.Counter = collections.Counter()
-_JITTED: dict[tuple[Any, str, str, int | None], Any] = {}
+_JITTED: dict[tuple[Any, str, str, int | None, bool, bool], Any] = {}
 
 
 def is_mdsr(config) -> bool:
@@ -113,7 +113,7 @@ def apply(params, lr, config: ModelConfig, dtype=jnp.float32, scale: int | None 
 
 def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32,
                  conv_backend: str = "xla", scale: int | None = None,
-                 masked: bool = True) -> jnp.ndarray:
+                 masked: bool = True, tail_on_lr_grid: bool = False) -> jnp.ndarray:
     """``apply`` on a padded batch: only ``x[n, y0:y1, x0:x1]`` with ``bounds[n] = (y0, y1,
     x0, x1)`` (int, LR pixels) counts as image; everything outside is treated as the
     convolutions' zero padding. ``(N, h, w, 3)`` float [0, 255] -> ``(N, h*s, w*s, 3)``
@@ -122,10 +122,13 @@ def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32,
     MDSR scale (``resolve_scale``; None for EDSR). Every ``model.Conv`` (3x3, and MDSR's 5x5)
     sees its input masked, so its own zero padding is the image border. ``masked=False``
     skips the mask (``bounds`` unused): the same result where every ``bounds`` row covers the
-    whole padded input, as for a tile inside the image."""
+    whole padded input, as for a tile inside the image. ``tail_on_lr_grid``: an EDSR's tail
+    before its last pixel shuffle (``EDSR.tail_on_lr_grid``; its input masked on that grid)."""
     scale = resolve_scale(config, scale)
     extra = () if scale is None else (scale,)
     model = config.build(dtype=_dtype(dtype), conv_backend=conv_backend)
+    if tail_on_lr_grid and not is_mdsr(config):
+        model = model.clone(tail_on_lr_grid=True)
     if not masked:
         return model.apply({"params": _inner(params)}, jnp.asarray(x, jnp.float32), *extra)
     lr_h = x.shape[1]
@@ -159,19 +162,21 @@ def conv_backend_for(conv_backend: str = "auto", dtype="float32", *, option: str
 
 
 def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto", scale: int | None = None,
-           masked: bool = True):
+           masked: bool = True, tail_on_lr_grid: bool | None = None):
     """The module-level jitted ``apply_masked(params, x, bounds)`` for one architecture,
-    compute dtype, convolution backend (``conv_backend_for``), MDSR scale (None for EDSR) and
-    ``masked`` (False: the forward pass for batches whose bounds cover them whole);
-    compiles once per input shape, whatever the params' values. Runs on JAX's default device."""
+    compute dtype, convolution backend (``conv_backend_for``), MDSR scale (None for EDSR),
+    ``masked`` (False: the forward pass for batches whose bounds cover them whole) and
+    ``tail_on_lr_grid`` (None: ``xla_options.tail_on_lr_grid``, TPU only); compiles once per
+    input shape, whatever the params' values. Runs on JAX's default device."""
+    lr_tail = xla_options.tail_on_lr_grid() if tail_on_lr_grid is None else bool(tail_on_lr_grid)
     key = (config, _dtype_name(dtype), conv_backend_for(conv_backend, dtype), resolve_scale(config, scale),
-           bool(masked))
+           bool(masked), lr_tail)
     fn = _JITTED.get(key)
     if fn is None:
 
         def forward(params, x, bounds):
             _TRACES[key] += 1  # runs at trace time only: one count per compilation
-            return apply_masked(params, x, bounds, config, DTYPES[key[1]], key[2], key[3], key[4])
+            return apply_masked(params, x, bounds, config, DTYPES[key[1]], *key[2:])
         fn = _JITTED[key] = jax.jit(forward, compiler_options=xla_options.compiler_options())
     return fn
 

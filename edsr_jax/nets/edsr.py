@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from edsr_jax import SCALES
 from edsr_jax.nets import onednn_conv
@@ -39,6 +40,51 @@ def pixel_shuffle(x: jnp.ndarray, r: int) -> jnp.ndarray:
     x = x.reshape(n, h, w, c, r, r)
     x = x.transpose(0, 1, 4, 2, 5, 3)
     return x.reshape(n, h * r, w * r, c)
+
+
+def pixel_shuffle_conv(x: jnp.ndarray, r: int) -> jnp.ndarray:
+    """``pixel_shuffle(x, r)`` ((N, H, W, C r r) -> (N, H r, W r, C), any float dtype) as a
+    transposed convolution (stride r) with a 0/1 kernel: each output is one input times 1
+    (precision HIGHEST: exact in float32 too), so the same values, and its gradient is a strided
+    convolution. On a TPU the convolution writes the HR array itself; the transpose of a
+    few-channel array instead went through a 6-D array whose minor dimension (the sub-pixel
+    column, r) pads to 128 lanes (v5e, a 1336-px EDSR-baseline x2 tile: 5.1 GiB)."""
+    c = x.shape[-1] // (r * r)
+    ones = np.zeros((r, r, c * r * r, c), np.float32)
+    i, j, ch = np.meshgrid(np.arange(r), np.arange(r), np.arange(c), indexing="ij")
+    ones[r - 1 - i, r - 1 - j, ch * r * r + i * r + j, ch] = 1.0  # conv_transpose: kernel flipped
+    return jax.lax.conv_transpose(x, jnp.asarray(ones, x.dtype), (r, r), "VALID",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  precision=jax.lax.Precision.HIGHEST)
+
+
+def lr_grid_kernel(kernel: jnp.ndarray, r: int) -> jnp.ndarray:
+    """A k x k convolution kernel ``(k, k, C, O)`` (k odd) of the HR grid as the ``(m, m, C r r,
+    O r r)`` kernel, ``m = 2 ceil((k // 2) / r) + 1`` (3 for k = 3), of the same convolution on
+    the grid before a pixel shuffle by ``r`` (>= 1): for ``u`` ``(N, H, W, C r r)``,
+    ``conv(pixel_shuffle(u, r), kernel) == pixel_shuffle(conv(u, lr_grid_kernel(kernel, r)), r)``
+    ('SAME' zero padding on both grids; a bias b becomes ``repeat(b, r * r)``).
+
+    Output channel ``o r r + i r + j`` (the HR pixel ``(h r + i, w r + j)``) reads, at HR tap
+    ``ky``, the input channel ``c r r + ii r + jj`` of LR row ``h + dy`` where ``(dy, ii) =
+    divmod(i + ky, r)`` (columns alike); every other entry is 0. Made by one gather of
+    ``kernel``'s entries (any float dtype; exact), so its gradient is the sum of each entry's
+    r r copies."""
+    k, c, o = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    if k % 2 == 0 or kernel.shape[1] != k or r < 1:
+        raise ValueError(f"lr_grid_kernel needs a (k, k, C, O) kernel with k odd and r >= 1, got "
+                         f"{kernel.shape} and r={r!r}")
+    pad = k // 2
+    m = -(-pad // r)
+    # HR tap (0..k-1; k: a zero entry) of LR tap d, source sub-pixel ii, output sub-pixel i
+    tap = (np.arange(-m, m + 1)[:, None, None] * r + np.arange(r)[None, :, None]
+           - np.arange(r)[None, None, :])
+    tap = np.where(np.abs(tap) <= pad, tap + pad, k)
+    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+    # [dy, ii, i, dx, jj, j, c, o] -> [dy, dx, c, ii, jj, o, i, j]
+    big = padded[tap[:, :, :, None, None, None], tap[None, None, None]]
+    big = big.transpose(0, 3, 6, 1, 4, 7, 2, 5)
+    return big.reshape(2 * m + 1, 2 * m + 1, c * r * r, o * r * r)
 
 
 def upsample_stages(scale: int) -> list[int]:
@@ -102,6 +148,13 @@ class Conv(nn.Module):
     ``backend``: "xla" (``lax.conv_general_dilated``, any platform and dtype) or "onednn"
     (``edsr_jax.nets.onednn_conv``: XLA:CPU, float32; same parameters, same numbers up to
     summation order).
+
+    ``input_shuffle`` r > 1: the input is ``(N, H, W, in_features r r)``, the activation whose
+    ``pixel_shuffle(., r)`` is the convolution's input, and the output is the convolution's
+    ``(N, H r, W r, features)``, computed on the (H, W) grid with ``lr_grid_kernel`` (r r
+    times the multiplies) and pixel-shuffled after (``pixel_shuffle_conv``): the same parameters
+    and function, only the ``features r r``-channel result is moved by the shuffle (EDSR's
+    ``tail_on_lr_grid``).
     """
 
     features: int
@@ -110,23 +163,27 @@ class Conv(nn.Module):
     param_dtype: Any = jnp.float32
     backend: str = "xla"
     kernel_size: int = 3
+    input_shuffle: int = 1
 
     @nn.compact
     def __call__(self, x):
-        k = self.kernel_size
+        k, r = self.kernel_size, self.input_shuffle
         if k < 1 or k % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {k!r}")
         fan_in = k * k * self.in_features
         kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
                             (k, k, self.in_features, self.features), self.param_dtype)
         bias = self.param("bias", torch_bias_init(fan_in), (self.features,), self.param_dtype)
+        if r != 1:  # remapped in the parameters' dtype: the gradient sums its r r copies there
+            kernel, bias = lr_grid_kernel(kernel, r), jnp.repeat(bias, r * r)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if self.backend == "onednn":
-            return onednn_conv.conv(x, kernel, bias)
-        pad = (k // 2, k // 2)
-        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), (pad, pad),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias
+            y = onednn_conv.conv(x, kernel, bias)
+        else:
+            pad = (kernel.shape[0] // 2,) * 2
+            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), (pad, pad),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+        return y if r == 1 else pixel_shuffle_conv(y, r)
 
 
 # ``Conv`` under its earlier name, the same class (``infer.apply_masked`` matches it by
@@ -178,6 +235,11 @@ class EDSR(nn.Module):
     computed, not the parameters or the function; ``relu_grad_from_output`` (the blocks' ReLUs
     as ``relu_from_output``) how their gradient is written, not the parameters or the numbers
     (the train step sets it per platform: ``xla_options.StepFormulation.relu_from_output``).
+    ``tail_on_lr_grid``: the tail convolution computed before the last pixel shuffle
+    (``Conv``'s ``input_shuffle``; at x4 the second x2 stage's), so the shuffle moves 3 r r
+    channels instead of ``num_features`` r r: the same parameters and function to float
+    rounding (per platform: ``xla_options.StepFormulation.tail_on_lr_grid`` in the train step,
+    ``xla_options.tail_on_lr_grid`` in ``infer.jitted``).
     """
 
     scale: int = 2
@@ -190,6 +252,7 @@ class EDSR(nn.Module):
     param_dtype: Any = jnp.float32
     conv_backend: str = "xla"
     relu_grad_from_output: bool = False
+    tail_on_lr_grid: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -205,10 +268,14 @@ class EDSR(nn.Module):
                            name=f"block_{i}")(res)
         res = conv(self.num_features, "body_conv", self.num_features)(res)
         x = x + res
-        for k, r in enumerate(upsample_stages(self.scale)):
+        stages = upsample_stages(self.scale)
+        shuffle = stages[-1] if self.tail_on_lr_grid else 1  # the last stage's, done by the tail
+        for k, r in enumerate(stages):
             x = conv(self.num_features * r * r, f"upsample_{k}", self.num_features)(x)
-            x = pixel_shuffle(x, r)
-        x = conv(3, "tail", self.num_features)(x)
+            if shuffle == 1 or k < len(stages) - 1:
+                x = pixel_shuffle(x, r)
+        x = Conv(3, self.num_features, self.dtype, self.param_dtype, self.conv_backend,
+                 input_shuffle=shuffle, name="tail")(x)
         return x.astype(jnp.float32) + mean
 
 

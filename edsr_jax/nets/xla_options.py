@@ -98,6 +98,9 @@ class StepFormulation:
     ``fold_res_scale``: an EDSR's ``res_scale`` (when not 1) folded into its residual blocks'
     second convolutions' kernels and biases (``nets.edsr.fold_res_scale``), so each block ends
     in conv + bias + residual: the same parameters, the rounding of another order.
+    ``tail_on_lr_grid``: an EDSR's tail convolution computed before its last pixel shuffle
+    (``nets.edsr.EDSR.tail_on_lr_grid``), so the shuffle moves 3 r r channels instead of the
+    upsampler's F r r: the same parameters and function to float rounding.
     """
 
     guard: str
@@ -107,6 +110,7 @@ class StepFormulation:
     kernel_order: tuple[int, ...] | None = None
     relu_from_output: bool = False
     fold_res_scale: bool = False
+    tail_on_lr_grid: bool = False
 
 
 def step_formulation(platform: str | None = None) -> StepFormulation:
@@ -167,10 +171,30 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     # (BENCHMARKS.md). EDSR-baseline (res_scale 1): the same program. TPU: 2705 -> 2737 ops,
     # estimate 91.04 -> 91.01 ms, the TPU compiler's own 61.40 ms either way (v5e, 4 chips,
     # EDSR x2 bfloat16 batch 16), so not used there; CPU not measured (other rounding, no need).
+    # TPU: the tail convolution on the grid before the last pixel shuffle (tail_on_lr_grid). The
+    # shuffle's depth-to-space is a physical relayout on a TPU (the channels are the minor, tiled
+    # dimension); on the F r r-channel upsampler output it made three 72 MiB copies per step (its
+    # input relaid out, its transpose, the gradient's). Shuffling the tail's 3 r r-channel output
+    # instead (by a transposed convolution, nets.edsr.pixel_shuffle_conv): v5e, 4 chips,
+    # EDSR-baseline x2 bfloat16 batch 64: copies 217.7 -> 1.7 MiB, estimate 25.68 -> 24.49 ms (the
+    # TPU compiler's own 31.61 -> 28.96 ms); a 1336-px inference tile: copies 4365 -> 41 MiB,
+    # temporaries 4408 -> 2195 MiB, estimate 57.1 -> 40.3 ms (BENCHMARKS.md). GPU: neutral (the
+    # transposes are fusions there; EDSR x2 bfloat16 batch 16, one H100: 11.58 -> 11.57 ms, 4
+    # kernels more), so not used; CPU keeps today's program (r r times the tail's multiplies).
     gpu = platform in ("gpu", "cuda", "rocm")
     return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu, flat_state=gpu,
                            kernel_order=CUDNN_FILTER_ORDER if gpu else None, relu_from_output=gpu,
-                           fold_res_scale=gpu)
+                           fold_res_scale=gpu, tail_on_lr_grid=platform == "tpu")
+
+
+def tail_on_lr_grid(platform: str | None = None) -> bool:
+    """Whether inference (``infer.jitted``, so the ``Upscaler``) runs an EDSR's tail convolution
+    before its last pixel shuffle (``nets.edsr.EDSR.tail_on_lr_grid``) on ``platform`` (default:
+    JAX's default backend): TPU only, as in the train step (``step_formulation``). v5e,
+    EDSR-baseline x2 bfloat16, a 1336-px tile inside the image: copies 4365 -> 41 MiB,
+    temporaries 4408 -> 2195 MiB (within the tile budget, 4096), estimate 57.1 -> 40.3 ms
+    (BENCHMARKS.md)."""
+    return _platform(platform) == "tpu"
 
 
 def unmask_full_batches(platform: str | None = None) -> bool:

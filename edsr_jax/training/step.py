@@ -215,13 +215,16 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
     options); ``shardings`` default to ``make_shardings``. A formulation with
     ``relu_from_output`` runs an EDSR's block ReLUs differentiated from their output (the same
     parameters and numbers; an MDSR keeps ``nn.relu``), one with ``fold_res_scale`` its
-    ``res_scale`` folded into the blocks' second convolutions (``train_step``'s ``fold_scale``)."""
+    ``res_scale`` folded into the blocks' second convolutions (``train_step``'s ``fold_scale``),
+    one with ``tail_on_lr_grid`` an EDSR's tail before its last pixel shuffle (an MDSR: after)."""
     shardings = shardings or make_shardings(mesh, state_shape)
     replicated, batch_sharding, state_sharding = shardings
     platform = mesh.devices.flat[0].platform
     form = formulation or xla_options.step_formulation(platform)
     if form.relu_from_output and isinstance(model, EDSR):  # same parameters, same numbers
         model = model.clone(relu_grad_from_output=True)
+    if form.tail_on_lr_grid and isinstance(model, EDSR):  # same parameters, float rounding
+        model = model.clone(tail_on_lr_grid=True)
     reduce = grad_reduce_dtype(config, mesh)
     step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
                              charbonnier_eps=config.optim.charbonnier_eps,
