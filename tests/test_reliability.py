@@ -1084,3 +1084,20 @@ def test_sigterm_is_ctrl_c_for_every_command(capsys):
     assert cli.run(terminated, []) == 143
     assert capsys.readouterr().err == "terminated (SIGTERM): re-run to resume\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_while_prepare_starts_its_workers_is_delivered_not_lost():
+    """While the workers start, the parent holds SIGINT back from them (they inherit it
+    blocked, so a Ctrl-C prints no traceback from a worker still importing); a Ctrl-C that
+    comes then still stops the parent (it was ignored there before, and lost)."""
+    from edsr_jax.data.prepare import _workers_ignore_sigint
+
+    probe = "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set()))"
+    with pytest.raises(KeyboardInterrupt):
+        with _workers_ignore_sigint():
+            child = subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.PIPE, text=True)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    assert child.communicate(timeout=60)[0].strip() == "True"  # started with SIGINT blocked
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the parent's mask restored

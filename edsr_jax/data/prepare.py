@@ -263,12 +263,21 @@ def process_source(path: str, index: int, out: str, settings: Settings, width: i
 
 @contextlib.contextmanager
 def _workers_ignore_sigint():
-    """Start worker processes with SIGINT ignored from their first instruction: an ignored
-    signal stays ignored across exec, and Python then installs no KeyboardInterrupt handler, so
-    a Ctrl-C to the process group while a worker is still importing prints no traceback from
-    it (the parent handles Ctrl-C and stops the workers). Only the main thread can do this."""
+    """Start worker processes with SIGINT held back from their first instruction, so that a
+    Ctrl-C to the process group while a worker is still importing prints no traceback from it
+    (the parent handles Ctrl-C and stops the workers). On POSIX the signal is blocked in the
+    parent for the moment the workers start: a blocked signal stays blocked across exec, and
+    a Ctrl-C that comes meanwhile is delivered to the parent when the block ends, never lost.
+    Elsewhere it is ignored for that moment. Only the main thread can do this."""
     if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    if hasattr(signal, "pthread_sigmask"):
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -453,8 +462,10 @@ def _prepare_locked(hr_dir: Path, out: Path, settings: Settings, sources: list[P
             with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
                                      mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-                with _workers_ignore_sigint():  # the submissions start every worker
-                    futures = [pool.submit(process_source, *task) for task in tasks]
+                n = min(workers, len(tasks))
+                with _workers_ignore_sigint():  # the first submissions start every worker
+                    futures = [pool.submit(process_source, *task) for task in tasks[:n]]
+                futures += [pool.submit(process_source, *task) for task in tasks[n:]]
                 try:
                     for fut in as_completed(futures):
                         collect(fut.result())
