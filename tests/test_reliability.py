@@ -929,11 +929,14 @@ def _prepare(hr, out, *extra):
 def _start_prepare(hr, out, *extra):
     """A real prepare in its own session (a terminal's Ctrl-C reaches its whole group), once it
     has written its first files; returns (process, its child processes' pids)."""
-    # SIGINT at its default in the child: a test runner's worker process may ignore it (pytest-xdist's
-    # do), and an ignored signal stays ignored across exec, as for a job started in the background.
-    proc = subprocess.Popen(_prepare(hr, out, *extra), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # SIGINT not ignored in the child: a test runner started in the background ignores it, and an
+    # ignored signal stays ignored across exec (a handler is reset to the default there).
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(_prepare(hr, out, *extra), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, handler)
     deadline = time.monotonic() + 90
     while not (out / "HR").is_dir() or len(list((out / "HR").glob("*.png"))) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
