@@ -185,7 +185,8 @@ class Seen:
         return cls(float(d.kind_probabilities["nearest"]), d.jpeg_quality, float(d.jpeg_confidence),
                    blur if np.isfinite(blur) and blur >= BLUR_MIN else 0.0, float(d.blur_confidence),
                    noise if np.isfinite(noise) and noise >= NOISE_MIN else 0.0, float(d.noise_confidence),
-                   int(d.upscaled_by), num(getattr(d, "flat_share", None)), bool(np.isfinite(noise)))
+                   int(d.upscaled_by), num(getattr(d, "flat_share", None)),
+                   bool(np.isfinite(noise) or d.noise_confidence > 0))  # gray: NaN at confidence 0
 
     @classmethod
     def mean(cls, seen: Sequence["Seen"]) -> "Seen":
