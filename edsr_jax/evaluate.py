@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", metavar="DIR", help="score a trained model (a workdir or checkpoint dir)")
     model.add_argument("--model", nargs="+", metavar="NAME",
                        help="score built-in trained models (python -m edsr_jax.pretrained lists them), "
-                            "each a row; auto: per image the one trained on the damage diagnosed in its LR")
+                            "each a row; A+B: the mean of their outputs; auto: per image the one trained on "
+                            "the damage diagnosed in its LR")
     p.add_argument("--scales", nargs="+", metavar="S",
                    help="scales to score, from 2 3 4 (default: all three for --bicubic alone; "
                         "the model's scale with --checkpoint, every scale of an MDSR)")
@@ -143,8 +144,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.model:
         from edsr_jax.inference import pretrained
 
+        from edsr_jax.inference.blend import SEP
+
         known = {*pretrained.names(), pretrained.AUTO}
-        cut = next((i for i, t in enumerate(args.model) if i and t not in known), len(args.model))
+        is_model = lambda t: t in known or (SEP in t and set(t.split(SEP)) <= known)  # noqa: E731
+        cut = next((i for i, t in enumerate(args.model) if i and not is_model(t)), len(args.model))
         extra = list(args.model[cut:]) + extra
         args.model = list(dict.fromkeys(args.model[:cut]))
     args.datasets = list(args.datasets) + extra
@@ -202,12 +206,12 @@ def _check_datasets(args, scales: Sequence[int]) -> list[TestSet]:
 
 
 def _load_builtin(args, name: str):
-    """The ``infer.Upscaler`` of built-in model ``name``; an unknown name is a UsageError."""
-    from edsr_jax.inference.infer import Upscaler  # lazily: only a model needs JAX
+    """The ``infer.Upscaler`` of built-in model ``name`` (a ``blend.Blend`` for ``A+B``); an
+    unknown name is a UsageError."""
+    from edsr_jax.inference import blend  # lazily: only a model needs JAX
 
     try:
-        return Upscaler.from_pretrained(name, ensemble=args.ensemble, tile=args.tile,
-                                        conv_backend=args.conv_backend)
+        return blend.from_pretrained(name, ensemble=args.ensemble, tile=args.tile, conv_backend=args.conv_backend)
     except ValueError as e:
         raise cli.UsageError(f"--model {name}: {e}") from None
 

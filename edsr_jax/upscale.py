@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", metavar="NAME",
                         help="a built-in trained model (python -m edsr_jax.pretrained lists them: "
                              "photo-x2, poster-x2, general-x2, photo-x3, photo-x4), or auto: per image the one "
-                             "trained on the damage diagnosed in it (the default with neither option)")
+                             "trained on the damage diagnosed in it (the default with neither option); "
+                             "A+B: the mean of both models' outputs")
     p.add_argument("--out", default="upscaled", help="output folder (created when missing; default upscaled)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4),
                    help="upscaling factor of an MDSR checkpoint (required there; an EDSR's is fixed), "
@@ -397,6 +398,7 @@ def _check_conv_backend(conv_backend: str, dtype: str) -> None:
 
 def _load(args):
     from edsr_jax.inference import pretrained
+    from edsr_jax.inference import blend
     from edsr_jax.inference.infer import Upscaler
 
     options = dict(tile=args.tile, ensemble=args.ensemble, dtype=args.dtype,
@@ -420,7 +422,7 @@ def _load(args):
             print(f"note: no --checkpoint or --model: using the built-in model {pretrained.describe(name)}",
                   file=sys.stderr)
         try:
-            upscaler = Upscaler.from_pretrained(name, **options)
+            upscaler = blend.from_pretrained(name, **options)
         except ValueError as e:
             raise cli.UsageError(f"--model {name}: {e}") from None
         if args.scale is not None and args.scale != upscaler.scale:

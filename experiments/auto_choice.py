@@ -47,6 +47,8 @@ OUT = ROOT / "results" / "auto_choice"
 DAMAGES = ("bicubic", "nearest > jpeg(30,60)", "nearest", "bilinear > jpeg(60,90)", "blur(1.5) > bicubic",
            "bicubic > noise(5)")
 MODELS = ("photo-x2", "poster-x2", "general-x2")
+BLENDS = ("photo-x2+general-x2", "poster-x2+general-x2")  # the mean of two models' outputs (inference/blend.py)
+COLUMNS = MODELS + BLENDS  # what the calibration may choose
 
 
 SIDE = 320          # HR side of every calibration image (LR 160 x 160 at x2)
@@ -102,6 +104,12 @@ def evaluate(folder: Path) -> list[Path]:
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT)
         files.append(target)
+        target = OUT / f"blends_{n}.json"
+        if not target.exists():
+            cmd = [sys.executable, "-m", "edsr_jax.evaluate", str(folder), "--model", *BLENDS, "--spec", spec,
+                   "--json", str(target)]
+            print("+", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, cwd=ROOT)
     return files
 
 
@@ -110,15 +118,17 @@ def load(files: list[Path]) -> list[tuple[str, dict, dict, dict]]:
     rows = []
     for f in files:
         r = {x["method"]: x for x in json.loads(f.read_text())["results"]}
+        r.update({x["method"]: x for x in json.loads((f.parent / f"blends_{f.name}").read_text())["results"]})
         for i, row in enumerate(r["auto"]["per_image"]):
-            psnr = {m: r[m]["per_image"][i]["psnr"] for m in ("bicubic", *MODELS, "auto")}
+            assert all(r[m]["per_image"][i]["image"] == row["image"] for m in BLENDS), f
+            psnr = {m: r[m]["per_image"][i]["psnr"] for m in ("bicubic", *COLUMNS, "auto")}
             rows.append((r["auto"]["degradation"], row["image"], psnr, row["choice"]))
     return rows
 
 
 def summary(rows) -> None:
-    methods = ("bicubic", *MODELS, "auto")
-    print(f"{'damage':<24} " + " ".join(f"{m:>10}" for m in methods) + "  best-of-models  uncertain")
+    methods = ("bicubic", *COLUMNS, "auto")
+    print(f"{'damage':<24} " + " ".join(f"{m[:10]:>10}" for m in methods) + "  best-of-models  uncertain")
     for damage in (*DAMAGES, "all"):
         mine = [r for r in rows if damage in (r[0], "all")]
         mean = {m: np.mean([p[m] for _, _, p, _ in mine]) for m in methods}
@@ -196,35 +206,43 @@ FLAT_WEIGHTS = (0.0, 1.0, 2.0, 4.0)
 
 
 def calibrate(rows, feats: np.ndarray) -> "object":
-    """The calibration table, its ``k`` and flat-share weight chosen by leave-one-source-out
-    cross-validation: the mean PSNR of the models ``choice.choose`` takes with it (the
-    distance rule where it is certain, the calibration where it is uncertain) for images of
-    sources the table does not hold, printed beside the calibration alone, the distance rule
-    alone (the general model when uncertain), general-x2 and the oracle."""
+    """The calibration table, its columns (the models alone, or with ``BLENDS``), ``k`` and
+    flat-share weight chosen by leave-one-source-out cross-validation: the mean PSNR of what
+    ``choice.choose`` takes with it (the distance rule where it is certain, the calibration where
+    it is uncertain) for images of sources the table does not hold, printed beside the
+    calibration alone, the distance rule alone (the general model when uncertain), general-x2
+    and the oracles."""
     from edsr_jax.inference import choice
     from edsr_jax.inference.calibration import Calibration
 
-    psnr = np.array([[p[m] for m in MODELS] for _, _, p, _ in rows])
+    psnr = np.array([[p[m] for m in COLUMNS] for _, _, p, _ in rows])
     src = sources(rows)
     idx = np.arange(len(rows))
     options = [c for c in choice.candidates(2) if c.name in MODELS]
     rule = [choice.choose(choice.Seen.of(SimpleNamespace(**c["diagnosis"])), options, 2) for *_, c in rows]
+    damage = np.array([r[0] for r in rows])
 
-    def mean(picks) -> float:
-        return float(psnr[idx, [MODELS.index(m) for m in picks]].mean())
+    def scores(picks) -> np.ndarray:
+        return psnr[idx, [COLUMNS.index(m) for m in picks]]
 
     print(f"\ncalibration by leave-one-source-out cross-validation ({len(set(src))} sources, {len(rows)} images)")
-    print(f"{'k':>4} {'flat weight':>12}  {'as shipped':>10}  {'alone':>6}")
+    print(f"{'columns':<12} {'k':>4} {'flat weight':>12}  {'as shipped':>10}  {'alone':>6}   as shipped per damage")
     best = None
-    for k, flat in itertools.product(KS, FLAT_WEIGHTS):
-        cal = Calibration(2, MODELS, feats, psnr, k, (1.0, 1.0, 1.0, 1.0, flat))
+    for columns, k, flat in itertools.product((MODELS, COLUMNS), KS, FLAT_WEIGHTS):
+        cols = [COLUMNS.index(m) for m in columns]
+        cal = Calibration(2, columns, feats, psnr[:, cols], k, (1.0, 1.0, 1.0, 1.0, flat))
         alone = [cal.rank(feats[i], exclude=src == src[i]).best for i in idx]
-        shipped = mean([r.model if not r.uncertain else a for r, a in zip(rule, alone)])
-        print(f"{k:>4} {flat:>12.1f}  {shipped:10.3f}  {mean(alone):6.3f}")
-        if best is None or shipped > best[0]:
-            best = (shipped, cal)
-    print(f"distance rule alone: {mean([r.model for r in rule]):.3f}; general-x2: "
-          f"{psnr[:, MODELS.index('general-x2')].mean():.3f}; oracle: {psnr.max(axis=1).mean():.3f}")
+        shipped = scores([r.model if not r.uncertain else a for r, a in zip(rule, alone)])
+        label = "models" if columns == MODELS else "+ blends"
+        print(f"{label:<12} {k:>4} {flat:>12.1f}  {shipped.mean():10.3f}  {scores(alone).mean():6.3f}   "
+              + " ".join(f"{shipped[damage == d].mean():.2f}" for d in DAMAGES))
+        if best is None or shipped.mean() > best[0]:
+            best = (shipped.mean(), cal)
+    print(f"distance rule alone: {scores([r.model for r in rule]).mean():.3f}; general-x2: "
+          f"{psnr[:, COLUMNS.index('general-x2')].mean():.3f}; oracle of the models: "
+          f"{psnr[:, :len(MODELS)].max(axis=1).mean():.3f}, with the blends: {psnr.max(axis=1).mean():.3f}")
+    print("best single model per damage: " + " ".join(
+        f"{psnr[damage == d, :len(MODELS)].mean(axis=0).max():.2f}" for d in DAMAGES))
     cal = best[1]
     return Calibration(cal.scale, cal.models, cal.features, cal.psnr, cal.k, cal.weights,
                        f"experiments/auto_choice.py: {len(rows)} LR images ({len(set(src))} sources x "

@@ -73,8 +73,12 @@ class Calibration:
     source: str = ""
 
     def covers(self, names: Sequence[str], scale: int) -> bool:
-        """True when the table was measured for exactly the models ``names`` at ``scale``."""
-        return int(scale) == self.scale and set(names) == set(self.models)
+        """True when the table was measured for exactly the models ``names`` at ``scale`` (its
+        blends, ``"A+B"``, of those models only)."""
+        from edsr_jax.inference.blend import members
+
+        measured = {m for name in self.models for m in members(name)}
+        return int(scale) == self.scale and set(names) == measured
 
     def rank(self, x: np.ndarray, exclude: np.ndarray | None = None) -> Ranking:
         """The ``Ranking`` for features ``x`` ``(5,)``; ``exclude``, an ``(N,)`` bool mask of

@@ -17,7 +17,8 @@ far from every specialist's, or two are about as near, or the image cannot be di
 nearest specialist is kept and the reason says the choice was uncertain. Where a calibration
 covers the models (``calibration.py``: the built-ins ship one, measured by
 experiments/auto_choice.py), an uncertain choice of a diagnosed image takes instead the model
-that scored best on the calibration images diagnosed most like it. Each choice carries a
+that scored best on the calibration images diagnosed most like it (or a blend of two,
+``"photo-x2+general-x2"``: the mean of both models' outputs, ``blend.py``). Each choice carries a
 one-line reason (``Choice.line``: ``poster.png: poster-x2 (pixel dropping p=0.93, JPEG q=45;
 nearest to 'nearest > jpeg(30,60)')``) and a JSON record (``Choice.record``).
 
@@ -41,7 +42,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edsr_jax.inference import pretrained
+from edsr_jax.inference import blend, pretrained
 
 # Distance units: a term reaches 1 at these differences from the training damage.
 JPEG_SPAN = 70.0   # JPEG strength (100 - q) / JPEG_SPAN, clipped to [0, 1]: q 30 and below are all "strong"
@@ -340,8 +341,9 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
         r = calibration.rank(features(seen))
         top, *rest = r.means
         than = f", {r.means[top] - r.means[rest[0]]:+.2f} dB over {rest[0]}" if rest else ""
+        mean = f"; the mean of {' and '.join(blend.members(top))}'s outputs" if blend.is_blend(top) else ""
         return made(top, f"uncertain: {what}; nearest {best.name} at confidence {confidence:.2f}; best on "
-                         f"{r.wins[top]} of the {r.k} calibration images diagnosed most like it{than}",
+                         f"{r.wins[top]} of the {r.k} calibration images diagnosed most like it{than}{mean}",
                     confidence, True, {"k": r.k, "mean_psnr": {m: round(v, 3) for m, v in r.means.items()},
                                        "wins": r.wins})
     if generals:
@@ -431,9 +433,13 @@ class AutoUpscaler:
         return self._choose_seen(seen or None, {"frames": records}, why or "no frame")
 
     def upscaler(self, model: str):
-        """The ``infer.Upscaler`` of built-in ``model``, loaded on first use."""
+        """The ``infer.Upscaler`` of built-in ``model`` (a ``blend.Blend`` of its members for
+        ``"A+B"``), each model loaded on first use."""
         up = self._upscalers.get(model)
-        if up is None:
+        if up is None and blend.is_blend(model):
+            up = blend.Blend([self.upscaler(m) for m in blend.members(model)], name=model)
+            self._upscalers[model] = up
+        elif up is None:
             from edsr_jax.inference import infer
 
             config, params = pretrained.load(model, self.models_dir)
