@@ -101,6 +101,10 @@ class StepFormulation:
     ``tail_on_lr_grid``: an EDSR's tail convolution computed before its last pixel shuffle
     (``nets.edsr.EDSR.tail_on_lr_grid``), so the shuffle moves 3 r r channels instead of the
     upsampler's F r r: the same parameters and function to float rounding.
+    ``shard_update``: with ``flat_state`` on more than one device, the flat arrays (parameters,
+    Adam's moments, EMA) split over the devices (``training.step.ShardedUpdate``): the
+    parameters all-gathered in the compute dtype, the gradient reduce-scattered instead of
+    all-reduced, the update, EMA and guard run on each device's 1/N (1/N of their memory too).
     """
 
     guard: str
@@ -111,6 +115,7 @@ class StepFormulation:
     relu_from_output: bool = False
     fold_res_scale: bool = False
     tail_on_lr_grid: bool = False
+    shard_update: bool = False
 
 
 def step_formulation(platform: str | None = None) -> StepFormulation:
