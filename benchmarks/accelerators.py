@@ -15,10 +15,11 @@ measurements.
         --spec "nearest > jpeg(30,60)"
 
 Programs: the trainer's train step (``training.step.compile_train_step``: mesh over the devices, state
-replicated and donated, in the form the trainer keeps it on that platform (GPU: flat,
-``training.state.to_flat``), batch sharded; per-device batch of 48x48 LR patches); with ``--degrade-on
-device`` also ``train_step+damage``, the same step fed HR crops, patch indices and symmetries that
-makes its LR with ``--spec`` inside the program (``training.step.DeviceDamage``); a plain optax
+donated, in the form the trainer keeps it on that platform (GPU: flat, ``training.state.to_flat``,
+and on several GPUs split over them, ``StepFormulation.shard_update``; else replicated), batch
+sharded; per-device batch of 48x48 LR patches); with ``--degrade-on device`` also
+``train_step+damage``, the same step fed HR crops, patch indices and symmetries that makes its
+LR with ``--spec`` inside the program (``training.step.DeviceDamage``); a plain optax
 Adam step with donated state on the same model and mesh (the baseline for copied bytes), and
 on one device the inference forward pass (``infer.apply_masked`` as ``infer.jitted`` compiles
 it with XLA convolutions) for one Upscaler tile (``tile_for_budget``'s default) and for one

@@ -41,7 +41,8 @@ FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after
         "async-done", "async-update", "send-done", "recv-done",
         "conditional", "while", "call"}
 COLLECTIVES = {"all-reduce", "all-reduce-start", "all-gather", "all-gather-start",
-               "reduce-scatter", "reduce-scatter-start", "all-to-all", "collective-permute", "collective-permute-start",
+               "reduce-scatter", "reduce-scatter-start", "all-to-all", "collective-permute",
+               "collective-permute-start",
                "ragged-all-to-all", "collective-broadcast"}
 HOST_OPS = {"send", "recv", "infeed", "outfeed"}
 ELEMENTWISE_FREE = FREE | {"broadcast", "reshape", "transpose", "slice", "dynamic-slice",

@@ -134,8 +134,8 @@ class Run:
                                         shard_flat=shards_state(self.formulation, self.mesh, state_shape))
         tree_sharding = make_shardings(self.mesh, tree_shape).state
         same = lambda s: s  # noqa: E731
-        self.to_step_form = (jax.jit(lambda s: to_flat(s, order, self.multiple), out_shardings=self.shardings.state)
-                             if self.flat else same)
+        self.to_step_form = (jax.jit(lambda s: to_flat(s, order, self.multiple),
+                                     out_shardings=self.shardings.state) if self.flat else same)
         # the weights evaluation reads: a tree, whole on every device
         self.weights_of = jax.jit(tree_of, out_shardings=self.shardings.replicated) if self.flat else same
         self.to_tree = jax.jit(to_tree, out_shardings=tree_sharding) if self.flat else same

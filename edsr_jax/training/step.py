@@ -137,7 +137,8 @@ class ShardedUpdate:
             value, grad = jax.value_and_grad(lambda a: loss_of(Flat(a, layout).unravel(), lr, hr))(full)
             if factors is not None:
                 grad = grad * factor_vector(layout, factors)
-            grad = jax.lax.psum_scatter(grad.astype(self.reduce_dtype), "data", scatter_dimension=0, tiled=True)
+            grad = jax.lax.psum_scatter(grad.astype(self.reduce_dtype), "data", scatter_dimension=0,
+                                        tiled=True)
             return jax.lax.psum(value, "data") / n, grad / n
 
         value, grad = jax.shard_map(local, mesh=self.mesh, in_specs=(P("data"), P("data"), P("data")),
@@ -261,7 +262,7 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
                        shardings: Shardings | None = None,
                        formulation: xla_options.StepFormulation | None = None,
                        damage: DeviceDamage | dict | None = None) -> Callable:
-    """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated:
+    """``train_step`` jitted with replicated (or, below, split) state, ``data``-sharded batch, state donated:
     ``step(state, batch)`` for an EDSR, ``step(state, batch, scale)`` for an MDSR (``scale``
     static: one executable per scale in the one jit cache, compiled at its first call).
     ``damage``: the LR made in the step from HR crops (``DeviceDamage``; an MDSR's
