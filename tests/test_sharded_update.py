@@ -3,6 +3,7 @@ on 4 CPU devices (fresh processes) its step computes the replicated flat step's 
 norm, parameters, moments and EMA; the guard skips a non-finite step on every device; the
 trainer's checkpoints (the tree form) resume across the two layouts and device counts."""
 
+import json
 import os
 import subprocess
 import sys
@@ -148,12 +149,17 @@ def _train(workdir, sharded: bool, devices: int, *overrides):
     return r
 
 
+def _last_psnr(workdir) -> float:
+    records = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return [r for r in records if "psnr" in r][-1]["psnr"]
+
+
 @pytest.mark.slow
 def test_checkpoints_resume_across_layouts_and_device_counts(tmp_path):
     """3 steps split over 4 devices, resumed for 3 more replicated (CPU's tree form) on 2, and
     the reverse (1 device's tree, then split over 4); against 6 straight steps on one device:
-    equal to float32 rounding (rtol 1e-5 after 6 steps, as the 4-device test), params and EMA.
-    A run split over 4 devices starts from another's weights (``train.init_from``)."""
+    equal to float32 rounding (rtol 1e-5 after 6 steps, as the 4-device test), params and EMA,
+    and the final evaluation's PSNR (1e-3 dB) whichever layout evaluated it. A run split over 4 devices starts from another's weights (``train.init_from``)."""
     from edsr_jax.training.restore import restore_params
 
     _train(tmp_path / "straight", False, 1)
@@ -163,6 +169,8 @@ def test_checkpoints_resume_across_layouts_and_device_counts(tmp_path):
         assert_close(final_params(tmp_path / name), final_params(tmp_path / "straight"), 1e-5)
         ema_of = lambda w: restore_params(w, prefer_ema=True)[1]  # noqa: E731
         assert_close(ema_of(tmp_path / name), ema_of(tmp_path / "straight"), 1e-5)
+        # the last evaluation (b: of the split state's EMA, gathered) scores the same weights
+        assert _last_psnr(tmp_path / name) == pytest.approx(_last_psnr(tmp_path / "straight"), abs=1e-3)
     r = _train(tmp_path / "tuned", True, 4, "--config.train.steps=1", "--config.model.scale=4",
                f"--config.train.init_from={tmp_path / 'straight'}")
     assert "loaded 12 arrays" in r.stderr
