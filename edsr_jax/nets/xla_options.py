@@ -192,9 +192,10 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     # for bfloat16). 8 H100s, x2: EDSR bfloat16 batch 16 12.34 -> 11.96 ms (74 -> 76 % MFU),
     # EDSR-baseline bfloat16 batch 64 2.55 -> 2.53 ms, float32 4.93 -> 4.77 ms (342 -> 274
     # kernels); the state takes 1/8 of the memory (EDSR: 467 -> 59 MiB of arguments per device).
-    # One device: the same program. TPU: its tree state stays faster (v5e, 4 chips,
-    # EDSR-baseline x2 bfloat16 batch 64: tree 24.49 ms, flat 25.08, flat and split 24.76; the TPU
-    # compiler's own 28.96, 29.55, 29.38 ms). CPU keeps its replicated tree (BENCHMARKS.md).
+    # One device: the same program. TPU: its tree state stays faster (v5e, 4 chips, x2 bfloat16:
+    # EDSR-baseline batch 64 tree 24.49 ms, flat 25.08, flat and split 24.76, the TPU compiler's
+    # own 28.96, 29.55, 29.38 ms; EDSR batch 16 tree 89.76, flat and split 91.73, the compiler's
+    # 59.78 and 60.32 ms). CPU keeps its replicated tree (BENCHMARKS.md).
     gpu = platform in ("gpu", "cuda", "rocm")
     return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu, flat_state=gpu,
                            kernel_order=CUDNN_FILTER_ORDER if gpu else None, relu_from_output=gpu,
