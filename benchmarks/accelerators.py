@@ -15,10 +15,11 @@ measurements.
         --spec "nearest > jpeg(30,60)"
 
 Programs: the trainer's train step (``training.step.compile_train_step``: mesh over the devices, state
-replicated and donated, in the form the trainer keeps it on that platform (GPU: flat,
-``training.state.to_flat``), batch sharded; per-device batch of 48x48 LR patches); with ``--degrade-on
-device`` also ``train_step+damage``, the same step fed HR crops, patch indices and symmetries that
-makes its LR with ``--spec`` inside the program (``training.step.DeviceDamage``); a plain optax
+donated, in the form the trainer keeps it on that platform (GPU: flat, ``training.state.to_flat``,
+and on several GPUs split over them, ``StepFormulation.shard_update``; else replicated), batch
+sharded; per-device batch of 48x48 LR patches); with ``--degrade-on device`` also
+``train_step+damage``, the same step fed HR crops, patch indices and symmetries that makes its
+LR with ``--spec`` inside the program (``training.step.DeviceDamage``); a plain optax
 Adam step with donated state on the same model and mesh (the baseline for copied bytes), and
 on one device the inference forward pass (``infer.apply_masked`` as ``infer.jitted`` compiles
 it with XLA convolutions) for one Upscaler tile (``tile_for_budget``'s default) and for one
@@ -115,7 +116,11 @@ FORMULATIONS = {"cond": ("cond", False), "select": ("select", False),
                 "select+layout+flatstate+ohwi+relu+fold": ("select", True, True, True, (3, 0, 1, 2), True, True),
                 "select+relu+fold": ("select", False, False, False, None, True, True),
                 "select+fold": ("select", False, False, False, None, False, True),
-                "select+tail": ("select", False, False, False, None, False, False, True)}
+                "select+tail": ("select", False, False, False, None, False, False, True),
+                "select+layout+flatstate+ohwi+relu+fold+shard": ("select", True, True, True, (3, 0, 1, 2), True,
+                                                                 True, False, True),
+                "select+flatstate+tail": ("select", False, False, True, None, False, False, True),
+                "select+flatstate+tail+shard": ("select", False, False, True, None, False, False, True, True)}
 
 
 def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
@@ -156,9 +161,11 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     batch = {"lr": jax.ShapeDtypeStruct((n, PATCH, PATCH, 3), jnp.uint8, sharding=batch_sharding),
              "hr": jax.ShapeDtypeStruct((n, PATCH * scale, PATCH * scale, 3), jnp.uint8,
                                         sharding=batch_sharding)}
-    def flat_state(kernel_order):
-        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                                      jax.eval_shape(lambda a: to_flat(a, kernel_order), abstract))
+    def flat_state(kernel_order, shard=False):
+        # split over the devices (StepFormulation.shard_update): padded to a multiple of them
+        shape = jax.eval_shape(lambda a: to_flat(a, kernel_order, count if shard else 1), abstract)
+        return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                      shape, make_shardings(mesh, shape, shard_flat=shard).state)
 
     adam = optax.adam(cfg.optim.lr)
 
@@ -188,8 +195,9 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
     def step(formulation=None, damage=None):
         # the state in the form the trainer keeps it under this formulation (StepFormulation.flat_state)
         form = formulation or step_formulation(platform)
-        st = flat_state(form.kernel_order) if form.flat_state else state
-        jitted = compile_train_step(model, tx, cfg, mesh, st, shardings=make_shardings(mesh, st),
+        shard = form.flat_state and form.shard_update and count > 1
+        st = flat_state(form.kernel_order, shard) if form.flat_state else state
+        jitted = compile_train_step(model, tx, cfg, mesh, st, shardings=make_shardings(mesh, st, shard_flat=shard),
                                     formulation=form, damage=damage)
         if damage is None:
             return _lower(jitted, (st, batch), platform)
@@ -290,6 +298,10 @@ def describe(lowered, target: str, count: int) -> dict:
         "collectives": len(stats.collectives),
         "collective_bytes": stats.collective_bytes,
         "all_reduces": sum(op.startswith("all-reduce") for op, _ in stats.collectives),
+        # per kind: [count, payload bytes] (hlo_stats.collective_payload)
+        "collective_kinds": {kind: [sum(op.startswith(kind) for op, _ in stats.collectives),
+                                    sum(b for op, b in stats.collectives if op.startswith(kind))]
+                             for kind in ("all-reduce", "reduce-scatter", "all-gather")},
         "flops": sum(k.mxu_flops for k in stats.kernels),
         "est_s": hlo_stats.roofline_seconds(stats, device, devices=count),
         "est_no_launch_s": hlo_stats.roofline_seconds(stats, device, devices=count, launch_us=0.0),
@@ -396,10 +408,20 @@ def _mib(b: float) -> str:
     return f"{b / 2**20:.2f}" if b < 2**30 else f"{b / 2**30:.2f} Gi"
 
 
+def _collectives(r: dict) -> str:
+    """"1 (5.2)": all-reduces and their MiB; with reduce-scatters or all-gathers, each kind
+    named ("AR 1 (0.0), RS 1 (155.4), AG 1 (77.7)")."""
+    kinds = {k: v for k, v in r.get("collective_kinds", {}).items() if v[0]}
+    if set(kinds) <= {"all-reduce"}:
+        return f"{r['all_reduces']} ({r['collective_bytes'] / 2**20:.1f})"
+    short = {"all-reduce": "AR", "reduce-scatter": "RS", "all-gather": "AG"}
+    return ", ".join(f"{short[k]} {n} ({b / 2**20:.1f})" for k, (n, b) in kinds.items())
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table of the rows."""
     head = ("| program | target | dev | model | dtype | batch/dev | compile s | arg / temp MiB | "
-            "kernels (cuDNN, fusions) | copies (MiB) | cond | loops | host | all-reduce (MiB) | "
+            "kernels (cuDNN, fusions) | copies (MiB) | cond | loops | host | collectives (MiB) | "
             "est ms | patches/s or MPix/s | MFU (no launch cost) | TPU compiler est ms |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
@@ -415,7 +437,7 @@ def table(rows: list[dict]) -> str:
             f"{r['batch']} | {r['compile_s']:.1f} | {r['arg_mib']:.1f} / {r['temp_mib']:.0f} | "
             f"{r['kernels']} ({r['cudnn']}, {r['fusions']}) | {r['copies']} ({r['copy_bytes'] / 2**20:.2f}) | "
             f"{r['conditionals']} | {r['loops']} | {len(r['host_transfers'])} | "
-            f"{r['all_reduces']} ({r['collective_bytes'] / 2**20:.1f}) | {1e3 * r['est_s']:.2f} | "
+            f"{_collectives(r)} | {1e3 * r['est_s']:.2f} | "
             f"{rate} | {mfu} | {tpu} |")
     return "\n".join(lines)
 

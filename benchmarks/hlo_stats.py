@@ -10,7 +10,8 @@ and of calls; the bodies of fusions are kernels, not separate launches) and coun
   memory, the TPU's VMEM prefetches and write-backs, count apart as ``prefetch`` kernels),
   conditionals, while loops;
 - host transfers (send / recv / infeed / outfeed, host callbacks, host-memory copies);
-- collectives with the bytes of their results;
+- collectives with their payload: the bytes of an all-reduce's result, of a reduce-scatter's
+  (whole) operand, of an all-gather's (whole) result;
 - per kernel FLOPs (convolutions and dots exactly from their shapes, elementwise ops one per
   element) and bytes (operands read plus results written; an operand read only through
   slices counts the slices), for ``roofline``.
@@ -36,11 +37,12 @@ HEADER = re.compile(r"^(ENTRY )?%([\w.\-]+) .*\{\s*$")
 # whose work is counted in the computations they call.
 FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
         "partition-id", "replica-id", "opt-barrier", "add-dependency",
-        "all-reduce-done", "all-gather-done", "collective-permute-done", "copy-done",
+        "all-reduce-done", "all-gather-done", "reduce-scatter-done", "collective-permute-done", "copy-done",
         "async-done", "async-update", "send-done", "recv-done",
         "conditional", "while", "call"}
 COLLECTIVES = {"all-reduce", "all-reduce-start", "all-gather", "all-gather-start",
-               "reduce-scatter", "all-to-all", "collective-permute", "collective-permute-start",
+               "reduce-scatter", "reduce-scatter-start", "all-to-all", "collective-permute",
+               "collective-permute-start",
                "ragged-all-to-all", "collective-broadcast"}
 HOST_OPS = {"send", "recv", "infeed", "outfeed"}
 ELEMENTWISE_FREE = FREE | {"broadcast", "reshape", "transpose", "slice", "dynamic-slice",
@@ -311,7 +313,8 @@ def _fusion_read_bytes(comps, ins: Instr, shapes: dict[str, str]) -> int:
 
 @dataclasses.dataclass
 class Kernel:
-    """One launched op: its name, kind, FLOPs (matrix unit / elementwise) and bytes moved."""
+    """One launched op: its name, kind, FLOPs (matrix unit / elementwise) and bytes moved; a
+    collective's ``opcode`` and ``payload`` (``collective_payload``)."""
 
     name: str
     kind: str
@@ -319,7 +322,22 @@ class Kernel:
     vpu_flops: float
     bytes: int
     dtype: str
+    opcode: str = ""
+    payload: int = 0
 
+
+SCATTER_GATHER = ("all-gather", "reduce-scatter")
+
+
+def collective_payload(ins: Instr, shapes: dict[str, str]) -> int:
+    """The bytes a collective is about: an all-reduce's result (a combined one: all its
+    results); a reduce-scatter's operands and an all-gather's results, the whole arrays that
+    the devices' shares make up. An async start's shape holds its operands and its results."""
+    if not ins.opcode.startswith(SCATTER_GATHER):
+        return nbytes(ins.shape)
+    read = sum(nbytes(shapes.get(o, "")) for o in ins.operands)
+    written = nbytes(ins.shape) - (read if ins.opcode.endswith("-start") else 0)
+    return max(read, written)
 
 def kernel_kind(ins: Instr) -> str:
     """cudnn / cublas / triton / custom-call / fusion / copy / collective / host / other
@@ -397,14 +415,15 @@ def program_stats(hlo_text: str) -> ProgramStats:
                 copy_bytes += _first_array_bytes(ins.shape)
             if kind == "host":
                 host.append(f"{ins.opcode} {ins.name}")
+            payload = collective_payload(ins, shapes) if kind == "collective" else 0
             if kind == "collective":
-                collectives.append((ins.opcode, nbytes(ins.shape)))
+                collectives.append((ins.opcode, payload))
             mxu, vpu = _instr_flops(comps, ins, shapes, memo)
             read = (_fusion_read_bytes(comps, ins, shapes) if ins.opcode == "fusion"
                     else sum(nbytes(shapes.get(o, "")) for o in ins.operands))
             found = arrays(ins.shape)
             kernels.append(Kernel(ins.name, kind, mxu, vpu, read + nbytes(ins.shape),
-                                  found[0][0] if found else ""))
+                                  found[0][0] if found else "", ins.opcode, payload))
     return ProgramStats(kernels, kinds, copies, copy_bytes, conditionals, loops, host, collectives)
 
 
@@ -446,13 +465,16 @@ def roofline_seconds(stats: ProgramStats, device: Device, devices: int = 1,
     """Estimated run time (seconds) of a program on ``device``: each kernel takes the longer of
     its compute time (matrix FLOPs at the dense peak of its output dtype, elementwise FLOPs at
     the vector peak) and its memory time (bytes at HBM bandwidth), plus a fixed launch cost;
-    a collective over ``devices`` moves ``2 (n-1)/n`` of its bytes (ring all-reduce) at the
-    interconnect bandwidth. Kernels run one after another: no overlap is assumed."""
+    a collective over ``devices`` moves ``2 (n-1)/n`` of its bytes (ring all-reduce; a
+    reduce-scatter or an all-gather ``(n-1)/n`` of its payload, one half of a ring all-reduce)
+    at the interconnect bandwidth. Kernels run one after another: no overlap is assumed."""
     launch = (device.launch_us if launch_us is None else launch_us) * 1e-6
     total = 0.0
     for k in stats.kernels:
         if k.kind == "collective":
-            moved = 2.0 * (devices - 1) / max(devices, 1) * nbytes_of_result(k)
+            share = (devices - 1) / max(devices, 1)
+            moved = (share * k.payload if k.opcode.startswith(SCATTER_GATHER)
+                     else 2.0 * share * nbytes_of_result(k))
             total += moved / (device.interconnect_gbs * 1e9) + launch
             continue
         peak = device.matrix_tflops.get(k.dtype, device.matrix_tflops["bf16"])

@@ -117,6 +117,50 @@ def test_gpu_dry_run_folds_res_scale_without_kernels_of_its_own():
 
 
 @pytest.mark.slow
+def test_gpu_dry_run_splits_the_flat_state_over_the_devices():
+    """2 H100s, bfloat16, a tiny EDSR with res_scale 0.1 (5699 parameters, padded to 5700): with
+    ``StepFormulation.shard_update`` the gradient is reduce-scattered in float32 (the whole
+    gradient's 22800 bytes), the parameters all-gathered in bfloat16 (11400 bytes), and the only
+    all-reduce left is the loss and the norm's scalars; the state's arguments are smaller and the
+    gathered parameters' slices fuse into the weight casts (no kernel per parameter array: 16
+    arrays, at most 4 kernels more); the estimate charges the two halves of a ring all-reduce."""
+    rows = _dry_run("cuda", "--targets", "h100", "--devices", "2", "--dtypes", "bfloat16",
+                    "--presets", "tiny_scaled", "--programs", "train", "--formulations",
+                    "select+layout+flatstate+ohwi+relu+fold", "select+layout+flatstate+ohwi+relu+fold+shard")
+    before, after = (next(r for r in rows if r["program"].endswith(name)) for name in ("+fold", "+shard"))
+    assert before["collective_kinds"] == {"all-reduce": [1, 22800], "reduce-scatter": [0, 0], "all-gather": [0, 0]}
+    assert after["collective_kinds"]["reduce-scatter"] == [1, 22800], after["collective_kinds"]
+    assert after["collective_kinds"]["all-gather"] == [1, 11400], after["collective_kinds"]
+    assert after["collective_kinds"]["all-reduce"][1] <= 8, after["collective_kinds"]
+    assert after["arg_mib"] < before["arg_mib"]
+    assert after["cudnn"] == before["cudnn"] and after["kernels"] <= before["kernels"] + 4
+    assert after["copy_bytes"] <= before["copy_bytes"]
+
+
+def test_collective_payloads_and_their_ring_cost():
+    """``hlo_stats``: an all-reduce's payload is its result, a reduce-scatter's its whole
+    operand, an all-gather's its whole result (sync, or async with a tuple shape); on 8
+    devices the estimate moves 2 * 7/8 of an all-reduce's payload and 7/8 of the others'."""
+    text = "\n".join([
+        "HloModule m", "",
+        "%add (a: f32[], b: f32[]) -> f32[] {", "  %a = f32[] parameter(0)", "  %b = f32[] parameter(1)",
+        "  ROOT %s = f32[] add(%a, %b)", "}", "",
+        "ENTRY %main (p: f32[800], q: bf16[100]) -> (f32[800], f32[100], bf16[800]) {",
+        "  %p = f32[800]{0} parameter(0)", "  %q = bf16[100]{0} parameter(1)",
+        "  %ar = f32[800]{0} all-reduce(%p), replica_groups={}, to_apply=%add",
+        "  %rs = ((f32[800]{0}), f32[100]{0}) reduce-scatter-start(%p), dimensions={0}, to_apply=%add",
+        "  %rsd = f32[100]{0} reduce-scatter-done(%rs)",
+        "  %ag = (bf16[100]{0}, bf16[800]{0}) all-gather-start(%q), dimensions={0}",
+        "  %agd = bf16[800]{0} all-gather-done(%ag)",
+        "  ROOT %t = (f32[800]{0}, f32[100]{0}, bf16[800]{0}) tuple(%ar, %rsd, %agd)", "}"])
+    stats = hlo_stats.program_stats(text)
+    assert stats.collectives == [("all-reduce", 3200), ("reduce-scatter-start", 3200), ("all-gather-start", 1600)]
+    device = hlo_stats.Device("d", {"bf16": 1.0, "f32": 1.0}, 1.0, 1e9, 1.0, 0.0, 1.0)  # 1 GB/s links
+    want = (2 * 3200 + 3200 + 1600) * 7 / 8 / 1e9
+    assert hlo_stats.roofline_seconds(stats, device, devices=8) == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.slow
 def test_tpu_dry_run_train_step_upscaler_and_evaluation():
     """A TPU v5e 2x2 slice, bfloat16: the same checks, and the TPU compiler's own estimate."""
     rows = _dry_run("tpu", "--targets", "v5e", "--devices", "4", "--dtypes", "bfloat16")

@@ -101,6 +101,10 @@ class StepFormulation:
     ``tail_on_lr_grid``: an EDSR's tail convolution computed before its last pixel shuffle
     (``nets.edsr.EDSR.tail_on_lr_grid``), so the shuffle moves 3 r r channels instead of the
     upsampler's F r r: the same parameters and function to float rounding.
+    ``shard_update``: with ``flat_state`` on more than one device, the flat arrays (parameters,
+    Adam's moments, EMA) split over the devices (``training.step.ShardedUpdate``): the
+    parameters all-gathered in the compute dtype, the gradient reduce-scattered instead of
+    all-reduced, the update, EMA and guard run on each device's 1/N (1/N of their memory too).
     """
 
     guard: str
@@ -111,6 +115,7 @@ class StepFormulation:
     relu_from_output: bool = False
     fold_res_scale: bool = False
     tail_on_lr_grid: bool = False
+    shard_update: bool = False
 
 
 def step_formulation(platform: str | None = None) -> StepFormulation:
@@ -181,10 +186,20 @@ def step_formulation(platform: str | None = None) -> StepFormulation:
     # temporaries 4408 -> 2195 MiB, estimate 57.1 -> 40.3 ms (BENCHMARKS.md). GPU: neutral (the
     # transposes are fusions there; EDSR x2 bfloat16 batch 16, one H100: 11.58 -> 11.57 ms, 4
     # kernels more), so not used; CPU keeps today's program (r r times the tail's multiplies).
+    # GPU, several devices: the flat state split over them (shard_update, ZeRO's sharded optimiser
+    # state): the gradient reduce-scattered in float32 instead of all-reduced, the update, EMA and
+    # guard on each device's 1/N, the parameters all-gathered in the compute dtype (half the bytes
+    # for bfloat16). 8 H100s, x2: EDSR bfloat16 batch 16 12.34 -> 11.96 ms (74 -> 76 % MFU),
+    # EDSR-baseline bfloat16 batch 64 2.55 -> 2.53 ms, float32 4.93 -> 4.77 ms (342 -> 274
+    # kernels); the state takes 1/8 of the memory (EDSR: 467 -> 59 MiB of arguments per device).
+    # One device: the same program. TPU: its tree state stays faster (v5e, 4 chips, x2 bfloat16:
+    # EDSR-baseline batch 64 tree 24.49 ms, flat 25.08, flat and split 24.76, the TPU compiler's
+    # own 28.96, 29.55, 29.38 ms; EDSR batch 16 tree 89.76, flat and split 91.73, the compiler's
+    # 59.78 and 60.32 ms). CPU keeps its replicated tree (BENCHMARKS.md).
     gpu = platform in ("gpu", "cuda", "rocm")
     return StepFormulation(guard="select", grads_in_param_layout=gpu, flat_norm=gpu, flat_state=gpu,
                            kernel_order=CUDNN_FILTER_ORDER if gpu else None, relu_from_output=gpu,
-                           fold_res_scale=gpu, tail_on_lr_grid=platform == "tpu")
+                           fold_res_scale=gpu, tail_on_lr_grid=platform == "tpu", shard_update=gpu)
 
 
 def tail_on_lr_grid(platform: str | None = None) -> bool:

@@ -42,10 +42,10 @@ from edsr_jax.training.datasets import (augmentation_note, device_damage, resolv
 from edsr_jax.training.finetune import finetune_params, load_source
 from edsr_jax.training.optim import make_optimizer
 from edsr_jax.training.run_log import Logger, StopRequest
-from edsr_jax.training.sharding import local_copy, make_mesh, make_shardings, replicate
+from edsr_jax.training.sharding import local_copy, make_mesh, make_shardings, replicate, sharded_state
 from edsr_jax.training.state import (TrainState, can_flatten, create_train_state, init_variables, to_flat,
                                      to_tree, tree_of)
-from edsr_jax.training.step import check_finite, compile_train_step
+from edsr_jax.training.step import check_finite, compile_train_step, shards_state
 
 
 class Run:
@@ -123,15 +123,21 @@ class Run:
         # The state the step takes: the tree, or its flat form where the platform's step updates
         # that in one pass (xla_options.StepFormulation.flat_state); checkpoints hold the tree.
         self.formulation = xla_options.step_formulation(self.mesh.devices.flat[0].platform)
+        # On several devices the flat arrays may be split over them (StepFormulation.shard_update):
+        # padded to a multiple of the device count, each device keeps and updates its share.
         self.flat = self.formulation.flat_state and can_flatten(tree_shape.params)
-        state_shape = (jax.eval_shape(lambda s: to_flat(s, self.formulation.kernel_order), tree_shape)
+        self.multiple = self.mesh.size if self.flat and self.formulation.shard_update else 1
+        order = self.formulation.kernel_order
+        state_shape = (jax.eval_shape(lambda s: to_flat(s, order, self.multiple), tree_shape)
                        if self.flat else tree_shape)
-        self.shardings = make_shardings(self.mesh, state_shape)
+        self.shardings = make_shardings(self.mesh, state_shape,
+                                        shard_flat=shards_state(self.formulation, self.mesh, state_shape))
         tree_sharding = make_shardings(self.mesh, tree_shape).state
         same = lambda s: s  # noqa: E731
-        order = self.formulation.kernel_order
-        self.to_step_form = (jax.jit(lambda s: to_flat(s, order), out_shardings=self.shardings.state)
-                             if self.flat else same)
+        self.to_step_form = (jax.jit(lambda s: to_flat(s, order, self.multiple),
+                                     out_shardings=self.shardings.state) if self.flat else same)
+        # the weights evaluation reads: a tree, whole on every device
+        self.weights_of = jax.jit(tree_of, out_shardings=self.shardings.replicated) if self.flat else same
         self.to_tree = jax.jit(to_tree, out_shardings=tree_sharding) if self.flat else same
         damage = None  # the LR comes with the batch, or is made in the step (one per MDSR scale)
         if config.data.degrade_on == "device":
@@ -171,8 +177,9 @@ class Run:
                         f"(train.conv_backend={config.train.conv_backend})")
         if self.flat:
             self.logger.say("train state kept flat: parameters, Adam moments and EMA one array each, "
-                            "updated in one pass (xla_options.StepFormulation.flat_state); checkpoints "
-                            "hold the usual trees")
+                            "updated in one pass (xla_options.StepFormulation.flat_state)"
+                            + (f", each split over the {self.mesh.size} devices (shard_update)"
+                               if sharded_state(self.shardings) else "") + "; checkpoints hold the usual trees")
         self.logger.say(self.damage_line)
         if note:
             self.logger.say(note)
@@ -209,7 +216,7 @@ class Run:
             if self.config.train.init_from:
                 params = replicate(finetune_params(self.config, self.model, self.model_config,
                                                    self.logger.say, self.init_source), self.mesh)
-            make = jax.jit(lambda key, p: self.init(key, params=p, flat=self.flat,
+            make = jax.jit(lambda key, p: self.init(key, params=p, flat=self.flat, multiple=self.multiple,
                                                     kernel_order=self.formulation.kernel_order),
                            out_shardings=self.shardings.state)
             state = make(jax.random.key(self.config.train.seed), params)
@@ -319,7 +326,7 @@ class Run:
         ``bicubic_ssim`` their means over the scales (``psnr`` ranks the checkpoints); ``images``
         is the total, ``panel`` the largest scale's."""
         check_finite(state, self.config.train.nan_policy)
-        weights = tree_of(local_copy(state.ema if self.use_ema else state.params))
+        weights = local_copy(self.weights_of(state.ema if self.use_ema else state.params))
         if not self.mdsr:
             upscaler = self.upscaler(self.model_config, weights, dtype=self.config.model.dtype)
             result = {**self.evaluator(lambda lr, _: upscaler(lr)), **self.evaluator.baseline,

@@ -4,7 +4,10 @@ The state comes in two forms with the same values: the tree form (``params``, Ad
 the EMA as trees of arrays, one per parameter array), which checkpoints, evaluation and export
 read; and the flat form (``to_flat``), in which each of those trees is one array, its leaves laid
 end to end (a ``Flat``). A GPU updates the flat form in one kernel instead of one per parameter
-array (``xla_options.StepFormulation.flat_state``); ``to_tree`` gives the tree form back.
+array (``xla_options.StepFormulation.flat_state``); ``to_tree`` gives the tree form back. The
+flat arrays may end in zeros up to a multiple of the device count (``to_flat``'s ``multiple``),
+so that they split evenly over the devices (``StepFormulation.shard_update``): each device then
+stores and updates its share of the parameters, moments and EMA.
 ``Flat.unravel`` may scale leaves on the way out (an EDSR's ``res_scale`` folded into its blocks'
 second convolutions, ``StepFormulation.fold_res_scale``): the stored parameters stay as they are.
 """
@@ -44,11 +47,11 @@ class TrainState:
 @jax.tree_util.register_pytree_node_class
 class Flat:
     """A tree of arrays of one dtype (the parameters, or a tree shaped like them: Adam's moments,
-    the EMA) as one 1-D ``array`` of their total size, leaves in ``tree_leaves`` order, each
-    stored with its axes in ``order`` (e.g. a convolution's HWIO kernel as OHWI, the order cuDNN
-    reads it in; None: as it is). ``layout`` = (tree structure, each leaf's shape, dtype name,
-    each leaf's order) is static (part of the pytree structure: a jitted function compiles once
-    per layout)."""
+    the EMA) as one 1-D ``array`` of their total size plus ``pad`` zeros at the end, leaves in
+    ``tree_leaves`` order, each stored with its axes in ``order`` (e.g. a convolution's HWIO
+    kernel as OHWI, the order cuDNN reads it in; None: as it is). ``layout`` = (tree structure,
+    each leaf's shape, dtype name, each leaf's order, pad) is static (part of the pytree
+    structure: a jitted function compiles once per layout)."""
 
     def __init__(self, array, layout):
         self.array, self.layout = array, layout
@@ -68,6 +71,11 @@ class Flat:
         gradient of ``array`` is the leaves' gradients (times their factors) stored the same way
         (one concatenation)."""
         return _unravel(self.array, self.layout, None if factors is None else tuple(map(float, factors)))
+
+    def astype(self, dtype) -> "Flat":
+        """The same leaves in ``dtype`` (the array cast, the layout naming ``dtype``)."""
+        dtype = jnp.dtype(dtype)
+        return Flat(self.array.astype(dtype), self.layout[:2] + (dtype.name,) + self.layout[3:])
 
 
 def _stored(x, order):
@@ -91,16 +99,18 @@ def _runs(sizes, factors) -> dict[float, list[tuple[int, int]]]:
 
 
 def factor_vector(layout, factors: tuple[float, ...]) -> jax.Array:
-    """``(N,)`` of the flat array's dtype (N its size, < 2**31): each leaf's factor (``factors``,
-    one Python float per leaf of ``layout``, in order) over the leaf's range. Computed from an
+    """``(N,)`` of the flat array's dtype (N its size with the pad, < 2**31): each leaf's factor
+    (``factors``, one Python float per leaf of ``layout``, in order) over the leaf's range, 1 over
+    the pad. Computed from an
     iota, not stored, so that it fuses into whatever reads it: per factor, one range is two
     comparisons; ranges of one width at one stride (an EDSR's blocks) a remainder and three;
     other ranges two comparisons each."""
     sizes = [math.prod(shape) for shape in layout[1]]
-    if sum(sizes) >= 2**31:
-        raise ValueError(f"factor_vector indexes with int32: {sum(sizes)} elements is too many")
+    total = sum(sizes) + layout[4]
+    if total >= 2**31:
+        raise ValueError(f"factor_vector indexes with int32: {total} elements is too many")
     dtype = jnp.dtype(layout[2])
-    i = jax.lax.iota(jnp.int32, sum(sizes))
+    i = jax.lax.iota(jnp.int32, total)
     out = jnp.ones((), dtype)
     for f, ranges in _runs(sizes, factors).items():
         (a, b), widths = ranges[0], {end - start for start, end in ranges}
@@ -117,7 +127,7 @@ def factor_vector(layout, factors: tuple[float, ...]) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _unravel(array, layout, factors):
-    treedef, shapes, _, orders = layout
+    treedef, shapes, _, orders, _ = layout
     if factors is not None:
         array = array * factor_vector(layout, factors)
     out, at = [], 0
@@ -142,21 +152,26 @@ def _unravel_bwd(layout, factors, _, cotangents):
     # The factors as one multiply of the whole (fused into its readers); per leaf they were one
     # kernel each (EDSR x2, one H100: 64).
     leaves = layout[0].flatten_up_to(cotangents)
-    grad = jnp.concatenate([_stored(g, o).astype(layout[2]) for g, o in zip(leaves, layout[3])])
+    pad = [jnp.zeros((layout[4],), layout[2])] if layout[4] else []
+    grad = jnp.concatenate([_stored(g, o).astype(layout[2]) for g, o in zip(leaves, layout[3])] + pad)
     return (grad if factors is None else grad * factor_vector(layout, factors),)
 
 
 _unravel.defvjp(_unravel_fwd, _unravel_bwd)
 
 
-def ravel(tree, kernel_order: tuple[int, ...] | None = None) -> Flat:
+def ravel(tree, kernel_order: tuple[int, ...] | None = None, multiple: int = 1) -> Flat:
     """``tree`` (arrays of one dtype) as a ``Flat``: its leaves laid end to end, each leaf of
-    ``len(kernel_order)`` dimensions (a convolution kernel) stored with its axes in that order."""
+    ``len(kernel_order)`` dimensions (a convolution kernel) stored with its axes in that order,
+    then zeros up to a multiple of ``multiple`` (>= 1) elements."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     orders = tuple(tuple(kernel_order) if kernel_order and x.ndim == len(kernel_order) else None
                    for x in leaves)
-    layout = (treedef, tuple(tuple(x.shape) for x in leaves), jnp.dtype(leaves[0].dtype).name, orders)
-    return Flat(jnp.concatenate([_stored(x, o) for x, o in zip(leaves, orders)]), layout)
+    dtype = jnp.dtype(leaves[0].dtype)
+    pad = -sum(x.size for x in leaves) % int(multiple)
+    layout = (treedef, tuple(tuple(x.shape) for x in leaves), dtype.name, orders, pad)
+    zeros = [jnp.zeros((pad,), dtype)] if pad else []
+    return Flat(jnp.concatenate([_stored(x, o) for x, o in zip(leaves, orders)] + zeros), layout)
 
 
 def _is_flat(x) -> bool:
@@ -169,16 +184,18 @@ def can_flatten(params) -> bool:
     return len(dtypes) == 1 and jnp.issubdtype(dtypes.pop(), jnp.floating)
 
 
-def to_flat(state: TrainState, kernel_order: tuple[int, ...] | None = None) -> TrainState:
+def to_flat(state: TrainState, kernel_order: tuple[int, ...] | None = None,
+            multiple: int = 1) -> TrainState:
     """The flat form of ``state`` (module docstring): ``params``, ``ema`` and every subtree of
     ``opt_state`` shaped as ``params`` (Adam's ``mu``, ``nu``) become ``Flat``, convolution
-    kernels stored with their axes in ``kernel_order`` (``ravel``); counters stay. Unchanged
-    when already flat, or when the parameters mix dtypes (``can_flatten``)."""
+    kernels stored with their axes in ``kernel_order``, each array padded with zeros to a
+    multiple of ``multiple`` elements (``ravel``); counters stay. Unchanged when already flat, or
+    when the parameters mix dtypes (``can_flatten``)."""
     if _is_flat(state.params) or not can_flatten(state.params):
         return state
     treedef = jax.tree_util.tree_structure(state.params)
     like = lambda x: jax.tree_util.tree_structure(x) == treedef  # noqa: E731
-    lay = functools.partial(ravel, kernel_order=kernel_order)
+    lay = functools.partial(ravel, kernel_order=kernel_order, multiple=multiple)
     return state.replace(
         params=lay(state.params),
         opt_state=jax.tree_util.tree_map(lambda s: lay(s) if like(s) else s, state.opt_state, is_leaf=like),
@@ -216,12 +233,13 @@ def init_variables(model: EDSR | MDSR, key: jax.Array):
 
 def create_train_state(model: EDSR | MDSR, tx: optax.GradientTransformation, key: jax.Array,
                        use_ema: bool, params=None, flat: bool = False,
-                       kernel_order: tuple[int, ...] | None = None) -> TrainState:
+                       kernel_order: tuple[int, ...] | None = None, multiple: int = 1) -> TrainState:
     """Fresh state; ``params`` (e.g. fine-tuning weights) replace the random init when given;
-    ``flat``: in the flat form (``to_flat``, kernels stored in ``kernel_order``)."""
+    ``flat``: in the flat form (``to_flat``, kernels stored in ``kernel_order``, arrays padded
+    to a multiple of ``multiple``)."""
     if params is None:
         params = init_variables(model, key)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        ema=params if use_ema else None, nonfinite=jnp.zeros((), jnp.int32),
                        first_nonfinite=jnp.full((), -1, jnp.int32))
-    return to_flat(state, kernel_order) if flat else state
+    return to_flat(state, kernel_order, multiple) if flat else state

@@ -27,8 +27,8 @@ from edsr_jax.nets import xla_options
 from edsr_jax.nets.edsr import EDSR, fold_res_scale, res_scale_factors
 from edsr_jax.nets.mdsr import MDSR
 from edsr_jax.training.loss import pixel_loss
-from edsr_jax.training.sharding import Shardings, make_shardings
-from edsr_jax.training.state import Flat, TrainState, arrays_of, rewrap
+from edsr_jax.training.sharding import Shardings, make_shardings, sharded_state
+from edsr_jax.training.state import Flat, TrainState, arrays_of, factor_vector, rewrap
 
 
 DAMAGE_STREAM = 0x4C52  # folded into the run's seed: the damage's keys share nothing with init's
@@ -96,6 +96,57 @@ def reduced_in(mesh: jax.sharding.Mesh, dtype) -> Callable:
     return value_and_grad
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardedUpdate:
+    """The gradient of a flat state split over the mesh axis ``data`` (``StepFormulation.
+    shard_update``; ``sharding.make_shardings(..., shard_flat=True)``): each device casts its
+    share of the parameters to ``gather_dtype`` (the model's compute dtype, so the all-gather
+    moves half the bytes of float32 for a bfloat16 model), the shares are all-gathered, each
+    device differentiates the mean loss of its share of the batch, and the gradients are cast
+    to ``reduce_dtype`` and reduce-scattered: each device gets the summed gradient of its own
+    share of the parameters, divided by the device count. The optimiser update, the EMA and
+    the guard's norm (a sum of the shares' sums) then run on the shares (``train_step``)."""
+
+    mesh: jax.sharding.Mesh
+    reduce_dtype: object
+    gather_dtype: object = None  # None: the parameters' own dtype
+
+    def __call__(self, loss_of: Callable, params: Flat, factors: tuple[float, ...] | None,
+                 lr: jax.Array, hr: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(mean loss, gradient)`` of ``loss_of(tree, lr, hr)`` at ``params`` (a ``Flat``
+        whose ``(N,)`` array is split over ``data``; leaves times ``factors`` when given, as
+        ``Flat.unravel``): the gradient ``(N,)`` in the parameters' dtype, split the same way.
+        The factors scale the float32 shares before the cast and the full gradient before the
+        reduction, as the replicated step's ``Flat.unravel`` does."""
+        from jax.sharding import PartitionSpec as P
+
+        n, layout = self.mesh.shape["data"], params.layout
+        gather_dtype = self.gather_dtype or layout[2]
+        array = params.array if factors is None else params.array * factor_vector(layout, factors)
+
+        def local(share, lr, hr):
+            # Gathered, then back in the parameters' dtype: the model's cast to its compute dtype
+            # is exact, and the gradient is taken in the parameters' dtype, its leaves
+            # concatenated in it, as in the replicated step. The barrier keeps XLA from dropping
+            # the pair of casts: the leaves' slices of the gathered array then fuse into the
+            # model's casts (a few multi-output kernels) instead of being a kernel each, as
+            # cuDNN's calls cannot take a slice in (EDSR x2, 8 H100s: 500 -> 371 kernels).
+            full = jax.lax.all_gather(share, "data", axis=0, tiled=True)
+            if full.dtype != layout[2]:  # one kernel: otherwise each leaf's slice is one (below)
+                full = jax.lax.optimization_barrier(full.astype(layout[2]))
+            value, grad = jax.value_and_grad(lambda a: loss_of(Flat(a, layout).unravel(), lr, hr))(full)
+            if factors is not None:
+                grad = grad * factor_vector(layout, factors)
+            grad = jax.lax.psum_scatter(grad.astype(self.reduce_dtype), "data", scatter_dimension=0,
+                                        tiled=True)
+            return jax.lax.psum(value, "data") / n, grad / n
+
+        value, grad = jax.shard_map(local, mesh=self.mesh, in_specs=(P("data"), P("data"), P("data")),
+                                    out_specs=(P(), P("data")), check_vma=False)(
+            array.astype(gather_dtype), lr, hr)
+        return value, grad.astype(layout[2])
+
+
 def _value_and_grad(loss_of: Callable, params, lr, hr):
     return jax.value_and_grad(loss_of)(params, lr, hr)
 
@@ -105,7 +156,8 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
                ema_decay: float = 0.0, guard: str = "cond", grads_in_param_layout: bool = False,
                damage: DeviceDamage | dict | None = None,
                value_and_grad: Callable = _value_and_grad, flat_norm: bool = False,
-               fold_scale: bool = False) -> tuple[TrainState, dict]:
+               fold_scale: bool = False, shard_update: ShardedUpdate | None = None,
+               ) -> tuple[TrainState, dict]:
     """One optimiser step on ``batch = {"lr": (B,p,p,3) uint8, "hr": (B,p*s,p*s,3) uint8}``
     (values in [0, 255]), or another form of it (module docstring, ``batch_pairs``): ``damage``
     makes the LR from HR crops (an MDSR: ``{scale: DeviceDamage}``).
@@ -126,6 +178,9 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     ``fold_scale``: an EDSR whose ``res_scale`` is not 1 runs with it folded into its blocks'
     second convolutions (``nets.edsr.fold_res_scale``; the flat form: ``Flat.unravel``'s
     factors): the same parameters and gradients, to the rounding of another order.
+    ``shard_update``: a flat state whose arrays are split over the devices takes its gradient
+    by ``ShardedUpdate`` (gathered parameters, reduce-scattered gradient; ``value_and_grad`` is
+    not used), and its update, EMA and guard run on each device's share.
     """
     lr, hr = batch_pairs(batch, damage[scale] if isinstance(damage, dict) else damage)
     lr, hr = lr.astype(jnp.float32), hr.astype(jnp.float32)
@@ -141,8 +196,11 @@ def train_step(state: TrainState, batch: dict, scale: int | None = None, *, mode
     if flat:  # the gradient of the parameters laid end to end: one array, one update, one sum
         layout = state.params.layout
         factors = None if res_scale == 1.0 else leaf_factors(layout, res_scale)
-        value, grads = value_and_grad(lambda p, lr, hr: loss_of(Flat(p, layout).unravel(factors), lr, hr),
-                                      state.params.array, lr, hr)
+        if shard_update is not None:
+            value, grads = shard_update(loss_of, state.params, factors, lr, hr)
+        else:
+            value, grads = value_and_grad(lambda p, lr, hr: loss_of(Flat(p, layout).unravel(factors), lr, hr),
+                                          state.params.array, lr, hr)
     else:
         value, grads = value_and_grad(lambda p, lr, hr: loss_of(fold_res_scale(p, res_scale), lr, hr),
                                       state.params, lr, hr)
@@ -204,11 +262,14 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
                        shardings: Shardings | None = None,
                        formulation: xla_options.StepFormulation | None = None,
                        damage: DeviceDamage | dict | None = None) -> Callable:
-    """``train_step`` jitted with replicated state, ``data``-sharded batch, state donated:
+    """``train_step`` jitted with replicated (or, below, split) state, ``data``-sharded batch, state donated:
     ``step(state, batch)`` for an EDSR, ``step(state, batch, scale)`` for an MDSR (``scale``
     static: one executable per scale in the one jit cache, compiled at its first call).
     ``damage``: the LR made in the step from HR crops (``DeviceDamage``; an MDSR's
-    ``{scale: DeviceDamage}``), None when the batch brings it.
+    ``{scale: DeviceDamage}``), None when the batch brings it. A flat state (``state_shape``'s
+    params a ``Flat``) on more than one device under a formulation with ``shard_update`` is
+    split over the devices (``make_shardings(..., shard_flat=True)``: its arrays padded to a
+    multiple of the device count, ``to_flat``'s ``multiple``) and stepped by ``ShardedUpdate``.
 
     ``compiler_options`` and ``formulation`` default to ``xla_options.compiler_options`` and
     ``xla_options.step_formulation`` of the mesh's platform (pass ``{}`` for XLA's own default
@@ -217,20 +278,29 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
     parameters and numbers; an MDSR keeps ``nn.relu``), one with ``fold_res_scale`` its
     ``res_scale`` folded into the blocks' second convolutions (``train_step``'s ``fold_scale``),
     one with ``tail_on_lr_grid`` an EDSR's tail before its last pixel shuffle (an MDSR: after)."""
-    shardings = shardings or make_shardings(mesh, state_shape)
-    replicated, batch_sharding, state_sharding = shardings
     platform = mesh.devices.flat[0].platform
     form = formulation or xla_options.step_formulation(platform)
+    shard = shards_state(form, mesh, state_shape)
+    shardings = shardings or make_shardings(mesh, state_shape, shard_flat=shard)
+    if shard != sharded_state(shardings):
+        raise ValueError(f"the state's shardings {'do not split' if shard else 'split'} its flat arrays, "
+                         f"the formulation's shard_update on {mesh.size} devices says {shard}: "
+                         "make them with make_shardings(..., shard_flat=shards_state(...))")
+    replicated, batch_sharding, state_sharding = shardings
     if form.relu_from_output and isinstance(model, EDSR):  # same parameters, same numbers
         model = model.clone(relu_grad_from_output=True)
     if form.tail_on_lr_grid and isinstance(model, EDSR):  # same parameters, float rounding
         model = model.clone(tail_on_lr_grid=True)
     reduce = grad_reduce_dtype(config, mesh)
+    sharded = None
+    if shard:  # parameters gathered in the compute dtype, except where the model remaps them first
+        gather = None if form.tail_on_lr_grid else jnp.dtype(model.dtype)
+        sharded = ShardedUpdate(mesh, reduce or jnp.dtype(model.dtype), gather)
     step = functools.partial(train_step, model=model, tx=tx, loss=config.optim.loss,
                              charbonnier_eps=config.optim.charbonnier_eps,
                              ema_decay=float(config.train.ema), guard=form.guard,
                              grads_in_param_layout=form.grads_in_param_layout, damage=damage,
-                             flat_norm=form.flat_norm, fold_scale=form.fold_res_scale,
+                             flat_norm=form.flat_norm, fold_scale=form.fold_res_scale, shard_update=sharded,
                              value_and_grad=_value_and_grad if reduce is None else reduced_in(mesh, reduce))
     if compiler_options is None:
         compiler_options = xla_options.compiler_options(
@@ -239,6 +309,12 @@ def compile_train_step(model: EDSR | MDSR, tx, config, mesh: jax.sharding.Mesh, 
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,),
                    static_argnums=(2,) if isinstance(model, MDSR) else (),
                    compiler_options=compiler_options)
+
+
+def shards_state(form: xla_options.StepFormulation, mesh: jax.sharding.Mesh, state_shape) -> bool:
+    """Whether a state shaped like ``state_shape`` is split over ``mesh`` under ``form``: a flat
+    state (``Flat`` params) on more than one device with ``form.shard_update``."""
+    return bool(form.shard_update) and mesh.size > 1 and isinstance(state_shape.params, Flat)
 
 
 def grad_reduce_dtype(config, mesh: jax.sharding.Mesh):
