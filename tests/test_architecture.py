@@ -175,3 +175,15 @@ def test_importing_the_package_is_light():
 @pytest.mark.parametrize("module", sorted(modules()))
 def test_every_module_imports_on_its_own(module):
     importlib.import_module(module)
+
+
+def test_no_merge_conflict_markers_left_in_the_project_text():
+    """A merge's conflict markers (a line starting with seven '<', '=' then '>') committed by
+    mistake: none in the package, tests, experiments, benchmarks, docs or the top-level text."""
+    paths = [p for d in ("edsr_jax", "tests", "experiments", "benchmarks", "docs")
+             for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".md", ".toml", ".txt", ".json")]
+    paths += [p for p in ROOT.glob("*") if p.suffix in (".md", ".toml")] + [ROOT / ".ci" / "run"]
+    marked = [f"{p.relative_to(ROOT)}:{i}" for p in paths if p.is_file()
+              for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+              if line.startswith(("<" * 7 + " ", ">" * 7 + " ")) or line == "=" * 7]
+    assert not marked, marked
