@@ -22,9 +22,11 @@ built-in models ship with (``edsr_jax/inference/calibration.py``).
    constants (``JPEG_OVER``, ``JPEG_UNDER``, ``BLUR_UNIT``, ``NOISE_UNIT``, ``NEAR``, ``MARGIN``,
    ``CONFIDENT``).
 4. calibration: each LR made again as evaluate made it and diagnosed
-   (``calibration.features``); ``k`` and the flat-share weight chosen by leave-one-source-out
-   cross-validation of the choice as shipped (the distance rule where it is certain, the
-   calibration where it is uncertain). ``--write`` stores the table.
+   (``calibration.features``); ``k``, the columns (the models, or with ``BLENDS``) and the
+   content features' weights chosen by leave-one-source-out cross-validation of the choice as
+   shipped (the distance rule where it is certain, the calibration where it is uncertain or
+   the image looks drawn, ``choice.DRAWN``: that threshold was picked from 0.05, 0.08, 0.12 by
+   this same cross-validation). ``--write`` stores the table.
 
 The calibration was chosen on these images only. experiments/prescribe.py's held-out table is
 the score (README "Which model for which damage").
@@ -179,7 +181,7 @@ def grid(rows) -> None:
 
 
 def features_of(rows, folder: Path) -> np.ndarray:
-    """``(N, 5)``: ``calibration.features`` of each row's LR, made again exactly as evaluate made
+    """``(N, 6)``: ``calibration.features`` of each row's LR, made again exactly as evaluate made
     it (``evaluator.lr_maker``, seeded by the file name) and diagnosed with today's code."""
     from edsr_jax.evaluation import diagnosis, evaluator
     from edsr_jax.inference import calibration, choice
@@ -202,7 +204,8 @@ def sources(rows) -> np.ndarray:
 
 
 KS = (5, 10, 20)
-FLAT_WEIGHTS = (0.0, 1.0, 2.0, 4.0)
+FLAT_WEIGHTS = (0.0, 1.0, 2.0)
+TWO_LEVEL_WEIGHTS = (0.0, 1.0, 2.0, 4.0)
 
 
 def calibrate(rows, feats: np.ndarray) -> "object":
@@ -225,17 +228,21 @@ def calibrate(rows, feats: np.ndarray) -> "object":
     def scores(picks) -> np.ndarray:
         return psnr[idx, [COLUMNS.index(m) for m in picks]]
 
-    print(f"\ncalibration by leave-one-source-out cross-validation ({len(set(src))} sources, {len(rows)} images)")
-    print(f"{'columns':<12} {'k':>4} {'flat weight':>12}  {'as shipped':>10}  {'alone':>6}   as shipped per damage")
+    drawn = feats[:, 5] >= choice.DRAWN
+    print(f"\ncalibration by leave-one-source-out cross-validation ({len(set(src))} sources, {len(rows)} images; "
+          f"{int(drawn.sum())} read as drawn, two-level share >= {choice.DRAWN})")
+    print(f"{'columns':<10} {'k':>3} {'flat w':>6} {'2-level w':>9}  {'as shipped':>10}  {'no drawn rule':>13}  "
+          f"{'alone':>6}   as shipped per damage")
     best = None
-    for columns, k, flat in itertools.product((MODELS, COLUMNS), KS, FLAT_WEIGHTS):
+    for columns, k, flat, two in itertools.product((MODELS, COLUMNS), KS, FLAT_WEIGHTS, TWO_LEVEL_WEIGHTS):
         cols = [COLUMNS.index(m) for m in columns]
-        cal = Calibration(2, columns, feats, psnr[:, cols], k, (1.0, 1.0, 1.0, 1.0, flat))
+        cal = Calibration(2, columns, feats, psnr[:, cols], k, (1.0, 1.0, 1.0, 1.0, flat, two))
         alone = [cal.rank(feats[i], exclude=src == src[i]).best for i in idx]
-        shipped = scores([r.model if not r.uncertain else a for r, a in zip(rule, alone)])
+        shipped = scores([a if r.uncertain or d else r.model for r, a, d in zip(rule, alone, drawn)])
+        plain = scores([a if r.uncertain else r.model for r, a in zip(rule, alone)])
         label = "models" if columns == MODELS else "+ blends"
-        print(f"{label:<12} {k:>4} {flat:>12.1f}  {shipped.mean():10.3f}  {scores(alone).mean():6.3f}   "
-              + " ".join(f"{shipped[damage == d].mean():.2f}" for d in DAMAGES))
+        print(f"{label:<10} {k:>3} {flat:>6.1f} {two:>9.1f}  {shipped.mean():10.3f}  {plain.mean():13.3f}  "
+              f"{scores(alone).mean():6.3f}   " + " ".join(f"{shipped[damage == d].mean():.2f}" for d in DAMAGES))
         if best is None or shipped.mean() > best[0]:
             best = (shipped.mean(), cal)
     print(f"distance rule alone: {scores([r.model for r in rule]).mean():.3f}; general-x2: "

@@ -22,7 +22,7 @@ from edsr_jax import evaluate, upscale
 from edsr_jax.data import posters, samples
 from edsr_jax.degradation import degrade
 from edsr_jax.evaluation.jpeg_quality import luma
-from edsr_jax.inference import choice, infer, pretrained, video
+from edsr_jax.inference import blend, choice, infer, pretrained, video
 from edsr_jax.io import cli
 from edsr_jax.io.images import read_rgb, write_image
 from edsr_jax.nets.edsr import ModelConfig
@@ -225,7 +225,8 @@ def test_the_public_api_chooses(hr_images, model_dirs, tmp_path):
 
 def _lr_files(folder, hr_images):
     folder.mkdir()
-    # both read with confidence 0.8 or more (0.5 is the limit), so a shipped general model changes nothing
+    # both read with confidence 0.8 or more (0.5 is the limit); the poster is drawn content, so the
+    # shipped calibration has the last word there
     write_image(folder / "photo.png", damaged(hr_images["chelsea"][64:192, 64:192], "bicubic", "chelsea"))
     Image.fromarray(damaged(hr_images["poster"][:128, :128], "nearest", "poster")).save(folder / "poster.jpg",
                                                                                          quality=45)
@@ -239,7 +240,8 @@ def test_upscale_chooses_by_default_announces_and_records(hr_images, tmp_path, c
     assert ("note: no --checkpoint or --model: --model auto, a built-in model chosen per image from the "
             "damage diagnosed in it (x2: ") in err
     assert "photo.png: photo-x2 (filtered downscale p=" in err
-    assert "poster.jpg: poster-x2 (pixel dropping p=" in err and "JPEG q=45; nearest to 'nearest > jpeg(30,60)')" in err
+    # drawn content: the shipped calibration decides (its drawn neighbours with pixels dropped favour poster-x2)
+    assert "poster.jpg: poster-x2 (drawn content: pixel dropping p=" in err and "JPEG q=45, two-level tiles" in err
     assert "2 of 2 image(s) upscaled x2 by photo-x2 (1), poster-x2 (1) into upscaled" in err
     record = json.loads((tmp_path / "up.json").read_text())
     assert (record["model"], record["scale"]) == ("auto", 2)
@@ -276,7 +278,7 @@ def test_upscale_auto_gives_an_animation_one_model(hr_images, tmp_path, capsys):
     err = capsys.readouterr().err
     (row,) = json.loads((tmp_path / "up.json").read_text())["inputs"]
     model = row["choice"]["model"]
-    assert row["model"] == model and model in pretrained.names()
+    assert row["model"] == model and set(blend.members(model)) <= set(pretrained.names())  # a model or a blend
     assert err.count(f"loop.gif: {model} (") == 1  # one choice for the clip
     assert len(row["choice"]["diagnosis"]["frames"]) == 3
     with Image.open(tmp_path / "up" / "loop.gif") as out:
@@ -307,7 +309,8 @@ def test_evaluate_scores_auto_as_a_row_with_the_model_per_image(hr_images, tmp_p
     assert list(results) == ["bicubic", "poster-x2", "auto"]
     assert results["auto"]["models"] == {"poster-x2": 2}
     assert [r["model"] for r in results["auto"]["per_image"]] == ["poster-x2", "poster-x2"]
-    assert results["auto"]["per_image"][0]["choice"]["reason"].endswith("nearest to 'nearest > jpeg(30,60)'")
+    # drawn content: the shipped calibration decides (poster-x2 best on most of its drawn, pixel-dropped neighbours)
+    assert results["auto"]["per_image"][0]["choice"]["reason"].startswith("drawn content: pixel dropping p=")
     # the same model on the same LR: the same scores
     assert results["auto"]["psnr"] == results["poster-x2"]["psnr"]
 

@@ -98,9 +98,9 @@ def test_auto_runs_a_calibrated_blend_from_its_loaded_members(models):
     """A calibration whose best column for an image is a blend: the choice names the blend and
     says it is a mean; AutoUpscaler runs it from the models it already loaded."""
     names = ("tiny-a-x2", "tiny-b-x2", "tiny-g-x2", "tiny-a-x2+tiny-g-x2")
-    feats = np.array([[0.5, 0, 0, 0.6, 0.2], [0.55, 0, 0, 0.5, 0.25], [0.0, 0, 0, 0, 0.2]])
+    feats = np.array([[0.5, 0, 0, 0.6, 0.2, 0], [0.55, 0, 0, 0.5, 0.25, 0], [0.0, 0, 0, 0, 0.2, 0]])
     psnr = np.array([[29.0, 27.0, 29.5, 30.0], [29.2, 27.0, 29.4, 30.1], [33.0, 27.0, 31.0, 32.0]])
-    cal = calibration.Calibration(2, names, feats, psnr, 2, (1, 1, 1, 1, 1))
+    cal = calibration.Calibration(2, names, feats, psnr, 2, (1, 1, 1, 1, 1, 1))
     options = [c for c in choice.candidates(2, models)]
     assert cal.covers([c.name for c in options], 2)
     assert not cal.covers(["tiny-a-x2", "tiny-g-x2"], 2)  # a model measured only inside a blend is still one

@@ -37,7 +37,7 @@ from edsr_jax import SCALES
 from edsr_jax.degradation import degrade
 from edsr_jax.evaluation.estimators import (EDGE_E2_BASE, KINDS, blur_from_edges, features,
                                             flat_share, kind_probabilities, noise_sigma, one_history_test,
-                                            upscaled_by)
+                                            two_level_share, upscaled_by)
 from edsr_jax.evaluation.jpeg_quality import jpeg_lattice, luma, quality_from_tables
 from edsr_jax.io import images
 
@@ -73,6 +73,7 @@ class ImageDiagnosis:
     features: list[float] = field(default_factory=list)
     seconds: float = 0.0
     flat_share: float = float("nan")  # share of flat 4x4 tiles (estimators.flat_share): drawn content
+    two_level: float = float("nan")   # share of busy 8x8 tiles two levels explain (estimators.two_level_share)
 
 
 def _r(x: float, nd: int = 2) -> float:
@@ -135,7 +136,8 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
     # a JPEG step is not measured (experiments/diagnose.py), only what lies on top of it.
     nconf = 0.0 if gray else 0.9 if jq is None else 0.2
     spec = _spec(kind, s, blur if blur >= BLUR_MIN else None, nz if nz >= NOISE_MIN else None, jq)
-    flat = _r(flat_share(luma(work), nz), 3)
+    y = luma(work)
+    flat, two = _r(flat_share(y, nz), 3), _r(two_level_share(y), 3)
     return ImageDiagnosis(
         name=name, width=int(rgb.shape[1]), height=int(rgb.shape[0]), format=fmt, scale=s,
         jpeg_quality=jq, jpeg_source=jsrc, jpeg_confidence=_r(jconf),
@@ -143,7 +145,7 @@ def diagnose_array(rgb: np.ndarray, *, name: str = "image", fmt: str = "array",
         kind_probabilities={kk: _r(p, 3) for kk, p in zip(KINDS, probs)},
         edge_e2=_r(e2, 3), blur=_r(blur), blur_confidence=_r(bconf), noise=_r(nz),
         noise_confidence=nconf, spec=spec, features=[_r(v, 4) for v in feats],
-        flat_share=flat, seconds=time.process_time() - t0)
+        flat_share=flat, two_level=two, seconds=time.process_time() - t0)
 
 
 def _spec(kind: str, scale: int, blur, noise, jpeg) -> str:

@@ -9,8 +9,10 @@ measures it on images held out from every built-in model's training data and fro
 An image gets the model with the highest mean PSNR over the ``k`` calibration images whose
 features are nearest to its own (Euclidean distance after per-feature ``weights``). One feature
 describes the content rather than the damage: the share of flat tiles
-(``estimators.flat_share``). Drawn content (posters, slides) and photographs want different
-models under the same damage.
+(``estimators.flat_share``), and one the choice also reads, the share of busy tiles that two
+levels explain (``estimators.two_level_share``: text and shapes on flat colour). Drawn content
+(posters, slides) and photographs want different models under the same damage: on drawn content
+under a filtered downscale ``general-x2`` (trained on posters too) beats ``photo-x2`` by 1-5 dB.
 
 The table is used only when it covers exactly the models being chosen from (``covers``): the
 built-ins at its scale as shipped. A model added, retrained or renamed without re-running the
@@ -29,17 +31,19 @@ import numpy as np
 
 FILE = "choice_calibration.json"  # beside the built-in models' cards (pretrained.MODELS_DIR)
 FEATURES = ("pixel dropping p", "JPEG strength (100 - q) / 70", "blur / 4 (HR px)", "noise / 10 (0-255)",
-            "flat share")
+            "flat share", "two-level share")
 
 
 def features(seen) -> np.ndarray:
-    """``(5,) float64`` of a ``choice.Seen``: P(pixel dropping) in [0, 1]; JPEG strength
+    """``(6,) float64`` of a ``choice.Seen``: P(pixel dropping) in [0, 1]; JPEG strength
     ``(100 - q) / 70`` (0 without JPEG); blur sigma / 4 (HR pixels, 0 below what ``diagnose``
-    reports); noise sigma / 10 (0-255, 0 below it); the share of flat tiles in [0, 1] (0 when
-    unknown). The units are ``choice``'s (``BLUR_UNIT``, ``NOISE_UNIT``)."""
+    reports); noise sigma / 10 (0-255, 0 below it); the share of flat tiles and the share of
+    two-level tiles, each in [0, 1] (0 when unknown). The units are ``choice``'s
+    (``BLUR_UNIT``, ``NOISE_UNIT``)."""
     jpeg = 0.0 if seen.jpeg is None else (100.0 - seen.jpeg) / 70.0
     flat = seen.flat if np.isfinite(seen.flat) else 0.0
-    return np.array([seen.p_nearest, jpeg, seen.blur / 4.0, seen.noise / 10.0, flat], np.float64)
+    two = seen.two_level if np.isfinite(seen.two_level) else 0.0
+    return np.array([seen.p_nearest, jpeg, seen.blur / 4.0, seen.noise / 10.0, flat, two], np.float64)
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,9 @@ class Ranking:
 
 @dataclass(frozen=True)
 class Calibration:
-    """``scale``; ``models``, the built-in models measured; ``features`` ``(N, 5)`` (``features``
+    """``scale``; ``models``, the built-in models measured; ``features`` ``(N, 6)`` (``features``
     of each calibration image's diagnosis); ``psnr`` ``(N, len(models))`` in dB; ``k``,
-    neighbours per choice; ``weights`` ``(5,)`` per feature; ``source``, how it was made."""
+    neighbours per choice; ``weights`` ``(6,)`` per feature; ``source``, how it was made."""
 
     scale: int
     models: tuple[str, ...]
@@ -81,7 +85,7 @@ class Calibration:
         return int(scale) == self.scale and set(names) == measured
 
     def rank(self, x: np.ndarray, exclude: np.ndarray | None = None) -> Ranking:
-        """The ``Ranking`` for features ``x`` ``(5,)``; ``exclude``, an ``(N,)`` bool mask of
+        """The ``Ranking`` for features ``x`` ``(6,)``; ``exclude``, an ``(N,)`` bool mask of
         calibration rows to leave out (cross-validation)."""
         w = np.asarray(self.weights, np.float64)
         d = np.sqrt((((self.features - x) * w) ** 2).sum(axis=1))

@@ -70,6 +70,12 @@ NOISE_UNIT = 10.0  # sigma on the 0-255 scale
 NEAR = 0.4
 MARGIN = 0.3
 CONFIDENT = 0.5
+# Drawn content (text and shapes on flat colour: two-level tiles, estimators.two_level_share, at
+# least DRAWN) goes to the calibration even when a specialist's training damage matches: each
+# specialist was trained on one kind of content (photo-x2 photographs, poster-x2 posters), and
+# on posters under a filtered downscale general-x2 beats photo-x2 by 1-5 dB. Chosen among 0.05,
+# 0.08 and 0.12 by experiments/auto_choice.py's cross-validation.
+DRAWN = 0.05
 FILTERED = ("bicubic", "bilinear")  # one family for the choice: the diagnosis cannot tell them apart reliably
 
 
@@ -160,7 +166,8 @@ class Seen:
     None; ``blur`` (HR pixels at the wanted scale) and ``noise`` (0-255), 0 below what
     ``diagnose`` reports (``BLUR_MIN``, ``NOISE_MIN``); a confidence in [0, 1] for each;
     ``upscaled_by``, the factor an image was already upscaled back by (1: none); ``flat``, the
-    share of flat tiles in [0, 1] (``estimators.flat_share``; NaN: not measured);
+    share of flat tiles in [0, 1] (``estimators.flat_share``; NaN: not measured); ``two_level``,
+    the share of busy tiles two levels explain (``estimators.two_level_share``: drawn content);
     ``noise_measured``, False for a grayscale image (``diagnose`` reads no noise there)."""
 
     p_nearest: float
@@ -173,6 +180,7 @@ class Seen:
     upscaled_by: int = 1
     flat: float = float("nan")
     noise_measured: bool = True
+    two_level: float = float("nan")
 
     @classmethod
     def of(cls, d) -> "Seen":
@@ -187,7 +195,8 @@ class Seen:
                    blur if np.isfinite(blur) and blur >= BLUR_MIN else 0.0, float(d.blur_confidence),
                    noise if np.isfinite(noise) and noise >= NOISE_MIN else 0.0, float(d.noise_confidence),
                    int(d.upscaled_by), num(getattr(d, "flat_share", None)),
-                   bool(np.isfinite(noise) or d.noise_confidence > 0))  # gray: NaN at confidence 0
+                   bool(np.isfinite(noise) or d.noise_confidence > 0),  # gray: NaN at confidence 0
+                   num(getattr(d, "two_level", None)))
 
     @classmethod
     def mean(cls, seen: Sequence["Seen"]) -> "Seen":
@@ -199,7 +208,7 @@ class Seen:
         return cls(avg("p_nearest"), int(statistics.median(qs)) if 2 * len(qs) > len(seen) else None,
                    avg("jpeg_confidence"), avg("blur"), avg("blur_confidence"), avg("noise"),
                    avg("noise_confidence"), max(s.upscaled_by for s in seen), avg("flat"),
-                   all(s.noise_measured for s in seen))
+                   all(s.noise_measured for s in seen), avg("two_level"))
 
     def text(self) -> str:
         """What was seen, briefly: ``"pixel dropping p=0.93, JPEG q=45"``."""
@@ -212,6 +221,8 @@ class Seen:
             parts.append(f"noise {self.noise:.1f}")
         elif not self.noise_measured:
             parts.append("noise not measured (grayscale)")
+        if self.two_level >= DRAWN:
+            parts.append(f"two-level tiles {self.two_level:.2f}")
         if self.upscaled_by > 1:
             parts.append(f"upscaled back x{self.upscaled_by}")
         return ", ".join(parts)
@@ -301,8 +312,8 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
 
     ``calibration`` (``calibration.Calibration``): when it covers exactly ``options`` at
     ``scale``, an uncertain choice of a diagnosed image takes the model with the best mean PSNR
-    on the calibration images diagnosed most like it, instead of the general model. A certain
-    choice stays with the specialist: its training damage is the image's."""
+    on the calibration images diagnosed most like it, instead of the general model; so does a
+    certain one of drawn content (``DRAWN``). Else a certain choice keeps its specialist."""
     if not options:
         raise ValueError(f"no built-in model at x{scale} to choose from")
     if seen is not None and not isinstance(seen, Seen):
@@ -326,7 +337,9 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
     confidence = float(np.clip(min(margin / (2 * MARGIN), 1.0 - dist[best.name] / (2 * NEAR)), 0.0, 1.0))
     uncertain = seen is None or confidence < CONFIDENT
     only = len(specialists) == 1
-    if not uncertain:
+    calibrated = seen is not None and calibration is not None and calibration.covers([c.name for c in options], scale)
+    drawn = calibrated and seen.two_level >= DRAWN  # NaN: not drawn
+    if not uncertain and not drawn:
         why = (f"the only built-in model at x{scale}, trained on {best.spec!r}" if only
                else f"nearest to {best.spec!r}")
         return made(best.name, f"{what}; {why}", confidence, False)
@@ -335,17 +348,18 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
             return made(generals[0].name, f"{what}; the general model", 0.0, True)
         return made(best.name, f"{what}; trained on {best.spec!r}, the nearest to a clean downscale; "
                                f"no general model at x{scale}", 0.0, True)
-    if calibration is not None and calibration.covers([c.name for c in options], scale):
+    if calibrated:
         from edsr_jax.inference.calibration import features
 
         r = calibration.rank(features(seen))
         top, *rest = r.means
         than = f", {r.means[top] - r.means[rest[0]]:+.2f} dB over {rest[0]}" if rest else ""
         mean = f"; the mean of {' and '.join(blend.members(top))}'s outputs" if blend.is_blend(top) else ""
-        return made(top, f"uncertain: {what}; nearest {best.name} at confidence {confidence:.2f}; best on "
+        head = "uncertain: " if uncertain else "drawn content: "
+        return made(top, f"{head}{what}; nearest {best.name} at confidence {confidence:.2f}; best on "
                          f"{r.wins[top]} of the {r.k} calibration images diagnosed most like it{than}{mean}",
-                    confidence, True, {"k": r.k, "mean_psnr": {m: round(v, 3) for m, v in r.means.items()},
-                                       "wins": r.wins})
+                    confidence, uncertain, {"k": r.k, "mean_psnr": {m: round(v, 3) for m, v in r.means.items()},
+                                            "wins": r.wins})
     if generals:
         return made(generals[0].name, f"uncertain: {what}; nearest {best.name} at confidence "
                                       f"{confidence:.2f}; the general model", confidence, True)
@@ -373,7 +387,8 @@ def _array_problem(rgb: np.ndarray) -> str:
 
 def _diagnosis_record(d) -> dict:
     keys = ("kind", "kind_probabilities", "jpeg_quality", "jpeg_source", "jpeg_confidence", "blur",
-            "blur_confidence", "noise", "noise_confidence", "upscaled_by", "flat_share", "spec", "seconds")
+            "blur_confidence", "noise", "noise_confidence", "upscaled_by", "flat_share", "two_level", "spec",
+            "seconds")
     return {k: getattr(d, k) for k in keys}
 
 
