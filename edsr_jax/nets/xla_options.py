@@ -1,6 +1,7 @@
 """Per-platform choices of how the project's jitted functions compile and run: XLA compiler
-options (``compiler_options``), the formulation of the train step (``step_formulation``) and
-the memory an inference tile may take (``inference_budget_mb``).
+options (``compiler_options``), the formulation of the train step (``step_formulation``), the
+layout of inference's convolution inputs (``conv_input_layout``) and the memory an inference tile
+may take (``inference_budget_mb``).
 
 On CPU, jaxlib 0.10 hands lone convolutions to YNNPACK fusions by default. For EDSR's 3x3
 convolutions XLA's own Eigen convolutions are faster in the input and weight gradients
@@ -210,6 +211,25 @@ def tail_on_lr_grid(platform: str | None = None) -> bool:
     temporaries 4408 -> 2195 MiB (within the tile budget, 4096), estimate 57.1 -> 40.3 ms
     (BENCHMARKS.md)."""
     return _platform(platform) == "tpu"
+
+
+# TPU: the layout of every convolution input in inference, major to minor (H, W, N, C): the
+# layout XLA:TPU's convolution takes itself (``infer.apply_masked``'s ``conv_input_layout``).
+TPU_CONV_INPUT_LAYOUT = (1, 2, 0, 3)
+
+
+def conv_input_layout(platform: str | None = None) -> tuple[int, ...] | None:
+    """The layout (major-to-minor axes of ``(N, H, W, C)``) inference constrains every
+    convolution's input to on ``platform`` (default: JAX's default backend), or None: XLA's own
+    choice (``infer.jitted``; ``inference.padding_mask``). The same values either way.
+
+    TPU: ``TPU_CONV_INPUT_LAYOUT``. Left to itself XLA:TPU laid the padding mask's multiplies out
+    with a spatial dimension minor and the convolutions with the channels minor, and relaid the
+    residual stream out once per block (v5e, EDSR-baseline x2 bfloat16, 1336-px border tile: 71
+    copies, 16.7 GB). Constrained, the mask, bias, ReLU and residual adds fuse into the
+    convolutions and the masked tile costs what the unmasked one does (BENCHMARKS.md, "TPU: the
+    convolution inputs in the convolution's layout"). CPU and GPU: None (no relayouts there)."""
+    return TPU_CONV_INPUT_LAYOUT if _platform(platform) == "tpu" else None
 
 
 def unmask_full_batches(platform: str | None = None) -> bool:
