@@ -245,9 +245,9 @@ def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int
     params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one),
                                     infer._plain_dict(infer._inner(params)))
     lr_tail = xla_options.tail_on_lr_grid(device.platform) and not hr_tail
-    layout = None if xla_layout else xla_options.conv_input_layout(device.platform)
 
     def fn(masked: bool):
+        layout = None if xla_layout else xla_options.conv_input_layout(device.platform)
         return jax.jit(functools.partial(infer.apply_masked, config=model_config, dtype=dtype,
                                          conv_backend="xla", masked=masked, tail_on_lr_grid=lr_tail,
                                          conv_input_layout=layout),

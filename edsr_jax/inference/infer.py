@@ -157,8 +157,8 @@ def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto", sca
     compute dtype, convolution backend (``conv_backend_for``), MDSR scale (None for EDSR),
     ``masked`` (False: the forward pass for batches whose bounds cover them whole) and
     ``tail_on_lr_grid`` (None: ``xla_options.tail_on_lr_grid``, TPU only), with the platform's
-    ``xla_options.conv_input_layout`` (TPU only); compiles once per input shape, whatever the
-    params' values. Runs on JAX's default device."""
+    ``xla_options.conv_input_layout`` (TPU only); compiles once per input shape,
+    whatever the params' values. Runs on JAX's default device."""
     lr_tail = xla_options.tail_on_lr_grid() if tail_on_lr_grid is None else bool(tail_on_lr_grid)
     key = (config, _dtype_name(dtype), conv_backend_for(conv_backend, dtype), resolve_scale(config, scale),
            bool(masked), lr_tail, xla_options.conv_input_layout())

@@ -3,13 +3,16 @@ input: the mask multiplied in (so the convolution's own zero padding is the imag
 per platform, a layout constraint (``xla_options.conv_input_layout``).
 
 Why the layout constraint (TPU): the mask of the image region is ``(N, H, W, 1)``, broadcast
-over the channels. XLA:TPU lays the masked elementwise passes out with a spatial dimension minor
-(the mask's broadcast then runs along sublanes), while its convolutions take the channels minor,
-so the residual stream was relaid out once per block and the convolutions ran as strips of the
-width (v5e, EDSR-baseline x2 bfloat16, a 1336-px border tile: 71 copies, 16.7 GB). Constraining
-every convolution's input to (H, W, N, C) major to minor, the layout the TPU convolution itself
-takes, puts the mask, bias, ReLU and residual adds into the convolutions' fusions: no relayout,
-the same values (BENCHMARKS.md).
+over the channels. XLA:TPU laid the masked elementwise passes out with the rows minor (the
+mask's broadcast then runs along sublanes) while its convolutions, run as 8 strips of the width,
+take the channels minor, so each convolution's output was relaid out for the mask and the
+masked input back for the next convolution (v5e, EDSR-baseline x2 bfloat16, a 1336-px border
+tile: 71 copies, 16.7 GB). With every convolution's
+input constrained to (H, W, N, C) major to minor, the layout the TPU convolution takes when it
+runs on the whole width, the mask, bias, ReLU and residual adds fuse into the convolutions: 6
+copies (2.4 GB) remain where that layout meets the tail's, which is left to XLA (the tail on the
+LR grid; constrained too, its F r r-channel input doubled the temporaries). The same values
+(BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ def conv_input_interceptor(bounds: jnp.ndarray | None, lr_h: int,
     """A Flax method interceptor (``nn.intercept_methods``) for every ``edsr.Conv`` (3x3, and
     MDSR's 5x5) call: its input multiplied by ``region(bounds, lr_h, .)`` in its own dtype
     (``bounds`` None: not masked), then constrained to ``layout`` (major-to-minor axes of the
-    4-D input; None: XLA's choice). Neither changes a value: the mask is 0/1, a layout is how
-    the array is stored."""
+    4-D input; None: XLA's choice), except the input of a tail computed on the LR grid
+    (``Conv.input_shuffle`` > 1: its F r r channels in the TPU's layout doubled a tile's
+    temporaries). Neither changes a value: the mask is 0/1, a layout is how the array is
+    stored."""
     from jax.experimental.layout import Layout, with_layout_constraint
 
     def intercept(next_fun, args, kwargs, context):
@@ -48,7 +53,7 @@ def conv_input_interceptor(bounds: jnp.ndarray | None, lr_h: int,
             (y,) = args
             if bounds is not None:
                 y = y * region(bounds, lr_h, y.shape).astype(y.dtype)
-            if layout is not None:
+            if layout is not None and context.module.input_shuffle == 1:
                 y = with_layout_constraint(y, Layout(tuple(layout)))
             return next_fun(y, **kwargs)
         return next_fun(*args, **kwargs)

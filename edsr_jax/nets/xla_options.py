@@ -219,16 +219,19 @@ TPU_CONV_INPUT_LAYOUT = (1, 2, 0, 3)
 
 
 def conv_input_layout(platform: str | None = None) -> tuple[int, ...] | None:
-    """The layout (major-to-minor axes of ``(N, H, W, C)``) inference constrains every
-    convolution's input to on ``platform`` (default: JAX's default backend), or None: XLA's own
-    choice (``infer.jitted``; ``inference.padding_mask``). The same values either way.
+    """The layout (major-to-minor axes of ``(N, H, W, C)``) inference constrains the
+    convolutions' inputs to on ``platform`` (default: JAX's default backend), or None: XLA's
+    own choice (``infer.jitted``, masked and unmasked; ``inference.padding_mask``). The same
+    values either way.
 
-    TPU: ``TPU_CONV_INPUT_LAYOUT``. Left to itself XLA:TPU laid the padding mask's multiplies out
-    with a spatial dimension minor and the convolutions with the channels minor, and relaid the
-    residual stream out once per block (v5e, EDSR-baseline x2 bfloat16, 1336-px border tile: 71
-    copies, 16.7 GB). Constrained, the mask, bias, ReLU and residual adds fuse into the
-    convolutions and the masked tile costs what the unmasked one does (BENCHMARKS.md, "TPU: the
-    convolution inputs in the convolution's layout"). CPU and GPU: None (no relayouts there)."""
+    TPU: ``TPU_CONV_INPUT_LAYOUT``. Left to itself XLA:TPU laid the padding mask's multiplies
+    out with the rows minor and the convolutions with the channels minor, and relaid every
+    convolution's output out and its masked input back. v5e, EDSR-baseline x2, the TPU
+    compiler's estimates (BENCHMARKS.md, "TPU: the convolution inputs in the convolution's
+    layout"): a border tile (masked) in bfloat16 (1336 px) 199 -> 90 ms, its copies 16.7 ->
+    2.4 GB; in float32 (952 px) 177 -> 49 ms; a tile inside the image (unmasked) 82.6 -> 79.6
+    and 59.5 -> 41.8 ms; a 256 x 192 evaluation image 5.8 -> 2.8 and 8.6 -> 3.0 ms. CPU and
+    GPU: None (no relayouts there)."""
     return TPU_CONV_INPUT_LAYOUT if _platform(platform) == "tpu" else None
 
 
