@@ -9,7 +9,8 @@
   ``Upscaler`` with the same architecture and new weights reuses the compiled code.
 - **Exact padding.** The padded pixels never leak into the result: every convolution's
   input is multiplied by a 0/1 mask of the real image region (carried in as integer
-  bounds), which is what the convolutions' own zero padding does at the true border.
+  bounds; ``padding_mask``), which is what the convolutions' own zero padding does at the
+  true border.
   Bucketed, tiled and plain ``apply`` results therefore agree to float rounding.
 - **Tiles.** Large images are cut into square tiles of ``tile`` LR pixels, each processed
   with ``receptive_radius(config)`` LR pixels of context on every side (masked where

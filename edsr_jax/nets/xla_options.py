@@ -242,7 +242,9 @@ def unmask_full_batches(platform: str | None = None) -> bool:
 
     GPU and TPU: yes. The mask's multiplies are kernels of their own there (one per
     convolution): an EDSR-baseline x2 tile of 664 px estimates 3.21 ms masked and 1.99 ms
-    unmasked on an H100, 62 and 30 ms on a TPU v5e (``benchmarks/accelerators.py``). CPU: no;
+    unmasked on an H100, 62 and 30 ms on a TPU v5e (``benchmarks/accelerators.py``); with the
+    TPU's ``conv_input_layout`` the gap narrows but stays (v5e, 1336-px bfloat16 tile: 89.7
+    against 79.6 ms, the TPU compiler's estimates). CPU: no;
     with oneDNN's convolutions the mask costs nothing measurable (200-px tile: 690 ms masked,
     708 unmasked) and a second program would only add a compile."""
     platform = _platform(platform)
