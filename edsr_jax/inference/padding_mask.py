@@ -17,6 +17,7 @@ LR grid; constrained too, its F r r-channel input doubled the temporaries). The 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import flax.linen as nn
@@ -63,8 +64,6 @@ def conv_input_interceptor(bounds: jnp.ndarray | None, lr_h: int,
 
 def intercepting(interceptor: Callable | None):
     """``nn.intercept_methods(interceptor)``, or a context that does nothing for None."""
-    import contextlib
-
     return contextlib.nullcontext() if interceptor is None else nn.intercept_methods(interceptor)
 
 
