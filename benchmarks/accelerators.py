@@ -221,13 +221,15 @@ def train_programs(target: str, count: int, preset: str, scale: int, dtype: str,
 
 
 def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int | None = None,
-                     hr_tail: bool = False) -> dict:
+                     hr_tail: bool = False, xla_layout: bool = False) -> dict:
     """Lowered inference forward passes on one device: an Upscaler tile (``tile`` LR pixels
     plus the receptive radius each side; default: the Upscaler's on that device, from
     ``xla_options.inference_budget_mb``: a quarter of its memory), masked
     (a border tile) and as a tile inside the image runs, and an evaluation image (Set14-sized LR
     at x``scale``, bucketed): ``{name: (lowered, LR pixels)}``. The tail where the Upscaler runs
-    it on the target (``xla_options.tail_on_lr_grid``), or after the last shuffle (``hr_tail``)."""
+    it on the target (``xla_options.tail_on_lr_grid``), or after the last shuffle (``hr_tail``);
+    the convolution inputs in the target's ``xla_options.conv_input_layout``, or in the layout
+    XLA chooses (``xla_layout``)."""
     import jax
     import jax.numpy as jnp
 
@@ -245,8 +247,10 @@ def forward_programs(target: str, preset: str, scale: int, dtype: str, tile: int
     lr_tail = xla_options.tail_on_lr_grid(device.platform) and not hr_tail
 
     def fn(masked: bool):
+        layout = None if xla_layout else xla_options.conv_input_layout(device.platform)
         return jax.jit(functools.partial(infer.apply_masked, config=model_config, dtype=dtype,
-                                         conv_backend="xla", masked=masked, tail_on_lr_grid=lr_tail),
+                                         conv_backend="xla", masked=masked, tail_on_lr_grid=lr_tail,
+                                         conv_input_layout=layout),
                        compiler_options=xla_options.compiler_options(device.platform))
 
     budget = xla_options.inference_budget_mb(platform, int(DEVICES[target].memory_gib * 2**30))
@@ -369,10 +373,11 @@ def run_train_case(case: Case, formulations=False, damage_spec: str | None = Non
 
 
 def run_forward_cases(target: str, preset: str, scale: int, dtype: str,
-                      tile: int | None = None, hr_tail: bool = False) -> list[dict]:
+                      tile: int | None = None, hr_tail: bool = False, xla_layout: bool = False) -> list[dict]:
     """Rows for the inference forward passes (``forward_programs``)."""
     rows = []
-    for name, (low, pixels) in forward_programs(target, preset, scale, dtype, tile, hr_tail).items():
+    for name, (low, pixels) in forward_programs(target, preset, scale, dtype, tile, hr_tail,
+                                                xla_layout).items():
         row = {"program": name, "target": target, "devices": 1, "preset": preset, "scale": scale,
                "dtype": dtype, "batch": 1, **describe(low, target, 1)}
         row["mpix_s"] = pixels * scale * scale / row["est_s"] / 1e6
@@ -459,6 +464,9 @@ def main(argv=None) -> int:
     p.add_argument("--hr-tail", action="store_true",
                    help="inference programs with the tail after the last pixel shuffle on every "
                         "target (default: where xla_options.tail_on_lr_grid says, TPU)")
+    p.add_argument("--xla-conv-layout", action="store_true",
+                   help="inference programs with the convolution inputs in the layout XLA "
+                        "chooses (default: xla_options.conv_input_layout's, on TPU (H, W, N, C))")
     p.add_argument("--formulations", nargs="*", choices=list(FORMULATIONS), default=None,
                    help="the train step in each formulation of xla_options.step_formulation "
                         "and plain Adam with and without the gradient layout constraint; with "
@@ -500,7 +508,8 @@ def main(argv=None) -> int:
             for scale in args.scales:
                 for dtype in args.dtypes:
                     if "forward" in args.programs:
-                        rows += run_forward_cases(target, preset, scale, dtype, args.tile, args.hr_tail)
+                        rows += run_forward_cases(target, preset, scale, dtype, args.tile, args.hr_tail,
+                                                  args.xla_conv_layout)
                     if "train" not in args.programs:
                         continue
                     for count in args.devices:

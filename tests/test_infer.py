@@ -249,3 +249,52 @@ def test_the_tile_budget_is_chosen_per_platform():
     assert xla_options.inference_budget_mb("gpu", 0) == 1024
     up = infer.Upscaler(TINY, init(TINY))
     assert up.tile == infer.tile_for_budget(TINY, xla_options.inference_budget_mb(), "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_tpu_conv_input_layout_changes_no_value(dtype):
+    """Every convolution input constrained to the TPU's layout (``xla_options.conv_input_layout``,
+    (H, W, N, C) major to minor) stores the arrays otherwise and computes the same: on CPU the
+    masked pass (an image in a frame of large values, a batch of 2 with other bounds; x2 with
+    the tail on the LR grid as the TPU runs it, x3) and the unmasked pass equal today's bit for
+    bit, and the masked one equals ``apply`` on the image (float32) inside its bounds."""
+    from edsr_jax.nets import xla_options
+
+    layout = xla_options.conv_input_layout("tpu")
+    assert layout == (1, 2, 0, 3)
+    assert all(xla_options.conv_input_layout(p) is None for p in ("cpu", "gpu", "cuda"))
+    for scale, lr_tail in ((2, True), (3, False)):
+        config = ModelConfig(scale, 2, 8)
+        params = init(config, seed=scale)
+        img = image(13, 17, seed=scale).astype(np.float32)
+        x = np.full((2, 24, 28, 3), 230.0, np.float32)
+        x[0, 5:18, 7:24] = img
+        x[1] = np.random.default_rng(scale).uniform(0, 255, (24, 28, 3))
+        bounds = np.array([[5, 18, 7, 24], [0, 24, 3, 28]], np.int32)
+        run = jax.jit(infer.apply_masked, static_argnums=(3, 4, 5, 6, 7, 8, 9))
+        for masked in (True, False):
+            args = (params, x, bounds, config, infer.DTYPES[dtype], "xla", None, masked, lr_tail)
+            got = np.asarray(run(*args, layout))
+            np.testing.assert_array_equal(got, np.asarray(run(*args, None)))
+            if masked and dtype == "float32":
+                np.testing.assert_allclose(got[0, 5 * scale:18 * scale, 7 * scale:24 * scale],
+                                           reference(params, img.astype(np.uint8), config), atol=1e-3)
+
+
+def test_the_upscaler_takes_the_platforms_conv_input_layout(monkeypatch):
+    """``infer.jitted`` compiles with ``xla_options.conv_input_layout`` (None on CPU; forced to
+    the TPU's here): its own compile, and a tiled image comes out the same bits, its border
+    tiles masked and its interior ones not (``unmask_full_batches`` forced on too)."""
+    from edsr_jax.nets import xla_options
+
+    params = init(TINY, seed=5)
+    lr = image(50, 50, seed=5)  # 16-px tiles: one interior tile, ragged border ones
+    want = infer.Upscaler(TINY, params, tile=16).predict(lr)
+    monkeypatch.setattr(xla_options, "conv_input_layout", lambda platform=None: (1, 2, 0, 3))
+    monkeypatch.setattr(xla_options, "unmask_full_batches", lambda platform=None: True)
+    up = infer.Upscaler(TINY, params, tile=16)
+    keys = [k for k in infer._JITTED if k[0] == TINY and k[-1] == (1, 2, 0, 3)]
+    assert sorted(k[4] for k in keys) == [False, True]  # the unmasked pass and the masked one
+    before = [infer._TRACES[k] for k in keys]
+    np.testing.assert_array_equal(up.predict(lr), want)
+    assert all(0 < infer._TRACES[k] - b <= 1 for k, b in zip(keys, before))

@@ -9,7 +9,8 @@
   ``Upscaler`` with the same architecture and new weights reuses the compiled code.
 - **Exact padding.** The padded pixels never leak into the result: every convolution's
   input is multiplied by a 0/1 mask of the real image region (carried in as integer
-  bounds), which is what the convolutions' own zero padding does at the true border.
+  bounds; ``padding_mask``), which is what the convolutions' own zero padding does at the
+  true border.
   Bucketed, tiled and plain ``apply`` results therefore agree to float rounding.
 - **Tiles.** Large images are cut into square tiles of ``tile`` LR pixels, each processed
   with ``receptive_radius(config)`` LR pixels of context on every side (masked where
@@ -32,24 +33,24 @@ import copy
 import math
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edsr_jax.inference import padding_mask
 from edsr_jax.nets import mdsr
 from edsr_jax.nets import onednn_conv
 from edsr_jax.nets import xla_options
-from edsr_jax.nets.edsr import DTYPES, PRESETS, Conv, ModelConfig, receptive_radius
+from edsr_jax.nets.edsr import DTYPES, PRESETS, ModelConfig, receptive_radius
 
 Progress = Callable[[int, int], None]  # progress(done, total): forward passes of one Upscaler call
 
 MIN_BUCKET = 16
 
 # Traces of the jitted forward pass per (config, dtype name, conv backend "xla"/"onednn",
-# MDSR scale or None, masked, tail on the LR grid): one per compiled shape.
+# MDSR scale or None, masked, tail on the LR grid, conv input layout): one per compiled shape.
 _TRACES: collections.Counter = collections.Counter()
-_JITTED: dict[tuple[Any, str, str, int | None, bool, bool], Any] = {}
+_JITTED: dict[tuple[Any, str, str, int | None, bool, bool, tuple | None], Any] = {}
 
 
 def is_mdsr(config) -> bool:
@@ -113,39 +114,29 @@ def apply(params, lr, config: ModelConfig, dtype=jnp.float32, scale: int | None 
 
 def apply_masked(params, x, bounds, config: ModelConfig, dtype=jnp.float32,
                  conv_backend: str = "xla", scale: int | None = None,
-                 masked: bool = True, tail_on_lr_grid: bool = False) -> jnp.ndarray:
+                 masked: bool = True, tail_on_lr_grid: bool = False,
+                 conv_input_layout: tuple[int, ...] | None = None) -> jnp.ndarray:
     """``apply`` on a padded batch: only ``x[n, y0:y1, x0:x1]`` with ``bounds[n] = (y0, y1,
     x0, x1)`` (int, LR pixels) counts as image; everything outside is treated as the
     convolutions' zero padding. ``(N, h, w, 3)`` float [0, 255] -> ``(N, h*s, w*s, 3)``
     float32 whose region ``bounds * s`` equals ``apply`` on the cropped image.
     ``conv_backend``: "xla" or "onednn" (``model.Conv``; float32 on CPU). ``scale``: the
     MDSR scale (``resolve_scale``; None for EDSR). Every ``model.Conv`` (3x3, and MDSR's 5x5)
-    sees its input masked, so its own zero padding is the image border. ``masked=False``
-    skips the mask (``bounds`` unused): the same result where every ``bounds`` row covers the
-    whole padded input, as for a tile inside the image. ``tail_on_lr_grid``: an EDSR's tail
-    before its last pixel shuffle (``EDSR.tail_on_lr_grid``; its input masked on that grid)."""
+    sees its input masked (``padding_mask``), so its own zero padding is the image border.
+    ``masked=False`` skips the mask (``bounds`` unused): the same result where every ``bounds``
+    row covers the whole padded input, as for a tile inside the image. ``tail_on_lr_grid``: an
+    EDSR's tail before its last pixel shuffle (``EDSR.tail_on_lr_grid``; its input masked on
+    that grid). ``conv_input_layout``: every convolution's input constrained to this layout
+    (major-to-minor axes; ``xla_options.conv_input_layout``, TPU), the same values."""
     scale = resolve_scale(config, scale)
     extra = () if scale is None else (scale,)
     model = config.build(dtype=_dtype(dtype), conv_backend=conv_backend)
     if tail_on_lr_grid and not is_mdsr(config):
         model = model.clone(tail_on_lr_grid=True)
-    if not masked:
-        return model.apply({"params": _inner(params)}, jnp.asarray(x, jnp.float32), *extra)
-    lr_h = x.shape[1]
-    bounds = jnp.asarray(bounds, jnp.int32)
-
-    def mask_conv_inputs(next_fun, args, kwargs, context):
-        if isinstance(context.module, Conv) and context.method_name == "__call__":
-            (y,) = args
-            f = y.shape[1] // lr_h  # 1 before the upsampler, then 2, 3 or 4
-            b = bounds[:, :, None, None, None] * f
-            iy = jnp.arange(y.shape[1])[None, :, None, None]
-            ix = jnp.arange(y.shape[2])[None, None, :, None]
-            inside = (iy >= b[:, 0]) & (iy < b[:, 1]) & (ix >= b[:, 2]) & (ix < b[:, 3])
-            return next_fun(y * inside.astype(y.dtype), **kwargs)
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(mask_conv_inputs):
+    mask = jnp.asarray(bounds, jnp.int32) if masked else None
+    interceptor = (None if mask is None and conv_input_layout is None else
+                   padding_mask.conv_input_interceptor(mask, x.shape[1], conv_input_layout))
+    with padding_mask.intercepting(interceptor):
         return model.apply({"params": _inner(params)}, jnp.asarray(x, jnp.float32), *extra)
 
 
@@ -166,11 +157,12 @@ def jitted(config: ModelConfig, dtype="float32", conv_backend: str = "auto", sca
     """The module-level jitted ``apply_masked(params, x, bounds)`` for one architecture,
     compute dtype, convolution backend (``conv_backend_for``), MDSR scale (None for EDSR),
     ``masked`` (False: the forward pass for batches whose bounds cover them whole) and
-    ``tail_on_lr_grid`` (None: ``xla_options.tail_on_lr_grid``, TPU only); compiles once per
-    input shape, whatever the params' values. Runs on JAX's default device."""
+    ``tail_on_lr_grid`` (None: ``xla_options.tail_on_lr_grid``, TPU only), with the platform's
+    ``xla_options.conv_input_layout`` (TPU only); compiles once per input shape,
+    whatever the params' values. Runs on JAX's default device."""
     lr_tail = xla_options.tail_on_lr_grid() if tail_on_lr_grid is None else bool(tail_on_lr_grid)
     key = (config, _dtype_name(dtype), conv_backend_for(conv_backend, dtype), resolve_scale(config, scale),
-           bool(masked), lr_tail)
+           bool(masked), lr_tail, xla_options.conv_input_layout())
     fn = _JITTED.get(key)
     if fn is None:
 

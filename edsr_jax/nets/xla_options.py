@@ -1,6 +1,7 @@
 """Per-platform choices of how the project's jitted functions compile and run: XLA compiler
-options (``compiler_options``), the formulation of the train step (``step_formulation``) and
-the memory an inference tile may take (``inference_budget_mb``).
+options (``compiler_options``), the formulation of the train step (``step_formulation``), the
+layout of inference's convolution inputs (``conv_input_layout``) and the memory an inference tile
+may take (``inference_budget_mb``).
 
 On CPU, jaxlib 0.10 hands lone convolutions to YNNPACK fusions by default. For EDSR's 3x3
 convolutions XLA's own Eigen convolutions are faster in the input and weight gradients
@@ -212,6 +213,28 @@ def tail_on_lr_grid(platform: str | None = None) -> bool:
     return _platform(platform) == "tpu"
 
 
+# TPU: the layout of every convolution input in inference, major to minor (H, W, N, C): the
+# layout XLA:TPU's convolution takes itself (``infer.apply_masked``'s ``conv_input_layout``).
+TPU_CONV_INPUT_LAYOUT = (1, 2, 0, 3)
+
+
+def conv_input_layout(platform: str | None = None) -> tuple[int, ...] | None:
+    """The layout (major-to-minor axes of ``(N, H, W, C)``) inference constrains the
+    convolutions' inputs to on ``platform`` (default: JAX's default backend), or None: XLA's
+    own choice (``infer.jitted``, masked and unmasked; ``inference.padding_mask``). The same
+    values either way.
+
+    TPU: ``TPU_CONV_INPUT_LAYOUT``. Left to itself XLA:TPU laid the padding mask's multiplies
+    out with the rows minor and the convolutions with the channels minor, and relaid every
+    convolution's output out and its masked input back. v5e, EDSR-baseline x2, the TPU
+    compiler's estimates (BENCHMARKS.md, "TPU: the convolution inputs in the convolution's
+    layout"): a border tile (masked) in bfloat16 (1336 px) 199 -> 90 ms, its copies 16.7 ->
+    2.4 GB; in float32 (952 px) 177 -> 49 ms; a tile inside the image (unmasked) 82.6 -> 79.6
+    and 59.5 -> 41.8 ms; a 256 x 192 evaluation image 5.8 -> 2.8 and 8.6 -> 3.0 ms. CPU and
+    GPU: None (no relayouts there)."""
+    return TPU_CONV_INPUT_LAYOUT if _platform(platform) == "tpu" else None
+
+
 def unmask_full_batches(platform: str | None = None) -> bool:
     """Whether inference runs a padded batch whose bounds cover all of it (an Upscaler tile
     whose context lies inside the image) through the forward pass without the padding mask:
@@ -219,7 +242,9 @@ def unmask_full_batches(platform: str | None = None) -> bool:
 
     GPU and TPU: yes. The mask's multiplies are kernels of their own there (one per
     convolution): an EDSR-baseline x2 tile of 664 px estimates 3.21 ms masked and 1.99 ms
-    unmasked on an H100, 62 and 30 ms on a TPU v5e (``benchmarks/accelerators.py``). CPU: no;
+    unmasked on an H100, 62 and 30 ms on a TPU v5e (``benchmarks/accelerators.py``); with the
+    TPU's ``conv_input_layout`` the gap narrows but stays (v5e, 1336-px bfloat16 tile: 89.7
+    against 79.6 ms, the TPU compiler's estimates). CPU: no;
     with oneDNN's convolutions the mask costs nothing measurable (200-px tile: 690 ms masked,
     708 unmasked) and a second program would only add a compile."""
     platform = _platform(platform)
