@@ -143,7 +143,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # "--model photo-x2 auto Set5" : the same for the built-in model names.
     if args.model:
         from edsr_jax.inference import pretrained
-
         from edsr_jax.inference.blend import SEP
 
         known = {*pretrained.names(), pretrained.AUTO}

@@ -15,9 +15,9 @@ on its own damage and lose to it) but taken when the choice is uncertain: the im
 far from every specialist's, or two are about as near, or the image cannot be diagnosed
 (16-bit, under 32 pixels a side). Where no general model exists at that scale the
 nearest specialist is kept and the reason says the choice was uncertain. Where a calibration
-covers the models (``calibration.py``: the built-ins ship one, measured by
-experiments/auto_choice.py), an uncertain choice of a diagnosed image takes instead the model
-that scored best on the calibration images diagnosed most like it (or a blend of two,
+covers the models (``calibration.py``: the built-ins ship one, measured by experiments/
+auto_choice.py), an uncertain choice of a diagnosed image, or one of drawn content (``DRAWN``),
+takes instead the model that scored best on the calibration images diagnosed alike (or a blend of two,
 ``"photo-x2+general-x2"``: the mean of both models' outputs, ``blend.py``). Each choice carries a
 one-line reason (``Choice.line``: ``poster.png: poster-x2 (pixel dropping p=0.93, JPEG q=45;
 nearest to 'nearest > jpeg(30,60)')``) and a JSON record (``Choice.record``).
