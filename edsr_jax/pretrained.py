@@ -33,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(pretrained.describe(name) + (" (default)" if name == pretrained.DEFAULT else ""))
     if pretrained.DEFAULT == pretrained.AUTO:
         print(f"{pretrained.AUTO}: per image, the model above whose training damage is nearest the one "
-              "diagnosed in it; the general model where that is uncertain (default)")
+              "diagnosed in it; where that is uncertain or the image looks drawn, the model or blend that "
+              "scored best on calibration images diagnosed alike (default)")
+    if len(pretrained.names()) > 1:
+        print("A+B: a blend, the mean of the named models' outputs (e.g. photo-x2+general-x2; one scale)")
     return 0
 
 

@@ -148,6 +148,13 @@ def test_upscale_and_evaluate_take_a_blend_of_built_in_models(tmp_path, capsys):
     assert not (tmp_path / "out2").exists()
 
 
+def test_the_model_list_names_blends(capsys):
+    from edsr_jax import pretrained as command
+
+    assert cli.run(command.main, []) == 0
+    assert "\nA+B: a blend, the mean of the named models' outputs" in capsys.readouterr().out
+
+
 def _sample():
     from edsr_jax.data import samples
 
