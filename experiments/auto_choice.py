@@ -96,22 +96,19 @@ def make_set(folder: Path) -> None:
 
 
 def evaluate(folder: Path) -> list[Path]:
+    """Per damage, ``results/auto_choice/<n>.json`` (bicubic, the models, auto) and
+    ``blends_<n>.json`` (the blends), each made by one evaluate run unless it exists."""
+    OUT.mkdir(parents=True, exist_ok=True)
     files = []
     for n, spec in enumerate(DAMAGES, 1):
-        target = OUT / f"{n}.json"
-        OUT.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            cmd = [sys.executable, "-m", "edsr_jax.evaluate", str(folder), "--bicubic", "--model", *MODELS, "auto",
-                   "--spec", spec, "--json", str(target)]
-            print("+", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, cwd=ROOT)
-        files.append(target)
-        target = OUT / f"blends_{n}.json"
-        if not target.exists():
-            cmd = [sys.executable, "-m", "edsr_jax.evaluate", str(folder), "--model", *BLENDS, "--spec", spec,
-                   "--json", str(target)]
-            print("+", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, cwd=ROOT)
+        for target, methods in ((OUT / f"{n}.json", ["--bicubic", "--model", *MODELS, "auto"]),
+                                (OUT / f"blends_{n}.json", ["--model", *BLENDS])):
+            if not target.exists():
+                cmd = [sys.executable, "-m", "edsr_jax.evaluate", str(folder), *methods, "--spec", spec,
+                       "--json", str(target)]
+                print("+", " ".join(cmd), flush=True)
+                subprocess.run(cmd, check=True, cwd=ROOT)
+        files.append(OUT / f"{n}.json")
     return files
 
 

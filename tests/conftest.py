@@ -53,6 +53,21 @@ def assert_documented_rows(events) -> None:
         assert f"\n| {event} | " in doc, f"docs/bad_inputs.md lacks the row for: {event}"
 
 
+def pack_tiny_model(folder, name: str, scale: int, spec: str, seed: int) -> None:
+    """Pack a tiny EDSR (1 block, 8 features) at ``scale`` as built-in model ``name`` into
+    ``folder`` (``pretrained.pack``; weights from ``jax.random.key(seed)``), its card naming the
+    training damage ``spec``."""
+    import jax
+    import jax.numpy as jnp
+
+    from edsr_jax.inference import pretrained
+    from edsr_jax.nets.edsr import ModelConfig
+
+    config = ModelConfig(scale=scale, num_blocks=1, num_features=8)
+    variables = config.build().init(jax.random.key(seed), jnp.zeros((1, 8, 8, 3)))
+    pretrained.pack(variables, config, name, {"summary": f"tiny, trained on {spec}"}, folder, spec=spec)
+
+
 def tiny_state_and_batch(tx, num_blocks: int = 1, use_ema: bool = True, res_scale: float = 1.0,
                          dtype: str = "float32", seed: int = 0):
     """``(model, state, batch)`` for train-step tests: an EDSR x2 of ``num_blocks`` blocks and 8

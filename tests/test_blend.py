@@ -8,34 +8,25 @@ within 1e-3 of a half (checked on every pixel that is not)."""
 
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from edsr_jax import evaluate, upscale
-from edsr_jax.inference import blend, calibration, choice, infer, pretrained
+from edsr_jax.inference import blend, calibration, choice, pretrained
 from edsr_jax.io import cli
 from edsr_jax.io.images import read_rgb, write_image
-from edsr_jax.nets.edsr import ModelConfig
 
-from conftest import assert_documented_rows
-
-
-def _pack(folder, name, scale, spec, seed):
-    config = ModelConfig(scale=scale, num_blocks=1, num_features=8)
-    variables = config.build().init(jax.random.key(seed), jnp.zeros((1, 8, 8, 3)))
-    pretrained.pack(variables, config, name, {"summary": f"tiny, trained on {spec}"}, folder, spec=spec)
+from conftest import assert_documented_rows, pack_tiny_model
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A folder of tiny models: a and b at x2 (different weights), c at x3."""
     folder = tmp_path_factory.mktemp("blend_models")
-    _pack(folder, "tiny-a-x2", 2, "bicubic", 1)
-    _pack(folder, "tiny-b-x2", 2, "nearest > jpeg(30,60)", 2)
-    _pack(folder, "tiny-g-x2", 2, "bicubic | nearest > jpeg(30,60)", 4)
-    _pack(folder, "tiny-c-x3", 3, "bicubic", 3)
+    pack_tiny_model(folder, "tiny-a-x2", 2, "bicubic", 1)
+    pack_tiny_model(folder, "tiny-b-x2", 2, "nearest > jpeg(30,60)", 2)
+    pack_tiny_model(folder, "tiny-g-x2", 2, "bicubic | nearest > jpeg(30,60)", 4)
+    pack_tiny_model(folder, "tiny-c-x3", 3, "bicubic", 3)
     return folder
 
 

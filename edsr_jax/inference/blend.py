@@ -50,13 +50,9 @@ class Blend:
             raise ValueError("a blend's models must upscale by one factor: "
                              + ", ".join(f"{n} x{s}" for n, s in scales.items()))
         self.name = name or SEP.join(u.name for u in self.members)
-        first = self.members[0]
-        self.config = first.config
-        self.mdsr_scale = None
         self.ensemble = any(u.ensemble for u in self.members)
         self.tile = min(u.tile for u in self.members)
         self.overlap = max(u.overlap for u in self.members)
-        self.step = None
 
     @property
     def scale(self) -> int:
@@ -72,16 +68,14 @@ class Blend:
         ``(..., H*s, W*s, 3)``, not clipped: the mean of the members' ``predict``.
         ``progress(done, total)`` counts every member's forward passes."""
         lr = np.asarray(lr)
-        shape = lr.shape if lr.ndim == 4 else (1, *lr.shape)
-        total = self.passes(shape[1], shape[2], shape[0])
-        done = 0
-        out = None
-        for u in self.members:
-            base = done
-            tick = None if progress is None else (lambda d, _t, base=base: progress(base + d, total))
+        n, h, w = lr.shape[:3] if lr.ndim == 4 else (1, *lr.shape[:2])
+        counts = [u.passes(h, w, n) for u in self.members]
+        total, done, out = sum(counts), 0, None
+        for u, count in zip(self.members, counts):
+            tick = None if progress is None else (lambda d, _t, base=done: progress(base + d, total))
             y = np.asarray(u.predict(lr, tick), np.float32)
             out = y if out is None else out + y
-            done += u.passes(shape[1], shape[2], shape[0])
+            done += count
         return out / np.float32(len(self.members))
 
     def __call__(self, lr, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -93,17 +87,8 @@ def from_pretrained(name: str, models_dir: str | os.PathLike | None = None, **op
     """The ``infer.Upscaler`` of built-in model ``name``, or a ``Blend`` of the built-ins it
     joins with ``+``; ``options`` go to every Upscaler (``tile``, ``ensemble``, ``dtype``,
     ``memory_budget_mb``, ``conv_backend``). ValueError naming an unknown model."""
-    from edsr_jax.inference import pretrained
     from edsr_jax.inference.infer import Upscaler
 
     parts = members(name)
-
-    def one(n: str):
-        if models_dir is None:
-            return Upscaler.from_pretrained(n, **options)
-        config, params = pretrained.load(n, models_dir)
-        return Upscaler(config, params, name=n, **options)
-
-    if len(parts) == 1:
-        return one(parts[0])
-    return Blend([one(p) for p in parts], name=SEP.join(parts))
+    ups = [Upscaler.from_pretrained(p, models_dir=models_dir, **options) for p in parts]
+    return ups[0] if len(ups) == 1 else Blend(ups, name=SEP.join(parts))

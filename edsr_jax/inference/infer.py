@@ -315,12 +315,13 @@ class Upscaler:
         return upscaler
 
     @classmethod
-    def from_pretrained(cls, name: str, **kw) -> "Upscaler":
+    def from_pretrained(cls, name: str, models_dir=None, **kw) -> "Upscaler":
         """An Upscaler of the built-in model ``name`` (``pretrained.names()``, e.g.
-        ``"photo-x2"``); ValueError naming the known models for another name."""
+        ``"photo-x2"``; ``models_dir``: another folder of packed models); ValueError naming the
+        known models for another name."""
         from edsr_jax.inference import pretrained
 
-        config, params = pretrained.load(name)
+        config, params = pretrained.load(name, models_dir)
         return cls(config, params, name=kw.pop("name", name), **kw)
 
     @property
