@@ -177,6 +177,59 @@ def grid(rows) -> None:
         print(" ".join(f"{v:10.2f}" for v in values) + f"  {right:>5} of {len(rows):<5}  {mean:.3f}{mark}")
 
 
+DRAWN_GRID = (0.03, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15)
+
+
+def drawn_readings() -> list[dict]:
+    """The two-level share (``estimators.two_level_share``, as ``diagnose`` reads it) of whole
+    images of known content under each of ``DAMAGES``: Sun80's 80 photographs and the 100
+    generated training posters of experiments/general.py (``data/general/posters``). No model
+    runs: these images are in the built-ins' training data, so they say nothing of the models'
+    scores, only how the content reading falls on whole photographs and whole posters (the
+    calibration's are crops, and its photographs come from 13 sources only). Cached in
+    ``results/auto_choice/drawn.json``."""
+    from edsr_jax.evaluation import diagnosis, evaluator
+
+    target = OUT / "drawn.json"
+    if target.exists():
+        return json.loads(target.read_text())
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import general
+
+    general.make_data(ROOT / "data" / "general")
+    folders = (("photo", general.DATASETS / "Sun80"), ("poster", ROOT / "data" / "general" / "posters"))
+    makers = {spec: evaluator.lr_maker(2, spec) for spec in DAMAGES}
+    out = []
+    for content, folder in folders:
+        for f in sorted(q for q in folder.iterdir() if q.suffix.lower() in (".png", ".jpg")):
+            hr = evaluator.read_hr(f, 2)
+            for spec in DAMAGES:
+                d = diagnosis.diagnose_array(makers[spec](hr, f.name), scale=2)
+                out.append({"content": content, "image": f.name, "damage": spec, "two_level": d.two_level})
+    target.write_text(json.dumps(out) + "\n")
+    return out
+
+
+def drawn_threshold(readings: list[dict]) -> None:
+    """Per threshold of ``DRAWN_GRID``: the share of whole photographs read as drawn and of whole
+    posters missed, over all damages and under the worst one, and the images misread in all.
+    ``choice.DRAWN`` is the threshold with the fewest misread."""
+    from edsr_jax.inference import choice
+
+    print(f"\ndrawn content on whole images ({sum(r['content'] == 'photo' for r in readings)} photograph "
+          f"and {sum(r['content'] == 'poster' for r in readings)} poster LR images, {len(DAMAGES)} damages)")
+    print(f"{'threshold':>9}  {'photos read drawn':>17}  {'worst damage':>12}  {'posters missed':>14}  "
+          f"{'worst damage':>12}  {'images misread':>14}")
+    for t in DRAWN_GRID:
+        rate = {c: [np.mean([(r["two_level"] >= t) == (c == "photo") for r in readings
+                             if r["content"] == c and r["damage"] == d]) for d in DAMAGES]
+                for c in ("photo", "poster")}
+        misread = sum((r["two_level"] >= t) == (r["content"] == "photo") for r in readings)
+        mark = "  (shipped)" if t == choice.DRAWN else ""
+        print(f"{t:9.2f}  {np.mean(rate['photo']):17.3f}  {max(rate['photo']):12.3f}  {np.mean(rate['poster']):14.3f}  "
+              f"{max(rate['poster']):12.3f}  {misread:14d}{mark}")
+
+
 def features_of(rows, folder: Path) -> np.ndarray:
     """``(N, 6)``: ``calibration.features`` of each row's LR, made again exactly as evaluate made
     it (``evaluator.lr_maker``, seeded by the file name) and diagnosed with today's code."""
@@ -248,6 +301,10 @@ def calibrate(rows, feats: np.ndarray) -> "object":
     print("best single model per damage: " + " ".join(
         f"{psnr[damage == d, :len(MODELS)].mean(axis=0).max():.2f}" for d in DAMAGES))
     cal = best[1]
+    picked = [cal.rank(feats[i], exclude=src == src[i]).best for i in idx]
+    print("the best calibration as shipped under other drawn thresholds: " + ", ".join(
+        f"{t:.2f}: {scores([a if r.uncertain or f >= t else r.model for r, a, f in zip(rule, picked, feats[:, 5])]).mean():.3f}"
+        for t in DRAWN_GRID))
     return Calibration(cal.scale, cal.models, cal.features, cal.psnr, cal.k, cal.weights,
                        f"experiments/auto_choice.py: {len(rows)} LR images ({len(set(src))} sources x "
                        f"{len(DAMAGES)} damages), leave-one-source-out PSNR {best[0]:.3f} dB as shipped")
@@ -264,6 +321,7 @@ def main() -> int:
     make_set(folder)
     rows = load(evaluate(folder))
     summary(rows)
+    drawn_threshold(drawn_readings())
     if args.grid:
         grid(rows)
     cal = calibrate(rows, features_of(rows, folder))
