@@ -1,7 +1,7 @@
 """How ``--model auto`` chooses on images of known damage (issue 29), and the calibration the
 built-in models ship with (``edsr_jax/inference/calibration.py``).
 
-  python experiments/auto_choice.py            # set, six evaluate runs (CPU: ~25 min), summary, CV
+  python experiments/auto_choice.py            # set, twelve evaluate runs (CPU: ~40 min), summary, CV
   python experiments/auto_choice.py --grid     # also: the distance rule again under other constants
   python experiments/auto_choice.py --write    # also: write inference/weights/choice_calibration.json
 
@@ -17,16 +17,19 @@ built-in models ship with (``edsr_jax/inference/calibration.py``).
    how many images auto gave the best of the models, how many choices were uncertain. (The
    recorded auto column was measured before the calibration existed: the distance rule with
    general-x2 as the fallback. Evaluated again with the calibration present it would be
-   in-sample; step 4's cross-validation is the out-of-sample number.)
-   ``--grid`` re-runs the distance rule from the recorded diagnoses (no model runs) under other
+   in-sample; step 5's cross-validation is the out-of-sample number.)
+   ``--grid`` re-runs the distance rule from today's diagnoses (no model runs) under other
    constants (``JPEG_OVER``, ``JPEG_UNDER``, ``BLUR_UNIT``, ``NOISE_UNIT``, ``NEAR``, ``MARGIN``,
    ``CONFIDENT``).
-4. calibration: each LR made again as evaluate made it and diagnosed
-   (``calibration.features``); ``k``, the columns (the models, or with ``BLENDS``) and the
-   content features' weights chosen by leave-one-source-out cross-validation of the choice as
-   shipped (the distance rule where it is certain, the calibration where it is uncertain or
-   the image looks drawn, ``choice.DRAWN``: that threshold was picked from 0.05, 0.08, 0.12 by
-   this same cross-validation). ``--write`` stores the table.
+4. drawn content: ``choice.DRAWN``, the two-level share from which an image counts as drawn,
+   is the threshold that misreads fewest whole LR images of known content (Sun80's photographs
+   and the training posters under each damage; ``drawn_readings``, no model runs).
+5. calibration: each LR made again as evaluate made it and diagnosed with today's code (the
+   distance rule's input and ``calibration.features``); ``k``, the columns (the models, or with
+   ``BLENDS``) and the content features' weights chosen by leave-one-source-out
+   cross-validation of the choice as shipped (the distance rule where it is certain, the
+   calibration where it is uncertain or the image looks drawn); the same under other drawn
+   thresholds printed beside. ``--write`` stores the table.
 
 The calibration was chosen on these images only. experiments/prescribe.py's held-out table is
 the score (README "Which model for which damage").
@@ -40,7 +43,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -136,9 +138,10 @@ def summary(rows) -> None:
               + f"  {right:>5} of {len(mine):<5}  {sum(c['uncertain'] for *_, c in mine):>5}")
 
 
-def rechoose(rows, **constants) -> tuple[int, float]:
-    """The choice again from the recorded diagnoses with ``choice``'s constants set as given (no
-    model runs): how many images get the best of the models, and auto's mean PSNR."""
+def rechoose(rows, seen: list, **constants) -> tuple[int, float]:
+    """The choice again from today's diagnoses (``seen_of``) with ``choice``'s constants set as
+    given, without a calibration (no model runs): how many images get the best of the models,
+    and the choice's mean PSNR."""
     from edsr_jax.inference import choice
 
     saved = {k: getattr(choice, k) for k in constants}
@@ -146,8 +149,7 @@ def rechoose(rows, **constants) -> tuple[int, float]:
         setattr(choice, k, v)
     try:
         options = [c for c in choice.candidates(2) if c.name in MODELS]
-        picks = [choice.choose(choice.Seen.of(SimpleNamespace(**c["diagnosis"])) if c["diagnosis"] else None,
-                               options, 2).model for _, _, _, c in rows]
+        picks = [choice.choose(one, options, 2).model for one in seen]
     finally:
         for k, v in saved.items():
             setattr(choice, k, v)
@@ -160,15 +162,15 @@ GRID = {"JPEG_OVER": (1.0, 1.5), "JPEG_UNDER": (0.5, 1.0), "BLUR_UNIT": (2.0, 4.
         "CONFIDENT": (0.3, 0.5, 0.7)}
 
 
-def grid(rows) -> None:
-    """Every combination of ``GRID`` (the choice's constants), from the recorded diagnoses:
-    the ten with the highest mean PSNR of the choice, and the shipped one."""
+def grid(rows, seen: list) -> None:
+    """Every combination of ``GRID`` (the choice's constants), from today's diagnoses: the ten
+    with the highest mean PSNR of the choice, and the shipped one."""
     from edsr_jax.inference import choice
 
     shipped = tuple(getattr(choice, k) for k in GRID)
     results = []
     for values in itertools.product(*GRID.values()):
-        right, mean = rechoose(rows, **dict(zip(GRID, values)))
+        right, mean = rechoose(rows, seen, **dict(zip(GRID, values)))
         results.append((mean, right, values))
     results.sort(key=lambda r: -r[0])
     print(" ".join(f"{k:>10}" for k in GRID) + "  best-of-models  mean PSNR of the choice")
@@ -230,11 +232,12 @@ def drawn_threshold(readings: list[dict]) -> None:
               f"{max(rate['poster']):12.3f}  {misread:14d}{mark}")
 
 
-def features_of(rows, folder: Path) -> np.ndarray:
-    """``(N, 6)``: ``calibration.features`` of each row's LR, made again exactly as evaluate made
-    it (``evaluator.lr_maker``, seeded by the file name) and diagnosed with today's code."""
+def seen_of(rows, folder: Path) -> list:
+    """``choice.Seen`` of each row's LR, made again exactly as evaluate made it
+    (``evaluator.lr_maker``, seeded by the file name) and diagnosed with today's code (the
+    recorded diagnoses are those of the code that scored the models)."""
     from edsr_jax.evaluation import diagnosis, evaluator
-    from edsr_jax.inference import calibration, choice
+    from edsr_jax.inference import choice
 
     makers = {spec: evaluator.lr_maker(2, spec) for spec in DAMAGES}
     out = []
@@ -243,8 +246,8 @@ def features_of(rows, folder: Path) -> np.ndarray:
         d = diagnosis.diagnose_array(lr, scale=2)
         was = record["diagnosis"]["kind_probabilities"]["nearest"]
         assert abs(d.kind_probabilities["nearest"] - was) < 1e-6, (spec, name, "not the LR evaluate scored")
-        out.append(calibration.features(choice.Seen.of(d)))
-    return np.array(out)
+        out.append(choice.Seen.of(d))
+    return out
 
 
 def sources(rows) -> np.ndarray:
@@ -256,23 +259,34 @@ def sources(rows) -> np.ndarray:
 KS = (5, 10, 20)
 FLAT_WEIGHTS = (0.0, 1.0, 2.0)
 TWO_LEVEL_WEIGHTS = (0.0, 1.0, 2.0, 4.0)
+BLUR_UNITS = (2.0, 4.0)  # choice.BLUR_UNIT (set by hand on 11 images) checked again here
 
 
-def calibrate(rows, feats: np.ndarray) -> "object":
+def calibrate(rows, seen: list) -> "object":
     """The calibration table, its columns (the models alone, or with ``BLENDS``), ``k`` and
     flat-share weight chosen by leave-one-source-out cross-validation: the mean PSNR of what
     ``choice.choose`` takes with it (the distance rule where it is certain, the calibration where
     it is uncertain) for images of sources the table does not hold, printed beside the
     calibration alone, the distance rule alone (the general model when uncertain), general-x2
-    and the oracles."""
-    from edsr_jax.inference import choice
+    and the oracles. Each under ``BLUR_UNITS`` (the distance rule's blur unit): the table
+    written is the best for ``choice.BLUR_UNIT``, and the line says if another unit did better."""
+    from edsr_jax.inference import calibration, choice
     from edsr_jax.inference.calibration import Calibration
 
     psnr = np.array([[p[m] for m in COLUMNS] for _, _, p, _ in rows])
     src = sources(rows)
     idx = np.arange(len(rows))
     options = [c for c in choice.candidates(2) if c.name in MODELS]
-    rule = [choice.choose(choice.Seen.of(SimpleNamespace(**c["diagnosis"])), options, 2) for *_, c in rows]
+    shipped_unit = choice.BLUR_UNIT
+    rules = {}
+    try:
+        for unit in BLUR_UNITS:  # the distance rule under each blur unit
+            choice.BLUR_UNIT = unit
+            rules[unit] = [choice.choose(one, options, 2) for one in seen]
+    finally:
+        choice.BLUR_UNIT = shipped_unit
+    rule = rules[shipped_unit]
+    feats = np.array([calibration.features(one) for one in seen])
     damage = np.array([r[0] for r in rows])
 
     def scores(picks) -> np.ndarray:
@@ -281,20 +295,29 @@ def calibrate(rows, feats: np.ndarray) -> "object":
     drawn = feats[:, 5] >= choice.DRAWN
     print(f"\ncalibration by leave-one-source-out cross-validation ({len(set(src))} sources, {len(rows)} images; "
           f"{int(drawn.sum())} read as drawn, two-level share >= {choice.DRAWN})")
-    print(f"{'columns':<10} {'k':>3} {'flat w':>6} {'2-level w':>9}  {'as shipped':>10}  {'no drawn rule':>13}  "
-          f"{'alone':>6}   as shipped per damage")
-    best = None
+    units = " / ".join(f"{u:g}" for u in BLUR_UNITS)
+    print(f"{'columns':<10} {'k':>3} {'flat w':>6} {'2-level w':>9}  {'as shipped, BLUR_UNIT ' + units:>30}  "
+          f"{'no drawn rule':>13}  {'alone':>6}   as shipped per damage (BLUR_UNIT {shipped_unit:g})")
+    best = dict.fromkeys(BLUR_UNITS)
     for columns, k, flat, two in itertools.product((MODELS, COLUMNS), KS, FLAT_WEIGHTS, TWO_LEVEL_WEIGHTS):
         cols = [COLUMNS.index(m) for m in columns]
         cal = Calibration(2, columns, feats, psnr[:, cols], k, (1.0, 1.0, 1.0, 1.0, flat, two))
         alone = [cal.rank(feats[i], exclude=src == src[i]).best for i in idx]
-        shipped = scores([a if r.uncertain or d else r.model for r, a, d in zip(rule, alone, drawn)])
+        shipped = {u: scores([a if r.uncertain or d else r.model for r, a, d in zip(rules[u], alone, drawn)])
+                   for u in BLUR_UNITS}
         plain = scores([a if r.uncertain else r.model for r, a in zip(rule, alone)])
         label = "models" if columns == MODELS else "+ blends"
-        print(f"{label:<10} {k:>3} {flat:>6.1f} {two:>9.1f}  {shipped.mean():10.3f}  {plain.mean():13.3f}  "
-              f"{scores(alone).mean():6.3f}   " + " ".join(f"{shipped[damage == d].mean():.2f}" for d in DAMAGES))
-        if best is None or shipped.mean() > best[0]:
-            best = (shipped.mean(), cal)
+        print(f"{label:<10} {k:>3} {flat:>6.1f} {two:>9.1f}  "
+              f"{' / '.join(f'{shipped[u].mean():.3f}' for u in BLUR_UNITS):>30}  {plain.mean():13.3f}  "
+              f"{scores(alone).mean():6.3f}   " + " ".join(f"{shipped[shipped_unit][damage == d].mean():.2f}"
+                                                        for d in DAMAGES))
+        for u in BLUR_UNITS:
+            if best[u] is None or shipped[u].mean() > best[u][0]:
+                best[u] = (shipped[u].mean(), cal)
+    top = max(BLUR_UNITS, key=lambda u: best[u][0])
+    print("best as shipped per BLUR_UNIT: " + ", ".join(f"{u:g}: {best[u][0]:.3f}" for u in BLUR_UNITS)
+          + f"; choice.BLUR_UNIT is {shipped_unit:g}" + ("" if top == shipped_unit else f", the CV prefers {top:g}"))
+    best = best[shipped_unit]
     print(f"distance rule alone: {scores([r.model for r in rule]).mean():.3f}; general-x2: "
           f"{psnr[:, COLUMNS.index('general-x2')].mean():.3f}; oracle of the models: "
           f"{psnr[:, :len(MODELS)].max(axis=1).mean():.3f}, with the blends: {psnr.max(axis=1).mean():.3f}")
@@ -322,9 +345,10 @@ def main() -> int:
     rows = load(evaluate(folder))
     summary(rows)
     drawn_threshold(drawn_readings())
+    seen = seen_of(rows, folder)
     if args.grid:
-        grid(rows)
-    cal = calibrate(rows, features_of(rows, folder))
+        grid(rows, seen)
+    cal = calibrate(rows, seen)
     if args.write:
         from edsr_jax.inference import calibration, pretrained
 

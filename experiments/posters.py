@@ -248,19 +248,22 @@ RECIPE = "L1, Adam, lr 1e-3 warm-up 100 steps then cosine to 0; experiments/post
 FINETUNE_STEPS = 1_000
 FINETUNE = "fine-tuned from photo-x2 (head and body; new upsampler and tail): L1, Adam, lr 5e-4 " \
            "warm-up 50 steps then cosine to 0; experiments/posters.py"
-# built-in model -> (run, summary, training record, also scored on the held-out posters)
+# built-in model -> (run, summary, training record, also scored on the held-out posters); the
+# record's "content" says what the training images show (photographs, drawn: posters), which
+# --model auto reads (inference/choice.py)
 SHIPS = {
     "photo-x2": ("sun80_x2", "EDSR-baseline x2 for photographs (Sun80, bicubic LR)",
                  {"data": SUN80, "degradation": "bicubic (MATLAB imresize)", "steps": STEPS,
-                  "recipe": RECIPE, "validation": "Set5 (bicubic LR)"}, True),
+                  "recipe": RECIPE, "validation": "Set5 (bicubic LR)", "content": ["photographs"]}, True),
     "poster-x2": ("posters_x2", "EDSR-baseline x2 for posters shrunk by dropping pixels and "
                                 "JPEG-compressed (nearest > jpeg(30,60))",
                   {"data": "100 generated posters 2048x1152 (python -m edsr_jax.posters --seed 1 --words "
                            "train) cut into 2x2 tiles", "degradation": POSTER, "steps": STEPS,
-                   "recipe": RECIPE, "validation": "2 tiles of one more poster (seed 2), poster LR"}, True),
+                   "recipe": RECIPE, "validation": "2 tiles of one more poster (seed 2), poster LR",
+                   "content": ["drawn"]}, True),
     **{f"photo-x{s}": (f"sun80_x{s}", f"EDSR-baseline x{s} for photographs (Sun80, bicubic LR; from photo-x2)",
                        {"data": SUN80, "degradation": "bicubic (MATLAB imresize)", "steps": FINETUNE_STEPS,
-                        "recipe": FINETUNE, "validation": "Set5 (bicubic LR)"}, False)
+                        "recipe": FINETUNE, "validation": "Set5 (bicubic LR)", "content": ["photographs"]}, False)
        for s in (3, 4)},
 }
 

@@ -240,6 +240,7 @@ def pack(runs: Path, data: Path, out: Path, chosen: int) -> None:
             "training": {"data": "200 generated posters 2048x1152 (python -m edsr_jax.posters --seed 1 --words "
                                  "train --cjk-share 0.5: 101 Latin, 99 Chinese) cut into 2x2 tiles",
                          "degradation": POSTER, "steps": BASE_STEPS + STEPS, "batch": 16, "lr_patch": 32,
+                         "content": ["drawn"],
                          "recipe": f"{BASE_STEPS} steps on 100 Latin posters (L1, Adam, lr 1e-3 warm-up 100 "
                                    "steps then cosine to 0; experiments/posters.py), then fine-tuned "
                                    f"{STEPS} steps on the posters above (lr 2e-4 warm-up 50 steps then "

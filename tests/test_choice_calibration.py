@@ -29,10 +29,12 @@ def table(k=3):
     return calibration.Calibration(2, MODELS, np.vstack([photos, drawn]), psnr, k, (1, 1, 1, 1, 1, 1))
 
 
-def options():
-    return [choice.Candidate.from_spec("photo-x2", "bicubic", 2),
-            choice.Candidate.from_spec("poster-x2", "nearest > jpeg(30,60)", 2),
-            choice.Candidate.from_spec("general-x2", "bicubic | nearest > jpeg(30,60) | bicubic > noise(0,8)", 2)]
+def options(content=True):
+    """The three x2 candidates; ``content``: their cards say what their training images show."""
+    seen = {"photo-x2": ["photographs"], "poster-x2": ["drawn"], "general-x2": ["photographs", "drawn"]}
+    return [choice.Candidate.from_spec(name, spec, 2, seen[name] if content else ())
+            for name, spec in (("photo-x2", "bicubic"), ("poster-x2", "nearest > jpeg(30,60)"),
+                               ("general-x2", "bicubic | nearest > jpeg(30,60) | bicubic > noise(0,8)"))]
 
 
 def test_rank_takes_the_best_mean_over_the_nearest_images_and_counts_wins():
@@ -115,7 +117,8 @@ def test_flat_share_reads_drawn_content_and_allows_for_noise():
 def test_drawn_content_goes_to_the_calibration_even_when_a_specialist_matches():
     """A filtered downscale without JPEG is photo-x2's training damage, but photo-x2 never saw
     drawn content: an image whose two-level share reaches choice.DRAWN is decided by the
-    calibration (here its drawn neighbours prefer general-x2), said so, and not called uncertain."""
+    calibration (here its drawn neighbours prefer general-x2), said so, and not called uncertain;
+    without a calibration it takes the general model (x4: general-x4 over photo-x4)."""
     photos = [[0.1, 0, 0, 0, 0.2, 0.0], [0.12, 0, 0, 0, 0.25, 0.01], [0.08, 0, 0, 0, 0.2, 0.0]]
     drawn = [[0.1, 0, 0, 0, 0.5, 0.3], [0.12, 0, 0, 0, 0.55, 0.35], [0.08, 0, 0, 0, 0.45, 0.25]]
     psnr = np.array([[33, 28, 31]] * 3 + [[29, 27, 31]] * 3, np.float64)
@@ -124,7 +127,14 @@ def test_drawn_content_goes_to_the_calibration_even_when_a_specialist_matches():
     c = choice.choose(photo, options(), 2, calibration=cal)
     assert c.model == "photo-x2" and not c.uncertain and "calibrated" not in c.record()
     poster = choice.Seen(0.1, None, 1.0, flat=0.5, two_level=0.3)
-    assert choice.choose(poster, options(), 2).model == "photo-x2"  # without a calibration: the distance rule
+    c = choice.choose(poster, options(), 2)  # without a calibration: the general model, said why
+    assert (c.model, c.uncertain) == ("general-x2", False) and c.reason.startswith("drawn content: ")
+    assert c.reason.endswith("; the general model")
+    # the distance rule where no general model exists, or no card says photo-x2 saw photographs only
+    assert choice.choose(poster, [o for o in options() if not o.general], 2).model == "photo-x2"
+    assert choice.choose(poster, options(content=False), 2).model == "photo-x2"
+    pixels_dropped = choice.Seen(0.95, 45, 1.0, flat=0.5, two_level=0.3)  # poster-x2 saw drawn content: kept
+    assert choice.choose(pixels_dropped, options(), 2).model == "poster-x2"
     c = choice.choose(poster, options(), 2, calibration=cal)
     assert c.model == "general-x2" and not c.uncertain and c.calibrated["wins"]["general-x2"] == 3
     assert c.reason.startswith("drawn content: filtered downscale p=0.90, no JPEG, two-level tiles 0.30; "

@@ -13,14 +13,15 @@ A card whose spec has alternatives (``"bicubic | nearest > jpeg(30,90) | ..."``)
 model, trained on many damages: it is not ranked beside the specialists (it would tie with each
 on its own damage and lose to it) but taken when the choice is uncertain: the image's damage is
 far from every specialist's, or two are about as near, or the image cannot be diagnosed
-(16-bit, under 32 pixels a side). Where no general model exists at that scale the
-nearest specialist is kept and the reason says the choice was uncertain. Where a calibration
-covers the models (``calibration.py``: the built-ins ship one, measured by experiments/
-auto_choice.py), an uncertain choice of a diagnosed image, or one of drawn content (``DRAWN``),
-takes instead the model that scored best on the calibration images diagnosed alike (or a blend of two,
-``"photo-x2+general-x2"``: the mean of both models' outputs, ``blend.py``). Each choice carries a
-one-line reason (``Choice.line``: ``poster.png: poster-x2 (pixel dropping p=0.93, JPEG q=45;
-nearest to 'nearest > jpeg(30,60)')``) and a JSON record (``Choice.record``).
+(16-bit, under 32 pixels a side); without one the nearest specialist is kept, said uncertain.
+Where a calibration covers the models (``calibration.py``: the built-ins ship one, measured by
+experiments/auto_choice.py), an uncertain choice of a diagnosed image, or one of drawn content
+(``DRAWN``), takes instead the model that scored best on the calibration images diagnosed alike
+(or a blend of two, ``"photo-x2+general-x2"``: the mean of both models' outputs, ``blend.py``);
+without one, drawn content takes the general model over a specialist whose card says it was
+trained on photographs only (``training.content``). Each choice carries a one-line reason
+(``Choice.line``: ``poster.png: poster-x2 (pixel dropping p=0.93, JPEG q=45; nearest to
+'nearest > jpeg(30,60)')``) and a JSON record (``Choice.record``).
 
 ``AutoUpscaler`` is one command's ``--model auto``: diagnoses kept per file (path, size and
 modification time) for the life of the object, and each chosen model loaded once. A diagnosis
@@ -49,29 +50,24 @@ JPEG_SPAN = 70.0   # JPEG strength (100 - q) / JPEG_SPAN, clipped to [0, 1]: q 3
 # JPEG is weighed by which side of the training range an image lies: stronger compression than
 # a model was trained on leaves blocks it never learnt to remove (JPEG_OVER), weaker costs less
 # (JPEG_UNDER): poster-x2, trained with jpeg(30,60), beats photo-x2 by 2-4 dB on pixel-dropped
-# LR without any JPEG (9 of 11 images). The pair was chosen on the diagnoses and per-image PSNR
-# of photo-x2 and poster-x2 on 11 images (8 photographs, 3 posters, 128 x 128 LR) under six
-# damages (bicubic, nearest, nearest > jpeg(30,60), bilinear > jpeg(60,90), blur(1.5) > bicubic,
-# bicubic > noise(5)): the better of the two taken for 56 of 66 images with (1.5, 0.5), 53 with
-# (1, 1), 51-55 with an UNDER of 0.3 or less (OVER 1, 1.5 or 2).
+# LR without any JPEG (9 of 11 images). Chosen on photo-x2's and poster-x2's per-image PSNR on 11
+# images (8 photographs, 3 posters, 128 x 128 LR) under six damages (bicubic, nearest, nearest >
+# jpeg(30,60), bilinear > jpeg(60,90), blur(1.5) > bicubic, bicubic > noise(5)): the better of
+# the two for 56 of 66 images with (1.5, 0.5), 53 with (1, 1), 51-55 with an UNDER of 0.3 or less.
 JPEG_OVER = 1.5
 JPEG_UNDER = 0.5
 BLUR_UNIT = 4.0    # HR pixels of Gaussian sigma (soft photographs read as 1.2-1.5 without any blur added)
 NOISE_UNIT = 10.0  # sigma on the 0-255 scale
 # Certainty: confidence = min(margin / (2 MARGIN), 1 - nearest / (2 NEAR)), clipped to [0, 1];
-# below CONFIDENT the choice is uncertain. So a choice is certain when the nearest model's
-# distance is under NEAR and the next one's is MARGIN further, or better in one than the other
-# lacks. Set by hand from the diagnoses of the same 11 images under the same six damages, before
-# any general model existed: on those, bicubic LR is certain for photo-x2 in 8 of 11 images (one
-# more, a photograph whose LR aliases as if pixels were dropped, certain for poster-x2) and pixel
-# dropping with JPEG for poster-x2 in 6 of 11, while noise (11 of 11), JPEG on a filtered
-# downscale (9 of 11) and an unclear resampling (P(nearest) 0.3-0.7) are uncertain. To be checked
-# against the general model's scores once it ships.
+# below CONFIDENT the choice is uncertain. Set by hand on the same 11 images and six damages:
+# bicubic LR certain for photo-x2 in 8 of 11, pixel dropping with JPEG for poster-x2 in 6 of 11;
+# noise (11 of 11), JPEG on a filtered downscale (9 of 11) and an unclear resampling (P(nearest)
+# 0.3-0.7) uncertain. experiments/auto_choice.py --grid re-runs the rule under other values.
 NEAR = 0.4
 MARGIN = 0.3
 CONFIDENT = 0.5
-# Drawn content (text and shapes on flat colour: two-level tiles, estimators.two_level_share, at
-# least DRAWN) goes to the calibration even when a specialist's training damage matches: each
+# Drawn content (two-level tiles, estimators.two_level_share, at least DRAWN) goes to the
+# calibration (else the general model) even when a specialist's training damage matches: each
 # specialist was trained on one kind of content (photo-x2 photographs, poster-x2 posters), and
 # on posters under a filtered downscale general-x2 beats photo-x2 by 1-5 dB. The fewest misread of
 # 1,080 whole LR images (Sun80 and training posters, six damages; experiments/auto_choice.py).
@@ -113,13 +109,16 @@ class Damage:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A built-in model the choice may take at ``scale``: its ``name``, training ``spec`` and
-    that spec's ``damages`` (one per alternative; more than one: a general model)."""
+    """A built-in model the choice may take at ``scale``: its ``name``, training ``spec``, that
+    spec's ``damages`` (one per alternative; more than one: a general model) and the ``content``
+    of its training images (its card's ``training.content``: ``("photographs",)``, ``("drawn",)``
+    or both; empty when the card does not say)."""
 
     name: str
     scale: int
     spec: str
     damages: tuple[Damage, ...]
+    content: tuple[str, ...] = ()
 
     @property
     def general(self) -> bool:
@@ -127,14 +126,14 @@ class Candidate:
         return len(self.damages) > 1
 
     @classmethod
-    def from_spec(cls, name: str, spec: str, scale: int) -> "Candidate":
-        """The candidate of a model trained on ``spec`` at ``scale``; ``degrade.SpecError`` for
-        a spec that does not parse at that scale."""
+    def from_spec(cls, name: str, spec: str, scale: int, content: Sequence[str] = ()) -> "Candidate":
+        """The candidate of a model trained on ``spec`` at ``scale`` (on images of ``content``);
+        ``degrade.SpecError`` for a spec that does not parse at that scale."""
         from edsr_jax.degradation import degrade
 
         parsed = degrade.parse(spec, scale=scale)
         chains = getattr(parsed, "alternatives", (parsed,))
-        return cls(name, int(scale), spec, tuple(Damage.of(p) for p in chains))
+        return cls(name, int(scale), spec, tuple(Damage.of(p) for p in chains), tuple(content))
 
 
 def candidates(scale: int, models_dir: str | os.PathLike | None = None) -> list[Candidate]:
@@ -150,7 +149,7 @@ def candidates(scale: int, models_dir: str | os.PathLike | None = None) -> list[
         if spec is None:
             unnamed.append(name)
             continue
-        out.append(Candidate.from_spec(name, spec, scale))
+        out.append(Candidate.from_spec(name, spec, scale, info["training"].get("content", ())))
     if not out:
         lacking = (f" ({', '.join(unnamed)} at x{scale} name no training damage: their cards lack "
                    "training.spec)") if unnamed else ""
@@ -306,14 +305,14 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
     The specialists are ranked by ``distance`` (a general model by its nearest alternative);
     the nearest is taken when the choice is certain (``confidence >= CONFIDENT``), else the
     general model when there is one (the nearest general model if several), else still the
-    nearest specialist, said uncertain. An image not diagnosed gets the general model, else
-    the specialist nearest to a clean filtered downscale (the papers' LR). ValueError when
-    ``options`` is empty.
+    nearest specialist, said uncertain. Not diagnosed: the general model, else the specialist
+    nearest to a clean filtered downscale (the papers' LR). ValueError when ``options`` is empty.
 
     ``calibration`` (``calibration.Calibration``): when it covers exactly ``options`` at
     ``scale``, an uncertain choice of a diagnosed image takes the model with the best mean PSNR
     on the calibration images diagnosed most like it, instead of the general model; so does a
-    certain one of drawn content (``DRAWN``). Else a certain choice keeps its specialist."""
+    certain one of drawn content (``DRAWN``); without a calibration that takes the general model
+    if the specialist saw no drawn content (``content``). Else a certain choice keeps it."""
     if not options:
         raise ValueError(f"no built-in model at x{scale} to choose from")
     if seen is not None and not isinstance(seen, Seen):
@@ -338,7 +337,8 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
     uncertain = seen is None or confidence < CONFIDENT
     only = len(specialists) == 1
     calibrated = seen is not None and calibration is not None and calibration.covers([c.name for c in options], scale)
-    drawn = calibrated and seen.two_level >= DRAWN  # NaN: not drawn
+    unseen = bool(generals and best.content) and "drawn" not in best.content  # trained on no drawing
+    drawn = seen is not None and seen.two_level >= DRAWN and (calibrated or unseen)  # NaN: not drawn
     if not uncertain and not drawn:
         why = (f"the only built-in model at x{scale}, trained on {best.spec!r}" if only
                else f"nearest to {best.spec!r}")
@@ -361,8 +361,9 @@ def choose(seen: Seen | Sequence[Seen] | None, options: Sequence[Candidate], sca
                     confidence, uncertain, {"k": r.k, "mean_psnr": {m: round(v, 3) for m, v in r.means.items()},
                                             "wins": r.wins})
     if generals:
-        return made(generals[0].name, f"uncertain: {what}; nearest {best.name} at confidence "
-                                      f"{confidence:.2f}; the general model", confidence, True)
+        head = "uncertain: " if uncertain else "drawn content: "
+        return made(generals[0].name, f"{head}{what}; nearest {best.name} at confidence "
+                                      f"{confidence:.2f}; the general model", confidence, uncertain)
     near = (f"the only built-in model at x{scale}, trained on {best.spec!r}" if only
             else f"nearest to {best.spec!r}")
     return made(best.name, f"uncertain: {what}; {near} at confidence {confidence:.2f}; "
