@@ -96,10 +96,11 @@ def pack(name: str, workdir: Path, out: Path) -> None:
                                  "edsr_jax.posters --seed 1 --words train, some with a Chinese line), "
                                  "whole images, HR only",
                          "degradation": "a random chain per patch (mixture of seven)",
+                         "content": ["photographs", "drawn"],
                          "spec": spec, "steps": sum(n for _, n in stages), "batch": 16, "lr_patch": 32,
-                         "recipe": f"fine-tuned from {start}: L1, Adam, {recipe}, each warmed up over 50 "
-                                   "steps then cosine to 0, the damage made on the device; "
-                                   "experiments/general.py",
+                         "recipe": f"fine-tuned from {start}: L1, Adam, {recipe}, "
+                                   f"{'each ' if len(stages) > 1 else ''}warmed up over 50 steps then "
+                                   "cosine to 0, the damage made on the device; experiments/general.py",
                          "checkpoint_step": int(saved["step"]),  # of the last stage
                          "validation": "Set5, one chain of the mixture per image"},
             "scores": {}}

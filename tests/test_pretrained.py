@@ -21,7 +21,7 @@ from edsr_jax.nets.edsr import ModelConfig
 ROOT = Path(__file__).resolve().parents[1]
 SET5 = ROOT.parent / "shared" / "datasets" / "Set5"
 CONFIG = ModelConfig(scale=2, num_blocks=2, num_features=8)
-SHIPPED = ("photo-x2", "poster-x2", "photo-x3", "photo-x4", "general-x2")
+SHIPPED = ("photo-x2", "poster-x2", "photo-x3", "photo-x4", "general-x2", "general-x4")
 
 
 @pytest.fixture
@@ -134,6 +134,7 @@ def test_shipped_models_are_listed_with_cards():
         info = pretrained.card(name)
         assert info["model"]["scale"] == int(name[-1]) and info["training"]["steps"] > 0
         assert {"Set5", "Set14", "BSD68"} <= set(info["scores"]), name
+        assert set(info["training"]["content"]) in ({"photographs"}, {"drawn"}, {"photographs", "drawn"}), name
         assert (pretrained.MODELS_DIR / f"{name}.npz").stat().st_size < 4_000_000
 
 
