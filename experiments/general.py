@@ -13,7 +13,8 @@
    ``GENERAL_SPEC_X4``, its blurs doubled), on the device inside the train step.
    general-x2: experiments/general_x2.py, 1,500 steps, then experiments/general_x2_more.py,
    2,000 more from those weights (the schedule restarted at a lower peak).
-   general-x4: experiments/general_x4.py, 1,000 steps from photo-x4.
+   general-x4: experiments/general_x4.py, 1,000 steps from photo-x4, then
+   experiments/general_x4_more.py, 1,000 more.
    The weights shipped are the last stage's best on its validation (Set5, the training damage).
 4. pack: float16 weights and a card with the scores measured from them (Set5, Set14, BSD68 on
    MATLAB bicubic LR, as every built-in's card; the other damages at x2 are in
@@ -40,7 +41,7 @@ PY = sys.executable
 POSTER_FONTS = "DejaVuSans,DejaVuSansMono,pillow-default,wqy-microhei"
 # name: (start, the stages' configs and steps, spec)
 MODELS = {"general-x2": ("photo-x2", (("general_x2", 1_500), ("general_x2_more", 2_000)), GENERAL_SPEC),
-          "general-x4": ("photo-x4", (("general_x4", 1_000),), GENERAL_SPEC_X4)}
+          "general-x4": ("photo-x4", (("general_x4", 1_000), ("general_x4_more", 1_000)), GENERAL_SPEC_X4)}
 
 
 def run(cmd: list[str]) -> None:

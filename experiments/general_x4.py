@@ -9,7 +9,8 @@ LR pixels and keep their ranges.
 Data: as general-x2 (Sun80's photographs and the training posters, whole images, HR only).
 Initialised from the built-in ``photo-x4`` (exported and imported as a checkpoint), then 1,000
 steps of 16 LR patches of 32 px (HR 128 px), L1, Adam, lr 5e-4 warmed up over 50 steps then
-cosine to 0: photo-x4's own fine-tuning length. Validated on Set5 with the training damage.
+cosine to 0: photo-x4's own fine-tuning length; then a second stage of 1,000 steps
+(experiments/general_x4_more.py). Validated on Set5 with the training damage.
 
   python experiments/general.py            # data, init, train, score, pack (both models)
 """
