@@ -138,10 +138,9 @@ def summary(rows) -> None:
               + f"  {right:>5} of {len(mine):<5}  {sum(c['uncertain'] for *_, c in mine):>5}")
 
 
-def rechoose(rows, seen: list, **constants) -> tuple[int, float]:
-    """The choice again from today's diagnoses (``seen_of``) with ``choice``'s constants set as
-    given, without a calibration (no model runs): how many images get the best of the models,
-    and the choice's mean PSNR."""
+def rule_under(seen: list, **constants) -> list:
+    """The distance rule's ``choice.Choice`` for each of ``seen`` (``seen_of``) among ``MODELS``,
+    without a calibration, with ``choice``'s constants set as given (restored after)."""
     from edsr_jax.inference import choice
 
     saved = {k: getattr(choice, k) for k in constants}
@@ -149,10 +148,17 @@ def rechoose(rows, seen: list, **constants) -> tuple[int, float]:
         setattr(choice, k, v)
     try:
         options = [c for c in choice.candidates(2) if c.name in MODELS]
-        picks = [choice.choose(one, options, 2).model for one in seen]
+        return [choice.choose(one, options, 2) for one in seen]
     finally:
         for k, v in saved.items():
             setattr(choice, k, v)
+
+
+def rechoose(rows, seen: list, **constants) -> tuple[int, float]:
+    """The choice again from today's diagnoses (``seen_of``) with ``choice``'s constants set as
+    given, without a calibration (no model runs): how many images get the best of the models,
+    and the choice's mean PSNR."""
+    picks = [c.model for c in rule_under(seen, **constants)]
     right = sum(m == max(MODELS, key=p.get) for m, (_, _, p, _) in zip(picks, rows))
     return right, float(np.mean([p[m] for m, (_, _, p, _) in zip(picks, rows)]))
 
@@ -276,21 +282,18 @@ def calibrate(rows, seen: list) -> "object":
     psnr = np.array([[p[m] for m in COLUMNS] for _, _, p, _ in rows])
     src = sources(rows)
     idx = np.arange(len(rows))
-    options = [c for c in choice.candidates(2) if c.name in MODELS]
     shipped_unit = choice.BLUR_UNIT
-    rules = {}
-    try:
-        for unit in BLUR_UNITS:  # the distance rule under each blur unit
-            choice.BLUR_UNIT = unit
-            rules[unit] = [choice.choose(one, options, 2) for one in seen]
-    finally:
-        choice.BLUR_UNIT = shipped_unit
+    rules = {unit: rule_under(seen, BLUR_UNIT=unit) for unit in BLUR_UNITS}
     rule = rules[shipped_unit]
     feats = np.array([calibration.features(one) for one in seen])
     damage = np.array([r[0] for r in rows])
 
     def scores(picks) -> np.ndarray:
         return psnr[idx, [COLUMNS.index(m) for m in picks]]
+
+    def as_shipped(rule, calibrated, drawn) -> np.ndarray:
+        """The rule's choice where certain and not drawn, else the calibration's."""
+        return scores([a if r.uncertain or d else r.model for r, a, d in zip(rule, calibrated, drawn)])
 
     drawn = feats[:, 5] >= choice.DRAWN
     print(f"\ncalibration by leave-one-source-out cross-validation ({len(set(src))} sources, {len(rows)} images; "
@@ -303,9 +306,8 @@ def calibrate(rows, seen: list) -> "object":
         cols = [COLUMNS.index(m) for m in columns]
         cal = Calibration(2, columns, feats, psnr[:, cols], k, (1.0, 1.0, 1.0, 1.0, flat, two))
         alone = [cal.rank(feats[i], exclude=src == src[i]).best for i in idx]
-        shipped = {u: scores([a if r.uncertain or d else r.model for r, a, d in zip(rules[u], alone, drawn)])
-                   for u in BLUR_UNITS}
-        plain = scores([a if r.uncertain else r.model for r, a in zip(rule, alone)])
+        shipped = {u: as_shipped(rules[u], alone, drawn) for u in BLUR_UNITS}
+        plain = as_shipped(rule, alone, np.zeros_like(drawn))
         label = "models" if columns == MODELS else "+ blends"
         print(f"{label:<10} {k:>3} {flat:>6.1f} {two:>9.1f}  "
               f"{' / '.join(f'{shipped[u].mean():.3f}' for u in BLUR_UNITS):>30}  {plain.mean():13.3f}  "
@@ -326,8 +328,7 @@ def calibrate(rows, seen: list) -> "object":
     cal = best[1]
     picked = [cal.rank(feats[i], exclude=src == src[i]).best for i in idx]
     print("the best calibration as shipped under other drawn thresholds: " + ", ".join(
-        f"{t:.2f}: {scores([a if r.uncertain or f >= t else r.model for r, a, f in zip(rule, picked, feats[:, 5])]).mean():.3f}"
-        for t in DRAWN_GRID))
+        f"{t:.2f}: {as_shipped(rule, picked, feats[:, 5] >= t).mean():.3f}" for t in DRAWN_GRID))
     return Calibration(cal.scale, cal.models, cal.features, cal.psnr, cal.k, cal.weights,
                        f"experiments/auto_choice.py: {len(rows)} LR images ({len(set(src))} sources x "
                        f"{len(DAMAGES)} damages), leave-one-source-out PSNR {best[0]:.3f} dB as shipped")

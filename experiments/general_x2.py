@@ -18,6 +18,8 @@ its name).
   python experiments/general.py            # data, init, train, score, pack
 """
 
+import re
+
 from edsr_jax.training.config import base_config
 
 GENERAL_SPEC = " | ".join([
@@ -29,6 +31,24 @@ GENERAL_SPEC = " | ".join([
     "nearest > jpeg(25,90)",
     "nearest > noise(0,5)",
 ])
+
+
+def blurs_scaled(spec: str, factor: float) -> str:
+    """``spec`` with every ``blur(a,b)`` range multiplied by ``factor`` (a blur's sigma is in HR
+    pixels before the downscale: the same blur at x4 as at x2 is twice the sigma)."""
+    return re.sub(r"blur\(([\d.]+),([\d.]+)\)",
+                  lambda m: f"blur({float(m[1]) * factor:g},{float(m[2]) * factor:g})", spec)
+
+
+def second_stage(c, steps: int):
+    """Config ``c`` (a first stage) continued: ``steps`` more from its run's weights
+    (runs/general/<its name>), the schedule restarted at a lower peak (lr 3e-4); named
+    ``<its name>_more``."""
+    c.train.init_from = f"runs/general/{c.name}"
+    c.name = f"{c.name}_more"
+    c.optim.lr = 3e-4
+    c.train.steps = steps
+    return c
 
 
 def get_config():

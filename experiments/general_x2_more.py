@@ -14,13 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the first stage's file beside this one
-from general_x2 import get_config as first_stage  # noqa: E402
+from general_x2 import get_config as first_stage, second_stage  # noqa: E402
 
 
 def get_config():
-    c = first_stage()
-    c.name = "general_x2_more"
-    c.optim.lr = 3e-4
-    c.train.steps = 2_000
-    c.train.init_from = "runs/general/general_x2"
-    return c
+    return second_stage(first_stage(), 2_000)

@@ -19,17 +19,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # general_x2.py beside this one
-from general_x2 import get_config as x2_config  # noqa: E402
+from general_x2 import GENERAL_SPEC, blurs_scaled, get_config as x2_config  # noqa: E402
 
-GENERAL_SPEC_X4 = " | ".join([
-    "bicubic",
-    "blur(0,2.4) > bicubic > noise(0,8)",
-    "blur(2,5) > bicubic > noise(0,4)",
-    "blur(0,2.4) > bilinear > noise(0,8) > jpeg(30,95)",
-    "blur(0,2.4) > bicubic > noise(0,8) > jpeg(30,95)",
-    "nearest > jpeg(25,90)",
-    "nearest > noise(0,5)",
-])
+GENERAL_SPEC_X4 = blurs_scaled(GENERAL_SPEC, 2)
 
 
 def get_config():
